@@ -1,0 +1,72 @@
+"""Study configuration checks with messages that name the offending key.
+
+The workflow validates ``config`` against ``workflow/schemas/config.schema.yaml``; this module
+turns jsonschema's verdict into one line per problem ("config key 'prompts.per_bin': 'eight'
+is not of type 'integer'") and adds the checks a schema cannot express (every codec builds).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError, KvwireError
+
+
+def load_schema(path: str | Path) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _key_path(parts) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        hint = f" (allowed: {', '.join(allowed)})" if allowed else ""
+        names = ", ".join(repr(f"{where}.{k}" if where != "<top level>" else k) for k in extra)
+        return f"unknown config key {names}{hint}"
+    if error.validator == "required":
+        return f"config key {where!r}: {error.message}"
+    if error.validator == "propertyNames":
+        return f"config key {where!r}: name {error.instance!r} is not allowed ({error.message})"
+    return f"config key {where!r}: {error.message}"
+
+
+def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
+    """Raise ConfigError listing every schema violation and every codec that does not build."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [_describe(e) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
+    if not problems:
+        problems += _codec_problems(config.get("codecs", {}))
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def codec_spec(codec_id: str, entry: Mapping[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """(registered codec name, params) for one entry of the config's ``codecs`` mapping."""
+    entry = entry or {}
+    return entry.get("codec", codec_id), dict(entry.get("params", {}) or {})
+
+
+def _codec_problems(codecs: Mapping[str, Any]) -> list[str]:
+    from .codecs import build
+
+    problems = []
+    for codec_id, entry in codecs.items():
+        name, params = codec_spec(codec_id, entry)
+        try:
+            build(name, params)
+        except KvwireError as exc:
+            problems.append(f"config key 'codecs.{codec_id}': {exc}")
+    return problems

@@ -1,0 +1,46 @@
+"""Figures. Plotting only: every number shown was computed by another module."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .io import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def speedup_vs_bandwidth(sweep_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
+    """End-to-end speed-up over raw transfer vs link bandwidth, per model, codec and transfer mode."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    sweep = pd.read_csv(sweep_csv)
+    # one curve per (model, codec, mode): average over datasets, largest bin (the longest prompts)
+    largest = sweep.groupby("model")["bin"].transform("max")
+    sweep = sweep[sweep["bin"] == largest]
+    long = sweep.melt(id_vars=["model", "codec", "bandwidth_gbps", "bin"],
+                      value_vars=["speedup_sequential", "speedup_pipelined"], var_name="mode", value_name="speedup")
+    long["mode"] = long["mode"].str.removeprefix("speedup_")
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.relplot(data=long, x="bandwidth_gbps", y="speedup", hue="codec", style="mode", col="model",
+                       kind="line", marker="o", height=3.2, aspect=1.2, errorbar=None,
+                       facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
+    grid.set_titles("{col_name}")
+    for path in (pdf, png):
+        with atomic_path(path) as tmp:
+            grid.figure.savefig(tmp, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight")
+    plt.close(grid.figure)

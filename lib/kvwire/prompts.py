@@ -1,0 +1,457 @@
+"""Prompt sources: dataset text -> documents -> token-exact prefix/continuation prompts.
+
+Two steps, so that the model-independent part is computed once per dataset:
+
+1. :func:`build_documents` turns one ``datasets:`` entry of the config into text documents, each at
+   least ``min_chars`` long (enough for the largest length bin), never cut mid-unit (article,
+   problem, paragraph, topic). Deterministic: documents are grouped in source order, then the
+   document order is shuffled with ``random.Random(seed)``.
+2. :func:`select_prompts` tokenizes documents with one model's tokenizer and cuts exactly
+   ``prefix_tokens`` prefix ids (BOS included when used) and ``continuation_tokens`` ids after them.
+
+Sources (``spec["source"]``): ``builtin:python-docs`` (CPython's bundled reference docs, works on any
+offline machine), ``file:PATH`` (relative to the current working directory) and
+``hf:PATH[:NAME]:SPLIT`` (``datasets.load_dataset``). Formats (``spec["format"]``): ``wikitext``,
+``gsm8k``, ``text``, ``jsonl`` (with ``spec["field"]``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import os
+import random
+import re
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+from kvwire.errors import PromptSourceError
+from kvwire.io import read_jsonl, write_jsonl
+
+# Conservative: real tokenizers average 1.4-5 chars per token on English/code, so a document of
+# 8 chars per wanted token almost always has enough tokens; select_prompts checks exactly anyway.
+CHARS_PER_TOKEN = 8
+
+# Only the first POOL_FACTOR * max_docs documents in source order are shuffled; this bounds what
+# is read from streamed corpora (c4) while keeping every finite test/benchmark file whole in practice.
+POOL_FACTOR = 8
+
+FORMATS = ("wikitext", "gsm8k", "text", "jsonl")
+BUILTINS = ("python-docs",)
+UNIT_SEPARATOR = "\n\n"
+
+# Corpora too large to download whole: read them with streaming=True unless the spec says otherwise.
+STREAMED_HF_DATASETS = frozenset({"allenai/c4", "c4"})
+
+# Fallback for Pythons without pydoc_data: docstrings of these stdlib modules (fixed order).
+STDLIB_DOC_MODULES = (
+    "abc", "argparse", "array", "ast", "asyncio", "base64", "bisect", "calendar", "cmath", "codecs",
+    "collections", "concurrent.futures", "configparser", "contextlib", "copy", "csv", "dataclasses",
+    "datetime", "decimal", "difflib", "dis", "email", "enum", "fractions", "functools", "gettext",
+    "glob", "gzip", "hashlib", "heapq", "hmac", "html", "http.client", "importlib", "inspect", "io",
+    "ipaddress", "itertools", "json", "locale", "logging", "lzma", "math", "mimetypes", "operator",
+    "optparse", "os", "pathlib", "pickle", "pprint", "queue", "random", "re", "secrets", "selectors",
+    "shlex", "shutil", "signal", "socket", "statistics", "string", "struct", "subprocess",
+    "tarfile", "tempfile", "textwrap", "threading", "timeit", "tokenize", "traceback", "types",
+    "typing", "unittest", "urllib.parse", "uuid", "warnings", "weakref", "xml.etree.ElementTree",
+    "zipfile", "zlib",
+)
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def min_chars_for(tokens: int) -> int:
+    """A conservative character budget for a document that must hold ``tokens`` tokens."""
+    if tokens <= 0:
+        raise ValueError(f"min_chars_for needs a positive token count, got {tokens}")
+    return CHARS_PER_TOKEN * int(tokens)
+
+
+def build_documents(spec: dict, *, max_docs: int, min_chars: int, seed: int) -> list[dict]:
+    """Turn one dataset spec into at most ``max_docs`` documents of at least ``min_chars`` chars.
+
+    Rows: ``{"id": "<slug>-<n>", "text", "source", "n_chars"}``; ``n`` is the document's index in
+    source order, so a document keeps its id whatever the seed. Raises PromptSourceError when the
+    source cannot be read or yields no document of ``min_chars``.
+    """
+    if max_docs <= 0 or min_chars <= 0:
+        raise ValueError(f"max_docs and min_chars must be positive, got {max_docs}, {min_chars}")
+    if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
+        raise PromptSourceError(f"dataset spec {spec!r} has no 'source' string")
+    source = spec["source"]
+    units, row_source = _units_for(spec)
+    separator = _unit_separator(spec)
+    pool_size = POOL_FACTOR * max_docs
+    texts = list(itertools.islice(_group_units(units, min_chars, separator), pool_size))
+    if not texts:
+        raise PromptSourceError(
+            f"dataset {source!r}: no document of >= {min_chars} chars "
+            f"(the whole source is shorter; choose a smaller bin or a larger source)"
+        )
+    slug = _dataset_slug(spec)
+    indexed = list(enumerate(texts))
+    random.Random(seed).shuffle(indexed)
+    return [
+        {"id": f"{slug}-{n}", "text": text, "source": row_source, "n_chars": len(text)}
+        for n, text in indexed[:max_docs]
+    ]
+
+
+def write_documents(path: str | os.PathLike, rows: list[dict]) -> None:
+    """Write document rows as JSON lines, atomically."""
+    write_jsonl(path, rows)
+
+
+def read_documents(path: str | os.PathLike) -> list[dict]:
+    """Read document rows written by :func:`write_documents`, checking the keys later steps use."""
+    try:
+        rows = read_jsonl(path)
+    except FileNotFoundError:
+        raise PromptSourceError(f"documents file {str(path)!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise PromptSourceError(f"documents file {str(path)!r} is not valid JSON lines: {exc}") from None
+    for i, row in enumerate(rows):
+        if not isinstance(row.get("id"), str) or not isinstance(row.get("text"), str):
+            raise PromptSourceError(f"documents file {str(path)!r}: row {i} lacks a string 'id' or 'text'")
+    return rows
+
+
+def select_prompts(
+    docs: list[dict],
+    tokenizer,
+    *,
+    prefix_tokens: int,
+    continuation_tokens: int,
+    count: int,
+    add_bos: bool | None = None,
+) -> list[dict]:
+    """Cut ``count`` prompts of exactly ``prefix_tokens`` + ``continuation_tokens`` ids.
+
+    Takes the first ``count`` documents (in the given order) whose token count reaches the total.
+    Text is always tokenized without special tokens; BOS is then prepended explicitly when
+    :func:`uses_bos` says so, and counts towards ``prefix_tokens``.
+    """
+    if prefix_tokens <= 0 or continuation_tokens < 0 or count < 0:
+        raise ValueError(
+            f"need prefix_tokens > 0, continuation_tokens >= 0, count >= 0; "
+            f"got {prefix_tokens}, {continuation_tokens}, {count}"
+        )
+    bos_ids = [tokenizer.bos_token_id] if uses_bos(tokenizer, add_bos) else []
+    needed = prefix_tokens + continuation_tokens
+    prompts: list[dict] = []
+    for doc in docs:
+        if len(prompts) == count:
+            break
+        ids = bos_ids + _encode(tokenizer, doc["text"])
+        if len(ids) < needed:
+            continue
+        prompts.append({
+            "prompt_id": doc["id"],
+            "prefix_ids": ids[:prefix_tokens],
+            "continuation_ids": ids[prefix_tokens:needed],
+        })
+    if len(prompts) < count:
+        raise PromptSourceError(
+            f"dataset {_docs_dataset(docs)}: bin {prefix_tokens} needs {count} documents of >= "
+            f"{prefix_tokens}+{continuation_tokens}={needed} tokens, only {len(prompts)} of "
+            f"{len(docs)} qualify (raise max_docs, lower per_bin, or use a longer source)"
+        )
+    return prompts
+
+
+def uses_bos(tokenizer, add_bos: bool | None = None) -> bool:
+    """Whether prompts start with BOS: ``add_bos`` if given, else what the tokenizer itself does.
+
+    A tokenizer without a bos_token never gets one; asking for it explicitly is an error.
+    """
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    has_bos = getattr(tokenizer, "bos_token", None) is not None and bos_id is not None
+    if add_bos is None:
+        return has_bos and _tokenizer_adds_bos(tokenizer, bos_id)
+    if add_bos and not has_bos:
+        raise PromptSourceError(f"add_bos=True but tokenizer {type(tokenizer).__name__} has no bos_token")
+    return bool(add_bos)
+
+
+# ----------------------------------------------------------------------------- tokenization
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # verbose=False: whole documents exceed model_max_length on purpose; we cut ids afterwards.
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+
+
+def _tokenizer_adds_bos(tokenizer, bos_id: int) -> bool:
+    """Probe the tokenizer's default add_special_tokens behaviour on a short text."""
+    probe = "Hello"
+    with_special = list(tokenizer(probe, verbose=False)["input_ids"])
+    without = _encode(tokenizer, probe)
+    return with_special[:1] == [bos_id] and without[:1] != [bos_id]
+
+
+def _docs_dataset(docs: list[dict]) -> str:
+    if not docs:
+        return "(no documents)"
+    first = docs[0]
+    return f"{first.get('source', '?')!r} (ids like {first.get('id', '?')!r})"
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def _group_units(units: Iterable[str], min_chars: int, separator: str = UNIT_SEPARATOR) -> Iterator[str]:
+    """Concatenate consecutive units until each document has >= min_chars; drop the short tail."""
+    parts: list[str] = []
+    size = 0
+    for unit in units:
+        if not unit:
+            continue
+        size += len(unit) + (len(separator) if parts else 0)
+        parts.append(unit)
+        if size >= min_chars:
+            yield separator.join(parts)
+            parts, size = [], 0
+
+
+def _unit_separator(spec: dict) -> str:
+    # GSM8K units carry their own blank-line terminator ("...\n\n"), so they join with nothing.
+    is_gsm8k = spec.get("format") == "gsm8k" and not spec["source"].startswith("builtin:")
+    return "" if is_gsm8k else UNIT_SEPARATOR
+
+
+def _dataset_slug(spec: dict) -> str:
+    """A short, filesystem-safe dataset label for document ids."""
+    scheme, _, rest = spec["source"].partition(":")
+    if scheme == "file":
+        file = Path(rest)  # parent folder + stem: "gsm8k/test.jsonl" -> "gsm8k-test"
+        label = f"{file.parent.name}-{file.stem}" if file.parent.name else file.stem
+    elif scheme == "hf":
+        hf_path, name, split = _parse_hf(spec["source"])
+        label = "-".join(p for p in (hf_path.rsplit("/", 1)[-1], name, split) if p)
+    else:
+        label = rest
+    return re.sub(r"[^A-Za-z0-9]+", "-", label).strip("-").lower() or "doc"
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def _units_for(spec: dict) -> tuple[Iterator[str], str]:
+    """(text units in source order, the row 'source' label)."""
+    source = spec["source"]
+    scheme, sep, rest = source.partition(":")
+    if not sep or not rest:
+        raise PromptSourceError(f"dataset {source!r}: expected 'builtin:', 'file:' or 'hf:' source")
+    if scheme == "builtin":
+        return _builtin_units(source, rest)
+    if scheme == "file":
+        return _file_units(spec, _format_of(spec), Path(rest)), source
+    if scheme == "hf":
+        return _hf_units(spec, _format_of(spec)), source
+    raise PromptSourceError(
+        f"dataset {source!r}: unknown source scheme {scheme!r} (known: builtin, file, hf)"
+    )
+
+
+def _format_of(spec: dict) -> str:
+    fmt = spec.get("format")
+    if fmt not in FORMATS:
+        raise PromptSourceError(
+            f"dataset {spec['source']!r}: unknown or missing format {fmt!r} (known: {', '.join(FORMATS)})"
+        )
+    if fmt == "jsonl" and not isinstance(spec.get("field"), str):
+        raise PromptSourceError(f"dataset {spec['source']!r}: format 'jsonl' needs a 'field' name")
+    return fmt
+
+
+def _file_units(spec: dict, fmt: str, path: Path) -> Iterator[str]:
+    source = spec["source"]
+    if not path.is_file():
+        raise PromptSourceError(
+            f"dataset {source!r}: file {str(path.absolute())!r} does not exist "
+            f"(relative paths resolve against the current directory {os.getcwd()!r})"
+        )
+    if fmt == "wikitext":
+        return _wikitext_articles(_read_text(source, path).splitlines())
+    if fmt == "text":
+        return _paragraphs(_read_text(source, path))
+    rows = _read_jsonl_rows(source, path)
+    if fmt == "gsm8k":
+        return _gsm8k_problems(source, rows)
+    return _field_values(source, rows, spec["field"])
+
+
+def _read_text(source: str, path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")  # universal newlines: the shared WikiText has CRLF
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PromptSourceError(f"dataset {source!r}: cannot read {str(path)!r}: {exc}") from None
+
+
+def _read_jsonl_rows(source: str, path: Path) -> Iterator[dict]:
+    for lineno, line in enumerate(_read_text(source, path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise PromptSourceError(f"dataset {source!r}: line {lineno} is not JSON: {exc}") from None
+        if not isinstance(row, dict):
+            raise PromptSourceError(f"dataset {source!r}: line {lineno} is not a JSON object")
+        yield row
+
+
+def _hf_units(spec: dict, fmt: str) -> Iterator[str]:
+    source = spec["source"]
+    path, name, split = _parse_hf(source)
+    if fmt == "text":
+        raise PromptSourceError(
+            f"dataset {source!r}: format 'text' is for files; use 'jsonl' with a 'field' for hf: sources"
+        )
+    streaming = bool(spec.get("streaming", path in STREAMED_HF_DATASETS))
+    rows = _load_hf_rows(source, path, name, split, streaming)
+    if fmt == "wikitext":
+        field = spec.get("field", "text")
+        return _wikitext_articles(line for row in _field_values(source, rows, field) for line in row.splitlines())
+    if fmt == "gsm8k":
+        return _gsm8k_problems(source, rows)
+    return _field_values(source, rows, spec["field"])
+
+
+def _parse_hf(source: str) -> tuple[str, str | None, str]:
+    """``hf:PATH:NAME:SPLIT`` or ``hf:PATH:SPLIT`` -> (path, name or None, split)."""
+    parts = source.split(":")[1:]
+    if len(parts) == 3 and all(parts[::2]):
+        return parts[0], parts[1] or None, parts[2]
+    if len(parts) == 2 and all(parts):
+        return parts[0], None, parts[1]
+    raise PromptSourceError(f"dataset {source!r}: expected 'hf:PATH:NAME:SPLIT' or 'hf:PATH:SPLIT'")
+
+
+def _load_hf_rows(source: str, path: str, name: str | None, split: str, streaming: bool) -> Iterator[dict]:
+    try:
+        import datasets
+    except ImportError:
+        raise PromptSourceError(f"dataset {source!r}: the 'datasets' package is not installed") from None
+    try:
+        data = datasets.load_dataset(path, name, split=split, streaming=streaming)
+        # Fetch the first row now so that offline/missing errors surface here, not mid-grouping.
+        rows = iter(data)
+        first = next(rows, None)
+    except Exception as exc:  # datasets raises many types (ConnectionError, FileNotFoundError, ...)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        hint = " HF_HUB_OFFLINE is set and the dataset is not in the local cache." if offline else ""
+        raise PromptSourceError(
+            f"dataset {source!r}: datasets.load_dataset({path!r}, {name!r}, split={split!r}) "
+            f"failed: {type(exc).__name__}: {exc}.{hint}"
+        ) from exc
+    return itertools.chain([] if first is None else [first], rows)
+
+
+def _builtin_units(source: str, name: str) -> tuple[Iterator[str], str]:
+    if name != "python-docs":
+        raise PromptSourceError(f"dataset {source!r}: unknown builtin {name!r} (known: {', '.join(BUILTINS)})")
+    topics = _pydoc_topics()
+    if topics is not None:
+        return (section for key in sorted(topics) for section in _doc_sections(topics[key])), source
+    return iter(_stdlib_docstrings()), f"{source}(stdlib-docstrings)"
+
+
+# A reST-style heading: a text line underlined by a run of = - * ~ ^ characters.
+_SECTION_START = re.compile(r"\n(?=[^\n]+\n[=\-*~^]{3,}\n)")
+
+
+def _doc_sections(topic: str) -> list[str]:
+    """Split a pydoc topic before each (sub)section heading.
+
+    Whole topics range from 200 to 66K chars, so grouping whole topics wastes most of the text on a
+    few huge documents (32 documents of 4000 chars); sections (~208, at most ~25K) give ~70.
+    """
+    return [section.strip() for section in _SECTION_START.split(topic.strip()) if section.strip()]
+
+
+def _pydoc_topics() -> dict[str, str] | None:
+    """CPython's bundled reference docs (~79 topics, ~465K chars), or None when stripped."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError:
+        return None
+    return topics if isinstance(topics, dict) and topics else None
+
+
+def _stdlib_docstrings() -> list[str]:
+    """One unit per stdlib module: its docstring and its public members' docstrings, sorted."""
+    import importlib
+
+    units = []
+    for module_name in STDLIB_DOC_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # a minimal Python may lack e.g. lzma; the list stays deterministic otherwise
+        docs = [f"{module_name}\n{inspect.getdoc(module) or ''}"]
+        for attr in sorted(getattr(module, "__all__", None) or dir(module)):
+            if attr.startswith("_"):
+                continue
+            member = getattr(module, attr, None)
+            if inspect.ismodule(member) or not (inspect.isclass(member) or callable(member)):
+                continue
+            doc = inspect.getdoc(member)
+            if doc:
+                docs.append(f"{module_name}.{attr}\n{doc}")
+        units.append(UNIT_SEPARATOR.join(docs).strip())
+    return units
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+_TOP_HEADING = re.compile(r"= (?!=)(.*[^=]) =")
+
+
+def _is_article_heading(line: str) -> bool:
+    """`` = Title = `` starts an article; `` = = Section = = `` does not."""
+    return _TOP_HEADING.fullmatch(line.strip()) is not None
+
+
+def _wikitext_articles(lines: Iterable[str]) -> Iterator[str]:
+    """Split WikiText raw lines into articles at top-level headings; collapse blank-line runs."""
+    article: list[str] = []
+    for line in lines:
+        line = line.strip()
+        if not line:
+            continue
+        if _is_article_heading(line) and article:
+            yield "\n\n".join(article)
+            article = []
+        article.append(line)
+    if article:
+        yield "\n\n".join(article)
+
+
+def _paragraphs(text: str) -> Iterator[str]:
+    for block in re.split(r"\n[ \t]*\n", text.replace("\r\n", "\n")):
+        block = block.strip()
+        if block:
+            yield block
+
+
+def _gsm8k_problems(source: str, rows: Iterable[dict]) -> Iterator[str]:
+    for i, row in enumerate(rows):
+        question, answer = row.get("question"), row.get("answer")
+        if not isinstance(question, str) or not isinstance(answer, str):
+            raise PromptSourceError(f"dataset {source!r}: row {i} lacks string 'question' and 'answer'")
+        yield f"Question: {question}\nAnswer: {answer}\n\n"
+
+
+def _field_values(source: str, rows: Iterable[dict], field: str) -> Iterator[str]:
+    for i, row in enumerate(rows):
+        if field not in row:
+            raise PromptSourceError(f"dataset {source!r}: row {i} has no field {field!r} (keys: {sorted(row)})")
+        value = row[field]
+        if not isinstance(value, str):
+            raise PromptSourceError(f"dataset {source!r}: row {i} field {field!r} is {type(value).__name__}, not str")
+        yield value.strip()
+

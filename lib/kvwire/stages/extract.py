@@ -1,0 +1,61 @@
+"""Stage: prefill each prompt's prefix and store its KV cache (one safetensors file per prompt)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ..io import read_json, write_json
+from ..kv import KVRecord, prefill, save_kv
+from ..models import load_model
+from ..prompts import read_documents, select_prompts
+from .runtime import DTYPES, LOG, pick_device
+
+
+def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str | Path, *,
+               prefix_tokens: int, continuation: int, count: int, dtype: str = "bfloat16",
+               device: str = "auto", batch_size: int = 4) -> dict:
+    facts = read_json(facts_path)
+    model_dir = Path(facts_path).parent
+    out_dir = Path(manifest_path).parent
+    dev = pick_device(device)
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(model_dir, dtype=DTYPES[dtype], device=str(dev))
+    LOG.info("loaded %s in %.1fs on %s", facts.get("name", model_dir.name), time.perf_counter() - t0, dev)
+    limit = facts.get("max_position_embeddings")
+    if limit and prefix_tokens + continuation + 64 > int(limit):
+        raise ValueError(f"bin {prefix_tokens} + continuation {continuation} exceeds the model's context {limit}")
+    prompts = select_prompts(read_documents(docs_path), tokenizer, prefix_tokens=prefix_tokens,
+                             continuation_tokens=continuation, count=count)
+    files = []
+    t0 = time.perf_counter()
+    for start in tqdm(range(0, len(prompts), batch_size), desc=f"prefill {prefix_tokens}", unit="batch"):
+        batch = prompts[start:start + batch_size]
+        ids = torch.tensor([p["prefix_ids"] for p in batch])
+        layers, first = prefill(model, ids.to(model.device))
+        for j, prompt in enumerate(batch):
+            name = f"p{start + j:04d}.safetensors"
+            record = KVRecord(layers=layers[j], prefix_ids=ids[j],
+                              continuation_ids=torch.tensor(prompt["continuation_ids"]),
+                              first_token=int(first[j]),
+                              meta={"model": facts.get("name"), "source": facts.get("source"),
+                                    "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem})
+            save_kv(out_dir / name, record)
+            files.append({"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes})
+    shape = list(layers[0][0].k.shape)
+    manifest = {
+        "model": facts.get("name"), "dataset": Path(docs_path).stem, "prefix_tokens": prefix_tokens,
+        "continuation_tokens": continuation, "dtype": dtype, "device": str(dev),
+        "n_layers": len(layers[0]), "layer_shape": shape, "layer_types": facts.get("layer_types"),
+        "prompts": files, "prefill_seconds": time.perf_counter() - t0,
+    }
+    write_json(manifest_path, manifest)  # written last: its presence means every KV file is complete
+    return manifest
+
+
+def kv_files(manifest_path: str | Path) -> list[Path]:
+    manifest = read_json(manifest_path)
+    return [Path(manifest_path).parent / p["file"] for p in manifest["prompts"]]

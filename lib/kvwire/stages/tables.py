@@ -1,0 +1,59 @@
+"""Stage: aggregate per-job results into the study's summary tables (CSV and LaTeX)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from ..io import atomic_path, read_json, write_csv
+
+QUALITY_COLUMNS = ["token_agreement", "delta_ce", "greedy_match", "first_divergence", "key_cosine",
+                   "value_cosine", "key_rel_mse", "value_rel_mse"]
+
+
+def quality_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """One row per (model, dataset, bin, codec): means over prompts, with counts and CPU cost."""
+    rows = []
+    for path in quality_jsons:
+        path = Path(path)
+        result = read_json(path)
+        model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
+        rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
+                     "n_prompts": result["n_prompts"], "ratio": result["ratio"],
+                     **{m: result["summary"][m] for m in QUALITY_COLUMNS},
+                     "cpu_seconds_per_prompt": result["cpu_seconds_per_prompt"]})
+    table = pd.DataFrame(rows).sort_values(["model", "dataset", "bin", "codec"]).reset_index(drop=True)
+    write_csv(out_csv, table)
+    return table
+
+
+def break_even_table(break_even_csvs: list[str | Path], sweep_csvs: list[str | Path], out_csv: str | Path,
+                     out_tex: str | Path, out_sweep: str | Path) -> pd.DataFrame:
+    table = pd.concat([pd.read_csv(p) for p in break_even_csvs], ignore_index=True)
+    table = table.sort_values(["model", "dataset", "bin", "device", "codec"]).reset_index(drop=True)
+    write_csv(out_csv, table)
+    sweep = pd.concat([pd.read_csv(p) for p in sweep_csvs], ignore_index=True)
+    write_csv(out_sweep, sweep.sort_values(["model", "dataset", "bin", "codec", "bandwidth_gbps"]))
+    tex = table[["model", "dataset", "bin", "device", "codec", "ratio", "encode_s", "decode_s",
+                 "break_even_gbps_sequential", "break_even_gbps_pipelined"]].copy()
+    tex["encode_s"] *= 1e3
+    tex["decode_s"] *= 1e3
+    tex.columns = ["Model", "Dataset", "Tokens", "Device", "Codec", "Ratio", "Enc. (ms)", "Dec. (ms)",
+                   "Break-even seq. (Gbps)", "Break-even pipe. (Gbps)"]
+    latex = tex.to_latex(index=False, float_format="%.3g", escape=True,
+                         caption="Break-even bandwidth per codec: compression pays off below it "
+                                 "(made by rule break\\_even\\_table).",
+                         label="tab:break-even")
+    with atomic_path(out_tex) as tmp:
+        tmp.write_text(latex, encoding="utf-8")
+    return table
+
+
+def models_table(facts_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    keys = ["name", "architecture", "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size",
+            "vocab_size", "rope_theta", "sliding_window", "source", "sha256"]
+    rows = [{k: read_json(p).get(k) for k in keys} for p in facts_jsons]
+    table = pd.DataFrame(rows)
+    write_csv(out_csv, table)
+    return table

@@ -1,0 +1,250 @@
+"""The wire container, version 1: the exact bytes that cross the link.
+
+Layout (all integers little-endian)::
+
+    preamble  b"KVWR" | u16 version | u16 flags | u32 header_len
+    header    UTF-8 JSON: codec name + params, tensor layout, metadata   (header_len bytes)
+              u32 crc32(preamble + header)
+    frame*    b"KVFR" | u32 layer | u64 payload_len | u32 crc32(payload) | u32 crc32(frame head)
+              payload (payload_len bytes: the codec's encoding of that layer's K and V)
+    trailer   b"KVEN" | u32 n_frames | u32 crc32 of the frames' payload crcs
+
+One frame per layer, self-delimiting, so a sender can stream layer i while encoding
+layer i+1 and a receiver can decode each frame as it lands. Every byte of the header
+and payloads is covered by a CRC32; any truncation or corruption raises ``WireError``
+naming the part that is wrong. The container knows nothing of codec internals.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import torch
+
+from .codecs import LayerContext, LayerKV, Pipeline, build
+from .errors import KvwireError, WireError
+
+MAGIC = b"KVWR"
+FRAME_MAGIC = b"KVFR"
+END_MAGIC = b"KVEN"
+VERSION = 1
+
+_PREAMBLE = struct.Struct("<4sHHI")
+_CRC = struct.Struct("<I")
+_FRAME_HEAD = struct.Struct("<4sIQI")  # magic, layer, payload_len, payload crc
+_TRAILER = struct.Struct("<4sII")
+
+DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
+DTYPES = {v: k for k, v in DTYPE_NAMES.items()}
+
+
+@dataclass
+class WireHeader:
+    codec: str
+    params: dict[str, Any]
+    dtype: torch.dtype
+    shapes: list[tuple[int, int, int]]  # per layer (kv_heads, seq, head_dim)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.shapes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "params": self.params,
+            "layout": {"order": "kv_heads,seq,head_dim", "dtype": DTYPE_NAMES[self.dtype],
+                       "shapes": [list(s) for s in self.shapes]},
+            "meta": self.meta,
+        }
+
+    @classmethod
+    def from_json(cls, obj: dict[str, Any]) -> "WireHeader":
+        try:
+            layout = obj["layout"]
+            dtype = DTYPES[layout["dtype"]]
+            shapes = [tuple(int(x) for x in s) for s in layout["shapes"]]
+            if any(len(s) != 3 for s in shapes):
+                raise ValueError("every layer shape needs 3 dims")
+            return cls(codec=str(obj["codec"]), params=dict(obj["params"]), dtype=dtype,
+                       shapes=shapes, meta=dict(obj.get("meta", {})))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise WireError(f"wire header is malformed: {exc!r}") from exc
+
+    def context(self, layer: int, stats: dict[str, torch.Tensor] | None = None) -> LayerContext:
+        return LayerContext(layer=layer, n_layers=self.n_layers, dtype=self.dtype,
+                            shape=self.shapes[layer], stats=stats or {})
+
+    @property
+    def raw_bytes(self) -> int:
+        elt = torch.empty((), dtype=self.dtype).element_size()
+        return sum(2 * h * s * d * elt for h, s, d in self.shapes)
+
+
+@dataclass
+class Frame:
+    layer: int
+    payload: bytes
+
+
+# ---- writing --------------------------------------------------------------------------------
+
+def header_bytes(header: WireHeader) -> bytes:
+    body = json.dumps(header.to_json(), sort_keys=True, separators=(",", ":")).encode()
+    pre = _PREAMBLE.pack(MAGIC, VERSION, 0, len(body))
+    return pre + body + _CRC.pack(zlib.crc32(pre + body))
+
+
+def frame_bytes(layer: int, payload: bytes) -> bytes:
+    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, len(payload), zlib.crc32(payload))
+    return head + _CRC.pack(zlib.crc32(head)) + payload
+
+
+def trailer_bytes(payload_crcs: Sequence[int]) -> bytes:
+    return _TRAILER.pack(END_MAGIC, len(payload_crcs), _crc_of_crcs(payload_crcs))
+
+
+def _crc_of_crcs(crcs: Sequence[int]) -> int:
+    return zlib.crc32(b"".join(_CRC.pack(c) for c in crcs))
+
+
+def make_header(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None) -> WireHeader:
+    if not layers:
+        raise KvwireError("cannot encode a cache with no layers")
+    dtype = layers[0].k.dtype
+    if dtype not in DTYPE_NAMES:
+        raise KvwireError(f"KV dtype {dtype} not supported (float16, bfloat16, float32)")
+    for i, layer in enumerate(layers):
+        if layer.k.dtype != dtype or layer.v.dtype != dtype:
+            raise KvwireError(f"layer {i} dtype {layer.k.dtype}/{layer.v.dtype} differs from layer 0 ({dtype})")
+    return WireHeader(codec=codec.name, params=codec.params, dtype=dtype,
+                      shapes=[tuple(layer.k.shape) for layer in layers], meta=dict(meta or {}))
+
+
+def iter_encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
+                stats: Sequence[dict[str, torch.Tensor]] | None = None) -> Iterator[bytes]:
+    """Yield the container piece by piece: header, one frame per layer (encoded lazily), trailer."""
+    header = make_header(codec, layers, meta)
+    yield header_bytes(header)
+    crcs = []
+    for i, layer in enumerate(layers):
+        payload = codec.encode_layer(layer, header.context(i, stats[i] if stats else None))
+        crcs.append(zlib.crc32(payload))
+        yield frame_bytes(i, payload)
+    yield trailer_bytes(crcs)
+
+
+def encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
+           stats: Sequence[dict[str, torch.Tensor]] | None = None) -> bytes:
+    """Encode a whole cache (list of per-layer K/V) into one wire container."""
+    return b"".join(iter_encode(codec, layers, meta, stats))
+
+
+# ---- reading --------------------------------------------------------------------------------
+
+def read_header(data: bytes | memoryview) -> tuple[WireHeader, int]:
+    """Parse and verify the header; return it and the offset of the first frame."""
+    view = memoryview(data)
+    if len(view) < _PREAMBLE.size:
+        raise WireError(f"truncated: {len(view)} bytes is shorter than the {_PREAMBLE.size}-byte preamble")
+    magic, version, _flags, hlen = _PREAMBLE.unpack_from(view, 0)
+    if magic != MAGIC:
+        raise WireError(f"not a kvwire container: magic {bytes(magic)!r}, expected {MAGIC!r}")
+    if version != VERSION:
+        raise WireError(f"unsupported wire version {version} (this kvwire reads version {VERSION})")
+    end = _PREAMBLE.size + hlen
+    if len(view) < end + _CRC.size:
+        raise WireError(f"truncated header: need {end + _CRC.size} bytes, have {len(view)}")
+    (crc,) = _CRC.unpack_from(view, end)
+    if zlib.crc32(view[:end]) != crc:
+        raise WireError("header checksum mismatch: the header is corrupted")
+    try:
+        obj = json.loads(bytes(view[_PREAMBLE.size:end]).decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WireError(f"header JSON unreadable: {exc}") from exc
+    return WireHeader.from_json(obj), end + _CRC.size
+
+
+def read_frame(view: memoryview, offset: int, expect_layer: int) -> tuple[Frame, int]:
+    """Parse and verify one frame at ``offset``; return it and the next offset."""
+    head_end = offset + _FRAME_HEAD.size + _CRC.size
+    if len(view) < head_end:
+        raise WireError(f"truncated: frame {expect_layer} header missing at byte {offset}")
+    magic, layer, n, payload_crc = _FRAME_HEAD.unpack_from(view, offset)
+    (head_crc,) = _CRC.unpack_from(view, offset + _FRAME_HEAD.size)
+    if zlib.crc32(view[offset:offset + _FRAME_HEAD.size]) != head_crc or magic != FRAME_MAGIC:
+        raise WireError(f"frame {expect_layer} header corrupted at byte {offset}")
+    if layer != expect_layer:
+        raise WireError(f"frame out of order: got layer {layer}, expected {expect_layer}")
+    if len(view) < head_end + n:
+        raise WireError(f"truncated: frame {layer} needs {n} payload bytes, only {len(view) - head_end} left")
+    payload = view[head_end:head_end + n]
+    if zlib.crc32(payload) != payload_crc:
+        raise WireError(f"frame {layer} payload checksum mismatch: the payload is corrupted")
+    return Frame(layer, bytes(payload)), head_end + n
+
+
+def read_frames(data: bytes | memoryview) -> tuple[WireHeader, list[Frame]]:
+    """Verify the whole container (header, every frame, trailer) and return its parts."""
+    view = memoryview(data)
+    header, offset = read_header(view)
+    frames = []
+    for i in range(header.n_layers):
+        frame, offset = read_frame(view, offset, i)
+        frames.append(frame)
+    if len(view) < offset + _TRAILER.size:
+        raise WireError("truncated: trailer missing")
+    magic, count, crc = _TRAILER.unpack_from(view, offset)
+    if magic != END_MAGIC:
+        raise WireError(f"trailer corrupted at byte {offset}")
+    if count != len(frames) or crc != _crc_of_crcs([zlib.crc32(f.payload) for f in frames]):
+        raise WireError("trailer does not match the frames (count or checksum)")
+    if len(view) != offset + _TRAILER.size:
+        raise WireError(f"{len(view) - offset - _TRAILER.size} unexpected byte(s) after the trailer")
+    return header, frames
+
+
+def decode(data: bytes | memoryview) -> tuple[WireHeader, list[LayerKV]]:
+    """Verify and decode a container into per-layer K/V (original dtype and layout)."""
+    header, frames = read_frames(data)
+    try:
+        codec = build(header.codec, header.params)
+    except KvwireError as exc:
+        raise WireError(f"container names a codec this kvwire cannot build: {exc}") from exc
+    return header, [codec.decode_layer(f.payload, header.context(f.layer)) for f in frames]
+
+
+def inspect(data: bytes | memoryview) -> dict[str, Any]:
+    """Header, frame sizes and checksum status, without decoding payloads."""
+    view = memoryview(data)
+    report: dict[str, Any] = {"total_bytes": len(view)}
+    try:
+        header, frames = read_frames(view)
+    except WireError as exc:
+        report["checksum"] = f"FAILED: {exc}"
+        try:
+            header, _ = read_header(view)
+            report["header"] = header.to_json()
+        except WireError:
+            pass
+        return report
+    payload = sum(len(f.payload) for f in frames)
+    report.update(
+        header=header.to_json(),
+        checksum="ok",
+        raw_bytes=header.raw_bytes,
+        ratio=header.raw_bytes / len(view),
+        payload_bytes=payload,
+        overhead_bytes=len(view) - payload,
+        frames=[{"layer": f.layer, "bytes": len(f.payload)} for f in frames],
+    )
+    return report
+
+
+def chunks_total(chunks: Iterable[bytes]) -> int:
+    return sum(len(c) for c in chunks)

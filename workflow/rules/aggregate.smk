@@ -1,0 +1,78 @@
+rule quality_table:
+    input:
+        quality=quality_files(),
+    output:
+        table=report(
+            "results/tables/quality.csv",
+            caption="../report/quality.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/quality_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../../scripts/quality_table.py"
+
+
+rule break_even_table:
+    input:
+        tables=transfer_tables(),
+    output:
+        csv="results/tables/break_even.csv",
+        tex="results/tables/break_even.tex",
+        sweep="results/tables/transfer_sweep.csv",
+    log:
+        "logs/aggregate/break_even_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../../scripts/break_even_table.py"
+
+
+rule models_table:
+    input:
+        facts=model_facts_all(),
+    output:
+        table="results/tables/models.csv",
+    log:
+        "logs/aggregate/models_table.log",
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../../scripts/models_table.py"
+
+
+rule figure_speedup:
+    input:
+        sweep="results/tables/transfer_sweep.csv",
+        break_even="results/tables/break_even.csv",
+    output:
+        pdf="paper/figures/speedup_vs_bandwidth.pdf",
+        png=report(
+            "paper/figures/speedup_vs_bandwidth.png",
+            caption="../report/speedup.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_speedup.log",
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    conda:
+        "../../envs/analysis.yaml"
+    script:
+        "../../scripts/figure_speedup.py"

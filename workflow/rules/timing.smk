@@ -1,0 +1,20 @@
+# CPU timing takes every core so that no neighbouring job disturbs the clock.
+rule time_cpu:
+    input:
+        kv=kv_manifests_of_model,
+    output:
+        table="results/timing/cpu/{model}/{codec}.csv",
+    params:
+        codec=codec_of,
+        timing=config.get("timing", {}),
+        torch_threads=config.get("torch_threads", 2),
+    log:
+        "logs/timing/cpu/{model}/{codec}.log",
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/torch.yaml"
+    script:
+        "../../scripts/time_cpu.py"
