@@ -34,7 +34,9 @@ def quantize_per_token(x: torch.Tensor, scale_dtype: torch.dtype) -> tuple[torch
 
 
 def dequantize_per_token(codes: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (codes.float() * scale.float()).to(dtype)
+    # a scale rounded up in storage can push 127 * scale past fp16's max: clamp, never emit inf
+    limit = torch.finfo(dtype).max
+    return (codes.float() * scale.float()).clamp_(-limit, limit).to(dtype)
 
 
 @register

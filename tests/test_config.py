@@ -1,0 +1,63 @@
+"""Config validation: every bad key or type stops the run with a message naming it."""
+
+import copy
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kvwire.config import check_config, codec_spec, load_schema
+from kvwire.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def schema(repo):
+    return load_schema(repo / "workflow" / "schemas" / "config.schema.yaml")
+
+
+@pytest.fixture(scope="module")
+def default(repo):
+    return yaml.safe_load((repo / "config" / "config.yaml").read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_shipped_configs_are_valid(repo, schema, name):
+    check_config(yaml.safe_load((repo / "config" / name).read_text()), schema)
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: c.update(bogus=1), "unknown config key 'bogus'"),
+    (lambda c: c["prompts"].update(per_bin="eight"), "config key 'prompts.per_bin': 'eight' is not of type 'integer'"),
+    (lambda c: c["prompts"].update(bins=[256, "x"]), "config key 'prompts.bins[1]'"),
+    (lambda c: c["transfer"].update(bandwidths_gbps=[0]), "config key 'transfer.bandwidths_gbps[0]'"),
+    (lambda c: c["models"]["smollm2-135m"].update(source="s3:x"), "config key 'models.smollm2-135m.source'"),
+    (lambda c: c["models"]["smollm2-135m"].update(rev="main"), "unknown config key 'models.smollm2-135m.rev'"),
+    (lambda c: c["datasets"]["pydocs"].update(format="csv"), "config key 'datasets.pydocs.format'"),
+    (lambda c: c["codecs"].update(int9={}), "config key 'codecs.int9': unknown codec 'int9'"),
+    (lambda c: c["codecs"]["zstd"]["params"].update(lvl=1), "config key 'codecs.zstd'.*unknown parameter"),
+    (lambda c: c.pop("models"), "'models' is a required property"),
+    (lambda c: c["models"].update({"bad/name": {"source": "hf:x"}}), "bad/name"),
+])
+def test_bad_config_names_the_key(schema, default, edit, needle):
+    cfg = copy.deepcopy(default)
+    edit(cfg)
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[").replace("]", r"\]")
+                       if "*" not in needle else needle):
+        check_config(cfg, schema)
+
+
+def test_codec_spec_defaults_to_key():
+    assert codec_spec("int8", {}) == ("int8", {})
+    assert codec_spec("fast", {"codec": "zstd", "params": {"level": 1}}) == ("zstd", {"level": 1})
+
+
+def test_snakemake_stops_on_bad_key(repo, default, tmp_path):
+    cfg = copy.deepcopy(default)
+    cfg["prompts"]["bogus"] = 1
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--configfile", str(path)], cwd=repo,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "unknown config key 'prompts.bogus'" in proc.stdout + proc.stderr

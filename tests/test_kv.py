@@ -1,0 +1,122 @@
+"""KV extraction and re-injection: the round trip must equal an uninterrupted forward pass."""
+
+import pytest
+import torch
+
+from kvwire import wire
+from kvwire.codecs import LayerKV, build
+from kvwire.errors import KVError
+from kvwire.kv import KVRecord, continue_logits, greedy_generate, load_kv, prefill, save_kv
+from kvwire.quality import score_batch
+
+
+def tiny_gemma3(sliding_window=6):
+    """A random Gemma-3 text model with sliding-window and full layers, to catch the position pitfall."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    torch.manual_seed(0)
+    cfg = Gemma3TextConfig(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                           num_attention_heads=4, num_key_value_heads=1, head_dim=16,
+                           sliding_window=sliding_window, layer_types=["sliding_attention", "sliding_attention",
+                                                                       "full_attention"],
+                           max_position_embeddings=128)
+    return Gemma3ForCausalLM(cfg).eval()
+
+
+def _round_trip_error(model, prefix=24, cont=9, batch=3):
+    torch.manual_seed(1)
+    vocab = model.config.vocab_size
+    ids = torch.randint(3, vocab, (batch, prefix + cont))
+    with torch.inference_mode():
+        full = model(input_ids=ids).logits.float()
+    layers, first = prefill(model, ids[:, :prefix])
+    assert torch.equal(first, full[:, prefix - 1].argmax(-1))
+    logits = continue_logits(model, layers, prefix, ids[:, prefix:])
+    return (logits - full[:, prefix:]).abs().max().item(), layers
+
+
+def test_round_trip_equals_uninterrupted_forward(small_model):
+    err, layers = _round_trip_error(small_model)
+    cfg = small_model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    assert layers[0][0].k.shape == (cfg.num_key_value_heads, 24, head_dim)  # GQA: kv heads, not query heads
+    assert err < 1e-4
+
+
+def test_round_trip_with_sliding_window_layers_longer_than_window():
+    model = tiny_gemma3(sliding_window=6)
+    err, layers = _round_trip_error(model, prefix=20)  # prefix far beyond the window
+    assert all(layer.k.shape[1] == 20 for layer in layers[0])  # sliding layers keep the whole prefix
+    assert err < 1e-4
+
+
+def test_greedy_after_injection_matches_uninterrupted_generation(small_model):
+    torch.manual_seed(2)
+    ids = torch.randint(3, small_model.config.vocab_size, (2, 16))
+    layers, first = prefill(small_model, ids)
+    gen = greedy_generate(small_model, layers, 16, first, 6)
+    seq = torch.cat([ids, first.view(-1, 1)], 1)
+    with torch.inference_mode():
+        for _ in range(6):
+            nxt = small_model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
+            seq = torch.cat([seq, nxt], 1)
+    assert torch.equal(gen, seq[:, 17:])
+
+
+def test_save_load_round_trip_exact(tmp_path):
+    layers = [LayerKV(torch.randn(2, 5, 4).bfloat16(), torch.randn(2, 5, 4).bfloat16()) for _ in range(3)]
+    rec = KVRecord(layers, torch.arange(5), torch.arange(5, 9), 7, {"prompt_id": "x"})
+    save_kv(tmp_path / "a.safetensors", rec)
+    back = load_kv(tmp_path / "a.safetensors")
+    assert back.first_token == 7 and back.meta == {"prompt_id": "x"} and back.seq_len == 5
+    for a, b in zip(layers, back.layers):
+        assert torch.equal(a.k, b.k) and b.k.dtype == torch.bfloat16 and b.positions is None
+
+
+def test_load_rejects_nan_missing_and_foreign_files(tmp_path):
+    k = torch.randn(1, 3, 4)
+    k[0, 1, 1] = float("nan")
+    save_kv(tmp_path / "nan.safetensors", KVRecord([LayerKV(k, torch.zeros(1, 3, 4))], torch.arange(3)))
+    with pytest.raises(KVError, match="NaN/Inf in layer 0 keys"):
+        load_kv(tmp_path / "nan.safetensors")
+    with pytest.raises(KVError, match="not found"):
+        load_kv(tmp_path / "nope.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(KVError, match="not a kvwire KV file"):
+        load_kv(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors at all")
+    with pytest.raises(KVError, match="unreadable"):
+        load_kv(tmp_path / "junk.safetensors")
+
+
+def _records(model, n=3, prefix=20, cont=10):
+    torch.manual_seed(3)
+    ids = torch.randint(3, model.config.vocab_size, (n, prefix + cont))
+    layers, first = prefill(model, ids[:, :prefix])
+    return [KVRecord(layers[b], ids[b, :prefix], ids[b, prefix:], int(first[b]), {"prompt_id": f"p{b}"})
+            for b in range(n)]
+
+
+def test_identity_quality_is_exact(small_model):
+    records = _records(small_model)
+    decoded = [wire.decode(wire.encode(build("identity"), r.layers))[1] for r in records]
+    for row in score_batch(small_model, records, decoded, steps=5):
+        assert row["token_agreement"] == 1.0 and row["delta_ce"] == 0.0
+        assert row["greedy_match"] == 1.0 and row["first_divergence"] == 5
+        assert row["key_cosine"] == 1.0 and row["value_rel_mse"] == 0.0
+
+
+def test_lossy_quality_is_measured_not_assumed(small_model):
+    """int8 keeps quality close; a cache whose values are detached from their keys scores worse.
+    (Flipping K and V together would change nothing: attention over a cache is order-free.)"""
+    records = _records(small_model)
+    int8 = [wire.decode(wire.encode(build("int8"), r.layers))[1] for r in records]
+    rows8 = score_batch(small_model, records, int8, steps=5)
+    scrambled = [[LayerKV(layer.k, layer.v.flip(1)) for layer in r.layers] for r in records]
+    rows_bad = score_batch(small_model, records, scrambled, steps=5)
+    mean = lambda rows, m: sum(r[m] for r in rows) / len(rows)  # noqa: E731
+    assert mean(rows8, "token_agreement") >= mean(rows_bad, "token_agreement")
+    assert abs(mean(rows8, "delta_ce")) < abs(mean(rows_bad, "delta_ce"))
+    assert 0.99 < mean(rows8, "key_cosine") < 1.0
