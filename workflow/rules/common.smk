@@ -1,7 +1,11 @@
 # Config validation, wildcard constraints and every input function of the workflow.
+import os
 import re
 import sys
 from pathlib import Path
+
+# Jobs inherit this (see lib/kvwire/__init__.py for why it matters to CPU timings).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from snakemake.utils import validate
 
