@@ -9,12 +9,12 @@ rule quality_table:
         ),
     log:
         "logs/aggregate/quality_table.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../../scripts/quality_table.py"
 
@@ -28,12 +28,12 @@ rule break_even_table:
         sweep="results/tables/transfer_sweep.csv",
     log:
         "logs/aggregate/break_even_table.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../../scripts/break_even_table.py"
 
@@ -45,12 +45,12 @@ rule models_table:
         table="results/tables/models.csv",
     log:
         "logs/aggregate/models_table.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../../scripts/models_table.py"
 
@@ -68,11 +68,11 @@ rule figure_speedup:
         ),
     log:
         "logs/aggregate/figure_speedup.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
     script:
         "../../scripts/figure_speedup.py"

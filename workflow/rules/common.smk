@@ -24,7 +24,9 @@ CODECS = list(config["codecs"])
 
 
 def _alternatives(names):
-    return "|".join(re.escape(str(n)) for n in sorted(names, key=lambda n: -len(str(n))))
+    return "|".join(
+        re.escape(str(n)) for n in sorted(names, key=lambda n: -len(str(n)))
+    )
 
 
 wildcard_constraints:
@@ -77,7 +79,9 @@ def kv_manifests_of_model(wildcards):
 
 
 def timing_tables_of_model(wildcards):
-    return expand("results/timing/cpu/{model}/{codec}.csv", model=wildcards.model, codec=CODECS)
+    return expand(
+        "results/timing/cpu/{model}/{codec}.csv", model=wildcards.model, codec=CODECS
+    )
 
 
 def quality_files():
@@ -91,7 +95,11 @@ def quality_files():
 
 
 def transfer_tables():
-    return expand("results/transfer/{model}/{kind}.csv", model=MODELS, kind=["sweep", "break_even"])
+    return expand(
+        "results/transfer/{model}/{kind}.csv",
+        model=MODELS,
+        kind=["sweep", "break_even"],
+    )
 
 
 def model_facts_all():

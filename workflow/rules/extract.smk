@@ -5,20 +5,20 @@ rule extract_kv:
         docs=prompt_docs,
     output:
         manifest="results/kv/{model}/{dataset}/{bin}/manifest.json",
+    log:
+        "logs/extract/{model}/{dataset}/{bin}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=8000,
+        runtime=60,
     params:
         prefix_tokens=lambda wc: int(wc.bin),
         continuation=config["prompts"]["continuation"],
         per_bin=config["prompts"]["per_bin"],
         extract=config.get("extract", {}),
         torch_threads=config.get("torch_threads", 2),
-    log:
-        "logs/extract/{model}/{dataset}/{bin}.log",
-    threads: 2
-    resources:
-        gpu=1,
-        mem_mb=8000,
-        runtime=60,
-    conda:
-        "../../envs/torch.yaml"
     script:
         "../../scripts/extract_kv.py"

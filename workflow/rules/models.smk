@@ -1,16 +1,16 @@
 rule fetch_model:
     output:
         facts="resources/models/{model}/facts.json",
-    params:
-        spec=model_spec,
-        cache="resources/cache",
     log:
         "logs/models/{model}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        spec=model_spec,
+        cache="resources/cache",
     script:
         "../../scripts/fetch_model.py"

@@ -5,17 +5,17 @@ rule quality:
         wire=wire_manifest,
     output:
         quality="results/quality/{model}/{dataset}/{bin}/{codec}.json",
-    params:
-        quality=config.get("quality", {}),
-        dtype=config.get("extract", {}).get("dtype", "bfloat16"),
-        torch_threads=config.get("torch_threads", 2),
     log:
         "logs/quality/{model}/{dataset}/{bin}/{codec}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: 2
     resources:
         mem_mb=8000,
         runtime=60,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        quality=config.get("quality", {}),
+        dtype=config.get("extract", {}).get("dtype", "bfloat16"),
+        torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/quality.py"

@@ -4,17 +4,17 @@ rule time_cpu:
         kv=kv_manifests_of_model,
     output:
         table="results/timing/cpu/{model}/{codec}.csv",
-    params:
-        codec=codec_of,
-        timing=config.get("timing", {}),
-        torch_threads=config.get("torch_threads", 2),
     log:
         "logs/timing/cpu/{model}/{codec}.log",
+    conda:
+        "../../envs/torch.yaml"
     threads: workflow.cores
     resources:
         mem_mb=4000,
         runtime=30,
-    conda:
-        "../../envs/torch.yaml"
+    params:
+        codec=codec_of,
+        timing=config.get("timing", {}),
+        torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/time_cpu.py"

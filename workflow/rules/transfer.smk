@@ -4,16 +4,16 @@ rule transfer_model:
     output:
         sweep="results/transfer/{model}/sweep.csv",
         break_even="results/transfer/{model}/break_even.csv",
-    params:
-        bandwidths=config["transfer"]["bandwidths_gbps"],
-        latency_us=config["transfer"].get("latency_us", 0),
     log:
         "logs/transfer/{model}.log",
+    conda:
+        "../../envs/analysis.yaml"
     threads: 1
     resources:
         mem_mb=1000,
         runtime=10,
-    conda:
-        "../../envs/analysis.yaml"
+    params:
+        bandwidths=config["transfer"]["bandwidths_gbps"],
+        latency_us=config["transfer"].get("latency_us", 0),
     script:
         "../../scripts/transfer_model.py"
