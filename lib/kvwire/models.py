@@ -604,6 +604,29 @@ def _load_source(name: str, resolved: _Resolved, log: "_Log"):
     return model, tokenizer, corrections, tokenizer_fix
 
 
+def _dequantize_kwargs(kwargs: Mapping) -> dict:
+    """Ask for a fully dequantized model: transformers 5.2x keeps GGUF blocks packed when it has kernels."""
+    if "gguf_file" not in kwargs:
+        return {}
+    try:
+        from transformers import GgufConfig
+    except ImportError:  # older transformers always dequantize
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def _drop_gguf_quantizer(name: str, model) -> None:
+    """Make a dequantized GGUF model an ordinary dense one, so that save_pretrained accepts it."""
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is None:
+        return
+    packed = [n for n, m in model.named_modules() if type(m).__name__.lower().startswith("gguf")]
+    if packed:
+        raise ModelSourceError(f"model {name!r}: weights stayed GGUF-packed in {packed[:3]}...; cannot densify")
+    quantizer.remove_quantization_config(model)
+    model.config._is_quantized = False
+
+
 def _gguf_metadata(path: Path) -> dict[str, Any]:
     """Scalar metadata of a GGUF file; arrays (the vocabulary, ...) are left out."""
     try:  # transformers' own reader skips the arrays: 0.1 s, where gguf.GGUFReader takes 16 s on Gemma

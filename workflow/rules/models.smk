@@ -11,6 +11,6 @@ rule fetch_model:
         runtime=60,
     params:
         spec=model_spec,
-        cache="resources/cache",
+        cache=os.environ.get("KVWIRE_CACHE", "resources/cache/pypi"),
     script:
         "../../scripts/fetch_model.py"

@@ -1,0 +1,130 @@
+"""The Snakemake workflow: lint, formatting, the planned DAG, and the smoke study end to end."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from kvwire import wire
+
+SMOKE_MINUTES = 10
+
+
+def snakemake(repo, *args, cwd=None, timeout=120, env=None):
+    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), *args],
+                          cwd=cwd or repo, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+def test_lint_is_clean(repo):
+    out = snakemake(repo, "--lint")
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_snakefmt_check(repo):
+    out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=repo,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def _job_counts(stdout: str) -> dict[str, int]:
+    counts, in_table = {}, False
+    for line in stdout.splitlines():
+        if line.startswith("job ") and "count" in line:
+            in_table = True
+            continue
+        if in_table:
+            parts = line.split()
+            if len(parts) == 2 and parts[1].isdigit():
+                counts[parts[0]] = int(parts[1])
+            elif parts and parts[0] == "total":
+                break
+    return counts
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+def test_dry_run_plans_the_whole_fan_out(repo, name, tmp_path):
+    cfg = yaml.safe_load((repo / "config" / name).read_text())
+    out = snakemake(repo, "-n", "--configfile", str(repo / "config" / name), "-d", str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    counts = _job_counts(out.stdout)
+    n_models, n_data = len(cfg["models"]), len(cfg["datasets"])
+    n_bins, n_codecs = len(cfg["prompts"]["bins"]), len(cfg["codecs"])
+    assert counts["fetch_model"] == n_models
+    assert counts["extract_kv"] == n_models * n_data * n_bins
+    assert counts["quality"] == counts["encode"] == n_models * n_data * n_bins * n_codecs
+    assert counts["time_cpu"] == n_models * n_codecs
+
+
+def _absolute_config(repo, tmp_path) -> Path:
+    """The smoke config with ../shared paths made absolute, so the study can run in a scratch dir."""
+    text = (repo / "config" / "smoke.yaml").read_text().replace("../shared/", f"{repo.parent / 'shared'}/")
+    path = tmp_path / "smoke.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+def test_smoke_study_end_to_end(repo, tmp_path):
+    shared = repo.parent / "shared"
+    if not (shared / "models" / "stories260K-hf").exists() or not (shared / "data").exists():
+        pytest.skip(f"the smoke study reads ../shared (absent at {shared})")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg_path = _absolute_config(repo, tmp_path)
+    cache = Path(os.environ.get("KVWIRE_TEST_CACHE", repo / ".cache" / "pypi"))
+    env = {"KVWIRE_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    out = snakemake(repo, "--cores", "8", "all", "--configfile", str(cfg_path), "-d", str(work),
+                    timeout=SMOKE_MINUTES * 60, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    cfg = yaml.safe_load(cfg_path.read_text())
+
+    quality = pd.read_csv(work / "results/tables/quality.csv")
+    assert len(quality) == len(cfg["models"]) * len(cfg["datasets"]) * len(cfg["prompts"]["bins"]) * len(cfg["codecs"])
+    ident = quality[quality.codec == "identity"]
+    assert (ident.token_agreement == 1.0).all() and (ident.delta_ce == 0.0).all() and (ident.greedy_match == 1.0).all()
+    lossless = quality[quality.codec == "zstd"]
+    assert (lossless.token_agreement == 1.0).all() and (lossless.delta_ce == 0.0).all()
+    int8 = quality[quality.codec == "int8"]
+    assert (int8.token_agreement >= 0.9).all() and (int8.key_cosine > 0.99).all()
+    assert (quality[quality.codec == "int8+zstd"].ratio.values > int8.ratio.values).all()
+
+    # ratios are those of the real files on disk
+    for row in quality.itertuples():
+        wdir = work / "results/wire" / row.model / row.dataset / str(row.bin) / row.codec
+        files = sorted(wdir.glob("*.kvw"))
+        assert len(files) == row.n_prompts
+        raw = sum(wire.read_frames(f.read_bytes())[0].raw_bytes for f in files)
+        assert row.ratio == pytest.approx(raw / sum(f.stat().st_size for f in files), rel=1e-5)
+
+    be = pd.read_csv(work / "results/tables/break_even.csv")
+    assert set(be.codec) == set(cfg["codecs"])
+    assert (be[be.codec == "identity"].break_even_gbps_sequential == 0).all()
+    lossy = be[be.codec != "identity"]
+    assert (lossy.break_even_gbps_pipelined >= lossy.break_even_gbps_sequential).all()
+    assert "\\begin{tabular}" in (work / "results/tables/break_even.tex").read_text()
+
+    models = pd.read_csv(work / "results/tables/models.csv").set_index("name")
+    assert models.loc["smollm2-135m", "num_kv_heads"] == 3 and models.loc["smollm2-135m", "num_layers"] == 30
+
+    import matplotlib.image as mpimg
+
+    png = mpimg.imread(work / "paper/figures/speedup_vs_bandwidth.png")
+    assert png.shape[0] > 200 and png.shape[1] > 400 and png.std() > 0.05  # a drawn figure, not a blank
+
+    # a rerun resumes: nothing left to do
+    again = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work), "-n", env=env)
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+
+    # determinism: the tables rebuild to identical bytes
+    before = (work / "results/tables/break_even.csv").read_bytes(), (work / "results/tables/quality.csv").read_bytes()
+    redo = snakemake(repo, "--cores", "2", "results/tables/quality.csv", "--configfile", str(cfg_path), "-d",
+                     str(work), "--forcerun", "quality", timeout=SMOKE_MINUTES * 60, env=env)
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert (work / "results/tables/quality.csv").read_bytes() == before[1]
+    shutil.rmtree(work / "results/wire", ignore_errors=True)
