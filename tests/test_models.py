@@ -18,7 +18,6 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
 
 import pytest
 import torch
-
 from kvwire import models
 from kvwire.errors import ModelSourceError
 from kvwire.models import (
@@ -218,7 +217,20 @@ def test_pinned_sha256_mismatch_is_refused(tmp_path):
 # the official-config check
 
 
+def _byte_level_tokenizer():
+    """A small byte-level BPE tokenizer (no merges), like a GGUF gpt2-style one before the fix."""
+    from tokenizers import Tokenizer, pre_tokenizers
+    from tokenizers import models as tok_models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyzĠI0123456789")}
+    backend = Tokenizer(tok_models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    return PreTrainedTokenizerFast(tokenizer_object=backend)
+
+
 def _tiny_llama_dir(path: Path, **overrides) -> Path:
+    """A random 2-layer Llama with a tokenizer, saved as an HF directory."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -226,6 +238,7 @@ def _tiny_llama_dir(path: Path, **overrides) -> Path:
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, rope_theta=10000.0)
     values.update(overrides)
     LlamaForCausalLM(LlamaConfig(**values)).save_pretrained(path)
+    _byte_level_tokenizer().save_pretrained(path)
     return path
 
 
@@ -249,7 +262,7 @@ def test_official_mismatch_lists_rope_theta(tmp_path):
 def test_official_match_records_checked_keys(tmp_path):
     model_dir = _tiny_llama_dir(tmp_path / "tiny")
     card = _card(tmp_path / "card.json", architectures=["LlamaForCausalLM"], num_hidden_layers=2,
-                 hidden_size=32, num_key_value_heads=2, rope_theta=10000, rms_norm_eps=1e-6)
+                 hidden_size=32, num_attention_heads=4, num_key_value_heads=2, rope_theta=10000, rms_norm_eps=1e-6)
     facts = materialize("tiny", {"source": f"local:{model_dir}", "official": card}, tmp_path / "out",
                         progress=False)
     assert set(facts["checked"]) >= {"architecture", "num_hidden_layers", "rope_theta", "head_dim", "layer_types"}
@@ -262,8 +275,9 @@ def test_check_lists_every_mismatch_and_tolerates_float32():
               "rms_norm_eps": 9.999999747378752e-06, "tie_word_embeddings": False}
     with pytest.raises(ModelSourceError) as err:
         check_against_official(loaded, official, label="x")
-    lines = str(err.value).splitlines()[1:]
-    assert [line.split(":")[0].strip() for line in lines] == ["num_hidden_layers", "tie_word_embeddings", "rope_theta"]
+    listed = {line.split(":")[0].strip() for line in str(err.value).splitlines()[1:]}
+    # layer_types follows from num_hidden_layers; rms_norm_eps differs only by float32 rounding
+    assert listed == {"num_hidden_layers", "tie_word_embeddings", "rope_theta", "layer_types"}
 
 
 def test_check_reports_value_missing_from_loaded_config():
@@ -335,12 +349,7 @@ def test_hf_source_checked_against_its_config_json(tmp_path, monkeypatch):
 
 
 def test_digits_fix_splits_digits_individually():
-    from tokenizers import Tokenizer, models as tok_models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(tok_models.BPE(vocab={c: i for i, c in enumerate("abcdefghijklmnopqrstuvwxyzĠI0123456789")}))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok = PreTrainedTokenizerFast(tokenizer_object=backend)
+    tok = _byte_level_tokenizer()
     before = [t for t, _ in tok.backend_tokenizer.pre_tokenizer.pre_tokenize_str("I have 12345 apples")]
     assert "Ġ12345" in before
     assert models._ensure_individual_digits(tok) is True

@@ -198,15 +198,18 @@ def materialize(
         with log.step(f"resolving {source.text}"):
             resolved = _resolve(source, spec, Path(scratch), cache_dir, log)
         _check_pinned_sha256(name, spec, resolved)
-        model, tokenizer, corrections, tokenizer_fix = _load_source(name, resolved, log)
-        checked, checked_against = _check_official(name, spec, resolved, model, log)
+        # The official check runs on the config, before the slow dequantization.
+        config, metadata, corrections = _read_config(name, resolved, log)
+        checked, checked_against = _check_official(name, spec, resolved, config, log)
+        model = _load_weights(name, resolved, config, log)
+        tokenizer, tokenizer_fix = _load_tokenizer(name, resolved, metadata, log)
         facts = model_facts(model, source=source.text, sha256=resolved.sha256)
         facts.update(
             name=name,
             kind=source.kind,
             sha256_of=resolved.sha256_of,
             gguf_file=resolved.gguf_file,
-            gguf_metadata=_gguf_summary(resolved.gguf_path) if resolved.gguf_path else None,
+            gguf_metadata=_gguf_summary(metadata) if metadata else None,
             packages=resolved.packages,
             checksums_verified=resolved.verified,
             official=checked_against,
@@ -467,11 +470,11 @@ def _package_checksum(checksums_source: str, gguf_name: str, cache: Path, log: "
 
 
 def _lookup_checksum(text: str, file_name: str) -> str | None:
-    """Find ``file_name`` in sha256sum output (``HEX  NAME`` or ``HEX *NAME``) or a bare hash."""
-    for line in text.splitlines():
-        fields = line.split()
-        if len(fields) == 1 and re.fullmatch(r"[0-9a-fA-F]{64}", fields[0]):
-            return fields[0].lower()
+    """Find ``file_name`` in sha256sum output (``HEX  NAME`` or ``HEX *NAME``), or a file of one bare hash."""
+    rows = [line.split() for line in text.splitlines() if line.strip()]
+    if len(rows) == 1 and len(rows[0]) == 1 and re.fullmatch(r"[0-9a-fA-F]{64}", rows[0][0]):
+        return rows[0][0].lower()
+    for fields in rows:
         if len(fields) >= 2 and fields[-1].lstrip("*").rsplit("/", 1)[-1] == file_name:
             return fields[0].lower()
     return None
@@ -522,7 +525,7 @@ def _hf_offline() -> bool:
     from huggingface_hub import constants
 
     flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return flag.strip().upper() in {"1", "ON", "YES", "TRUE"} or constants.is_offline_mode()
+    return flag.strip().upper() in {"1", "ON", "YES", "TRUE"} or bool(getattr(constants, "HF_HUB_OFFLINE", False))
 
 
 def _resolve_local(source: ModelSource, spec: Mapping) -> _Resolved:
@@ -574,34 +577,67 @@ def _check_pinned_sha256(name: str, spec: Mapping, resolved: _Resolved) -> None:
 # loading
 
 
-def _load_source(name: str, resolved: _Resolved, log: "_Log"):
-    """Load model (float32) and tokenizer; apply GGUF corrections and the tokenizer fix."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    kwargs = {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
-    what = resolved.gguf_file or str(resolved.model_dir)
+@contextlib.contextmanager
+def _transformers_errors(name: str, what: str) -> Iterator[None]:
+    """Turn transformers' loading errors into a ModelSourceError naming the model."""
     try:
-        with log.step(f"reading config of {what}"):
-            config = AutoConfig.from_pretrained(resolved.model_dir, **kwargs)
-        metadata = _gguf_metadata(resolved.gguf_path) if resolved.gguf_path else {}
-        corrections = gguf_corrections(config, metadata)
-        _apply_corrections(config, corrections)
-        step = "dequantizing GGUF to a dense model" if resolved.gguf_file else "loading weights"
-        with log.step(step):
-            model = AutoModelForCausalLM.from_pretrained(
-                resolved.model_dir, config=config, dtype=DENSE_DTYPE, **kwargs, **_dequantize_kwargs(kwargs)
-            )
-        _drop_gguf_quantizer(name, model)
-        with log.step("loading tokenizer"):
-            tokenizer = AutoTokenizer.from_pretrained(resolved.model_dir, **kwargs)
+        yield
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelSourceError(f"model {name!r}: transformers cannot load {what}: {exc}") from exc
-    model.eval()
-    tokenizer_fix = None
+
+
+def _read_config(name: str, resolved: _Resolved, log: "_Log"):
+    """The config transformers builds (from the GGUF, or config.json), corrected from GGUF metadata."""
+    from transformers import AutoConfig
+
+    what = resolved.gguf_file or str(resolved.model_dir)
+    with log.step(f"reading config of {what}"), _transformers_errors(name, what):
+        config = AutoConfig.from_pretrained(resolved.model_dir, **_gguf_kwargs(resolved))
+    metadata = _gguf_metadata(resolved.gguf_path) if resolved.gguf_path else {}
+    corrections = gguf_corrections(config, metadata)
+    if corrections:
+        log.say(f"correcting values transformers lost, from the GGUF metadata: {corrections}")
+        _apply_corrections(config, corrections)
+    return config, metadata, corrections
+
+
+def _load_weights(name: str, resolved: _Resolved, config, log: "_Log"):
+    """The model in float32, dense (GGUF: every tensor dequantized), in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs = _gguf_kwargs(resolved)
+    step = "dequantizing GGUF to a dense model" if resolved.gguf_file else "loading weights"
+    with log.step(step), _transformers_errors(name, resolved.gguf_file or str(resolved.model_dir)):
+        model = AutoModelForCausalLM.from_pretrained(
+            resolved.model_dir, config=config, dtype=DENSE_DTYPE, **kwargs, **_dequantize_kwargs(kwargs)
+        )
+    _drop_gguf_quantizer(name, model)
+    return model.eval()
+
+
+def _load_tokenizer(name: str, resolved: _Resolved, metadata: Mapping, log: "_Log"):
+    """The tokenizer, with the SmolLM2 GGUF digit split fixed; returns (tokenizer, fix applied or None)."""
+    from transformers import AutoTokenizer
+
+    with log.step("loading tokenizer"), _transformers_errors(name, "its tokenizer"):
+        tokenizer = AutoTokenizer.from_pretrained(resolved.model_dir, **_gguf_kwargs(resolved))
     if metadata.get("tokenizer.ggml.pre") == "smollm" and _ensure_individual_digits(tokenizer):
-        tokenizer_fix = SMOLLM_DIGITS_FIX
         log.say("tokenizer: added the official Digits(individual_digits=True) pre-tokenizer step")
-    return model, tokenizer, corrections, tokenizer_fix
+        return tokenizer, SMOLLM_DIGITS_FIX
+    return tokenizer, None
+
+
+def _gguf_kwargs(resolved: _Resolved) -> dict:
+    return {"gguf_file": resolved.gguf_file} if resolved.gguf_file else {}
+
+
+def _causal_lm_class_name(config) -> str | None:
+    """The class AutoModelForCausalLM will build for ``config`` (known before any weight is read)."""
+    from transformers import AutoModelForCausalLM
+
+    with contextlib.suppress(KeyError, AttributeError):
+        return AutoModelForCausalLM._model_mapping[type(config)].__name__
+    return None
 
 
 def _dequantize_kwargs(kwargs: Mapping) -> dict:
@@ -641,8 +677,7 @@ def _gguf_metadata(path: Path) -> dict[str, Any]:
     return {k: v for k, v in metadata.items() if not isinstance(v, (list, tuple))}
 
 
-def _gguf_summary(path: Path) -> dict:
-    meta = _gguf_metadata(path)
+def _gguf_summary(meta: Mapping[str, Any]) -> dict:
     keys = ("general.architecture", "general.name", "general.file_type", "tokenizer.ggml.model", "tokenizer.ggml.pre")
     return {k: meta.get(k) for k in keys}
 
@@ -727,7 +762,7 @@ def _check_saved_tokenizer(name: str, model_dir: Path) -> None:
 
 
 def _check_official(
-    name: str, spec: Mapping, resolved: _Resolved, model, log: "_Log"
+    name: str, spec: Mapping, resolved: _Resolved, config, log: "_Log"
 ) -> tuple[list[str], str | None]:
     """Compare the loaded config with the official one; return (checked keys, what it was checked against)."""
     official = spec.get("official")
@@ -740,7 +775,7 @@ def _check_official(
             log.say("warning: GGUF without `official:`; values the GGUF lacks are unchecked")
         return [], None
     checked = check_against_official(
-        model.config.to_dict(), values, architecture=type(model).__name__, label=f"model {name!r} vs {label}"
+        config.to_dict(), values, architecture=_causal_lm_class_name(config), label=f"model {name!r} vs {label}"
     )
     return checked, label
 
@@ -853,7 +888,7 @@ def _same(a: Any, b: Any) -> bool:
     if isinstance(a, (int, float)) and isinstance(b, (int, float)):
         return math.isclose(a, b, rel_tol=_FLOAT_REL_TOL)
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
     return a == b
 
 
