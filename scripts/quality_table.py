@@ -9,4 +9,4 @@ from kvwire.stages.tables import quality_table  # noqa: E402
 
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
-quality_table(list(sm.input.quality), sm.output.table)
+quality_table(list(sm.input.quality), sm.output.table, sm.output.cost)

@@ -7,6 +7,7 @@ rule quality_table:
             caption="../report/quality.rst",
             category="Tables",
         ),
+        cost="results/tables/quality_cost.csv",
     log:
         "logs/aggregate/quality_table.log",
     conda:

@@ -12,19 +12,25 @@ QUALITY_COLUMNS = ["token_agreement", "delta_ce", "greedy_match", "first_diverge
                    "value_cosine", "key_rel_mse", "value_rel_mse"]
 
 
-def quality_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
-    """One row per (model, dataset, bin, codec): means over prompts, with counts and CPU cost."""
-    rows = []
+def quality_table(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv: str | Path) -> pd.DataFrame:
+    """One row per (model, dataset, bin, codec): means over prompts. Measured CPU cost goes to a
+    separate table so ``quality.csv`` is byte-identical across reruns of the same config."""
+    rows, costs = [], []
     for path in quality_jsons:
         path = Path(path)
         result = read_json(path)
         model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
         rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
                      "n_prompts": result["n_prompts"], "ratio": result["ratio"],
-                     **{m: result["summary"][m] for m in QUALITY_COLUMNS},
-                     "cpu_seconds_per_prompt": result["cpu_seconds_per_prompt"]})
-    table = pd.DataFrame(rows).sort_values(["model", "dataset", "bin", "codec"]).reset_index(drop=True)
+                     **{m: result["summary"][m] for m in QUALITY_COLUMNS}})
+        costs.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
+                      "n_prompts": result["n_prompts"], "cpu_seconds": result["cpu_seconds"],
+                      "wall_seconds": result["wall_seconds"],
+                      "cpu_seconds_per_prompt": result["cpu_seconds_per_prompt"]})
+    keys = ["model", "dataset", "bin", "codec"]
+    table = pd.DataFrame(rows).sort_values(keys).reset_index(drop=True)
     write_csv(out_csv, table)
+    write_csv(cost_csv, pd.DataFrame(costs).sort_values(keys).reset_index(drop=True))
     return table
 
 
