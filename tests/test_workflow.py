@@ -77,7 +77,7 @@ def test_smoke_study_end_to_end(repo, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     cfg_path = _absolute_config(repo, tmp_path)
-    cache = Path(os.environ.get("KVWIRE_TEST_CACHE", repo / ".cache" / "pypi"))
+    cache = Path(os.environ["KVWIRE_TEST_CACHE"])  # set by conftest
     env = {"KVWIRE_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     out = snakemake(repo, "--cores", "8", "all", "--configfile", str(cfg_path), "-d", str(work),
                     timeout=SMOKE_MINUTES * 60, env=env)
