@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..errors import KVError
 from ..io import read_json, write_json
 from ..kv import KVRecord, prefill, save_kv
 from ..models import load_model
@@ -26,8 +27,9 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
     model, tokenizer = load_model(model_dir, dtype=DTYPES[dtype], device=str(dev))
     LOG.info("loaded %s in %.1fs on %s", facts.get("name", model_dir.name), time.perf_counter() - t0, dev)
     limit = facts.get("max_position_embeddings")
-    if limit and prefix_tokens + continuation + 64 > int(limit):
-        raise ValueError(f"bin {prefix_tokens} + continuation {continuation} exceeds the model's context {limit}")
+    if limit and prefix_tokens + continuation > int(limit):
+        raise KVError(f"bin {prefix_tokens} + continuation {continuation} tokens exceed the context of "
+                      f"{facts.get('name')} ({limit} positions)")
     prompts = select_prompts(read_documents(docs_path), tokenizer, prefix_tokens=prefix_tokens,
                              continuation_tokens=continuation, count=count)
     files = []
