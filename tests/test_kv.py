@@ -69,6 +69,11 @@ def test_save_load_round_trip_exact(tmp_path):
     save_kv(tmp_path / "a.safetensors", rec)
     back = load_kv(tmp_path / "a.safetensors")
     assert back.first_token == 7 and back.meta == {"prompt_id": "x"} and back.seq_len == 5
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "a.safetensors"), framework="pt") as fh:
+        assert torch.equal(fh.get_tensor("positions"), torch.arange(5))
+        assert fh.get_tensor("layer.0.k").dtype == torch.bfloat16
     for a, b in zip(layers, back.layers):
         assert torch.equal(a.k, b.k) and b.k.dtype == torch.bfloat16 and b.positions is None
 

@@ -5,7 +5,8 @@ A KV file (safetensors) holds one prompt's prefix cache:
 - ``layer.{i}.k`` / ``layer.{i}.v``: [kv_heads, seq, head_dim] in the model's dtype, exactly
   as the attention layers produced them (post-RoPE keys); ``layer.{i}.positions`` (int64)
   only when a codec kept a subset of tokens;
-- ``prefix_ids`` (int64 [seq]), ``continuation_ids`` (int64 [T])
+- ``positions`` (int64 [seq]: 0..P-1, the prefix's token positions), ``prefix_ids`` (int64 [P]),
+  ``continuation_ids`` (int64 [T])
   and ``first_token`` (int64 [1]: the prefill's greedy next token, computed on the prefill
   side before the cache crosses the wire);
 - metadata: format tag, model name/source, dataset, prompt id, dtype, layer types.
@@ -71,6 +72,8 @@ def save_kv(path: str | Path, record: KVRecord) -> None:
         tensors[f"layer.{i}.v"] = layer.v.contiguous()
         if layer.positions is not None:
             tensors[f"layer.{i}.positions"] = layer.positions.to(torch.int64).contiguous()
+    # token positions of the stored prefix (the RoPE slots its keys were computed at)
+    tensors["positions"] = torch.arange(record.seq_len, dtype=torch.int64)
     if record.prefix_ids is not None:
         tensors["prefix_ids"] = record.prefix_ids.to(torch.int64).contiguous()
     if record.continuation_ids is not None:
@@ -105,6 +108,7 @@ def load_kv(path: str | Path, *, check_finite: bool = True) -> KVRecord:
             layers = [LayerKV(fh.get_tensor(f"layer.{i}.k"), fh.get_tensor(f"layer.{i}.v"),
                               optional(f"layer.{i}.positions")) for i in range(n_layers)]
             first = optional("first_token")
+            positions = optional("positions")
             record = KVRecord(layers=layers, prefix_ids=optional("prefix_ids"),
                               continuation_ids=optional("continuation_ids"),
                               first_token=None if first is None else int(first[0]),
@@ -114,6 +118,8 @@ def load_kv(path: str | Path, *, check_finite: bool = True) -> KVRecord:
     except Exception as exc:  # safetensors raises several types for a damaged file
         raise KVError(f"{path}: unreadable KV file ({exc})") from exc
     validate_layers(record.layers, str(path), check_finite=check_finite)
+    if positions is not None and positions.numel() != record.seq_len:
+        raise KVError(f"{path}: {positions.numel()} positions for a {record.seq_len}-token prefix")
     return record
 
 
