@@ -22,7 +22,7 @@ def test_pack_round_trip_and_density(bits, n, seed):
 
 def test_two_bit_codes_are_four_per_byte():
     codes = torch.tensor([3, 0, 1, 2])
-    assert pack(codes, 2).tolist() == [3 | 0 << 2 | 1 << 4 | 2 << 6]
+    assert pack(codes, 2).tolist() == [3 | 0 << 2 | 1 << 4 | 2 << 6, 0]  # blocks of 8 codes
 
 
 def test_pack_rejects_bad_bits_and_unpack_bad_length():
