@@ -11,7 +11,7 @@ import pkgutil as _pkgutil
 from .base import ByteStage, LayerContext, LayerKV, Param, Pipeline, TensorCodec
 from .registry import build, describe, known_names, register
 
-_SUPPORT = {"base", "registry", "quant", "bitpack"}
+_SUPPORT = {"base", "registry", "quant", "bitpack", "selection"}
 for _module in sorted(m.name for m in _pkgutil.iter_modules(__path__)):
     if _module not in _SUPPORT and not _module.startswith("_"):
         _importlib.import_module(f"{__name__}.{_module}")
