@@ -186,7 +186,9 @@ def check_layer(kv: LayerKV, ctx: LayerContext) -> None:
 
 def tensor_bytes(t: torch.Tensor) -> bytes:
     """The tensor's memory as bytes (little-endian, row-major), whatever its dtype."""
-    t = t.detach().contiguous().cpu()
+    # reshape(-1) first: a "contiguous" tensor whose last dim has size 1 may still carry a non-unit
+    # stride there, which view(uint8) refuses
+    t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
 
 
