@@ -70,6 +70,7 @@ def _absolute_config(repo, tmp_path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2 * SMOKE_MINUTES * 60)  # the study, then a partial rerun; ~4 min on an idle 2-core box
 def test_smoke_study_end_to_end(repo, tmp_path):
     shared = repo.parent / "shared"
     if not (shared / "models" / "stories260K-hf").exists() or not (shared / "data").exists():
