@@ -12,4 +12,5 @@ setup(sm.log[0], threads=sm.params.torch_threads)
 opts = sm.params.extract
 extract_kv(sm.input.facts, sm.input.docs, sm.output.manifest, prefix_tokens=sm.params.prefix_tokens,
            continuation=sm.params.continuation, count=sm.params.per_bin, dtype=opts.get("dtype", "bfloat16"),
-           device=opts.get("device", "auto"), batch_size=opts.get("batch_size", 4))
+           device=opts.get("device", "auto"), batch_size=opts.get("batch_size", 4),
+           attention_stats=opts.get("attention_stats", False), obs_window=opts.get("obs_window", 32))

@@ -35,7 +35,7 @@ def _cmd_encode(args: argparse.Namespace) -> int:
     codec = build(args.codec, params)
     record = load_kv(args.kv)
     meta = dict(record.meta, prefix_len=record.seq_len)
-    data = wire.encode(codec, record.layers, meta)
+    data = wire.encode(codec, record.layers, meta, stats=record.stats or None)
     write_bytes(args.out, data)
     print(f"{args.out}: {len(data)} bytes, ratio {record.raw_bytes / len(data):.4f} ({codec.name})")
     return 0

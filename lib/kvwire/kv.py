@@ -9,17 +9,31 @@ A KV file (safetensors) holds one prompt's prefix cache:
   ``continuation_ids`` (int64 [T])
   and ``first_token`` (int64 [1]: the prefill's greedy next token, computed on the prefill
   side before the cache crosses the wire);
+- optional attention statistics (``prefill_stats``), float32, per kv head:
+  ``layer.{i}.attn_sum`` [kv_heads, seq] (attention each prefix token received from all prefix
+  queries, summed over the query heads sharing the kv head) and ``layer.{i}.obs_attn``
+  [kv_heads, obs, seq] (attention of the last ``obs`` prefix queries to every prefix token);
+  loaded into ``KVRecord.stats`` and handed to the codecs (H2O, SnapKV, PyramidKV read them);
 - metadata: format tag, model name/source, dataset, prompt id, dtype, layer types.
 
 Prefill uses ``DynamicCache()`` *without* a config so sliding-window layers (Gemma 3) keep
 every token; injection rebuilds ``DynamicCache(ddp_cache_data=...)`` the same way. The
 other route (a config-built cache whose sliding layers keep ``window - 1`` tokens) silently
 shifts positions when rebuilt -- see ``tests/test_kv.py`` for the round trip that guards this.
+
+A decoded cache whose layers carry ``positions`` (a token-selection codec dropped tokens) is
+re-injected with per-layer attention masks built from the kept tokens' original positions
+(``_position_masks``): transformers sizes its causal mask from one layer's cache length, which
+is wrong when layers kept different numbers of tokens (PyramidKV), and its sliding-window mask
+counts cache slots, not positions. Dense caches (no ``positions``) take the unchanged path.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +47,7 @@ from .errors import KVError
 from .io import atomic_path
 
 FORMAT = "kvwire-kv/1"
+_LAYER_TENSORS = ("k", "v", "positions")  # per-layer names that are not statistics
 
 
 @dataclass
@@ -48,6 +63,7 @@ class KVRecord:
     continuation_ids: torch.Tensor | None = None
     first_token: int | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    stats: list[dict[str, torch.Tensor]] = field(default_factory=list)  # per layer; empty when not extracted
 
     @property
     def seq_len(self) -> int:
@@ -72,6 +88,13 @@ def save_kv(path: str | Path, record: KVRecord) -> None:
         tensors[f"layer.{i}.v"] = layer.v.contiguous()
         if layer.positions is not None:
             tensors[f"layer.{i}.positions"] = layer.positions.to(torch.int64).contiguous()
+    if record.stats and len(record.stats) != len(record.layers):
+        raise KVError(f"{len(record.stats)} per-layer stats for {len(record.layers)} layers")
+    for i, stats in enumerate(record.stats):
+        for name, t in stats.items():
+            if name in _LAYER_TENSORS or not name.isidentifier():
+                raise KVError(f"layer {i}: statistic name {name!r} is reserved or not an identifier")
+            tensors[f"layer.{i}.{name}"] = t.detach().to(torch.float32).contiguous().cpu()
     # token positions of the stored prefix (the RoPE slots its keys were computed at)
     tensors["positions"] = torch.arange(record.seq_len, dtype=torch.int64)
     if record.prefix_ids is not None:
@@ -107,12 +130,20 @@ def load_kv(path: str | Path, *, check_finite: bool = True) -> KVRecord:
 
             layers = [LayerKV(fh.get_tensor(f"layer.{i}.k"), fh.get_tensor(f"layer.{i}.v"),
                               optional(f"layer.{i}.positions")) for i in range(n_layers)]
+            stats: list[dict[str, torch.Tensor]] = [{} for _ in range(n_layers)]
+            for key in keys:
+                parts = key.split(".", 2)
+                if len(parts) == 3 and parts[0] == "layer" and parts[2] not in _LAYER_TENSORS:
+                    if not parts[1].isdigit() or int(parts[1]) >= n_layers:
+                        raise KVError(f"{path}: statistic {key!r} names no layer of {n_layers}")
+                    stats[int(parts[1])][parts[2]] = fh.get_tensor(key)
             first = optional("first_token")
             positions = optional("positions")
             record = KVRecord(layers=layers, prefix_ids=optional("prefix_ids"),
                               continuation_ids=optional("continuation_ids"),
                               first_token=None if first is None else int(first[0]),
-                              meta=json.loads(meta.get("meta", "{}")))
+                              meta=json.loads(meta.get("meta", "{}")),
+                              stats=stats if any(stats) else [])
     except KVError:
         raise
     except Exception as exc:  # safetensors raises several types for a damaged file
@@ -141,18 +172,143 @@ def validate_layers(layers: Sequence[LayerKV], where: str, *, check_finite: bool
 @torch.inference_mode()
 def prefill(model, prefix_ids: torch.Tensor) -> tuple[list[list[LayerKV]], torch.Tensor]:
     """Prefill a batch of equal-length prefixes [B, P]; return per-prompt layers and first tokens [B]."""
+    layers, first, _ = _prefill(model, prefix_ids, None)
+    return layers, first
+
+
+@torch.inference_mode()
+def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32
+                  ) -> tuple[list[list[LayerKV]], torch.Tensor, list[list[dict[str, torch.Tensor]]]]:
+    """``prefill`` plus per-prompt, per-layer attention statistics for token-selection codecs.
+
+    ``attn_sum`` [kv_heads, P]: attention each prefix token received from every prefix query
+    (H2O's accumulated attention); ``obs_attn`` [kv_heads, min(obs_window, P), P]: attention of
+    the last ``obs_window`` prefix queries (SnapKV's observation window). Both are float32 and
+    summed over the query heads that share a kv head (GQA). The forward pass itself runs through
+    the model's own attention function (sdpa or eager), so the KV cache and first token are
+    bit-identical to ``prefill``; the probabilities are recomputed on the side from the same
+    queries, keys and mask, one block of queries at a time ([B, heads, block, P] float32 at most
+    ~256 MB), and reduced at once, never held for all layers.
+    """
+    if obs_window < 1:
+        raise KVError(f"obs_window must be >= 1, got {obs_window}")
+    return _prefill(model, prefix_ids, obs_window)
+
+
+def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None):
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache()  # no config: sliding layers keep the full prefix
-    out = model(input_ids=prefix_ids.to(device), past_key_values=cache, use_cache=True)
+    collected: dict[int, dict[str, torch.Tensor]] = {}
+    with _attention_stats(model, collected, obs_window):
+        out = model(input_ids=prefix_ids.to(device), past_key_values=cache, use_cache=True)
     first = out.logits[:, -1].argmax(dim=-1).cpu()
-    per_prompt: list[list[LayerKV]] = [[] for _ in range(prefix_ids.shape[0])]
+    B = prefix_ids.shape[0]
+    per_prompt: list[list[LayerKV]] = [[] for _ in range(B)]
     for layer in cache.layers:
         k, v = layer.keys.cpu(), layer.values.cpu()
         for b in range(k.shape[0]):
             per_prompt[b].append(LayerKV(k[b].clone(), v[b].clone()))
-    return per_prompt, first
+    if obs_window is None:
+        return per_prompt, first, None
+    n_layers = len(cache.layers)
+    if sorted(collected) != list(range(n_layers)):
+        raise KVError(f"attention statistics came back for layers {sorted(collected)}, expected 0..{n_layers - 1} "
+                      f"(model {type(model).__name__} does not route attention through transformers' interface?)")
+    stats = [[{name: t[b].clone() for name, t in collected[i].items()} for i in range(n_layers)] for b in range(B)]
+    return per_prompt, first, stats
+
+
+# attention statistics: a wrapper attention function that runs the model's own implementation
+# (so the forward is unchanged) and reduces the attention probabilities on the side
+_STATS_SINK: contextvars.ContextVar = contextvars.ContextVar("kvwire_attention_stats", default=None)
+_STATS_IMPLS = {"sdpa": "kvwire_stats_sdpa", "eager": "kvwire_stats_eager"}
+_STATS_BLOCK_ELEMENTS = 1 << 26  # float32 scores per query block: 256 MB
+
+
+def _register_stats_attention() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask, sdpa_mask
+
+    for base, name in _STATS_IMPLS.items():
+        if name not in AttentionInterface._global_mapping:
+            AttentionInterface.register(name, _stats_attention_fn(base))
+            AttentionMaskInterface.register(name, sdpa_mask if base == "sdpa" else eager_mask)
+
+
+def _stats_attention_fn(base: str):
+    def attention(module, query, key, value, attention_mask, **kwargs):
+        if base == "sdpa":
+            from transformers.integrations.sdpa_attention import sdpa_attention_forward as fn
+        else:  # the modeling file's own eager function (softcapping etc. included)
+            fn = getattr(sys.modules[type(module).__module__], "eager_attention_forward", None)
+            if fn is None:
+                raise KVError(f"{type(module).__name__}: no eager_attention_forward in its modeling file")
+        out = fn(module, query, key, value, attention_mask, **kwargs)
+        sink = _STATS_SINK.get()
+        if sink is not None:
+            sink(module, query, key, attention_mask, kwargs)
+        return out
+
+    return attention
+
+
+@contextmanager
+def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_window: int | None):
+    """Route attention through the statistics wrapper while the block runs (no-op when ``obs_window`` is None)."""
+    if obs_window is None:
+        yield
+        return
+    base = model.config._attn_implementation
+    if base not in _STATS_IMPLS:
+        raise KVError(f"attention statistics need sdpa or eager attention; the model uses {base!r}")
+    _register_stats_attention()
+
+    def sink(module, query, key, mask, kwargs):
+        collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window)
+
+    token = _STATS_SINK.set(sink)
+    model.config._attn_implementation = _STATS_IMPLS[base]
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = base
+        _STATS_SINK.reset(token)
+
+
+def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict,
+                      obs_window: int) -> dict[str, torch.Tensor]:
+    """Attention probabilities (as the model computes them) reduced to ``attn_sum`` and ``obs_attn``, on the CPU."""
+    B, Hq, Q, D = query.shape
+    Hkv, K = key.shape[1], key.shape[2]
+    G = Hq // Hkv  # query heads per kv head (repeat_kv order: kv head h serves query heads h*G .. h*G+G-1)
+    scaling = kwargs.get("scaling") or D ** -0.5
+    softcap = kwargs.get("softcap")
+    q = query.float().view(B, Hkv, G, Q, D)
+    k = key.float().unsqueeze(2)  # [B, Hkv, 1, K, D]
+    W = min(obs_window, Q)
+    attn_sum = torch.zeros(B, Hkv, K, dtype=torch.float32, device=query.device)
+    obs = []
+    block = max(1, _STATS_BLOCK_ELEMENTS // max(1, B * Hq * K))
+    key_pos = torch.arange(K, device=query.device)
+    for start in range(0, Q, block):  # blocks of queries bound the memory; each block is vectorised
+        stop = min(Q, start + block)
+        scores = torch.matmul(q[:, :, :, start:stop], k.transpose(-1, -2)) * scaling  # [B, Hkv, G, c, K]
+        if softcap:
+            scores = torch.tanh(scores / softcap) * softcap
+        if mask is None:  # sdpa's causal fast path: bottom-right aligned causal mask
+            q_pos = torch.arange(start, stop, device=query.device) + (K - Q)
+            scores = scores.masked_fill(key_pos > q_pos[:, None], float("-inf"))
+        else:
+            m = mask[:, :, start:stop, :K].unsqueeze(2)  # [B|1, 1, 1, c, K]
+            scores = scores.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else scores + m.float()
+        probs = torch.softmax(scores, dim=-1).sum(dim=2)  # [B, Hkv, c, K], summed over the group's query heads
+        attn_sum += probs.sum(dim=2)
+        lo = max(start, Q - W)
+        if lo < stop:
+            obs.append(probs[:, :, lo - start:])
+    return {"attn_sum": attn_sum.cpu(), "obs_attn": torch.cat(obs, dim=2).cpu()}
 
 
 def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device | str = "cpu"):
@@ -173,6 +329,74 @@ def _positions(batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int, steps
     return (prefix_len + torch.arange(steps, device=device)).unsqueeze(0).expand(len(batch_layers), steps)
 
 
+def _kept_positions(batch_layers: Sequence[Sequence[LayerKV]], device) -> list[torch.Tensor] | None:
+    """Per layer, the original positions [B, n_kept] of the cached tokens; None for a dense cache."""
+    if all(layer.positions is None for layers in batch_layers for layer in layers):
+        return None
+    out = []
+    for i in range(len(batch_layers[0])):
+        rows = []
+        for layers in batch_layers:
+            layer = layers[i]
+            pos = layer.positions if layer.positions is not None else torch.arange(layer.k.shape[1])
+            if pos.shape != (layer.k.shape[1],):
+                raise KVError(f"layer {i}: {tuple(pos.shape)} positions for {layer.k.shape[1]} cached tokens")
+            rows.append(pos.to(torch.int64))
+        out.append(torch.stack(rows).to(device))
+    return out
+
+
+@contextmanager
+def _position_masks(model, kept: list[torch.Tensor] | None, prefix_len: int):
+    """Give every attention layer a mask built from token positions (a no-op for a dense cache).
+
+    Layer i attends key j from query t iff ``pos_j <= pos_t`` (and ``pos_t - pos_j < window`` on
+    sliding-window layers), where cached keys carry their kept original positions and new tokens
+    sit at ``prefix_len + n``. This is exact whatever each layer kept, so layers may hold different
+    numbers of tokens.
+    """
+    if kept is None:
+        yield
+        return
+    impl = model.config._attn_implementation
+    if impl not in ("sdpa", "eager"):
+        raise KVError(f"a token-selected cache needs sdpa or eager attention to re-inject; the model uses {impl!r}")
+    attn = {m.layer_idx: m for name, m in model.named_modules()
+            if name.rsplit(".", 1)[-1] == "self_attn" and isinstance(getattr(m, "layer_idx", None), int)}
+    if sorted(attn) != list(range(len(kept))):
+        raise KVError(f"found attention modules for layers {sorted(attn)}, but the cache has {len(kept)} layers")
+
+    def hook(module, args, kwargs):
+        i = module.layer_idx
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        if "attention_mask" not in kwargs or "past_key_values" not in kwargs:
+            raise KVError(f"{type(module).__name__} was not given its attention mask and cache as keywords")
+        T = hidden.shape[1]
+        cached = kept[i]
+        n_new = kwargs["past_key_values"].layers[i].get_seq_length() - cached.shape[1]  # new tokens cached so far
+        new_pos = prefix_len + torch.arange(n_new + T, device=cached.device)
+        key_pos = torch.cat([cached, new_pos.expand(cached.shape[0], -1)], dim=1)  # [B, K]
+        q_pos = new_pos[n_new:]
+        delta = q_pos.view(1, T, 1) - key_pos.unsqueeze(1)  # [B, T, K]
+        allowed = delta >= 0
+        window = getattr(module, "sliding_window", None)
+        if window:
+            allowed &= delta < window
+        mask = allowed.unsqueeze(1)  # [B, 1, T, K]
+        if impl == "eager":
+            mask = torch.zeros(mask.shape, dtype=hidden.dtype, device=mask.device).masked_fill(
+                ~mask, torch.finfo(hidden.dtype).min)
+        kwargs["attention_mask"] = mask
+        return args, kwargs
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in attn.values()]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.inference_mode()
 def continue_logits(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
                     input_ids: torch.Tensor) -> torch.Tensor:
@@ -180,8 +404,9 @@ def continue_logits(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len
     device = next(model.parameters()).device
     cache = build_cache(batch_layers, device)
     T = input_ids.shape[1]
-    out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
-                position_ids=_positions(batch_layers, prefix_len, T, device))
+    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+        out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
+                    position_ids=_positions(batch_layers, prefix_len, T, device))
     return out.logits.float().cpu()
 
 
@@ -193,9 +418,10 @@ def greedy_generate(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len
     cache = build_cache(batch_layers, device)
     token = first_tokens.view(-1, 1).to(device)
     out_tokens = []
-    for step in range(steps):
-        pos = (prefix_len + step) * torch.ones_like(token)
-        logits = model(input_ids=token, past_key_values=cache, use_cache=True, position_ids=pos).logits
-        token = logits[:, -1].argmax(dim=-1, keepdim=True)
-        out_tokens.append(token.cpu())
+    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+        for step in range(steps):
+            pos = (prefix_len + step) * torch.ones_like(token)
+            logits = model(input_ids=token, past_key_values=cache, use_cache=True, position_ids=pos).logits
+            token = logits[:, -1].argmax(dim=-1, keepdim=True)
+            out_tokens.append(token.cpu())
     return torch.cat(out_tokens, dim=1) if out_tokens else torch.empty(len(batch_layers), 0, dtype=torch.long)

@@ -34,7 +34,7 @@ def _median_time(fn, repeats: int, warmup: int) -> tuple[float, object]:
 
 
 def time_codec_cpu(codec: Pipeline, layers: Sequence[LayerKV], *, repeats: int = 5, warmup: int = 1,
-                   meta: dict | None = None) -> tuple[CodecCost, bytes]:
+                   meta: dict | None = None, stats: Sequence[dict] | None = None) -> tuple[CodecCost, bytes]:
     """Per-layer CPU cost of ``codec`` on ``layers``; also returns the full container it produced."""
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
@@ -43,7 +43,7 @@ def time_codec_cpu(codec: Pipeline, layers: Sequence[LayerKV], *, repeats: int =
     enc_s, dec_s, frames = [], [], []
     with torch.inference_mode():
         for i, layer in enumerate(layers):
-            ctx = header.context(i)
+            ctx = header.context(i, stats[i] if stats else None)
             t_enc, frame = _median_time(lambda: wire.frame_bytes(i, codec.encode_layer(layer, ctx)), repeats, warmup)
             view = memoryview(frame)
 

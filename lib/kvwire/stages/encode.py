@@ -20,7 +20,9 @@ def encode_prompts(kv_manifest: str | Path, manifest_path: str | Path, *, codec_
     rows = []
     for path in tqdm(kv_files(kv_manifest), desc=f"encode {codec_id}", unit="prompt"):
         record = load_kv(path)
-        data = wire.encode(codec, record.layers, dict(record.meta, prefix_len=record.seq_len))
+        # attention statistics (when extracted) feed the token-selection codecs; others ignore them
+        data = wire.encode(codec, record.layers, dict(record.meta, prefix_len=record.seq_len),
+                           stats=record.stats or None)
         name = path.with_suffix(".kvw").name
         write_bytes(out_dir / name, data)
         rows.append({"file": name, "prompt_id": record.meta.get("prompt_id"), "raw_bytes": record.raw_bytes,

@@ -10,7 +10,7 @@ from tqdm import tqdm
 
 from ..errors import KVError
 from ..io import read_json, write_json
-from ..kv import KVRecord, prefill, save_kv
+from ..kv import KVRecord, prefill, prefill_stats, save_kv
 from ..models import load_model
 from ..prompts import read_documents, select_prompts
 from .runtime import DTYPES, LOG, pick_device
@@ -18,7 +18,11 @@ from .runtime import DTYPES, LOG, pick_device
 
 def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str | Path, *,
                prefix_tokens: int, continuation: int, count: int, dtype: str = "bfloat16",
-               device: str = "auto", batch_size: int = 4) -> dict:
+               device: str = "auto", batch_size: int = 4, attention_stats: bool = False,
+               obs_window: int = 32) -> dict:
+    """Prefill every prompt and save its KV file; ``attention_stats`` also stores the per-layer attention
+    statistics (``attn_sum``, ``obs_attn`` over the last ``obs_window`` queries) that H2O, SnapKV and
+    PyramidKV need -- the KV itself is bit-identical either way (see ``kvwire.kv.prefill_stats``)."""
     facts = read_json(facts_path)
     model_dir = Path(facts_path).parent
     out_dir = Path(manifest_path).parent
@@ -37,14 +41,18 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
     for start in tqdm(range(0, len(prompts), batch_size), desc=f"prefill {prefix_tokens}", unit="batch"):
         batch = prompts[start:start + batch_size]
         ids = torch.tensor([p["prefix_ids"] for p in batch])
-        layers, first = prefill(model, ids.to(model.device))
+        if attention_stats:
+            layers, first, stats = prefill_stats(model, ids.to(model.device), obs_window=obs_window)
+        else:
+            (layers, first), stats = prefill(model, ids.to(model.device)), None
         for j, prompt in enumerate(batch):
             name = f"p{start + j:04d}.safetensors"
             record = KVRecord(layers=layers[j], prefix_ids=ids[j],
                               continuation_ids=torch.tensor(prompt["continuation_ids"]),
                               first_token=int(first[j]),
                               meta={"model": facts.get("name"), "source": facts.get("source"),
-                                    "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem})
+                                    "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem},
+                              stats=stats[j] if stats else [])
             save_kv(out_dir / name, record)
             files.append({"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes})
     shape = list(layers[0][0].k.shape)
@@ -53,6 +61,7 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
         "continuation_tokens": continuation, "dtype": dtype, "device": str(dev),
         "n_layers": len(layers[0]), "layer_shape": shape, "layer_types": facts.get("layer_types"),
         "prompts": files, "prefill_seconds": time.perf_counter() - t0,
+        "attention_stats": {"obs_window": obs_window} if attention_stats else None,
     }
     write_json(manifest_path, manifest)  # written last: its presence means every KV file is complete
     return manifest

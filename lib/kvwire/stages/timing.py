@@ -22,7 +22,8 @@ def time_cpu(kv_manifests: list[str | Path], out_csv: str | Path, *, codec_id: s
     for manifest_path in kv_manifests:
         manifest = read_json(manifest_path)
         record = load_kv(kv_files(manifest_path)[0])  # one real prompt per (dataset, bin): cost depends on shape
-        cost, container = time_codec_cpu(codec, record.layers, repeats=repeats, warmup=warmup)
+        cost, container = time_codec_cpu(codec, record.layers, repeats=repeats, warmup=warmup,
+                                         stats=record.stats or None)
         frames.append(pd.DataFrame({
             "model": manifest["model"], "dataset": manifest["dataset"], "bin": manifest["prefix_tokens"],
             "codec": codec_id, "device": "cpu", "device_name": _cpu_name(), "threads": torch.get_num_threads(),

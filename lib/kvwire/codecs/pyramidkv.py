@@ -1,0 +1,79 @@
+"""pyramidkv: SnapKV-style selection with per-layer budgets that shrink with depth.
+
+Follows PyramidKV -- Cai, Zhang, Gao, Liu, Liu, Lu, Xiong, Dong, Chang, Hu, Xiao, "PyramidKV:
+Dynamic KV Cache Compression based on Pyramidal Information Funneling", arXiv:2406.02069:
+attention is spread out in lower layers and concentrated in higher ones, so lower layers get
+larger caches and higher layers smaller ones, at the same total; within a layer tokens are chosen
+as in SnapKV (attention of the last queries, pooled) and the observation window is always kept.
+
+Faithful: the budget schedule of the PyramidKV code (KVCache-Factory, as kvpress uses it): with
+``s = n - w`` selectable tokens per layer under a uniform budget ``n`` (window ``w`` excluded),
+the top layer gets ``s / beta`` and the bottom ``2s - s / beta`` (capped at ``seq - w``, the
+top then raised so the mean stays ``s``), layers in between on the arithmetic line; ``beta=20``.
+Per-layer budgets are rounded down and the remainder given, one token each, to the lowest layers
+with room, so budgets never increase with depth and their sum is EXACTLY ``n_layers * n``, the
+uniform budget's total. Token scoring is ``snapkv``'s (same defaults).
+
+Differs: (1) per-layer, not per-head selection (see ``selection`` and ``snapkv``). (2) The
+reference code falls back to SnapKV's uniform budget when its shape checks fail (e.g. when the
+smallest budget is below the window size); here the pyramid always applies, the window is kept
+in every layer on top of its share. (3) If ``n <= w`` every layer keeps its last ``n`` tokens.
+Layers keep different numbers of tokens; re-injection masks each layer by its own kept positions
+(``kvwire.kv``), which the tests check against a manual attention computation.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import torch
+
+from .base import LayerContext, LayerKV, Param
+from .registry import register
+from .selection import BUDGET_PARAMS, TokenSelectionCodec, n_keep
+from .snapkv import SNAP_PARAMS, snap_select, window_size
+
+
+def pyramid_budgets(n_layers: int, seq: int, n: int, window: int, beta: int) -> list[int]:
+    """Tokens kept by each layer (window included): non-increasing with depth, summing to ``n_layers * n``."""
+    w = min(window_size(window, seq), n)
+    s = n - w  # selectable tokens per layer under the uniform budget
+    room = seq - w
+    if s == 0 or n_layers == 1:
+        return [n] * n_layers
+    lo = Fraction(s, beta)
+    hi = 2 * s - lo
+    if hi > room:
+        hi = Fraction(room)
+        lo = 2 * s - hi
+    step = (hi - lo) / (n_layers - 1)
+    ideal = [hi - i * step for i in range(n_layers)]  # exact arithmetic line, sums to n_layers * s
+    base = [int(a) for a in ideal]  # floor (all >= 0)
+    left = n_layers * s - sum(base)
+    out = []
+    for b in base:  # the rounding remainder goes to the lowest layers with room, one token each
+        extra = 1 if left > 0 and b < room else 0
+        left -= extra
+        out.append(w + b + extra)
+    return out
+
+
+@register
+class PyramidKV(TokenSelectionCodec):
+    name = "pyramidkv"
+    summary = "token dropping: SnapKV scoring with per-layer budgets shrinking with depth (PyramidKV)"
+    PARAMS = {
+        **BUDGET_PARAMS, **SNAP_PARAMS,
+        "beta": Param(int, 20, "pyramid steepness: the top layer gets 1/beta of the mean selectable budget",
+                      minimum=1),
+    }
+
+    def budget_for(self, ctx: LayerContext) -> int:
+        p = self.params
+        seq = ctx.shape[1]
+        n = n_keep(seq, p["budget"], p["keep"])
+        return pyramid_budgets(ctx.n_layers, seq, n, p["obs_window"], p["beta"])[ctx.layer]
+
+    def select(self, kv: LayerKV, ctx: LayerContext, n: int) -> torch.Tensor:
+        p = self.params
+        return snap_select(ctx, self.name, n, p["obs_window"], p["kernel_size"], p["pooling"])
