@@ -21,7 +21,7 @@ import json
 import struct
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
@@ -244,7 +244,3 @@ def inspect(data: bytes | memoryview) -> dict[str, Any]:
         frames=[{"layer": f.layer, "bytes": len(f.payload)} for f in frames],
     )
     return report
-
-
-def chunks_total(chunks: Iterable[bytes]) -> int:
-    return sum(len(c) for c in chunks)
