@@ -125,3 +125,47 @@ def test_lossy_quality_is_measured_not_assumed(small_model):
     assert mean(rows8, "token_agreement") >= mean(rows_bad, "token_agreement")
     assert abs(mean(rows8, "delta_ce")) < abs(mean(rows_bad, "delta_ce"))
     assert 0.99 < mean(rows8, "key_cosine") < 1.0
+
+
+def test_cached_reference_scores_like_the_inline_one(small_model):
+    """Scoring against a reference computed once equals scoring with the reference run inline."""
+    from kvwire.quality import reference_batch
+
+    records = _records(small_model)
+    refs = reference_batch(small_model, records, steps=5)
+    for name in ("identity", "int4"):
+        decoded = [wire.decode(wire.encode(build(name), r.layers))[1] for r in records]
+        inline = score_batch(small_model, records, decoded, steps=5)
+        cached = score_batch(small_model, records, decoded, steps=5, references=refs)
+        assert cached == inline
+    assert all(row["token_agreement"] == 1.0 and row["delta_ce"] == 0.0 for row in
+               score_batch(small_model, records, [r.layers for r in records], steps=5, references=refs))
+    with pytest.raises(KVError, match="stale reference"):
+        score_batch(small_model, records, [r.layers for r in records], steps=4, references=refs)
+    with pytest.raises(KVError, match="references for"):
+        score_batch(small_model, records, [r.layers for r in records], steps=5, references=refs[:1])
+
+
+def test_reference_file_is_checked_against_the_job(small_model, tmp_path):
+    """A cached reference made with other settings or prompts is refused, naming the difference."""
+    from kvwire.quality import reference_batch
+    from kvwire.stages.quality import load_reference
+    from safetensors.torch import save_file
+
+    refs = reference_batch(small_model, _records(small_model, n=2), steps=3)
+    tensors = {}
+    for stem, ref in zip(("a", "b"), refs):
+        tensors.update({f"{stem}.argmax": ref.argmax, f"{stem}.ce": ref.ce, f"{stem}.greedy": ref.greedy})
+    path = tmp_path / "ref.safetensors"
+    save_file(tensors, str(path), metadata={"format": "kvwire-reference/1", "prompts": '["a", "b"]',
+                                            "generate_tokens": "3", "batch_size": "8", "dtype": "bfloat16",
+                                            "cpu_seconds": "1.5"})
+    loaded, cpu = load_reference(path, ["a", "b"], generate_tokens=3, batch_size=8, dtype="bfloat16")
+    assert cpu == 1.5 and torch.equal(loaded["b"].greedy, refs[1].greedy)
+    with pytest.raises(KVError, match="generate_tokens=3"):
+        load_reference(path, ["a", "b"], generate_tokens=4, batch_size=8, dtype="bfloat16")
+    with pytest.raises(KVError, match="prompts="):
+        load_reference(path, ["a", "c"], generate_tokens=3, batch_size=8, dtype="bfloat16")
+    (tmp_path / "bad.safetensors").write_bytes(b"not a reference")
+    with pytest.raises(KVError, match="not a readable reference"):
+        load_reference(tmp_path / "bad.safetensors", ["a"], generate_tokens=3, batch_size=8, dtype="bfloat16")

@@ -1,4 +1,9 @@
-"""Stage: decode each prompt's wire bytes, re-inject them and score against the original cache."""
+"""Stage: decode each prompt's wire bytes, re-inject them and score against the original cache.
+
+The original cache's behaviour (the reference) is computed once per (model, dataset, bin) by
+``reference_for`` and cached; every codec's quality job then runs only its decoded caches, in the
+same batches the reference used, so identity still scores exactly 1.0 / 0.0.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,16 @@ from tqdm import tqdm
 
 from .. import wire
 from ..errors import KVError
-from ..io import read_json, write_json
+import json
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from ..io import atomic_path, read_json, write_json
 from ..kv import load_kv
 from ..models import load_model
-from ..quality import group_by_shape, score_batch
+from ..quality import Reference, group_by_shape, reference_batch, score_batch
 from .encode import wire_files
 from .extract import kv_files
 from .runtime import DTYPES, LOG
@@ -21,13 +32,66 @@ METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first
            "key_cosine", "value_cosine", "key_rel_mse", "value_rel_mse")
 
 
+REFERENCE_FORMAT = "kvwire-reference/1"
+
+
+def reference_for(facts_path: str | Path, kv_manifest: str | Path, out_path: str | Path, *,
+                  generate_tokens: int = 32, batch_size: int = 8, dtype: str = "bfloat16") -> dict:
+    """Run every prompt's original cache once and cache what scoring compares against."""
+    model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
+    kv_paths = kv_files(kv_manifest)
+    tensors, t0 = {}, time.process_time()
+    for start in tqdm(range(0, len(kv_paths), batch_size), desc="reference", unit="batch"):
+        batch = kv_paths[start:start + batch_size]
+        records = [load_kv(p) for p in batch]
+        for r, p in zip(records, batch):
+            r.require_scoring_inputs(str(p))
+        for p, ref in zip(batch, reference_batch(model, records, generate_tokens)):
+            tensors[f"{p.stem}.argmax"] = ref.argmax.contiguous()
+            tensors[f"{p.stem}.ce"] = ref.ce.contiguous()
+            tensors[f"{p.stem}.greedy"] = ref.greedy.contiguous()
+    meta = {"format": REFERENCE_FORMAT, "prompts": json.dumps([p.stem for p in kv_paths]),
+            "generate_tokens": str(generate_tokens), "batch_size": str(batch_size), "dtype": dtype,
+            "cpu_seconds": repr(time.process_time() - t0)}
+    with atomic_path(out_path) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+    LOG.info("reference for %d prompts in %.1f CPU s", len(kv_paths), float(meta["cpu_seconds"]))
+    return meta
+
+
+def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, batch_size: int,
+                   dtype: str) -> tuple[dict[str, Reference], float]:
+    """The cached reference for ``stems``, checked against the settings the quality job uses."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a damaged file
+        raise KVError(f"{path}: not a readable reference file ({exc})") from exc
+    if meta.get("format") != REFERENCE_FORMAT:
+        raise KVError(f"{path}: format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
+    want = {"prompts": stems, "generate_tokens": generate_tokens, "batch_size": batch_size, "dtype": dtype}
+    have = {"prompts": json.loads(meta["prompts"]), "generate_tokens": int(meta["generate_tokens"]),
+            "batch_size": int(meta["batch_size"]), "dtype": meta["dtype"]}
+    for key in want:
+        if want[key] != have[key]:
+            raise KVError(f"{path}: reference was made with {key}={have[key]!r}, this job uses {want[key]!r}; "
+                          f"delete it to recompute")
+    refs = {s: Reference(tensors[f"{s}.argmax"], tensors[f"{s}.ce"], tensors[f"{s}.greedy"]) for s in stems}
+    return refs, float(meta["cpu_seconds"])
+
+
 def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: str | Path, out_path: str | Path,
-                *, generate_tokens: int = 32, batch_size: int = 8, dtype: str = "bfloat16") -> dict:
+                *, reference: str | Path | None = None, generate_tokens: int = 32, batch_size: int = 8,
+                dtype: str = "bfloat16") -> dict:
+    """Score one codec's wire files; ``reference`` is ``reference_for``'s file (None: compute it inline)."""
     model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
     kv_paths, wire_paths = kv_files(kv_manifest), wire_files(wire_manifest)
     if [p.stem for p in kv_paths] != [p.stem for p in wire_paths]:
         raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifest}")
     wire_meta = read_json(wire_manifest)
+    refs, ref_cpu_s = (None, 0.0) if reference is None else load_reference(
+        reference, [p.stem for p in kv_paths], generate_tokens=generate_tokens, batch_size=batch_size, dtype=dtype)
     rows, t0 = [], time.process_time()
     wall0 = time.perf_counter()
     for start in tqdm(range(0, len(kv_paths), batch_size), desc=f"quality {wire_meta['codec_id']}", unit="batch"):
@@ -36,7 +100,9 @@ def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: 
             r.require_scoring_inputs(str(p))
         decoded = [wire.decode(p.read_bytes())[1] for p in wire_paths[start:start + batch_size]]
         for group in group_by_shape(decoded):
-            scored = score_batch(model, [records[i] for i in group], [decoded[i] for i in group], generate_tokens)
+            stems = [kv_paths[start + i].stem for i in group]
+            scored = score_batch(model, [records[i] for i in group], [decoded[i] for i in group], generate_tokens,
+                                 None if refs is None else [refs[s] for s in stems])
             for i, row in zip(group, scored):
                 row["wire_bytes"] = wire_meta["prompts"][start + i]["wire_bytes"]
                 row["raw_bytes"] = records[i].raw_bytes
@@ -47,6 +113,7 @@ def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: 
     result = {"codec_id": wire_meta["codec_id"], "codec": wire_meta["codec"], "params": wire_meta["params"],
               "n_prompts": len(rows), "ratio": wire_meta["ratio"], "generate_tokens": generate_tokens,
               "summary": summary, "rows": rows, "cpu_seconds": cpu_s, "wall_seconds": wall_s,
+              "reference_cpu_seconds": ref_cpu_s,
               "cpu_seconds_per_prompt": cpu_s / len(rows)}
     LOG.info("%s: agreement %.4f, delta ce %.5f, ratio %.3f", wire_meta["codec_id"],
              summary["token_agreement"], summary["delta_ce"], wire_meta["ratio"])
