@@ -410,3 +410,65 @@ def test_non_finite_scales_in_payload_raise_wire_error(name, params, section):
     payload = c.encode_layer(layer, ctx)
     with pytest.raises(WireError, match="non-finite"):
         c.decode_layer(_fill_section(payload, section, 0xFF), ctx)
+
+
+# ---- KVQuant pre-RoPE keys ------------------------------------------------------------------------
+
+def rope_stats(n_layers, dim, theta=10000.0):
+    f = 1.0 / theta ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim)
+    return [{"rope_inv_freq": f.clone(), "rope_scaling": torch.ones(1)} for _ in range(n_layers)]
+
+
+def rope_keyed_layer(heads=2, seq=256, dim=64, seed=0, dtype=torch.float32):
+    """Keys made as a model makes them: a pre-RoPE tensor with outlier CHANNELS, then rotated."""
+    from kvwire.rope import rotate
+
+    g = torch.Generator().manual_seed(seed)
+    pre = torch.randn(heads, seq, dim, generator=g)
+    pre[..., 5] += 30.0  # a loud channel, constant across tokens: per-channel quantization's best case
+    pre[..., dim - 3] *= 12.0
+    k = rotate(pre, torch.arange(seq), rope_stats(1, dim)[0]["rope_inv_freq"]).to(dtype)
+    return pre, LayerKV(k, torch.randn(heads, seq, dim, generator=g).to(dtype))
+
+
+@pytest.mark.parametrize("name", ["kvquant2", "kvquant4"])
+def test_pre_rope_keys_quantize_better_and_within_bound(name):
+    from kvwire.rope import rotate
+
+    pre, layer = rope_keyed_layer()
+    stats = rope_stats(1, 64)
+    errs = {}
+    for flag in (False, True):
+        codec = build(name, {"pre_rope": flag})
+        data = wire.encode(codec, [layer], stats=stats)
+        out = wire.decode(data)[1][0]
+        assert out.k.dtype == layer.k.dtype and out.k.shape == layer.k.shape
+        assert torch.equal(out.v, wire.decode(wire.encode(build(name), [layer]))[1][0].v)  # values untouched
+        errs[flag] = float((out.k.float() - layer.k.float()).pow(2).sum() / layer.k.float().pow(2).sum())
+        if flag:  # the bound holds in the pre-RoPE domain, where the codec quantized
+            back = rotate(out.k, torch.arange(layer.k.shape[1]), stats[0]["rope_inv_freq"], inverse=True)
+            bound = kvquant_bound(pre, name, {}, per_channel=True)
+            assert torch.all((back - pre).abs() <= bound + 1e-4 * (1 + pre.abs()))
+    assert errs[True] < 0.5 * errs[False], errs  # the reason KVQuant quantizes before RoPE
+
+
+def test_pre_rope_needs_rope_statistics_and_checks_its_table():
+    _, layer = rope_keyed_layer(seq=32, dim=16)
+    codec = build("kvquant4", {"pre_rope": True})
+    with pytest.raises(CodecError, match="rope_inv_freq"):
+        wire.encode(codec, [layer])
+    bad = [{"rope_inv_freq": torch.ones(9), "rope_scaling": torch.ones(1)}]
+    with pytest.raises(KVError, match="RoPE statistics"):
+        wire.encode(codec, [layer], stats=bad)
+    stats = rope_stats(1, 16)
+    header = wire.make_header(codec, [layer])
+    payload = codec.encode_layer(layer, header.context(0, stats[0]))
+    from kvwire.codecs.base import pack_sections, unpack_sections
+
+    parts = [bytes(p) for p in unpack_sections(payload, 13, "kvquant4")]
+    for table in (parts[12][:-3], torch.tensor([1.0, float("nan"), 1.0, 0.1, 1.0]).numpy().tobytes(),
+                  torch.tensor([1.0, 0.1, 0.01, 0.001, -1.0]).numpy().tobytes()):
+        with pytest.raises(WireError, match="RoPE table"):
+            codec.decode_layer(pack_sections(parts[:12] + [table]), header.context(0))
+    with pytest.raises(WireError):
+        codec.decode_layer(payload[:-3], header.context(0))

@@ -20,11 +20,15 @@ What is faithful to KVQuant:
 
 What differs (plainly):
 
-- POST-RoPE keys. KVQuant quantizes keys *before* the rotary embedding (pre-RoPE) and applies RoPE
-  on the fly; kvwire's extraction stores the post-RoPE keys that transformers caches, so this
-  codec quantizes post-RoPE keys. Pre-RoPE quantization would need extraction hooks that capture
-  keys before RoPE (a later step); with post-RoPE keys the per-channel structure is partly smeared
-  by the rotation, so expect somewhat worse key error than the paper reports.
+- Pre-RoPE keys only with ``pre_rope=True``. KVQuant quantizes keys *before* the rotary
+  embedding and applies RoPE on the fly. transformers caches post-RoPE keys, so with
+  ``pre_rope=True`` this codec takes them back before RoPE (``kvwire.rope``: the per-layer
+  frequencies extraction stores as ``rope_inv_freq`` / ``rope_scaling`` statistics; checked against
+  the keys the model projected, ``tests/test_rope.py``), quantizes the pre-RoPE keys, sends the
+  frequencies (a few hundred bytes per layer) and rotates back after decoding. The rotation runs
+  in float32, so key outliers come back exact in the pre-RoPE domain but not bit-exact after the
+  rotation, and a cache without the statistics is refused. ``pre_rope=False`` (the default, which
+  needs no statistics) quantizes post-RoPE keys, whose per-channel structure the rotation smears.
 - No offline calibration. KVQuant derives its non-uniform datatype offline (sensitivity-weighted
   k-means over calibration activations, one per layer) and calibrates the key outlier thresholds
   offline. Here everything is fitted online on the layer being sent: ``levels="nf"`` uses fixed
@@ -75,7 +79,8 @@ import math
 
 import torch
 
-from ..errors import CodecError, WireError
+from .. import rope
+from ..errors import CodecError, KVError, WireError
 from . import bitpack
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
@@ -211,6 +216,8 @@ class _KVQuant(TensorCodec):
         "kmeans_iters": Param(int, 8, "Lloyd iterations for levels='kmeans'", minimum=0, maximum=100),
         "scale_dtype": Param(str, "float16", "dtype of the stored per-vector offsets and ranges",
                              choices=tuple(SCALE_DTYPES)),
+        "pre_rope": Param(bool, False, "quantize keys before RoPE (needs the rope_inv_freq / rope_scaling "
+                          "statistics extraction stores)"),
     }
 
     # keys: vectors are channels (reduce over seq, dim 1); values: vectors are tokens (reduce dim 2)
@@ -219,10 +226,29 @@ class _KVQuant(TensorCodec):
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
         check_layer(kv, ctx)
         require_finite(kv, ctx, self.name)
+        keys, tail = kv.k, []
+        if self.params["pre_rope"]:
+            inv_freq, scaling = self._rope(kv, ctx)
+            keys = rope.rotate(kv.k, torch.arange(kv.k.shape[1]), inv_freq, scaling, inverse=True)
+            tail = [tensor_bytes(torch.cat([inv_freq.float(), torch.tensor([scaling])]))]
         sections: list[bytes] = []
-        for label, x in (("keys", kv.k), ("values", kv.v)):
+        for label, x in (("keys", keys), ("values", kv.v)):
             sections += self._encode_tensor(x, self._REDUCE[label], label, ctx)
-        return pack_sections(sections)
+        return pack_sections(sections + tail)
+
+    def _rope(self, kv: LayerKV, ctx: LayerContext) -> tuple[torch.Tensor, float]:
+        missing = [n for n in ("rope_inv_freq", "rope_scaling") if n not in ctx.stats]
+        if missing:
+            raise CodecError(f"codec {self.name!r} with pre_rope=True needs the RoPE statistics {missing} for "
+                             f"layer {ctx.layer}; re-extract the cache (extraction stores them for RoPE models) or "
+                             f"set pre_rope=False")
+        if kv.positions is not None:
+            raise CodecError(f"codec {self.name!r}: pre_rope=True needs the full cache, not a token subset")
+        inv_freq, scaling = ctx.stats["rope_inv_freq"].float(), float(ctx.stats["rope_scaling"].reshape(-1)[0])
+        if not (torch.isfinite(inv_freq).all() and 0 < 2 * inv_freq.numel() <= kv.k.shape[-1] and scaling > 0):
+            raise KVError(f"layer {ctx.layer}: unusable RoPE statistics ({inv_freq.numel()} frequencies, "
+                          f"scaling {scaling}) for head_dim {kv.k.shape[-1]}")
+        return inv_freq, scaling
 
     def _encode_tensor(self, x: torch.Tensor, red: int, label: str, ctx: LayerContext) -> list[bytes]:
         h, s, d = x.shape
@@ -268,15 +294,27 @@ class _KVQuant(TensorCodec):
             book = book.reshape(h, d, k)
         packed = bitpack.pack(codes, self.bits)
         return [tensor_bytes(packed), tensor_bytes(offset), tensor_bytes(rng), tensor_bytes(book),
-                tensor_bytes(x.reshape(-1)[idx]), tensor_bytes(idx.to(torch.int32))]
+                tensor_bytes(x.reshape(-1)[idx].to(ctx.dtype)), tensor_bytes(idx.to(torch.int32))]
 
     def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
-        parts = unpack_sections(payload, 12, self.name)
-        k = self._decode_tensor(parts[:6], self._REDUCE["keys"], ctx)
-        v = self._decode_tensor(parts[6:], self._REDUCE["values"], ctx)
+        pre = self.params["pre_rope"]
+        parts = unpack_sections(payload, 13 if pre else 12, self.name)
+        k = self._decode_tensor(parts[:6], self._REDUCE["keys"], ctx, torch.float32 if pre else ctx.dtype)
+        v = self._decode_tensor(parts[6:12], self._REDUCE["values"], ctx, ctx.dtype)
+        if pre:
+            h, s, d = ctx.shape
+            table = parts[12]
+            n_freq = len(table) // 4 - 1
+            if len(table) % 4 or not 0 < 2 * n_freq <= d:
+                raise WireError(f"codec {self.name!r}: RoPE table of {len(table)} bytes does not fit head_dim {d}")
+            table = tensor_from(table, torch.float32, (n_freq + 1,))
+            if not torch.isfinite(table).all() or not table[-1] > 0:
+                raise WireError(f"codec {self.name!r}: non-finite RoPE table or non-positive scaling in the payload")
+            limit = torch.finfo(ctx.dtype).max
+            k = rope.rotate(k, torch.arange(s), table[:-1], float(table[-1])).clamp_(-limit, limit).to(ctx.dtype)
         return LayerKV(k, v)
 
-    def _decode_tensor(self, parts, red: int, ctx: LayerContext) -> torch.Tensor:
+    def _decode_tensor(self, parts, red: int, ctx: LayerContext, out_dtype: torch.dtype) -> torch.Tensor:
         h, s, d = ctx.shape
         n = h * s * d
         k = 2**self.bits
@@ -299,13 +337,13 @@ class _KVQuant(TensorCodec):
             base = (torch.arange(h * d) * k).view(h, 1, d)  # start of each (head, channel) codebook
             xn = book.reshape(-1).index_select(0, (base + codes).reshape(-1)).view(h, s, d)
         limit = torch.finfo(ctx.dtype).max
-        out = torch.addcmul(offset, xn, rng).clamp_(-limit, limit).to(ctx.dtype)
+        out = torch.addcmul(offset, xn, rng).clamp_(-limit, limit).to(out_dtype)
         n_out = n_outliers(n, self.params["outlier_fraction"])
         vals = tensor_from(pv, ctx.dtype, (n_out,))
         idx = tensor_from(pi, torch.int32, (n_out,)).long()
         if n_out and (idx[0] < 0 or idx[-1] >= n or (n_out > 1 and not bool((idx[1:] > idx[:-1]).all()))):
             raise WireError(f"codec {self.name!r}: outlier indices out of range or not increasing")
-        out.view(-1)[idx] = vals
+        out.view(-1)[idx] = vals.to(out_dtype)
         return out
 
 

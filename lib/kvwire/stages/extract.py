@@ -13,6 +13,7 @@ from ..io import read_json, write_json
 from ..kv import KVRecord, prefill, prefill_stats, save_kv
 from ..models import load_model
 from ..prompts import read_documents, select_prompts
+from ..rope import rope_tables
 from .runtime import DTYPES, LOG, pick_device
 
 
@@ -34,6 +35,10 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
     if limit and prefix_tokens + continuation > int(limit):
         raise KVError(f"bin {prefix_tokens} + continuation {continuation} tokens exceed the context of "
                       f"{facts.get('name')} ({limit} positions)")
+    # RoPE frequencies ride along as per-layer statistics: pre-RoPE codecs (KVQuant) un-rotate keys with them
+    rope = rope_tables(model)
+    if rope is None:
+        LOG.warning("%s: no invertible RoPE found; pre-RoPE codecs will refuse its caches", facts.get("name"))
     prompts = select_prompts(read_documents(docs_path), tokenizer, prefix_tokens=prefix_tokens,
                              continuation_tokens=continuation, count=count)
     files = []
@@ -52,7 +57,7 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
                               first_token=int(first[j]),
                               meta={"model": facts.get("name"), "source": facts.get("source"),
                                     "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem},
-                              stats=stats[j] if stats else [])
+                              stats=_layer_stats(stats[j] if stats else None, rope, len(layers[j])))
             save_kv(out_dir / name, record)
             files.append({"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes})
     shape = list(layers[0][0].k.shape)
@@ -62,9 +67,18 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
         "n_layers": len(layers[0]), "layer_shape": shape, "layer_types": facts.get("layer_types"),
         "prompts": files, "prefill_seconds": time.perf_counter() - t0,
         "attention_stats": {"obs_window": obs_window} if attention_stats else None,
+        "rope_stats": rope is not None,
     }
     write_json(manifest_path, manifest)  # written last: its presence means every KV file is complete
     return manifest
+
+
+def _layer_stats(attention, rope, n_layers: int) -> list[dict]:
+    """Per-layer statistics stored with a KV file: attention statistics (if extracted) plus RoPE tables."""
+    out = [dict(attention[i]) if attention else {} for i in range(n_layers)]
+    for i, table in enumerate(rope or []):
+        out[i].update(table)
+    return out if any(out) else []
 
 
 def kv_files(manifest_path: str | Path) -> list[Path]:
