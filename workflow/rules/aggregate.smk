@@ -77,3 +77,46 @@ rule figure_speedup:
         runtime=10,
     script:
         "../../scripts/figure_speedup.py"
+
+
+rule codecs_table:
+    input:
+        quality=quality_files(),
+    output:
+        table=report(
+            "results/tables/codecs.csv",
+            caption="../report/codecs.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/codecs_table.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/codecs_table.py"
+
+
+rule figure_codec_errors:
+    input:
+        codecs="results/tables/codecs.csv",
+    output:
+        pdf="paper/figures/codec_errors.pdf",
+        png=report(
+            "paper/figures/codec_errors.png",
+            caption="../report/codec_errors.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_codec_errors.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_codec_errors.py"

@@ -64,6 +64,10 @@ def wire_manifest(wildcards):
     return f"results/wire/{wildcards.model}/{wildcards.dataset}/{wildcards.bin}/{wildcards.codec}/manifest.json"
 
 
+def reference_file(wildcards):
+    return f"results/reference/{wildcards.model}/{wildcards.dataset}/{wildcards.bin}.safetensors"
+
+
 def codec_of(wildcards):
     name, params = codec_spec(wildcards.codec, config["codecs"][wildcards.codec])
     return {"id": wildcards.codec, "name": name, "params": params}
@@ -112,6 +116,9 @@ def all_outputs():
         "results/tables/break_even.csv",
         "results/tables/break_even.tex",
         "results/tables/models.csv",
+        "results/tables/codecs.csv",
+        "paper/figures/codec_errors.pdf",
+        "paper/figures/codec_errors.png",
         "paper/figures/speedup_vs_bandwidth.pdf",
         "paper/figures/speedup_vs_bandwidth.png",
     ]

@@ -34,6 +34,31 @@ def quality_table(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv
     return table
 
 
+CODEC_ERROR_COLUMNS = ["key_cosine", "value_cosine", "key_rel_mse", "value_rel_mse"]
+
+
+def codecs_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """One row per (model, codec) over all of the model's prompts: the measured ratio (total raw
+    bytes / total wire bytes) and the mean per-prompt key/value cosine and relative MSE."""
+    rows = []
+    for path in quality_jsons:
+        path = Path(path)
+        result = read_json(path)
+        for r in result["rows"]:
+            rows.append({"model": path.parts[-4], "codec": result["codec_id"], "codec_name": result["codec"],
+                         "raw_bytes": r["raw_bytes"], "wire_bytes": r["wire_bytes"],
+                         **{m: r[m] for m in CODEC_ERROR_COLUMNS}})
+    per_prompt = pd.DataFrame(rows)
+    grouped = per_prompt.groupby(["model", "codec"], sort=True)
+    table = grouped[CODEC_ERROR_COLUMNS].mean()
+    table.insert(0, "n_prompts", grouped.size())
+    table.insert(0, "ratio", grouped["raw_bytes"].sum() / grouped["wire_bytes"].sum())
+    table.insert(0, "codec_name", grouped["codec_name"].first())
+    table = table.reset_index()
+    write_csv(out_csv, table)
+    return table
+
+
 def break_even_table(break_even_csvs: list[str | Path], sweep_csvs: list[str | Path], out_csv: str | Path,
                      out_tex: str | Path, out_sweep: str | Path) -> pd.DataFrame:
     table = pd.concat([pd.read_csv(p) for p in break_even_csvs], ignore_index=True)

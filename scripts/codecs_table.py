@@ -1,0 +1,12 @@
+"""Rule codecs_table: per-codec ratio and K/V error per model -> results/tables/codecs.csv."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
+
+from kvwire.stages.runtime import setup  # noqa: E402
+from kvwire.stages.tables import codecs_table  # noqa: E402
+
+sm = snakemake  # noqa: F821
+setup(sm.log[0])
+codecs_table(list(sm.input.quality), sm.output.table)
