@@ -10,6 +10,7 @@ to a ``Pipeline``.
 
 from __future__ import annotations
 
+import copy
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -89,7 +90,8 @@ class _Parametrised:
             valid = ", ".join(sorted(self.PARAMS)) or "none"
             raise CodecError(f"codec {self.name!r}: unknown parameter(s) {unknown}; valid: {valid}")
         self._params = {
-            key: spec.check(self.name, key, params[key]) if key in params else spec.default
+            # deep copies: a mutable default (a dict param) must never be shared between codecs
+            key: copy.deepcopy(spec.check(self.name, key, params[key]) if key in params else spec.default)
             for key, spec in self.PARAMS.items()
         }
 

@@ -131,25 +131,36 @@ class TokenSelectionCodec(TensorCodec):
             raise CodecError(f"internal: codec {self.name!r} selected {int(keep.sum())} of {seq} tokens, expected {n}")
         idx = keep.nonzero().squeeze(1)
         k, v = kv.k.index_select(1, idx), kv.v.index_select(1, idx)
-        return pack_sections([tensor_bytes(bitpack.pack(keep, 1)), tensor_bytes(k), tensor_bytes(v)])
+        return pack_sections([pack_keep_mask(keep), tensor_bytes(k), tensor_bytes(v)])
 
     def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
         return decode_selected(payload, ctx, self.name)
+
+
+def pack_keep_mask(keep: torch.Tensor) -> bytes:
+    """Bool [seq] -> 1 bit per token, ``ceil(seq / 8)`` bytes, padding bits zero."""
+    return tensor_bytes(bitpack.pack(keep, 1))
+
+
+def unpack_keep_mask(buf, seq: int, codec: str) -> torch.Tensor:
+    """Inverse of ``pack_keep_mask``: the kept positions (int64, ascending); refuses set padding bits
+    and a mask that keeps nothing."""
+    nbytes = bitpack.packed_size(seq, 1)
+    bits = bitpack.unpack(tensor_from(buf, torch.uint8, (nbytes,)), 1, 8 * nbytes)  # padding included
+    if bits[seq:].any():
+        raise WireError(f"codec {codec!r}: keep mask has bits set past the layer's {seq} tokens")
+    positions = bits[:seq].nonzero().squeeze(1).to(torch.int64)
+    if positions.numel() == 0:
+        raise WireError(f"codec {codec!r}: keep mask keeps no token")
+    return positions
 
 
 def decode_selected(payload: bytes, ctx: LayerContext, codec: str) -> LayerKV:
     """Inverse of ``TokenSelectionCodec.encode_layer``: kept K/V and their positions."""
     h, seq, d = ctx.shape
     mask_b, kb, vb = unpack_sections(payload, 3, codec)
-    nbytes = bitpack.packed_size(seq, 1)
-    packed = tensor_from(mask_b, torch.uint8, (nbytes,))
-    bits = bitpack.unpack(packed, 1, 8 * nbytes)  # every bit, padding included
-    if bits[seq:].any():
-        raise WireError(f"codec {codec!r}: keep mask has bits set past the layer's {seq} tokens")
-    keep = bits[:seq].bool()
-    n = int(keep.sum())
-    if n == 0:
-        raise WireError(f"codec {codec!r}: keep mask keeps no token")
+    positions = unpack_keep_mask(mask_b, seq, codec)
+    n = positions.numel()
     k = tensor_from(kb, ctx.dtype, (h, n, d))
     v = tensor_from(vb, ctx.dtype, (h, n, d))
-    return LayerKV(k, v, keep.nonzero().squeeze(1).to(torch.int64))
+    return LayerKV(k, v, positions)
