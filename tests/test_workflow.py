@@ -58,6 +58,7 @@ def test_dry_run_plans_the_whole_fan_out(repo, name, tmp_path):
     assert counts["fetch_model"] == n_models
     assert counts["extract_kv"] == n_models * n_data * n_bins
     assert counts["quality"] == counts["encode"] == n_models * n_data * n_bins * n_codecs
+    assert counts["reference"] == counts["extract_kv"]  # the baseline runs once per prompt set, not per codec
     assert counts["time_cpu"] == n_models * n_codecs
 
 
@@ -103,6 +104,22 @@ def test_smoke_study_end_to_end(repo, tmp_path):
         raw = sum(wire.read_frames(f.read_bytes())[0].raw_bytes for f in files)
         assert row.ratio == pytest.approx(raw / sum(f.stat().st_size for f in files), rel=1e-5)
 
+    # codecs.csv: one row per (model, codec), its ratio the byte-weighted ratio of the quality rows
+    codecs = pd.read_csv(work / "results/tables/codecs.csv")
+    assert len(codecs) == len(cfg["models"]) * len(cfg["codecs"])
+    for row in codecs.itertuples():
+        q = quality[(quality.model == row.model) & (quality.codec == row.codec)]
+        assert q.n_prompts.sum() == row.n_prompts
+        assert min(q.ratio) - 1e-9 <= row.ratio <= max(q.ratio) + 1e-9
+    by = codecs.set_index(["model", "codec"])
+    for model in cfg["models"]:
+        for lossless in ("identity", "zstd", "lz4"):
+            assert by.loc[(model, lossless), "key_rel_mse"] == 0 and by.loc[(model, lossless), "value_cosine"] == 1
+        # fewer bits, more error and more compression: measured, not assumed
+        assert by.loc[(model, "int8"), "key_rel_mse"] < by.loc[(model, "int4"), "key_rel_mse"]
+        assert by.loc[(model, "kvquant2"), "ratio"] > by.loc[(model, "kvquant4"), "ratio"]
+        assert by.loc[(model, "kvquant2"), "key_rel_mse"] > by.loc[(model, "kvquant4"), "key_rel_mse"]
+
     be = pd.read_csv(work / "results/tables/break_even.csv")
     assert set(be.codec) == set(cfg["codecs"])
     assert (be[be.codec == "identity"].break_even_gbps_sequential == 0).all()
@@ -115,8 +132,9 @@ def test_smoke_study_end_to_end(repo, tmp_path):
 
     import matplotlib.image as mpimg
 
-    png = mpimg.imread(work / "paper/figures/speedup_vs_bandwidth.png")
-    assert png.shape[0] > 200 and png.shape[1] > 400 and png.std() > 0.05  # a drawn figure, not a blank
+    for fig in ("speedup_vs_bandwidth", "codec_errors"):
+        png = mpimg.imread(work / f"paper/figures/{fig}.png")
+        assert png.shape[0] > 200 and png.shape[1] > 400 and png.std() > 0.05  # a drawn figure, not a blank
 
     # a rerun resumes: nothing left to do
     again = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work), "-n", env=env)
@@ -125,13 +143,16 @@ def test_smoke_study_end_to_end(repo, tmp_path):
     # resume + determinism: delete one model's quality results and the table; only those jobs
     # rerun (Snakemake keeps a present, up-to-date target even when its inputs vanish) and the
     # quality table comes back byte-identical
-    before = (work / "results/tables/quality.csv").read_bytes()
+    before = {t: (work / f"results/tables/{t}.csv").read_bytes() for t in ("quality", "codecs")}
     shutil.rmtree(work / "results/quality/stories260k")
-    (work / "results/tables/quality.csv").unlink()
+    for t in before:
+        (work / f"results/tables/{t}.csv").unlink()
     redo = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work),
                      timeout=SMOKE_MINUTES * 60, env=env)
     assert redo.returncode == 0, redo.stderr[-3000:]
     ran = redo.stdout + redo.stderr
     assert "extract_kv" not in ran and "fetch_model" not in ran and "quality_table" in ran
-    assert (work / "results/tables/quality.csv").read_bytes() == before
+    assert "rule reference" not in ran  # the cached baseline is reused
+    for t, content in before.items():
+        assert (work / f"results/tables/{t}.csv").read_bytes() == content
     shutil.rmtree(work / "results/wire", ignore_errors=True)
