@@ -9,7 +9,7 @@ rule reference:
         "logs/reference/{model}/{dataset}/{bin}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config.get("torch_threads", 2)
     resources:
         mem_mb=8000,
         runtime=60,
@@ -33,7 +33,7 @@ rule quality:
         "logs/quality/{model}/{dataset}/{bin}/{codec}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config.get("torch_threads", 2)
     resources:
         mem_mb=8000,
         runtime=60,

@@ -39,7 +39,7 @@ takes its row; the plan assumes every layer has this layer's shape (true for kvw
 extraction: sliding-window layers keep the full prefix). Byte costs are exact (the same
 arithmetic as the encoder; the tests check every payload length against it), plus the container:
 12 + 4 + 12 bytes of preamble, header CRC and trailer, 24 bytes per frame and the JSON header,
-estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (64) bytes. With B the
+estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (1024) bytes. With B the
 ``floor(raw / target_ratio)`` byte budget:
 
 1. guard layers: every token at ``guard_bits``;
@@ -66,7 +66,7 @@ estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (64) bytes. W
    12.5 at 1024. ``recent=16`` (Gemma: 9.8 / 12.1 / 13.8) or ``guard_bits=4`` (13.5 / 18.3 / 22.4)
    reach further.
 
-Guarantee: for a reachable target, equal layer shapes and ``meta`` of at most ~64 bytes of JSON,
+Guarantee: for a reachable target, equal layer shapes and ``meta`` of at most ~1 KB of JSON,
 the measured container ratio is >= ``target_ratio``. Overshoot: when mixing, the container lies
 within one layer's step difference below the budget; when dropping, within one body token per
 body layer (plus the header slack); at the top step (target below what 8-bit bodies give) the
@@ -127,7 +127,7 @@ _SECTIONS_OVERHEAD = 4 + 8 * N_SECTIONS  # pack_sections' count + length table
 # kvwire.wire v1 container: preamble 12 + header crc 4 + trailer 12; per frame head 20 + crc 4
 CONTAINER_FIXED = 12 + 4 + 12
 FRAME_BYTES = 24
-META_SLACK = 64  # bytes of header JSON reserved for wire.encode(meta=...)
+META_SLACK = 1024  # bytes of header JSON reserved for wire.encode(meta=...): the workflow sends model, source, prompt id
 _DTYPE_NAMES = {torch.float16: "float16", torch.bfloat16: "bfloat16", torch.float32: "float32"}
 
 

@@ -83,9 +83,11 @@ def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, 
 
 def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: str | Path, out_path: str | Path,
                 *, reference: str | Path | None = None, generate_tokens: int = 32, batch_size: int = 8,
-                dtype: str = "bfloat16") -> dict:
-    """Score one codec's wire files; ``reference`` is ``reference_for``'s file (None: compute it inline)."""
-    model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
+                dtype: str = "bfloat16", model=None) -> dict:
+    """Score one codec's wire files; ``reference`` is ``reference_for``'s file (None: compute it inline).
+    ``model``: the already loaded model of ``facts_path`` (scoring several codecs in one process)."""
+    if model is None:
+        model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
     kv_paths, wire_paths = kv_files(kv_manifest), wire_files(wire_manifest)
     if [p.stem for p in kv_paths] != [p.stem for p in wire_paths]:
         raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifest}")
