@@ -1,6 +1,11 @@
 """Rule time_cpu: per-layer CPU encode/decode times of one codec on real KV of every bin."""
+import os
 import sys
 from pathlib import Path
+
+# This job owns every core (threads: workflow.cores), so OpenMP threads may spin between ops
+# instead of sleeping: set before torch loads OpenMP (kvwire's PASSIVE default suits shared cores).
+os.environ["OMP_WAIT_POLICY"] = "ACTIVE"
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
 

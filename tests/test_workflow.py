@@ -145,6 +145,11 @@ def test_smoke_study_end_to_end(repo, smoke_study):
     assert (lossy.break_even_gbps_pipelined >= lossy.break_even_gbps_sequential).all()
     assert "\\begin{tabular}" in (work / "results/tables/break_even.tex").read_text()
 
+    # CPU timings: measured per layer with the configured threads, OpenMP spinning (the job owns the cores)
+    timing = pd.read_csv(work / "results/timing/cpu/smollm2-135m/int8.csv")
+    assert len(timing) == 30 and (timing.omp_wait_policy == "ACTIVE").all()
+    assert (timing.threads == cfg["torch_threads"]).all() and (timing.encode_s > 0).all()
+
     models = pd.read_csv(work / "results/tables/models.csv").set_index("name")
     assert models.loc["smollm2-135m", "num_kv_heads"] == 3 and models.loc["smollm2-135m", "num_layers"] == 30
 

@@ -27,6 +27,7 @@ def time_cpu(kv_manifests: list[str | Path], out_csv: str | Path, *, codec_id: s
         frames.append(pd.DataFrame({
             "model": manifest["model"], "dataset": manifest["dataset"], "bin": manifest["prefix_tokens"],
             "codec": codec_id, "device": "cpu", "device_name": _cpu_name(), "threads": torch.get_num_threads(),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "layer": range(len(cost.wire_bytes)), "layer_raw_bytes": [layer.raw_bytes for layer in record.layers],
             "wire_bytes": cost.wire_bytes, "encode_s": cost.encode_s, "decode_s": cost.decode_s,
         }))
