@@ -1,5 +1,6 @@
 """The kvwire command, run as a real subprocess on a real KV file."""
 
+import copy
 import json
 import subprocess
 import sys
@@ -18,8 +19,8 @@ def kvwire(*args, cwd=None):
 @pytest.fixture(scope="module")
 def kv_file(small_model, tmp_path_factory):
     ids = torch.randint(3, small_model.config.vocab_size, (1, 24), generator=torch.Generator().manual_seed(5))
-    layers, first = prefill(small_model.to(torch.bfloat16), ids)
-    small_model.to(torch.float32)
+    # a bf16 copy: casting the shared fixture would round its RoPE buffers for every later test
+    layers, first = prefill(copy.deepcopy(small_model).to(torch.bfloat16), ids)
     path = tmp_path_factory.mktemp("cli") / "kv.safetensors"
     save_kv(path, KVRecord(layers[0], ids[0], torch.arange(4), int(first[0]), {"prompt_id": "cli-0"}))
     return path
