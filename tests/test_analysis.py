@@ -1,0 +1,77 @@
+"""Statistics of the quality study: bootstrap intervals, rank correlation and Pareto fronts."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvwire.analysis import bootstrap_ci, paired_bootstrap_ci, pareto_front, ranks, spearman
+from kvwire.errors import KvwireError
+
+
+def test_bootstrap_interval_covers_the_true_mean_about_95_percent_of_the_time():
+    rng = np.random.default_rng(0)
+    hits = 0
+    for trial in range(200):
+        sample = rng.normal(3.0, 2.0, size=40)
+        lo, hi = bootstrap_ci(sample, seed=trial, n_boot=1000)
+        assert lo <= sample.mean() <= hi
+        hits += lo <= 3.0 <= hi
+    assert 0.88 <= hits / 200 <= 0.99  # percentile bootstrap at n=40 runs slightly below nominal
+
+
+def test_bootstrap_is_seeded_and_narrows_with_more_data():
+    rng = np.random.default_rng(1)
+    small, big = rng.normal(size=20), rng.normal(size=2000)
+    assert bootstrap_ci(small, seed=5) == bootstrap_ci(small, seed=5)
+    assert bootstrap_ci(small, seed=5) != bootstrap_ci(small, seed=6)
+    w_small = np.subtract(*bootstrap_ci(small, seed=0)[::-1])
+    w_big = np.subtract(*bootstrap_ci(big, seed=0)[::-1])
+    assert w_big < w_small / 5
+    assert bootstrap_ci([2.0, 2.0, 2.0], seed=0) == (2.0, 2.0)
+    for bad in ([], [1.0, float("nan")]):
+        with pytest.raises(KvwireError):
+            bootstrap_ci(bad, seed=0)
+
+
+def test_paired_bootstrap_removes_shared_prompt_spread():
+    rng = np.random.default_rng(2)
+    difficulty = rng.normal(0, 5.0, size=50)  # large spread shared by both sides
+    base = {f"p{i}": float(d) for i, d in enumerate(difficulty)}
+    codec = {k: v + 0.3 + float(rng.normal(0, 0.05)) for k, v in base.items()}
+    mean, lo, hi = paired_bootstrap_ci(codec, base, seed=0)
+    assert 0.25 < lo <= mean <= hi < 0.35  # unpaired, the spread (sd 5) would swamp a 0.3 shift
+    assert paired_bootstrap_ci(base, base, seed=0) == (0.0, 0.0, 0.0)
+    with pytest.raises(KvwireError, match="one side only"):
+        paired_bootstrap_ci({"a": 1.0}, {"b": 1.0}, seed=0)
+
+
+def test_spearman_matches_definitions():
+    x = [1.0, 2.0, 3.0, 4.0, 5.0]
+    assert spearman(x, [v ** 3 for v in x]) == pytest.approx(1.0)
+    assert spearman(x, [-v for v in x]) == pytest.approx(-1.0)
+    assert np.isnan(spearman(x, [1.0] * 5))
+    assert list(ranks([10.0, 20.0, 20.0, 5.0])) == [2.0, 3.5, 3.5, 1.0]
+    # textbook value: d = rank differences, no ties -> 1 - 6 sum d^2 / (n (n^2 - 1))
+    a, b = [1, 2, 3, 4, 5, 6], [2, 1, 4, 3, 6, 5]
+    assert spearman(a, b) == pytest.approx(1 - 6 * 6 / (6 * 35))
+    with pytest.raises(KvwireError):
+        spearman([1, 2], [1])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.floats(0, 100), st.floats(0, 1)), min_size=1, max_size=30))
+def test_pareto_front_properties(points):
+    r = [p[0] for p in points]
+    q = [p[1] for p in points]
+    front = pareto_front(r, q)
+    assert front.any()  # the best-ratio point among the best-quality ones is never dominated
+    for i in range(len(points)):
+        dominated = any(r[j] >= r[i] and q[j] >= q[i] and (r[j] > r[i] or q[j] > q[i]) for j in range(len(points)))
+        assert front[i] == (not dominated)
+
+
+def test_pareto_front_example():
+    # identity (1, 1.0), int8 (2, 0.99), int4 (3.5, 0.94), a bad codec (3, 0.5), kivi2 (3.6, 0.8)
+    mask = pareto_front([1, 2, 3.5, 3, 3.6], [1.0, 0.99, 0.94, 0.5, 0.8])
+    assert list(mask) == [True, True, True, False, True]
