@@ -138,6 +138,16 @@ def test_smoke_study_end_to_end(repo, smoke_study):
         assert by.loc[(model, "kvquant2"), "ratio"] > by.loc[(model, "kvquant4"), "ratio"]
         assert by.loc[(model, "kvquant2"), "key_rel_mse"] > by.loc[(model, "kvquant4"), "key_rel_mse"]
 
+    # the main table: codec x model with paired bootstrap intervals against identity
+    main = pd.read_csv(work / "results/tables/quality_by_model.csv")
+    assert len(main) == len(cfg["models"]) * len(cfg["codecs"])
+    ident = main[main.codec == "identity"]
+    assert (ident.token_agreement == 1).all() and (ident.delta_ce_ci_hi == 0).all() and (ident.ppl_ratio == 1).all()
+    assert (main.token_agreement_ci_lo <= main.token_agreement).all() and (main.token_agreement <= main.token_agreement_ci_hi).all()
+    assert main.groupby("model").pareto.any().all()
+    spear = pd.read_csv(work / "results/tables/cosine_spearman.csv")
+    assert set(spear.model) == set(cfg["models"]) and (spear.n_codecs >= 5).all()
+
     be = pd.read_csv(work / "results/tables/break_even.csv")
     assert set(be.codec) == set(cfg["codecs"])
     assert (be[be.codec == "identity"].break_even_gbps_sequential == 0).all()

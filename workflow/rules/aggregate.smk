@@ -120,3 +120,31 @@ rule figure_codec_errors:
         runtime=10,
     script:
         "../../scripts/figure_codec_errors.py"
+
+
+rule quality_summary:
+    input:
+        quality=quality_files(),
+    output:
+        by_model=report(
+            "results/tables/quality_by_model.csv",
+            caption="../report/quality_by_model.rst",
+            category="Tables",
+        ),
+        spearman=report(
+            "results/tables/cosine_spearman.csv",
+            caption="../report/cosine_spearman.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/quality_summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        seed=config.get("seed", 0),
+    script:
+        "../../scripts/quality_summary.py"

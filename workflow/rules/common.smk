@@ -117,6 +117,8 @@ def all_outputs():
         "results/tables/break_even.tex",
         "results/tables/models.csv",
         "results/tables/codecs.csv",
+        "results/tables/quality_by_model.csv",
+        "results/tables/cosine_spearman.csv",
         "paper/figures/codec_errors.pdf",
         "paper/figures/codec_errors.png",
         "paper/figures/speedup_vs_bandwidth.pdf",

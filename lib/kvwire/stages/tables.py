@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..io import atomic_path, read_json, write_csv
@@ -55,6 +56,89 @@ def codecs_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.Dat
     table.insert(0, "ratio", grouped["raw_bytes"].sum() / grouped["wire_bytes"].sum())
     table.insert(0, "codec_name", grouped["codec_name"].first())
     table = table.reset_index()
+    write_csv(out_csv, table)
+    return table
+
+
+def _prompt_rows(quality_jsons: list[str | Path]) -> pd.DataFrame:
+    """Every per-prompt quality row of every job, keyed by model, dataset, bin, codec and prompt."""
+    rows = []
+    for path in quality_jsons:
+        path = Path(path)
+        result = read_json(path)
+        model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
+        for r in result["rows"]:
+            rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
+                         "prompt": f"{dataset}/{bin_}/{r['prompt_id']}", **r})
+    return pd.DataFrame(rows)
+
+
+SUMMARY_METRICS = ("token_agreement", "delta_ce", "greedy_match")
+
+
+def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, seed: int,
+                     n_boot: int = 2000) -> pd.DataFrame:
+    """The main table: one row per (model, codec) over all of the model's prompts.
+
+    Ratio from bytes (total raw / total wire); means of token agreement, delta cross-entropy
+    (nats/token) and greedy match with 95 % paired bootstrap intervals against identity (the same
+    prompts through the identity codec: differences per prompt, resampled over prompts); the
+    perplexity ratio exp(mean delta_ce) with the interval mapped through exp; and whether the codec
+    is on the model's Pareto front of ratio x token agreement.
+    """
+    from ..analysis import paired_bootstrap_ci, pareto_front
+    from ..errors import ConfigError
+
+    rows = _prompt_rows(quality_jsons)
+    out = []
+    for model, per_model in rows.groupby("model", sort=True):
+        ident = per_model[per_model.codec == "identity"]
+        if ident.empty:
+            raise ConfigError(f"model {model!r}: the paired intervals need the identity codec in the study "
+                              f"(config key 'codecs.identity')")
+        base = {m: dict(zip(ident.prompt, ident[m])) for m in SUMMARY_METRICS}
+        for i, (codec, g) in enumerate(per_model.groupby("codec", sort=True)):
+            row = {"model": model, "codec": codec, "n_prompts": len(g),
+                   "ratio": g.raw_bytes.sum() / g.wire_bytes.sum()}
+            for m in SUMMARY_METRICS:
+                diff, lo, hi = paired_bootstrap_ci(dict(zip(g.prompt, g[m])), base[m], seed=seed + i,
+                                                   n_boot=n_boot)
+                ref = sum(base[m].values()) / len(base[m])
+                row[m], row[f"{m}_ci_lo"], row[f"{m}_ci_hi"] = ref + diff, ref + lo, ref + hi
+            row["ppl_ratio"] = float(np.exp(row["delta_ce"]))
+            row["ppl_ratio_ci_lo"], row["ppl_ratio_ci_hi"] = (float(np.exp(row["delta_ce_ci_lo"])),
+                                                              float(np.exp(row["delta_ce_ci_hi"])))
+            row["first_divergence"] = g.first_divergence.mean()
+            row["key_cosine"], row["value_cosine"] = g.key_cosine.mean(), g.value_cosine.mean()
+            out.append(row)
+    table = pd.DataFrame(out)
+    table["pareto"] = False
+    for model, idx in table.groupby("model").groups.items():
+        sub = table.loc[idx]
+        table.loc[idx, "pareto"] = pareto_front(sub.ratio.values, sub.token_agreement.values)
+    write_csv(out_csv, table)
+    return table
+
+
+def cosine_spearman(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Does K/V cosine similarity predict quality? Spearman, per model, over every (lossy codec,
+    prompt) pair: cosine vs delta cross-entropy and vs token agreement (a good predictor has a
+    strongly negative rho with delta_ce and a positive one with agreement). Token-selection codecs
+    count as lossy: their kept tokens are exact (cosine 1 over what they send), which is exactly
+    the blind spot of cosine as a predictor, so they stay in."""
+    from ..analysis import spearman
+
+    rows = _prompt_rows(quality_jsons)
+    changed = (rows.key_rel_mse > 0) | (rows.value_rel_mse > 0) | (rows.delta_ce != 0) | (rows.token_agreement < 1)
+    lossy = rows[rows.codec.isin(set(rows.codec[changed]))]
+    out = []
+    for model, g in lossy.groupby("model", sort=True):
+        rec = {"model": model, "n_pairs": len(g), "n_codecs": g.codec.nunique()}
+        for cos in ("key_cosine", "value_cosine"):
+            rec[f"rho_{cos}_vs_delta_ce"] = spearman(g[cos].values, g.delta_ce.values)
+            rec[f"rho_{cos}_vs_token_agreement"] = spearman(g[cos].values, g.token_agreement.values)
+        out.append(rec)
+    table = pd.DataFrame(out)
     write_csv(out_csv, table)
     return table
 
