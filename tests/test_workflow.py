@@ -47,7 +47,7 @@ def _job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml"])
+@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
 def test_dry_run_plans_the_whole_fan_out(repo, name, tmp_path):
     cfg = yaml.safe_load((repo / "config" / name).read_text())
     out = snakemake(repo, "-n", "--configfile", str(repo / "config" / name), "-d", str(tmp_path))
