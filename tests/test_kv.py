@@ -169,3 +169,38 @@ def test_reference_file_is_checked_against_the_job(small_model, tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a reference")
     with pytest.raises(KVError, match="not a readable reference"):
         load_reference(tmp_path / "bad.safetensors", ["a"], generate_tokens=3, batch_size=8, dtype="bfloat16")
+
+
+def test_continuation_attention_mass_and_retention(small_model):
+    """The reference run records where the continuation's queries look; retention of a pruned cache
+    is the share of that mass on the kept tokens."""
+    from kvwire.kv import continue_attention
+    from kvwire.quality import attention_retention, reference_batch
+
+    records = _records(small_model)
+    layers = [r.layers for r in records]
+    prefix = records[0].seq_len
+    cont = torch.stack([r.continuation_ids for r in records])[:, :-1]
+    logits, mass = continue_attention(small_model, layers, prefix, cont)
+    assert torch.equal(logits, continue_logits(small_model, layers, prefix, cont))  # the forward is unchanged
+    n_layers, heads = len(layers[0]), small_model.config.num_attention_heads
+    assert mass.shape == (len(records), n_layers, prefix) and (mass >= 0).all()
+    # every continuation query spreads probability 1 over the prefix and the continuation so far
+    per_layer = mass.sum(-1)
+    assert (per_layer <= cont.shape[1] * heads + 1e-3).all() and (per_layer > 0.05 * cont.shape[1] * heads).all()
+
+    ref = reference_batch(small_model, records, steps=3)[0]
+    assert torch.equal(ref.attention, mass[0])
+    assert attention_retention(ref.attention, records[0].layers) == [1.0] * n_layers
+    top = ref.attention.sum(0).argsort(descending=True)
+    keep_best, keep_worst = top[: prefix // 2].sort().values, top[prefix // 2:].sort().values
+    best = attention_retention(ref.attention, [LayerKV(l.k[:, keep_best], l.v[:, keep_best], keep_best)
+                                              for l in records[0].layers])
+    worst = attention_retention(ref.attention, [LayerKV(l.k[:, keep_worst], l.v[:, keep_worst], keep_worst)
+                                               for l in records[0].layers])
+    assert all(0 < w < b < 1 for b, w in zip(best, worst))
+    assert sum(best) / n_layers > 0.5 > sum(worst) / n_layers
+    for b, w in zip(best, worst):  # the two halves partition the prefix: their shares add up to one
+        assert b + w == pytest.approx(1.0)
+    rows = score_batch(small_model, records[:1], [records[0].layers], steps=3, references=[ref])
+    assert rows[0]["attention_retention"] == 1.0 and rows[0]["attention_retention_layers"] == [1.0] * n_layers

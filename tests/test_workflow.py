@@ -108,6 +108,11 @@ def test_smoke_study_end_to_end(repo, smoke_study):
     assert len(quality) == len(cfg["models"]) * len(cfg["datasets"]) * len(cfg["prompts"]["bins"]) * len(cfg["codecs"])
     ident = quality[quality.codec == "identity"]
     assert (ident.token_agreement == 1.0).all() and (ident.delta_ce == 0.0).all() and (ident.greedy_match == 1.0).all()
+    # attention retention: the share of the original cache's decode-side attention the kept tokens hold
+    assert (ident.attention_retention == 1.0).all()
+    h2o = quality[quality.codec == "h2o"]
+    assert ((h2o.attention_retention > 0.3) & (h2o.attention_retention < 1.0)).all()
+    assert (h2o.attention_retention_min <= h2o.attention_retention).all()
     lossless = quality[quality.codec == "zstd"]
     assert (lossless.token_agreement == 1.0).all() and (lossless.delta_ce == 0.0).all()
     int8 = quality[quality.codec == "int8"]

@@ -311,6 +311,30 @@ def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     return {"attn_sum": attn_sum.cpu(), "obs_attn": torch.cat(obs, dim=2).cpu()}
 
 
+@torch.inference_mode()
+def continue_attention(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
+                       input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``continue_logits`` plus where the continuation's queries look: ``mass`` [B, layers, P'] float32,
+    the attention each cached token receives from all continuation queries, summed over heads, as the
+    model computes it (the forward is unchanged, see ``prefill_stats``). P' = the cache's length."""
+    device = next(model.parameters()).device
+    cache = build_cache(batch_layers, device)
+    T = input_ids.shape[1]
+    collected: dict[int, dict[str, torch.Tensor]] = {}
+    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len), \
+            _attention_stats(model, collected, 1):
+        out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
+                    position_ids=_positions(batch_layers, prefix_len, T, device))
+    n_layers = len(batch_layers[0])
+    if sorted(collected) != list(range(n_layers)):
+        raise KVError(f"attention came back for layers {sorted(collected)}, expected 0..{n_layers - 1}")
+    cached = [batch_layers[0][i].k.shape[1] for i in range(n_layers)]
+    if len(set(cached)) != 1:
+        raise KVError("continue_attention needs equal cache lengths in every layer (the full cache)")
+    mass = torch.stack([collected[i]["attn_sum"].sum(dim=1)[:, :cached[0]] for i in range(n_layers)], dim=1)
+    return out.logits.float().cpu(), mass
+
+
 def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device | str = "cpu"):
     """A DynamicCache holding B prompts' caches (same per-layer shapes) stacked on the batch dim."""
     from transformers import DynamicCache

@@ -8,8 +8,10 @@ original cache (reference) and once with the decoded one, in the same batch comp
 so identity gives exactly agreement 1.0 and delta cross-entropy 0.0.
 
 Metrics per prompt: teacher-forced token agreement (argmax equality), cross-entropy of the
-true continuation (nats/token) and its delta, greedy match rate and first divergence, and
-key/value cosine similarity and relative MSE between original and decoded tensors.
+true continuation (nats/token) and its delta, greedy match rate and first divergence,
+key/value cosine similarity and relative MSE between original and decoded tensors, and (when
+the reference recorded it) attention retention: per layer, the share of the attention the
+continuation's queries paid to the ORIGINAL cache that falls on the tokens the decoded cache kept.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import torch.nn.functional as F
 
 from .codecs import LayerKV
 from .errors import KVError
-from .kv import KVRecord, continue_logits, greedy_generate
+from .kv import KVRecord, continue_attention, continue_logits, greedy_generate
 
 
 def kv_errors(original: Sequence[LayerKV], decoded: Sequence[LayerKV]) -> dict[str, float]:
@@ -48,12 +50,16 @@ def kv_errors(original: Sequence[LayerKV], decoded: Sequence[LayerKV]) -> dict[s
     return out
 
 
-def _scores(model, batch_layers, prefix_len, cont_ids, first_tokens, steps):
-    logits = continue_logits(model, batch_layers, prefix_len, cont_ids[:, :-1])
+def _scores(model, batch_layers, prefix_len, cont_ids, first_tokens, steps, attention=False):
+    mass = None
+    if attention:
+        logits, mass = continue_attention(model, batch_layers, prefix_len, cont_ids[:, :-1])
+    else:
+        logits = continue_logits(model, batch_layers, prefix_len, cont_ids[:, :-1])
     targets = cont_ids[:, 1:]
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
     greedy = greedy_generate(model, batch_layers, prefix_len, first_tokens, steps)
-    return logits.argmax(-1), ce, greedy
+    return logits.argmax(-1), ce, greedy, mass
 
 
 @dataclass(frozen=True)
@@ -61,13 +67,15 @@ class Reference:
     """What the original cache does, per prompt: the baseline every decoded cache is scored against.
 
     ``argmax`` [T-1] teacher-forced predictions, ``ce`` [T-1] cross-entropy of the true continuation
-    (nats), ``greedy`` [steps] free greedy tokens. Cached once per (model, prompt set) so codec jobs
-    run only the decoded side.
+    (nats), ``greedy`` [steps] free greedy tokens, and ``attention`` [layers, P] the attention mass
+    each prefix token receives from the continuation's queries (summed over queries and heads; None
+    if not recorded). Cached once per (model, prompt set) so codec jobs run only the decoded side.
     """
 
     argmax: torch.Tensor
     ce: torch.Tensor
     greedy: torch.Tensor
+    attention: torch.Tensor | None = None
 
 
 def _inputs(records: Sequence[KVRecord]):
@@ -79,11 +87,30 @@ def _inputs(records: Sequence[KVRecord]):
     return lengths.pop(), cont, first
 
 
-def reference_batch(model, records: Sequence[KVRecord], steps: int) -> list[Reference]:
-    """Run the original caches of ``records`` (one batch) and keep what scoring needs."""
+def reference_batch(model, records: Sequence[KVRecord], steps: int, *, attention: bool = True) -> list[Reference]:
+    """Run the original caches of ``records`` (one batch) and keep what scoring needs; ``attention``
+    also records where the continuation's queries look (for ``attention_retention``)."""
     prefix_len, cont, first = _inputs(records)
-    arg, ce, gen = _scores(model, [r.layers for r in records], prefix_len, cont, first, steps)
-    return [Reference(arg[b].clone(), ce[b].float().clone(), gen[b].clone()) for b in range(len(records))]
+    arg, ce, gen, mass = _scores(model, [r.layers for r in records], prefix_len, cont, first, steps, attention)
+    return [Reference(arg[b].clone(), ce[b].float().clone(), gen[b].clone(),
+                      None if mass is None else mass[b, :, :prefix_len].clone()) for b in range(len(records))]
+
+
+def attention_retention(mass: torch.Tensor, decoded: Sequence[LayerKV]) -> list[float]:
+    """Per layer: the share of the full cache's attention mass (from the continuation's queries,
+    ``Reference.attention``) that falls on the tokens the decoded cache kept. 1.0 for a dense layer.
+
+    Measured on the ORIGINAL cache's attention: it says how much of what the model would have
+    looked at survived, independent of how the pruned cache's attention redistributes."""
+    out = []
+    for i, layer in enumerate(decoded):
+        row = mass[i].double()
+        total = float(row.sum())
+        if layer.positions is None or total <= 0:
+            out.append(1.0)
+        else:
+            out.append(float(row.index_select(0, layer.positions.long()).sum()) / total)
+    return out
 
 
 def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[LayerKV]], steps: int,
@@ -98,7 +125,7 @@ def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[L
     if len(references) != len(records):
         raise KVError(f"{len(references)} references for {len(records)} prompts")
     prefix_len, cont, first = _inputs(records)
-    dec_arg, dec_ce, dec_gen = _scores(model, decoded, prefix_len, cont, first, steps)
+    dec_arg, dec_ce, dec_gen, _ = _scores(model, decoded, prefix_len, cont, first, steps)
     rows = []
     for b, (record, ref) in enumerate(zip(records, references)):
         if ref.argmax.shape != dec_arg[b].shape or ref.greedy.shape != dec_gen[b].shape:
@@ -116,6 +143,11 @@ def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[L
             "first_divergence": int(mismatches[0, 0]) if len(mismatches) else steps,
         }
         row["delta_ce"] = row["ce"] - row["ce_ref"]
+        if ref.attention is not None:
+            per_layer = attention_retention(ref.attention, decoded[b])
+            row["attention_retention"] = sum(per_layer) / len(per_layer)
+            row["attention_retention_min"] = min(per_layer)
+            row["attention_retention_layers"] = per_layer
         row.update(kv_errors(record.layers, decoded[b]))
         rows.append(row)
     return rows

@@ -28,6 +28,7 @@ from .encode import wire_files
 from .extract import kv_files
 from .runtime import DTYPES, LOG
 
+OPTIONAL_METRICS = ("attention_retention", "attention_retention_min")  # with a recorded reference attention
 METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first_divergence",
            "key_cosine", "value_cosine", "key_rel_mse", "value_rel_mse")
 
@@ -50,6 +51,7 @@ def reference_for(facts_path: str | Path, kv_manifest: str | Path, out_path: str
             tensors[f"{p.stem}.argmax"] = ref.argmax.contiguous()
             tensors[f"{p.stem}.ce"] = ref.ce.contiguous()
             tensors[f"{p.stem}.greedy"] = ref.greedy.contiguous()
+            tensors[f"{p.stem}.attention"] = ref.attention.contiguous()
     meta = {"format": REFERENCE_FORMAT, "prompts": json.dumps([p.stem for p in kv_paths]),
             "generate_tokens": str(generate_tokens), "batch_size": str(batch_size), "dtype": dtype,
             "cpu_seconds": repr(time.process_time() - t0)}
@@ -77,7 +79,8 @@ def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, 
         if want[key] != have[key]:
             raise KVError(f"{path}: reference was made with {key}={have[key]!r}, this job uses {want[key]!r}; "
                           f"delete it to recompute")
-    refs = {s: Reference(tensors[f"{s}.argmax"], tensors[f"{s}.ce"], tensors[f"{s}.greedy"]) for s in stems}
+    refs = {s: Reference(tensors[f"{s}.argmax"], tensors[f"{s}.ce"], tensors[f"{s}.greedy"],
+                         tensors.get(f"{s}.attention")) for s in stems}
     return refs, float(meta["cpu_seconds"])
 
 
@@ -111,7 +114,8 @@ def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: 
                 row["ratio"] = row["raw_bytes"] / row["wire_bytes"]
                 rows.append(row)
     cpu_s, wall_s = time.process_time() - t0, time.perf_counter() - wall0
-    summary = {m: sum(r[m] for r in rows) / len(rows) for m in METRICS}
+    summary = {m: sum(r[m] for r in rows) / len(rows) for m in METRICS + OPTIONAL_METRICS
+               if all(m in r for r in rows)}
     result = {"codec_id": wire_meta["codec_id"], "codec": wire_meta["codec"], "params": wire_meta["params"],
               "n_prompts": len(rows), "ratio": wire_meta["ratio"], "generate_tokens": generate_tokens,
               "summary": summary, "rows": rows, "cpu_seconds": cpu_s, "wall_seconds": wall_s,

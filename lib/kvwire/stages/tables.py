@@ -10,7 +10,7 @@ import pandas as pd
 from ..io import atomic_path, read_json, write_csv
 
 QUALITY_COLUMNS = ["token_agreement", "delta_ce", "greedy_match", "first_divergence", "key_cosine",
-                   "value_cosine", "key_rel_mse", "value_rel_mse"]
+                   "value_cosine", "key_rel_mse", "value_rel_mse", "attention_retention", "attention_retention_min"]
 
 
 def quality_table(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv: str | Path) -> pd.DataFrame:
@@ -23,7 +23,7 @@ def quality_table(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv
         model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
         rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
                      "n_prompts": result["n_prompts"], "ratio": result["ratio"],
-                     **{m: result["summary"][m] for m in QUALITY_COLUMNS}})
+                     **{m: result["summary"].get(m, float("nan")) for m in QUALITY_COLUMNS}})
         costs.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
                       "n_prompts": result["n_prompts"], "cpu_seconds": result["cpu_seconds"],
                       "wall_seconds": result["wall_seconds"],
