@@ -317,14 +317,8 @@ def continue_attention(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_
     """``continue_logits`` plus where the continuation's queries look: ``mass`` [B, layers, P'] float32,
     the attention each cached token receives from all continuation queries, summed over heads, as the
     model computes it (the forward is unchanged, see ``prefill_stats``). P' = the cache's length."""
-    device = next(model.parameters()).device
-    cache = build_cache(batch_layers, device)
-    T = input_ids.shape[1]
     collected: dict[int, dict[str, torch.Tensor]] = {}
-    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len), \
-            _attention_stats(model, collected, 1):
-        out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
-                    position_ids=_positions(batch_layers, prefix_len, T, device))
+    logits = _continue(model, batch_layers, prefix_len, input_ids, collected)
     n_layers = len(batch_layers[0])
     if sorted(collected) != list(range(n_layers)):
         raise KVError(f"attention came back for layers {sorted(collected)}, expected 0..{n_layers - 1}")
@@ -332,7 +326,7 @@ def continue_attention(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_
     if len(set(cached)) != 1:
         raise KVError("continue_attention needs equal cache lengths in every layer (the full cache)")
     mass = torch.stack([collected[i]["attn_sum"].sum(dim=1)[:, :cached[0]] for i in range(n_layers)], dim=1)
-    return out.logits.float().cpu(), mass
+    return logits, mass
 
 
 def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device | str = "cpu"):
@@ -425,10 +419,16 @@ def _position_masks(model, kept: list[torch.Tensor] | None, prefix_len: int):
 def continue_logits(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
                     input_ids: torch.Tensor) -> torch.Tensor:
     """Teacher-forced logits [B, T, V] (float32) for ``input_ids`` [B, T] after the injected cache."""
+    return _continue(model, batch_layers, prefix_len, input_ids)
+
+
+def _continue(model, batch_layers, prefix_len, input_ids, collected=None) -> torch.Tensor:
+    """The teacher-forced forward after the injected cache; with ``collected``, attention sums on the side."""
     device = next(model.parameters()).device
     cache = build_cache(batch_layers, device)
     T = input_ids.shape[1]
-    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len), \
+            _attention_stats(model, collected, None if collected is None else 1):
         out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
                     position_ids=_positions(batch_layers, prefix_len, T, device))
     return out.logits.float().cpu()

@@ -18,6 +18,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, figure, *paths: str | Path) -> None:
+    """Write ``figure`` atomically to each path (format from the suffix) and free it."""
+    for path in paths:
+        with atomic_path(path) as tmp:
+            figure.savefig(tmp, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight")
+    plt.close(figure)
+
+
 def speedup_vs_bandwidth(sweep_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
     """End-to-end speed-up over raw transfer vs link bandwidth, per model, codec and transfer mode."""
     import seaborn as sns
@@ -40,10 +48,7 @@ def speedup_vs_bandwidth(sweep_csv: str | Path, pdf: str | Path, png: str | Path
         ax.axhline(1.0, color="black", lw=0.8, ls=":")
     grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
     grid.set_titles("{col_name}")
-    for path in (pdf, png):
-        with atomic_path(path) as tmp:
-            grid.figure.savefig(tmp, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight")
-    plt.close(grid.figure)
+    _save(plt, grid.figure, pdf, png)
 
 
 def codec_errors(codecs_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
@@ -70,7 +75,4 @@ def codec_errors(codecs_csv: str | Path, pdf: str | Path, png: str | Path) -> No
             ax.annotate(row.codec, (row.ratio, row.shown), fontsize=5, xytext=(2, 2), textcoords="offset points")
     grid.set_axis_labels("compression ratio (raw / wire bytes)", "relative MSE (dotted: exact)")
     grid.set_titles("{col_name}")
-    for path in (pdf, png):
-        with atomic_path(path) as tmp:
-            grid.figure.savefig(tmp, format=Path(path).suffix[1:], dpi=150, bbox_inches="tight")
-    plt.close(grid.figure)
+    _save(plt, grid.figure, pdf, png)

@@ -40,11 +40,10 @@ from typing import Any
 
 import torch
 
-from ..errors import CodecError, KVError
-from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections, require_finite,
-                   unpack_sections)
+from ..errors import CodecError
+from .base import LayerContext, LayerKV, Param, TensorCodec, pack_sections, unpack_sections
 from .registry import TENSOR_CODECS, register
-from .selection import BUDGET_PARAMS, TokenSelectionCodec, pack_keep_mask, unpack_keep_mask
+from .selection import BUDGET_PARAMS, TokenSelectionCodec, pack_keep_mask, select_tokens, unpack_keep_mask
 
 POLICIES = ("streaming_llm", "h2o", "snapkv", "pyramidkv", "keynorm")
 QUANTIZERS = ("int8", "int4", "kivi2", "kivi4", "fp8_e4m3", "fp8_e5m2", "k8v4")
@@ -105,19 +104,8 @@ class PruneQuant(TensorCodec):
         return LayerContext(layer=ctx.layer, n_layers=ctx.n_layers, dtype=ctx.dtype, shape=(h, n, d))
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
-        check_layer(kv, ctx)
-        require_finite(kv, ctx, self.name)  # dropped tokens too: the quantizer only sees the kept ones
-        if kv.positions is not None:
-            raise CodecError(f"codec {self.name!r}: layer {ctx.layer} already holds a token subset; "
-                             f"select from the full cache")
-        seq = kv.k.shape[1]
-        if seq < 1:
-            raise KVError(f"layer {ctx.layer}: empty cache (0 tokens)")
-        n = self.policy.budget_for(ctx)
-        keep = self.policy.select(kv, ctx, n)
-        if keep.shape != (seq,) or keep.dtype != torch.bool or int(keep.sum()) != n:
-            raise CodecError(f"internal: policy {self.policy.name!r} selected {int(keep.sum())} of {seq} tokens, "
-                             f"expected {n}")
+        keep = select_tokens(self.policy, kv, ctx, self.name)
+        seq, n = keep.numel(), int(keep.sum())
         if n == seq:
             kept = LayerKV(kv.k, kv.v)
         else:

@@ -117,24 +117,30 @@ class TokenSelectionCodec(TensorCodec):
         return n_keep(ctx.shape[1], self.params["budget"], self.params["keep"])
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
-        check_layer(kv, ctx)
-        require_finite(kv, ctx, self.name)
-        if kv.positions is not None:
-            raise CodecError(f"codec {self.name!r}: layer {ctx.layer} already holds a token subset; "
-                             f"select from the full cache")
-        seq = kv.k.shape[1]
-        if seq < 1:
-            raise KVError(f"layer {ctx.layer}: empty cache (0 tokens)")
-        n = self.budget_for(ctx)
-        keep = self.select(kv, ctx, n)
-        if keep.shape != (seq,) or keep.dtype != torch.bool or int(keep.sum()) != n:
-            raise CodecError(f"internal: codec {self.name!r} selected {int(keep.sum())} of {seq} tokens, expected {n}")
+        keep = select_tokens(self, kv, ctx, self.name)
         idx = keep.nonzero().squeeze(1)
         k, v = kv.k.index_select(1, idx), kv.v.index_select(1, idx)
         return pack_sections([pack_keep_mask(keep), tensor_bytes(k), tensor_bytes(v)])
 
     def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
         return decode_selected(payload, ctx, self.name)
+
+
+def select_tokens(policy: TokenSelectionCodec, kv: LayerKV, ctx: LayerContext, codec: str) -> torch.Tensor:
+    """The checked keep mask [seq] that ``policy`` chooses for a full, finite layer (``codec`` names the caller)."""
+    check_layer(kv, ctx)
+    require_finite(kv, ctx, codec)  # dropped tokens too: nothing downstream sees them
+    if kv.positions is not None:
+        raise CodecError(f"codec {codec!r}: layer {ctx.layer} already holds a token subset; "
+                         f"select from the full cache")
+    seq = kv.k.shape[1]
+    if seq < 1:
+        raise KVError(f"layer {ctx.layer}: empty cache (0 tokens)")
+    n = policy.budget_for(ctx)
+    keep = policy.select(kv, ctx, n)
+    if keep.shape != (seq,) or keep.dtype != torch.bool or int(keep.sum()) != n:
+        raise CodecError(f"internal: policy {policy.name!r} selected {int(keep.sum())} of {seq} tokens, expected {n}")
+    return keep
 
 
 def pack_keep_mask(keep: torch.Tensor) -> bytes:

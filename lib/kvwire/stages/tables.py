@@ -41,15 +41,7 @@ CODEC_ERROR_COLUMNS = ["key_cosine", "value_cosine", "key_rel_mse", "value_rel_m
 def codecs_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """One row per (model, codec) over all of the model's prompts: the measured ratio (total raw
     bytes / total wire bytes) and the mean per-prompt key/value cosine and relative MSE."""
-    rows = []
-    for path in quality_jsons:
-        path = Path(path)
-        result = read_json(path)
-        for r in result["rows"]:
-            rows.append({"model": path.parts[-4], "codec": result["codec_id"], "codec_name": result["codec"],
-                         "raw_bytes": r["raw_bytes"], "wire_bytes": r["wire_bytes"],
-                         **{m: r[m] for m in CODEC_ERROR_COLUMNS}})
-    per_prompt = pd.DataFrame(rows)
+    per_prompt = _prompt_rows(quality_jsons)
     grouped = per_prompt.groupby(["model", "codec"], sort=True)
     table = grouped[CODEC_ERROR_COLUMNS].mean()
     table.insert(0, "n_prompts", grouped.size())
@@ -69,7 +61,7 @@ def _prompt_rows(quality_jsons: list[str | Path]) -> pd.DataFrame:
         model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
         for r in result["rows"]:
             rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
-                         "prompt": f"{dataset}/{bin_}/{r['prompt_id']}", **r})
+                         "codec_name": result["codec"], "prompt": f"{dataset}/{bin_}/{r['prompt_id']}", **r})
     return pd.DataFrame(rows)
 
 
