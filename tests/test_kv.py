@@ -6,7 +6,7 @@ import torch
 from kvwire import wire
 from kvwire.codecs import LayerKV, build
 from kvwire.errors import KVError
-from kvwire.kv import KVRecord, continue_logits, greedy_generate, load_kv, prefill, save_kv
+from kvwire.kv import KVRecord, build_cache, continue_logits, greedy_against, greedy_generate, load_kv, prefill, save_kv
 from kvwire.quality import score_batch
 
 
@@ -61,6 +61,49 @@ def test_greedy_after_injection_matches_uninterrupted_generation(small_model):
             nxt = small_model(input_ids=seq).logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
     assert torch.equal(gen, seq[:, 17:])
+
+
+def _perturbed(layers, scale, seed):
+    g = torch.Generator().manual_seed(seed)
+    return [[LayerKV(l.k + scale * torch.randn(l.k.shape, generator=g), l.v + scale * torch.randn(l.v.shape, generator=g))
+             for l in row] for row in layers]
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.05, 0.5, 5.0])
+def test_greedy_against_a_draft_equals_free_greedy_generation(small_model, scale):
+    """The verify-then-step shortcut gives what step-by-step greedy decoding gives, wherever rows diverge."""
+    torch.manual_seed(3)
+    ids = torch.randint(3, small_model.config.vocab_size, (4, 20))
+    layers, first = prefill(small_model, ids)
+    draft = greedy_generate(small_model, layers, 20, first, 12)
+    noisy = _perturbed(layers, scale, seed=4)
+    free = greedy_generate(small_model, noisy, 20, first, 12)
+    assert torch.equal(greedy_against(small_model, noisy, 20, first, draft), free)
+    if scale >= 5.0:
+        assert not torch.equal(free, draft)  # the case under test really diverges
+
+
+def test_greedy_against_a_token_selected_cache(small_model):
+    torch.manual_seed(5)
+    ids = torch.randint(3, small_model.config.vocab_size, (2, 24))
+    layers, first = prefill(small_model, ids)
+    keep = torch.tensor([0, 1, 2, 5, 9, 14, 20, 21, 22, 23])
+    pruned = [[LayerKV(l.k[:, keep], l.v[:, keep], keep) for l in row] for row in layers]
+    draft = greedy_generate(small_model, layers, 24, first, 8)
+    assert torch.equal(greedy_against(small_model, pruned, 24, first, draft),
+                       greedy_generate(small_model, pruned, 24, first, 8))
+
+
+def test_cache_with_spare_room_and_dtype_cast(small_model):
+    layers = [[LayerKV(torch.randn(2, 5, 4).bfloat16(), torch.randn(2, 5, 4).bfloat16()) for _ in range(2)]]
+    cache = build_cache(layers, dtype=torch.float32, spare=3)
+    k, v = cache.layers[0].update(torch.ones(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))
+    assert k.dtype == torch.float32 and k.shape == (1, 2, 7, 4) and cache.get_seq_length() == 7
+    assert torch.equal(k[0, :, :5], layers[0][0].k.float()) and bool((k[0, :, 5:] == 1).all())
+    k, _ = cache.layers[0].update(torch.ones(1, 2, 2, 4), torch.zeros(1, 2, 2, 4))  # beyond the spare room
+    assert k.shape == (1, 2, 9, 4)
+    cache.layers[0].truncate(6)
+    assert cache.layers[0].get_seq_length() == 6
 
 
 def test_save_load_round_trip_exact(tmp_path):
@@ -204,3 +247,18 @@ def test_continuation_attention_mass_and_retention(small_model):
         assert b + w == pytest.approx(1.0)
     rows = score_batch(small_model, records[:1], [records[0].layers], steps=3, references=[ref])
     assert rows[0]["attention_retention"] == 1.0 and rows[0]["attention_retention_layers"] == [1.0] * n_layers
+
+
+def test_window_only_attention_statistics_equal_the_full_ones(small_model):
+    from kvwire.kv import prefill_stats
+
+    torch.manual_seed(6)
+    ids = torch.randint(3, small_model.config.vocab_size, (2, 40))
+    layers, first, full = prefill_stats(small_model, ids, obs_window=8)
+    layers_w, first_w, window = prefill_stats(small_model, ids, obs_window=8, sums=False)
+    assert torch.equal(first, first_w) and torch.equal(layers[0][1].k, layers_w[0][1].k)
+    for b in range(2):
+        for full_layer, window_layer in zip(full[b], window[b]):
+            assert set(window_layer) == {"obs_attn"} and "attn_sum" in full_layer
+            assert torch.allclose(window_layer["obs_attn"], full_layer["obs_attn"], atol=1e-6)
+            assert window_layer["obs_attn"].shape[1] == 8

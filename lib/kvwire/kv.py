@@ -177,7 +177,7 @@ def prefill(model, prefix_ids: torch.Tensor) -> tuple[list[list[LayerKV]], torch
 
 
 @torch.inference_mode()
-def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32
+def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32, sums: bool = True
                   ) -> tuple[list[list[LayerKV]], torch.Tensor, list[list[dict[str, torch.Tensor]]]]:
     """``prefill`` plus per-prompt, per-layer attention statistics for token-selection codecs.
 
@@ -188,21 +188,24 @@ def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32
     the model's own attention function (sdpa or eager), so the KV cache and first token are
     bit-identical to ``prefill``; the probabilities are recomputed on the side from the same
     queries, keys and mask, one block of queries at a time ([B, heads, block, P] float32 at most
-    ~256 MB), and reduced at once, never held for all layers.
+    ~256 MB), and reduced at once, never held for all layers. ``sums=False`` keeps only
+    ``obs_attn``: it needs the last ``obs_window`` queries' scores instead of all P x P, which on a
+    2048-token prefix is most of the statistics' cost (SnapKV and PyramidKV need no more).
     """
     if obs_window < 1:
         raise KVError(f"obs_window must be >= 1, got {obs_window}")
-    return _prefill(model, prefix_ids, obs_window)
+    return _prefill(model, prefix_ids, obs_window, sums)
 
 
-def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None):
+def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None, sums: bool = True):
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache()  # no config: sliding layers keep the full prefix
     collected: dict[int, dict[str, torch.Tensor]] = {}
-    with _attention_stats(model, collected, obs_window):
-        out = model(input_ids=prefix_ids.to(device), past_key_values=cache, use_cache=True)
+    with _attention_stats(model, collected, obs_window, sums):
+        # only the last position's logits are needed: Gemma-3's 262k-word head costs more than its layers
+        out = model(input_ids=prefix_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1].argmax(dim=-1).cpu()
     B = prefix_ids.shape[0]
     per_prompt: list[list[LayerKV]] = [[] for _ in range(B)]
@@ -255,7 +258,8 @@ def _stats_attention_fn(base: str):
 
 
 @contextmanager
-def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_window: int | None):
+def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_window: int | None,
+                     sums: bool = True):
     """Route attention through the statistics wrapper while the block runs (no-op when ``obs_window`` is None)."""
     if obs_window is None:
         yield
@@ -266,7 +270,7 @@ def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_w
     _register_stats_attention()
 
     def sink(module, query, key, mask, kwargs):
-        collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window)
+        collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window, sums)
 
     token = _STATS_SINK.set(sink)
     model.config._attn_implementation = _STATS_IMPLS[base]
@@ -278,8 +282,9 @@ def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_w
 
 
 def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict,
-                      obs_window: int) -> dict[str, torch.Tensor]:
-    """Attention probabilities (as the model computes them) reduced to ``attn_sum`` and ``obs_attn``, on the CPU."""
+                      obs_window: int, sums: bool = True) -> dict[str, torch.Tensor]:
+    """Attention probabilities (as the model computes them) reduced to ``attn_sum`` (if ``sums``) and
+    ``obs_attn``, on the CPU."""
     B, Hq, Q, D = query.shape
     Hkv, K = key.shape[1], key.shape[2]
     G = Hq // Hkv  # query heads per kv head (repeat_kv order: kv head h serves query heads h*G .. h*G+G-1)
@@ -292,7 +297,8 @@ def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
     obs = []
     block = max(1, _STATS_BLOCK_ELEMENTS // max(1, B * Hq * K))
     key_pos = torch.arange(K, device=query.device)
-    for start in range(0, Q, block):  # blocks of queries bound the memory; each block is vectorised
+    first = 0 if sums else Q - W  # without the sums only the observation window's queries are needed
+    for start in range(first, Q, block):  # blocks of queries bound the memory; each block is vectorised
         stop = min(Q, start + block)
         scores = torch.matmul(q[:, :, :, start:stop], k.transpose(-1, -2)) * scaling  # [B, Hkv, G, c, K]
         if softcap:
@@ -308,7 +314,10 @@ def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
         lo = max(start, Q - W)
         if lo < stop:
             obs.append(probs[:, :, lo - start:])
-    return {"attn_sum": attn_sum.cpu(), "obs_attn": torch.cat(obs, dim=2).cpu()}
+    out = {"obs_attn": torch.cat(obs, dim=2).cpu()}
+    if sums:
+        out["attn_sum"] = attn_sum.cpu()
+    return out
 
 
 @torch.inference_mode()
@@ -329,17 +338,62 @@ def continue_attention(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_
     return logits, mass
 
 
-def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device | str = "cpu"):
-    """A DynamicCache holding B prompts' caches (same per-layer shapes) stacked on the batch dim."""
+def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device | str = "cpu", *,
+                dtype: torch.dtype | None = None, spare: int = 0):
+    """A DynamicCache holding B prompts' caches (same per-layer shapes) stacked on the batch dim.
+
+    ``dtype``: the dtype the model computes in (the stored KV is cast up or down to it; a float32
+    scoring run over a bf16 cache keeps bf16's values exactly). ``spare``: room for that many new
+    tokens per layer, written in place instead of ``torch.cat`` copying the whole cache every step.
+    """
     from transformers import DynamicCache
 
     n_layers = len(batch_layers[0])
     data = []
     for i in range(n_layers):
-        k = torch.stack([layers[i].k for layers in batch_layers]).to(device)
-        v = torch.stack([layers[i].v for layers in batch_layers]).to(device)
+        k = torch.stack([layers[i].k for layers in batch_layers]).to(device=device, dtype=dtype)
+        v = torch.stack([layers[i].v for layers in batch_layers]).to(device=device, dtype=dtype)
         data.append((k, v))
-    return DynamicCache(ddp_cache_data=data)
+    cache = DynamicCache(ddp_cache_data=data)
+    if spare > 0:
+        cache.layers = [_PreallocatedLayer(k, v, spare) for k, v in data]
+    return cache
+
+
+def _dynamic_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    return DynamicLayer
+
+
+class _PreallocatedLayer(_dynamic_layer()):
+    """A full-attention cache layer with spare capacity: ``update`` writes new tokens in place
+    (``keys``/``values`` are views of the filled part) and ``truncate`` forgets the newest ones."""
+
+    def __init__(self, k: torch.Tensor, v: torch.Tensor, spare: int):
+        super().__init__()
+        B, H, S, D = k.shape
+        self._k = k.new_empty(B, H, S + spare, D)
+        self._v = v.new_empty(B, v.shape[1], S + spare, v.shape[3])
+        self._k[:, :, :S] = k
+        self._v[:, :, :S] = v
+        self.dtype, self.device, self.is_initialized = k.dtype, k.device, True
+        self.truncate(S)
+
+    def truncate(self, n: int) -> None:
+        self._n = n
+        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        T = key_states.shape[-2]
+        if self._n + T > self._k.shape[2]:  # out of room: grow like DynamicLayer
+            self._k = torch.cat([self.keys, key_states], dim=-2)
+            self._v = torch.cat([self.values, value_states], dim=-2)
+        else:
+            self._k[:, :, self._n:self._n + T] = key_states
+            self._v[:, :, self._n:self._n + T] = value_states
+        self.truncate(self._n + T)
+        return self.keys, self.values
 
 
 def _positions(batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int, steps: int, device) -> torch.Tensor:
@@ -424,8 +478,8 @@ def continue_logits(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len
 
 def _continue(model, batch_layers, prefix_len, input_ids, collected=None) -> torch.Tensor:
     """The teacher-forced forward after the injected cache; with ``collected``, attention sums on the side."""
-    device = next(model.parameters()).device
-    cache = build_cache(batch_layers, device)
+    device, dtype = _device_dtype(model)
+    cache = build_cache(batch_layers, device, dtype=dtype)
     T = input_ids.shape[1]
     with _position_masks(model, _kept_positions(batch_layers, device), prefix_len), \
             _attention_stats(model, collected, None if collected is None else 1):
@@ -438,8 +492,8 @@ def _continue(model, batch_layers, prefix_len, input_ids, collected=None) -> tor
 def greedy_generate(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
                     first_tokens: torch.Tensor, steps: int) -> torch.Tensor:
     """Free-running greedy decoding of ``steps`` tokens after ``first_tokens`` [B]; returns [B, steps]."""
-    device = next(model.parameters()).device
-    cache = build_cache(batch_layers, device)
+    device, dtype = _device_dtype(model)
+    cache = build_cache(batch_layers, device, dtype=dtype, spare=steps)
     token = first_tokens.view(-1, 1).to(device)
     out_tokens = []
     with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
@@ -449,3 +503,51 @@ def greedy_generate(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len
             token = logits[:, -1].argmax(dim=-1, keepdim=True)
             out_tokens.append(token.cpu())
     return torch.cat(out_tokens, dim=1) if out_tokens else torch.empty(len(batch_layers), 0, dtype=torch.long)
+
+
+@torch.inference_mode()
+def greedy_against(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
+                   first_tokens: torch.Tensor, draft: torch.Tensor) -> torch.Tensor:
+    """Free-running greedy decoding of ``draft.shape[1]`` tokens, verified against a ``draft`` [B, S].
+
+    Greedy decoding reproduces the draft for as long as each step's argmax equals the draft's token,
+    so one teacher-forced forward over the draft finds every row's first divergence; only the steps
+    after the earliest divergence run one token at a time. The result is the greedy generation
+    (exactly the draft where nothing diverges) at a fraction of the sequential steps for a
+    near-lossless cache. The reference run passes its own step-by-step generation through this
+    function too, so the original cache reproduces the stored draft bit for bit.
+    """
+    device, dtype = _device_dtype(model)
+    B, S = draft.shape
+    if S == 0:
+        return draft.clone()
+    first = first_tokens.view(-1, 1).to(device)
+    draft = draft.to(device)
+    cache = build_cache(batch_layers, device, dtype=dtype, spare=S)
+    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+        inputs = torch.cat([first, draft[:, :-1]], dim=1)
+        pos = prefix_len + torch.arange(S, device=device).expand(B, S)
+        pred = model(input_ids=inputs, past_key_values=cache, use_cache=True, position_ids=pos).logits.argmax(-1)
+        diverged = pred != draft
+        if not bool(diverged.any()):
+            return draft.cpu().clone()
+        # row b's generation is draft[:d_b] then pred[b, d_b]; steps after the earliest divergence run one by one
+        d = torch.where(diverged.any(1), diverged.int().argmax(1), torch.full((B,), S, device=device))
+        out = draft.clone()
+        rows = d < S
+        out[rows, d[rows]] = pred[rows, d[rows]]
+        d0 = int(d.min())
+        for layer in cache.layers:
+            layer.truncate(layer.get_seq_length() - S + d0 + 1)  # keep the inputs of steps 0..d0
+        for t in range(d0 + 1, S):
+            step_pos = torch.full((B, 1), prefix_len + t, device=device)
+            logits = model(input_ids=out[:, t - 1:t], past_key_values=cache, use_cache=True,
+                           position_ids=step_pos).logits
+            free = d < t  # rows already past their divergence take the model's token
+            out[free, t] = logits[free, -1].argmax(-1)
+    return out.cpu()
+
+
+def _device_dtype(model) -> tuple[torch.device, torch.dtype]:
+    p = next(model.parameters())
+    return p.device, p.dtype

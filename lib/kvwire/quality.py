@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 from .codecs import LayerKV
 from .errors import KVError
-from .kv import KVRecord, continue_attention, continue_logits, greedy_generate
+from .kv import KVRecord, continue_attention, continue_logits, greedy_against, greedy_generate
 
 
 def kv_errors(original: Sequence[LayerKV], decoded: Sequence[LayerKV]) -> dict[str, float]:
@@ -50,7 +50,10 @@ def kv_errors(original: Sequence[LayerKV], decoded: Sequence[LayerKV]) -> dict[s
     return out
 
 
-def _scores(model, batch_layers, prefix_len, cont_ids, first_tokens, steps, attention=False):
+def _scores(model, batch_layers, prefix_len, cont_ids, first_tokens, steps, attention=False, draft=None):
+    """Teacher-forced argmax and cross-entropy over the continuation, and the free greedy generation:
+    checked against ``draft`` (the reference's generation) when given, else generated step by step
+    and then passed through the same check, so both sides come from one procedure."""
     mass = None
     if attention:
         logits, mass = continue_attention(model, batch_layers, prefix_len, cont_ids[:, :-1])
@@ -58,7 +61,9 @@ def _scores(model, batch_layers, prefix_len, cont_ids, first_tokens, steps, atte
         logits = continue_logits(model, batch_layers, prefix_len, cont_ids[:, :-1])
     targets = cont_ids[:, 1:]
     ce = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none")  # [B, T-1]
-    greedy = greedy_generate(model, batch_layers, prefix_len, first_tokens, steps)
+    if draft is None:
+        draft = greedy_generate(model, batch_layers, prefix_len, first_tokens, steps)
+    greedy = greedy_against(model, batch_layers, prefix_len, first_tokens, draft)
     return logits.argmax(-1), ce, greedy, mass
 
 
@@ -125,13 +130,15 @@ def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[L
     if len(references) != len(records):
         raise KVError(f"{len(references)} references for {len(records)} prompts")
     prefix_len, cont, first = _inputs(records)
-    dec_arg, dec_ce, dec_gen, _ = _scores(model, decoded, prefix_len, cont, first, steps)
-    rows = []
     for b, (record, ref) in enumerate(zip(records, references)):
-        if ref.argmax.shape != dec_arg[b].shape or ref.greedy.shape != dec_gen[b].shape:
+        if ref.argmax.numel() != cont.shape[1] - 1 or ref.greedy.numel() != steps:
             raise KVError(f"prompt {record.meta.get('prompt_id', b)}: cached reference has "
                           f"{ref.argmax.numel()} scored / {ref.greedy.numel()} generated tokens, expected "
-                          f"{dec_arg[b].numel()} / {dec_gen[b].numel()} (stale reference?)")
+                          f"{cont.shape[1] - 1} / {steps} (stale reference?)")
+    draft = torch.stack([r.greedy for r in references]) if steps else None
+    dec_arg, dec_ce, dec_gen, _ = _scores(model, decoded, prefix_len, cont, first, steps, draft=draft)
+    rows = []
+    for b, (record, ref) in enumerate(zip(records, references)):
         match = dec_gen[b] == ref.greedy
         mismatches = (~match).nonzero()
         row = {

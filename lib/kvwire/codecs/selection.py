@@ -86,7 +86,8 @@ def stat(ctx: LayerContext, name: str, codec: str, rows: bool = False) -> torch.
         have = ", ".join(sorted(ctx.stats)) or "none"
         raise CodecError(f"codec {codec!r} needs the attention statistic {name!r} for layer {ctx.layer} "
                          f"(have: {have}); re-extract with attention statistics (kvwire.kv.prefill_stats, "
-                         f"extract_kv(attention_stats=True)) and pass stats=record.stats to wire.encode")
+                         f"extract_kv(attention_stats=True); in the workflow: extract.attention_stats: true) "
+                         f"and pass stats=record.stats to wire.encode")
     t = ctx.stats[name]
     h, seq, _ = ctx.shape
     if rows:
