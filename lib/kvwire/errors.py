@@ -27,3 +27,7 @@ class CodecError(KvwireError):
 
 class WireError(KvwireError):
     """Wire bytes are truncated, corrupted or of an unknown format/version."""
+
+
+class GateError(KvwireError):
+    """A sanity gate failed: the study's numbers must not be published until it is understood."""
