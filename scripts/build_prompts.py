@@ -12,4 +12,4 @@ setup(sm.log[0], seed=sm.params.seed)
 docs = build_documents(sm.params.spec, max_docs=sm.params.max_docs, min_chars=min_chars_for(sm.params.max_tokens),
                        seed=sm.params.seed)
 write_documents(sm.output.docs, docs)
-LOG.info("%d documents from %s", len(docs), sm.params.spec["source"])
+LOG.info("%d documents from %s", len(docs), docs[0]["source"])

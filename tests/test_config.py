@@ -33,7 +33,7 @@ def test_shipped_configs_are_valid(repo, schema, name):
     (lambda c: c["transfer"].update(bandwidths_gbps=[0]), "config key 'transfer.bandwidths_gbps[0]'"),
     (lambda c: c["models"]["smollm2-135m"].update(source="s3:x"), "config key 'models.smollm2-135m.source'"),
     (lambda c: c["models"]["smollm2-135m"].update(rev="main"), "unknown config key 'models.smollm2-135m.rev'"),
-    (lambda c: c["datasets"]["pydocs"].update(format="csv"), "config key 'datasets.pydocs.format'"),
+    (lambda c: c["datasets"]["gsm8k"].update(format="csv"), "config key 'datasets.gsm8k.format'"),
     (lambda c: c["codecs"].update(int9={}), "config key 'codecs.int9': unknown codec 'int9'"),
     (lambda c: c["codecs"]["zstd"]["params"].update(lvl=1), "config key 'codecs.zstd'.*unknown parameter"),
     (lambda c: c.pop("models"), "'models' is a required property"),

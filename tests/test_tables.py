@@ -8,13 +8,16 @@ import pandas as pd
 import pytest
 
 from kvwire.errors import ConfigError
-from kvwire.stages.tables import codecs_table, cosine_spearman, quality_by_model
+from kvwire.stages.tables import codecs_table, cosine_spearman, quality_by_bin, quality_by_model
 
 
-def write_job(root, model, codec, rows, dataset="wiki", bin_=128):
-    path = root / "results/quality" / model / dataset / str(bin_) / f"{codec}.json"
+def write_job(root, model, codec, rows, cpu_seconds=4.0):
+    path = root / "results/quality" / model / f"{codec}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"codec_id": codec, "codec": codec, "rows": rows}))
+    path.write_text(json.dumps({"codec_id": codec, "codec": codec, "rows": rows, "n_prompts": len(rows),
+                                "cpu_seconds": cpu_seconds, "wall_seconds": cpu_seconds / 2,
+                                "cpu_seconds_per_prompt": cpu_seconds / len(rows),
+                                "reference_cpu_seconds": 2.0 * len(rows)}))
     return path
 
 
@@ -24,7 +27,7 @@ def prompt_rows(n, *, agreement, delta, cos, raw=1000, wire=500, seed=0):
     for i in range(n):
         a = agreement(i, rng)
         d = delta(i, rng)
-        out.append({"prompt_id": f"p{i}", "token_agreement": a, "delta_ce": d, "greedy_match": a,
+        out.append({"prompt_id": f"p{i}", "dataset": "wiki", "bin": 128 if i % 2 else 256, "token_agreement": a, "delta_ce": d, "greedy_match": a,
                     "first_divergence": 3, "key_cosine": cos(i, rng), "value_cosine": cos(i, rng),
                     "key_rel_mse": 0.0 if cos(i, rng) == 1.0 else 1e-3, "value_rel_mse": 0.0,
                     "raw_bytes": raw, "wire_bytes": wire})
@@ -76,3 +79,50 @@ def test_cosine_spearman_and_codecs_table(tmp_path):
     assert sp.rho_key_cosine_vs_delta_ce < -0.8 and sp.rho_key_cosine_vs_token_agreement > 0.8
     codecs = codecs_table(files, tmp_path / "codecs.csv").set_index("codec")
     assert codecs.loc["bad", "ratio"] == 4.0 and codecs.loc["identity", "key_rel_mse"] == 0.0
+
+
+def test_quality_by_bin_means_per_bin_and_the_cost_table(tmp_path):
+    files = study(tmp_path, n=10)
+    table = quality_by_bin(files, tmp_path / "bins.csv", tmp_path / "cost.csv")
+    bad = table[table.codec == "bad"].set_index("bin")
+    # odd prompts sit in bin 128 with agreement 0.8, even ones in bin 256 with 0.7
+    assert bad.loc[128, "token_agreement"] == pytest.approx(0.8) and bad.loc[256, "token_agreement"] == pytest.approx(0.7)
+    assert bad.loc[128, "n_prompts"] == 5 and bad.loc[128, "ratio"] == 4.0
+    assert math.isnan(bad.loc[128, "attention_retention"])  # not recorded: blank, not zero
+    cost = pd.read_csv(tmp_path / "cost.csv").set_index("codec")
+    assert cost.loc["good", "cpu_seconds_per_prompt"] == pytest.approx(0.4)
+    assert cost.loc["good", "reference_cpu_seconds_per_prompt"] == pytest.approx(2.0)
+    quality_by_bin(files, tmp_path / "bins2.csv", tmp_path / "cost2.csv")
+    assert (tmp_path / "bins.csv").read_bytes() == (tmp_path / "bins2.csv").read_bytes()
+
+
+def test_model_sensitivity_joins_shape_cache_statistics_and_drops(tmp_path):
+    from kvwire.kvstats import STATS
+    from kvwire.stages.tables import model_sensitivity
+
+    kvstats = []
+    for model, outliers in (("a", 0.1), ("b", 0.0)):
+        rows = [dict({s: 1.0 for s in STATS}, model=model, layer=i, n_prompts=4,
+                     key_outlier_channel_share=outliers * i, key_rms=1.0 + i) for i in range(3)]
+        path = tmp_path / f"{model}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        kvstats.append(path)
+    models = tmp_path / "models.csv"
+    pd.DataFrame([{"name": "a", "architecture": "A", "num_layers": 3, "num_heads": 9, "num_kv_heads": 3, "head_dim": 64},
+                  {"name": "b", "architecture": "B", "num_layers": 3, "num_heads": 4, "num_kv_heads": 1,
+                   "head_dim": 256}]).to_csv(models, index=False)
+    quality = tmp_path / "quality.csv"
+    pd.DataFrame([{"model": m, "codec": c, "token_agreement": v} for m, c, v in
+                  [("a", "identity", 1.0), ("a", "int4", 0.80), ("a", "int4_channel", 0.90),
+                   ("b", "identity", 1.0), ("b", "int4", 0.95), ("b", "int4_channel", 0.94)]]).to_csv(quality, index=False)
+    table = model_sensitivity(kvstats, models, quality, tmp_path / "out.csv").set_index("model")
+    assert table.loc["a", "gqa_ratio"] == 3 and table.loc["b", "gqa_ratio"] == 4
+    assert table.loc["a", "key_outlier_channel_share"] == pytest.approx(0.1)  # mean over layers 0, 0.1, 0.2
+    assert table.loc["a", "key_outlier_channel_share_max"] == pytest.approx(0.2)
+    assert table.loc["a", "drop_int4"] == pytest.approx(0.2) and table.loc["b", "drop_int4_channel"] == pytest.approx(0.06)
+    assert table.loc["a", "per_token_penalty_int4"] == pytest.approx(0.1)
+    assert table.loc["b", "per_token_penalty_int4"] == pytest.approx(-0.01)
+    assert "per_token_penalty_int8" not in table  # that pair is not in the study
+    with pytest.raises(ConfigError, match="identity"):
+        pd.read_csv(quality).query("codec != 'identity'").to_csv(tmp_path / "q2.csv", index=False)
+        model_sensitivity(kvstats, models, tmp_path / "q2.csv", tmp_path / "out2.csv")

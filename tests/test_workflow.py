@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,19 +48,49 @@ def _job_counts(stdout: str) -> dict[str, int]:
     return counts
 
 
-@pytest.mark.parametrize("name", ["config.yaml", "smoke.yaml", "paper.yaml"])
-def test_dry_run_plans_the_whole_fan_out(repo, name, tmp_path):
-    cfg = yaml.safe_load((repo / "config" / name).read_text())
-    out = snakemake(repo, "-n", "--configfile", str(repo / "config" / name), "-d", str(tmp_path))
+def _merged(repo, names):
+    """What Snakemake makes of several --configfile files: later files update earlier ones key by key."""
+    from snakemake.utils import update_config
+
+    cfg = {}
+    for name in names:
+        update_config(cfg, yaml.safe_load((repo / "config" / name).read_text()))
+    return cfg
+
+
+@pytest.mark.parametrize("names", [["config.yaml"], ["smoke.yaml"], ["paper.yaml"],
+                                   ["config.yaml", "all-codecs.yaml"]])
+def test_dry_run_plans_the_whole_fan_out(repo, names, tmp_path):
+    cfg = _merged(repo, names)
+    out = snakemake(repo, "-n", "--configfile", *[str(repo / "config" / n) for n in names], "-d", str(tmp_path))
     assert out.returncode == 0, out.stderr
     counts = _job_counts(out.stdout)
-    n_models, n_data = len(cfg["models"]), len(cfg["datasets"])
-    n_bins, n_codecs = len(cfg["prompts"]["bins"]), len(cfg["codecs"])
+    n_models, n_data, n_codecs = len(cfg["models"]), len(cfg["datasets"]), len(cfg["codecs"])
+    n_bins = sum(len(m.get("bins", cfg["prompts"]["bins"])) for m in cfg["models"].values())
     assert counts["fetch_model"] == n_models
-    assert counts["extract_kv"] == n_models * n_data * n_bins
-    assert counts["quality"] == counts["encode"] == n_models * n_data * n_bins * n_codecs
-    assert counts["reference"] == counts["extract_kv"]  # the baseline runs once per prompt set, not per codec
+    assert counts["extract_kv"] == n_data * n_bins
+    # encode, reference and quality take every dataset and bin of a model in one job
+    assert counts["quality"] == counts["encode"] == n_models * n_codecs
+    assert counts["reference"] == n_models  # the baseline runs once per model, not per codec
     assert counts["time_cpu"] == n_models * n_codecs
+    if "all-codecs.yaml" in names:
+        from kvwire.codecs import known_names
+
+        assert {spec.get("codec", name).split("+")[0] for name, spec in cfg["codecs"].items()} >= set(known_names())
+
+
+def test_a_model_with_its_own_bins(repo, tmp_path):
+    """A model whose context is short takes its own bins; the other models keep the study's."""
+    cfg = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    first = next(iter(cfg["models"]))
+    cfg["models"][first]["bins"] = [64, 96]
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = snakemake(repo, "-n", "--configfile", str(path), "-d", str(tmp_path / "w"))
+    assert out.returncode == 0, out.stderr
+    planned = set(re.findall(r"results/kv/([^/]+)/[^/]+/(\d+)/manifest.json", out.stdout))
+    assert {b for m, b in planned if m == first} == {"64", "96"}
+    assert {b for m, b in planned if m != first} == {str(b) for b in cfg["prompts"]["bins"]}
 
 
 # The Snakemake run of the smoke study in CI: one dataset and these codecs (every other smoke codec
@@ -104,7 +135,7 @@ def smoke_study(repo, tmp_path_factory):
 def test_smoke_study_end_to_end(repo, smoke_study):
     work, cfg_path, cfg, env = smoke_study
 
-    quality = pd.read_csv(work / "results/tables/quality.csv")
+    quality = pd.read_csv(work / "results/tables/quality_by_bin.csv")
     assert len(quality) == len(cfg["models"]) * len(cfg["datasets"]) * len(cfg["prompts"]["bins"]) * len(cfg["codecs"])
     ident = quality[quality.codec == "identity"]
     assert (ident.token_agreement == 1.0).all() and (ident.delta_ce == 0.0).all() and (ident.greedy_match == 1.0).all()
@@ -121,8 +152,8 @@ def test_smoke_study_end_to_end(repo, smoke_study):
 
     # ratios are those of the real files on disk
     for row in quality.itertuples():
-        wdir = work / "results/wire" / row.model / row.dataset / str(row.bin) / row.codec
-        files = sorted(wdir.glob("*.kvw"))
+        wdir = work / "results/wire" / row.model / row.codec
+        files = sorted(wdir.glob(f"{row.dataset}-b{row.bin}-*.kvw"))
         assert len(files) == row.n_prompts
         raw = sum(wire.read_frames(f.read_bytes())[0].raw_bytes for f in files)
         assert row.ratio == pytest.approx(raw / sum(f.stat().st_size for f in files), rel=1e-5)
@@ -144,12 +175,15 @@ def test_smoke_study_end_to_end(repo, smoke_study):
         assert by.loc[(model, "kvquant2"), "key_rel_mse"] > by.loc[(model, "kvquant4"), "key_rel_mse"]
 
     # the main table: codec x model with paired bootstrap intervals against identity
-    main = pd.read_csv(work / "results/tables/quality_by_model.csv")
+    main = pd.read_csv(work / "results/tables/quality.csv")
     assert len(main) == len(cfg["models"]) * len(cfg["codecs"])
     ident = main[main.codec == "identity"]
     assert (ident.token_agreement == 1).all() and (ident.delta_ce_ci_hi == 0).all() and (ident.ppl_ratio == 1).all()
     assert (main.token_agreement_ci_lo <= main.token_agreement).all() and (main.token_agreement <= main.token_agreement_ci_hi).all()
     assert main.groupby("model").pareto.any().all()
+    gates = pd.read_csv(work / "results/tables/gates.csv")
+    assert gates.passed.all() and set(gates.model) == set(cfg["models"]), gates.to_string()
+    assert set(gates.gate) == {"identity", "int8", "kivi4"}
     spear = pd.read_csv(work / "results/tables/cosine_spearman.csv")
     assert set(spear.model) == set(cfg["models"]) and (spear.n_codecs >= 5).all()
 
@@ -181,7 +215,7 @@ def test_smoke_study_end_to_end(repo, smoke_study):
     # resume + determinism: delete one model's quality results and the table; only those jobs
     # rerun (Snakemake keeps a present, up-to-date target even when its inputs vanish) and the
     # quality table comes back byte-identical
-    before = {t: (work / f"results/tables/{t}.csv").read_bytes() for t in ("quality", "codecs")}
+    before = {t: (work / f"results/tables/{t}.csv").read_bytes() for t in ("quality_by_bin", "quality", "codecs")}
     shutil.rmtree(work / "results/quality/stories260k")
     for t in before:
         (work / f"results/tables/{t}.csv").unlink()
@@ -189,7 +223,7 @@ def test_smoke_study_end_to_end(repo, smoke_study):
                      timeout=SMOKE_MINUTES * 60, env=env)
     assert redo.returncode == 0, redo.stderr[-3000:]
     ran = redo.stdout + redo.stderr
-    assert "extract_kv" not in ran and "fetch_model" not in ran and "quality_table" in ran
+    assert "extract_kv" not in ran and "fetch_model" not in ran and "quality_by_bin" in ran
     assert "rule reference" not in ran  # the cached baseline is reused
     for t, content in before.items():
         assert (work / f"results/tables/{t}.csv").read_bytes() == content
@@ -214,9 +248,9 @@ def test_every_smoke_codec_on_real_caches(repo, smoke_study, tmp_path):
     assert set(cfg["codecs"]) < set(full["codecs"])
     by_model = {}
     for model_name in cfg["models"]:
-        model, _ = load_model(work / "resources/models" / model_name, dtype=torch.bfloat16, device="cpu")
+        model, _ = load_model(work / "resources/models" / model_name, dtype=torch.float32, device="cpu")
         kv = work / f"results/kv/{model_name}/{E2E_DATASET}/{b}/manifest.json"
-        ref = work / f"results/reference/{model_name}/{E2E_DATASET}/{b}.safetensors"
+        ref = work / f"results/reference/{model_name}.safetensors"  # the e2e study's one dataset and bin
         rows = {}
         for codec_id, entry in full["codecs"].items():
             name, params = codec_spec(codec_id, entry)

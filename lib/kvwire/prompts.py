@@ -78,8 +78,11 @@ def build_documents(spec: dict, *, max_docs: int, min_chars: int, seed: int) -> 
     """
     if max_docs <= 0 or min_chars <= 0:
         raise ValueError(f"max_docs and min_chars must be positive, got {max_docs}, {min_chars}")
-    if not isinstance(spec, dict) or not isinstance(spec.get("source"), str):
-        raise PromptSourceError(f"dataset spec {spec!r} has no 'source' string")
+    sources = spec.get("source") if isinstance(spec, dict) else None
+    if isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources):
+        return _first_readable(spec, sources, max_docs=max_docs, min_chars=min_chars, seed=seed)
+    if not isinstance(sources, str):
+        raise PromptSourceError(f"dataset spec {spec!r} has no 'source' string (or list of strings)")
     source = spec["source"]
     units, row_source = _units_for(spec)
     separator = _unit_separator(spec)
@@ -97,6 +100,18 @@ def build_documents(spec: dict, *, max_docs: int, min_chars: int, seed: int) -> 
         {"id": f"{slug}-{n}", "text": text, "source": row_source, "n_chars": len(text)}
         for n, text in indexed[:max_docs]
     ]
+
+
+def _first_readable(spec: dict, sources: list[str], **kw) -> list[dict]:
+    """Documents from the first of ``sources`` that can be read (a local copy, then the hub, say);
+    if none can, one error that gives every source's reason."""
+    reasons = []
+    for source in sources:
+        try:
+            return build_documents(dict(spec, source=source), **kw)
+        except PromptSourceError as exc:
+            reasons.append(f"  {source}: {exc}")
+    raise PromptSourceError("no source of this dataset could be read:\n" + "\n".join(reasons))
 
 
 def write_documents(path: str | os.PathLike, rows: list[dict]) -> None:

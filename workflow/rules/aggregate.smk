@@ -1,15 +1,19 @@
-rule quality_table:
+rule quality_by_bin:
     input:
         quality=quality_files(),
     output:
         table=report(
-            "results/tables/quality.csv",
-            caption="../report/quality.rst",
+            "results/tables/quality_by_bin.csv",
+            caption="../report/quality_by_bin.rst",
             category="Tables",
         ),
-        cost="results/tables/quality_cost.csv",
+        cost=report(
+            "results/tables/quality_cost.csv",
+            caption="../report/quality_cost.rst",
+            category="Tables",
+        ),
     log:
-        "logs/aggregate/quality_table.log",
+        "logs/aggregate/quality_by_bin.log",
     conda:
         "../../envs/analysis.yaml"
     threads: 1
@@ -17,7 +21,7 @@ rule quality_table:
         mem_mb=1000,
         runtime=10,
     script:
-        "../../scripts/quality_table.py"
+        "../../scripts/quality_by_bin.py"
 
 
 rule break_even_table:
@@ -122,13 +126,38 @@ rule figure_codec_errors:
         "../../scripts/figure_codec_errors.py"
 
 
-rule quality_summary:
+# A failed gate stops the study before its main tables exist (see lib/kvwire/gates.py).
+rule sanity_gates:
     input:
         quality=quality_files(),
     output:
+        table=report(
+            "results/tables/gates.csv",
+            caption="../report/gates.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/sanity_gates.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        floors=config["gates"],
+    script:
+        "../../scripts/sanity_gates.py"
+
+
+rule quality_summary:
+    input:
+        gates="results/tables/gates.csv",
+        quality=quality_files(),
+    output:
         by_model=report(
-            "results/tables/quality_by_model.csv",
-            caption="../report/quality_by_model.rst",
+            "results/tables/quality.csv",
+            caption="../report/quality.rst",
             category="Tables",
         ),
         spearman=report(
@@ -148,3 +177,114 @@ rule quality_summary:
         seed=config.get("seed", 0),
     script:
         "../../scripts/quality_summary.py"
+
+
+rule kv_statistics:
+    input:
+        kv=kv_manifests_of_model,
+    output:
+        table="results/kvstats/{model}.csv",
+    log:
+        "logs/kvstats/{model}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        torch_threads=config.get("torch_threads", 2),
+    script:
+        "../../scripts/kv_statistics.py"
+
+
+rule sensitivity_table:
+    input:
+        kvstats=kv_statistics_all(),
+        models="results/tables/models.csv",
+        quality="results/tables/quality.csv",
+    output:
+        table=report(
+            "results/tables/sensitivity.csv",
+            caption="../report/sensitivity.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/sensitivity_table.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/sensitivity_table.py"
+
+
+rule figure_pareto:
+    input:
+        quality="results/tables/quality.csv",
+    output:
+        pdf="paper/figures/pareto.pdf",
+        png=report(
+            "paper/figures/pareto.png",
+            caption="../report/pareto.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_pareto.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_pareto.py"
+
+
+rule figure_cosine_vs_ce:
+    input:
+        quality="results/tables/quality.csv",
+        spearman="results/tables/cosine_spearman.csv",
+    output:
+        pdf="paper/figures/cosine_vs_delta_ce.pdf",
+        png=report(
+            "paper/figures/cosine_vs_delta_ce.png",
+            caption="../report/cosine_vs_delta_ce.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_cosine_vs_ce.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_cosine_vs_ce.py"
+
+
+rule figure_sensitivity:
+    input:
+        quality="results/tables/quality.csv",
+    output:
+        pdf="paper/figures/sensitivity_heatmap.pdf",
+        png=report(
+            "paper/figures/sensitivity_heatmap.png",
+            caption="../report/sensitivity_heatmap.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_sensitivity.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        metric="token_agreement",
+    script:
+        "../../scripts/figure_sensitivity.py"

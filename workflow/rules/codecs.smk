@@ -1,10 +1,10 @@
 rule encode:
     input:
-        kv=kv_manifest,
+        kv=kv_manifests_of_model,
     output:
-        manifest="results/wire/{model}/{dataset}/{bin}/{codec}/manifest.json",
+        manifest="results/wire/{model}/{codec}/manifest.json",
     log:
-        "logs/encode/{model}/{dataset}/{bin}/{codec}.log",
+        "logs/encode/{model}/{codec}.log",
     conda:
         "../../envs/torch.yaml"
     threads: 1

@@ -20,6 +20,9 @@ validate(config, schema=SCHEMA)  # fills defaults
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
 BINS = [int(b) for b in config["prompts"]["bins"]]
+ALL_BINS = sorted(
+    {int(b) for m in config["models"].values() for b in m.get("bins", BINS)}
+)
 CODECS = list(config["codecs"])
 
 
@@ -32,7 +35,7 @@ def _alternatives(names):
 wildcard_constraints:
     model=_alternatives(MODELS),
     dataset=_alternatives(DATASETS),
-    bin=_alternatives(BINS),
+    bin=_alternatives(ALL_BINS),
     codec=_alternatives(CODECS),
 
 
@@ -44,28 +47,63 @@ def model_facts(wildcards):
     return f"resources/models/{wildcards.model}/facts.json"
 
 
+REPO = Path(workflow.basedir)
+
+
+def _from_repo(source):
+    """``file:`` and ``local:`` paths in config files are relative to the repository root (where
+    config/ lives), so ../shared resolves the same whatever the working directory (-d).
+    """
+    scheme, sep, path = source.partition(":")
+    if scheme in ("file", "local") and sep and not Path(path).is_absolute():
+        return f"{scheme}:{(REPO / path).resolve()}"
+    return source
+
+
 def model_spec(wildcards):
-    return config["models"][wildcards.model]
+    spec = dict(config["models"][wildcards.model])
+    spec["source"] = _from_repo(spec["source"])
+    return spec
 
 
 def dataset_spec(wildcards):
-    return config["datasets"][wildcards.dataset]
+    spec = dict(config["datasets"][wildcards.dataset])
+    sources = spec["source"]
+    spec["source"] = (
+        [_from_repo(s) for s in sources]
+        if isinstance(sources, list)
+        else _from_repo(sources)
+    )
+    return spec
 
 
 def prompt_docs(wildcards):
     return f"resources/prompts/{wildcards.dataset}.jsonl"
 
 
-def kv_manifest(wildcards):
-    return f"results/kv/{wildcards.model}/{wildcards.dataset}/{wildcards.bin}/manifest.json"
+def bins_of(model):
+    """The model's length bins: its own ``bins`` (a short context) or the study's."""
+    return [int(b) for b in config["models"][model].get("bins", BINS)]
+
+
+def kv_manifests_of_model(wildcards):
+    """Every dataset and bin of one model: encode, reference and quality jobs take them all (a job
+    per (model, codec) pays start-up once and batches each bin's prompts across datasets).
+    """
+    return expand(
+        "results/kv/{model}/{dataset}/{bin}/manifest.json",
+        model=wildcards.model,
+        dataset=DATASETS,
+        bin=bins_of(wildcards.model),
+    )
 
 
 def wire_manifest(wildcards):
-    return f"results/wire/{wildcards.model}/{wildcards.dataset}/{wildcards.bin}/{wildcards.codec}/manifest.json"
+    return f"results/wire/{wildcards.model}/{wildcards.codec}/manifest.json"
 
 
 def reference_file(wildcards):
-    return f"results/reference/{wildcards.model}/{wildcards.dataset}/{wildcards.bin}.safetensors"
+    return f"results/reference/{wildcards.model}.safetensors"
 
 
 def codec_of(wildcards):
@@ -73,12 +111,13 @@ def codec_of(wildcards):
     return {"id": wildcards.codec, "name": name, "params": params}
 
 
-def kv_manifests_of_model(wildcards):
+def kv_manifests_for_timing(wildcards):
+    """Codec speed depends on the cache's shape, not its text: the first dataset's bins are timed."""
     return expand(
         "results/kv/{model}/{dataset}/{bin}/manifest.json",
         model=wildcards.model,
-        dataset=DATASETS,
-        bin=BINS,
+        dataset=DATASETS[0],
+        bin=bins_of(wildcards.model),
     )
 
 
@@ -89,13 +128,7 @@ def timing_tables_of_model(wildcards):
 
 
 def quality_files():
-    return expand(
-        "results/quality/{model}/{dataset}/{bin}/{codec}.json",
-        model=MODELS,
-        dataset=DATASETS,
-        bin=BINS,
-        codec=CODECS,
-    )
+    return expand("results/quality/{model}/{codec}.json", model=MODELS, codec=CODECS)
 
 
 def transfer_tables():
@@ -106,6 +139,10 @@ def transfer_tables():
     )
 
 
+def kv_statistics_all():
+    return expand("results/kvstats/{model}.csv", model=MODELS)
+
+
 def model_facts_all():
     return expand("resources/models/{model}/facts.json", model=MODELS)
 
@@ -113,14 +150,22 @@ def model_facts_all():
 def all_outputs():
     return [
         "results/tables/quality.csv",
+        "results/tables/quality_by_bin.csv",
+        "results/tables/gates.csv",
+        "results/tables/sensitivity.csv",
         "results/tables/break_even.csv",
         "results/tables/break_even.tex",
         "results/tables/models.csv",
         "results/tables/codecs.csv",
-        "results/tables/quality_by_model.csv",
         "results/tables/cosine_spearman.csv",
         "paper/figures/codec_errors.pdf",
         "paper/figures/codec_errors.png",
         "paper/figures/speedup_vs_bandwidth.pdf",
         "paper/figures/speedup_vs_bandwidth.png",
+        "paper/figures/pareto.pdf",
+        "paper/figures/pareto.png",
+        "paper/figures/cosine_vs_delta_ce.pdf",
+        "paper/figures/cosine_vs_delta_ce.png",
+        "paper/figures/sensitivity_heatmap.pdf",
+        "paper/figures/sensitivity_heatmap.png",
     ]

@@ -1,12 +1,12 @@
-# The original cache's behaviour is computed once per prompt set and shared by every codec's job.
+# The original cache's behaviour is computed once per model (every dataset and bin) and shared by every codec's job.
 rule reference:
     input:
         facts=model_facts,
-        kv=kv_manifest,
+        kv=kv_manifests_of_model,
     output:
-        reference="results/reference/{model}/{dataset}/{bin}.safetensors",
+        reference="results/reference/{model}.safetensors",
     log:
-        "logs/reference/{model}/{dataset}/{bin}.log",
+        "logs/reference/{model}.log",
     conda:
         "../../envs/torch.yaml"
     threads: config.get("torch_threads", 2)
@@ -15,7 +15,7 @@ rule reference:
         runtime=60,
     params:
         quality=config.get("quality", {}),
-        dtype=config.get("extract", {}).get("dtype", "bfloat16"),
+        dtype=config["quality"]["dtype"],
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/reference.py"
@@ -24,13 +24,13 @@ rule reference:
 rule quality:
     input:
         facts=model_facts,
-        kv=kv_manifest,
+        kv=kv_manifests_of_model,
         wire=wire_manifest,
         reference=reference_file,
     output:
-        quality="results/quality/{model}/{dataset}/{bin}/{codec}.json",
+        quality="results/quality/{model}/{codec}.json",
     log:
-        "logs/quality/{model}/{dataset}/{bin}/{codec}.log",
+        "logs/quality/{model}/{codec}.log",
     conda:
         "../../envs/torch.yaml"
     threads: config.get("torch_threads", 2)
@@ -39,7 +39,7 @@ rule quality:
         runtime=60,
     params:
         quality=config.get("quality", {}),
-        dtype=config.get("extract", {}).get("dtype", "bfloat16"),
+        dtype=config["quality"]["dtype"],
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/quality.py"

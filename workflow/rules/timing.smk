@@ -1,7 +1,7 @@
 # CPU timing takes every core so that no neighbouring job disturbs the clock.
 rule time_cpu:
     input:
-        kv=kv_manifests_of_model,
+        kv=kv_manifests_for_timing,
     output:
         table="results/timing/cpu/{model}/{codec}.csv",
     log:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from tqdm import tqdm
 
@@ -13,12 +14,13 @@ from ..kv import load_kv
 from .extract import kv_files
 
 
-def encode_prompts(kv_manifest: str | Path, manifest_path: str | Path, *, codec_id: str, codec_name: str,
-                   params: dict) -> dict:
+def encode_prompts(kv_manifests: str | Path | Sequence[str | Path], manifest_path: str | Path, *, codec_id: str,
+                   codec_name: str, params: dict) -> dict:
+    """Encode the KV files of one or several extraction manifests (e.g. every length bin of a dataset)."""
     codec = build(codec_name, params)
     out_dir = Path(manifest_path).parent
     rows = []
-    for path in tqdm(kv_files(kv_manifest), desc=f"encode {codec_id}", unit="prompt"):
+    for path in tqdm(kv_files(kv_manifests), desc=f"encode {codec_id}", unit="prompt"):
         record = load_kv(path)
         # attention statistics (when extracted) feed the token-selection codecs; others ignore them
         data = wire.encode(codec, record.layers, dict(record.meta, prefix_len=record.seq_len),
@@ -26,9 +28,10 @@ def encode_prompts(kv_manifest: str | Path, manifest_path: str | Path, *, codec_
         name = path.with_suffix(".kvw").name
         write_bytes(out_dir / name, data)
         rows.append({"file": name, "prompt_id": record.meta.get("prompt_id"), "raw_bytes": record.raw_bytes,
-                     "wire_bytes": len(data), "ratio": record.raw_bytes / len(data)})
+                     "wire_bytes": len(data), "ratio": record.raw_bytes / len(data), "bin": record.seq_len})
     manifest = {"codec_id": codec_id, "codec": codec.name, "params": codec.params,
-                "kv_manifest": str(kv_manifest), "prompts": rows,
+                "kv_manifests": [str(m) for m in ([kv_manifests] if isinstance(kv_manifests, (str, Path))
+                                                   else kv_manifests)], "prompts": rows,
                 "raw_bytes": sum(r["raw_bytes"] for r in rows), "wire_bytes": sum(r["wire_bytes"] for r in rows)}
     manifest["ratio"] = manifest["raw_bytes"] / manifest["wire_bytes"]
     write_json(manifest_path, manifest)

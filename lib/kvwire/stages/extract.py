@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Sequence
 
 import torch
 from tqdm import tqdm
@@ -19,11 +20,11 @@ from .runtime import DTYPES, LOG, pick_device
 
 def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str | Path, *,
                prefix_tokens: int, continuation: int, count: int, dtype: str = "bfloat16",
-               device: str = "auto", batch_size: int = 4, attention_stats: bool = False,
+               device: str = "auto", batch_size: int = 4, attention_stats: bool | str = False,
                obs_window: int = 32) -> dict:
     """Prefill every prompt and save its KV file; ``attention_stats`` also stores the per-layer attention
     statistics (``attn_sum``, ``obs_attn`` over the last ``obs_window`` queries) that H2O, SnapKV and
-    PyramidKV need -- the KV itself is bit-identical either way (see ``kvwire.kv.prefill_stats``)."""
+    PyramidKV need (``attention_stats="window"``: ``obs_attn`` only, enough for SnapKV and PyramidKV) -- the KV itself is bit-identical either way (see ``kvwire.kv.prefill_stats``)."""
     facts = read_json(facts_path)
     model_dir = Path(facts_path).parent
     out_dir = Path(manifest_path).parent
@@ -47,11 +48,12 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
         batch = prompts[start:start + batch_size]
         ids = torch.tensor([p["prefix_ids"] for p in batch])
         if attention_stats:
-            layers, first, stats = prefill_stats(model, ids.to(model.device), obs_window=obs_window)
+            layers, first, stats = prefill_stats(model, ids.to(model.device), obs_window=obs_window,
+                                                 sums=attention_stats != "window")
         else:
             (layers, first), stats = prefill(model, ids.to(model.device)), None
         for j, prompt in enumerate(batch):
-            name = f"p{start + j:04d}.safetensors"
+            name = f"{Path(docs_path).stem}-b{prefix_tokens}-p{start + j:04d}.safetensors"  # unique in a study
             record = KVRecord(layers=layers[j], prefix_ids=ids[j],
                               continuation_ids=torch.tensor(prompt["continuation_ids"]),
                               first_token=int(first[j]),
@@ -66,7 +68,8 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
         "continuation_tokens": continuation, "dtype": dtype, "device": str(dev),
         "n_layers": len(layers[0]), "layer_shape": shape, "layer_types": facts.get("layer_types"),
         "prompts": files, "prefill_seconds": time.perf_counter() - t0,
-        "attention_stats": {"obs_window": obs_window} if attention_stats else None,
+        "attention_stats": ({"obs_window": obs_window, "attn_sum": attention_stats != "window"}
+                            if attention_stats else None),
         "rope_stats": rope is not None,
     }
     write_json(manifest_path, manifest)  # written last: its presence means every KV file is complete
@@ -81,6 +84,27 @@ def _layer_stats(attention, rope, n_layers: int) -> list[dict]:
     return out if any(out) else []
 
 
-def kv_files(manifest_path: str | Path) -> list[Path]:
-    manifest = read_json(manifest_path)
-    return [Path(manifest_path).parent / p["file"] for p in manifest["prompts"]]
+def kv_files(manifest_paths: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The KV files of one extraction manifest, or of several (in the order given)."""
+    if isinstance(manifest_paths, (str, Path)):
+        manifest_paths = [manifest_paths]
+    out = []
+    for manifest_path in manifest_paths:
+        manifest = read_json(manifest_path)
+        out += [Path(manifest_path).parent / p["file"] for p in manifest["prompts"]]
+    return out
+
+
+def kv_batches(manifest_paths: str | Path | Sequence[str | Path], batch_size: int) -> list[list[Path]]:
+    """KV files in batches of at most ``batch_size`` that share one prefix length (bin), pooled across
+    manifests (datasets): fewer, fuller batches make the sequential greedy steps cheaper. The
+    reference and every codec's quality job use these same batches."""
+    if isinstance(manifest_paths, (str, Path)):
+        manifest_paths = [manifest_paths]
+    by_length: dict[int, list[Path]] = {}
+    for manifest_path in manifest_paths:
+        manifest = read_json(manifest_path)
+        by_length.setdefault(int(manifest["prefix_tokens"]), []).extend(
+            Path(manifest_path).parent / p["file"] for p in manifest["prompts"])
+    return [files[i:i + batch_size] for _, files in sorted(by_length.items())
+            for i in range(0, len(files), batch_size)]

@@ -1,31 +1,30 @@
 """Stage: decode each prompt's wire bytes, re-inject them and score against the original cache.
 
-The original cache's behaviour (the reference) is computed once per (model, dataset, bin) by
+The original cache's behaviour (the reference) is computed once per model (every dataset and bin) by
 ``reference_for`` and cached; every codec's quality job then runs only its decoded caches, in the
 same batches the reference used, so identity still scores exactly 1.0 / 0.0.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
-
-from tqdm import tqdm
-
-from .. import wire
-from ..errors import KVError
-import json
+from typing import Sequence, Union
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from tqdm import tqdm
 
+from .. import wire
+from ..errors import KVError
 from ..io import atomic_path, read_json, write_json
 from ..kv import load_kv
 from ..models import load_model
 from ..quality import Reference, group_by_shape, reference_batch, score_batch
 from .encode import wire_files
-from .extract import kv_files
+from .extract import kv_batches, kv_files
 from .runtime import DTYPES, LOG
 
 OPTIONAL_METRICS = ("attention_retention", "attention_retention_min")  # with a recorded reference attention
@@ -34,16 +33,19 @@ METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first
 
 
 REFERENCE_FORMAT = "kvwire-reference/1"
+KVManifests = Union[str, Path, Sequence[Union[str, Path]]]  # one extraction manifest or several (bins)
 
 
-def reference_for(facts_path: str | Path, kv_manifest: str | Path, out_path: str | Path, *,
-                  generate_tokens: int = 32, batch_size: int = 8, dtype: str = "bfloat16") -> dict:
-    """Run every prompt's original cache once and cache what scoring compares against."""
+def reference_for(facts_path: str | Path, kv_manifests: KVManifests, out_path: str | Path, *,
+                  generate_tokens: int = 32, batch_size: int = 8, dtype: str = "float32") -> dict:
+    """Run every prompt's original cache once and cache what scoring compares against.
+
+    ``kv_manifests``: one extraction manifest or several (every dataset and bin of a model); a batch
+    holds prompts of one length (``kv_batches``). ``dtype``: the dtype the model computes in while scoring (see ``score_codec``)."""
     model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
-    kv_paths = kv_files(kv_manifest)
+    kv_paths = kv_files(kv_manifests)
     tensors, t0 = {}, time.process_time()
-    for start in tqdm(range(0, len(kv_paths), batch_size), desc="reference", unit="batch"):
-        batch = kv_paths[start:start + batch_size]
+    for batch in tqdm(kv_batches(kv_manifests, batch_size), desc="reference", unit="batch"):
         records = [load_kv(p) for p in batch]
         for r, p in zip(records, batch):
             r.require_scoring_inputs(str(p))
@@ -84,32 +86,44 @@ def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, 
     return refs, float(meta["cpu_seconds"])
 
 
-def score_codec(facts_path: str | Path, kv_manifest: str | Path, wire_manifest: str | Path, out_path: str | Path,
-                *, reference: str | Path | None = None, generate_tokens: int = 32, batch_size: int = 8,
-                dtype: str = "bfloat16", model=None) -> dict:
+def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest: str | Path,
+                out_path: str | Path, *, reference: str | Path | None = None, generate_tokens: int = 32,
+                batch_size: int = 8, dtype: str = "float32", model=None) -> dict:
     """Score one codec's wire files; ``reference`` is ``reference_for``'s file (None: compute it inline).
-    ``model``: the already loaded model of ``facts_path`` (scoring several codecs in one process)."""
+    ``model``: the already loaded model of ``facts_path`` (scoring several codecs in one process).
+
+    ``dtype`` is what the model computes in, not what the cache is stored in: a bf16 cache scored by a
+    bf16 forward pass flips near-tied argmaxes on one-ulp noise (token agreement 0.981 for one ulp of
+    random noise on SmolLM2, as low as int8), which would hide every codec below 8 bits in the
+    scoring noise; float32 scoring brings that floor to 0.997 (``bench/scoring_noise_floor.py``).
+    """
     if model is None:
         model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
-    kv_paths, wire_paths = kv_files(kv_manifest), wire_files(wire_manifest)
+    elif next(model.parameters()).dtype != DTYPES[dtype]:
+        raise KVError(f"the model given computes in {next(model.parameters()).dtype}, the scoring dtype is {dtype}")
+    kv_paths, wire_paths = kv_files(kv_manifests), wire_files(wire_manifest)
     if [p.stem for p in kv_paths] != [p.stem for p in wire_paths]:
-        raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifest}")
+        raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifests}")
+    wire_of = dict(zip([p.stem for p in kv_paths], zip(wire_paths, read_json(wire_manifest)["prompts"])))
     wire_meta = read_json(wire_manifest)
     refs, ref_cpu_s = (None, 0.0) if reference is None else load_reference(
         reference, [p.stem for p in kv_paths], generate_tokens=generate_tokens, batch_size=batch_size, dtype=dtype)
     rows, t0 = [], time.process_time()
     wall0 = time.perf_counter()
-    for start in tqdm(range(0, len(kv_paths), batch_size), desc=f"quality {wire_meta['codec_id']}", unit="batch"):
-        records = [load_kv(p) for p in kv_paths[start:start + batch_size]]
-        for r, p in zip(records, kv_paths[start:start + batch_size]):
+    for batch in tqdm(kv_batches(kv_manifests, batch_size), desc=f"quality {wire_meta['codec_id']}", unit="batch"):
+        records = [load_kv(p) for p in batch]
+        for r, p in zip(records, batch):
             r.require_scoring_inputs(str(p))
-        decoded = [wire.decode(p.read_bytes())[1] for p in wire_paths[start:start + batch_size]]
+        decoded = [wire.decode(wire_of[p.stem][0].read_bytes())[1] for p in batch]
         for group in group_by_shape(decoded):
-            stems = [kv_paths[start + i].stem for i in group]
+            stems = [batch[i].stem for i in group]
             scored = score_batch(model, [records[i] for i in group], [decoded[i] for i in group], generate_tokens,
                                  None if refs is None else [refs[s] for s in stems])
             for i, row in zip(group, scored):
-                row["wire_bytes"] = wire_meta["prompts"][start + i]["wire_bytes"]
+                entry = wire_of[batch[i].stem][1]
+                row["dataset"] = records[i].meta.get("dataset")
+                row["bin"] = records[i].seq_len
+                row["wire_bytes"] = entry["wire_bytes"]
                 row["raw_bytes"] = records[i].raw_bytes
                 row["ratio"] = row["raw_bytes"] / row["wire_bytes"]
                 rows.append(row)

@@ -13,25 +13,27 @@ QUALITY_COLUMNS = ["token_agreement", "delta_ce", "greedy_match", "first_diverge
                    "value_cosine", "key_rel_mse", "value_rel_mse", "attention_retention", "attention_retention_min"]
 
 
-def quality_table(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv: str | Path) -> pd.DataFrame:
-    """One row per (model, dataset, bin, codec): means over prompts. Measured CPU cost goes to a
-    separate table so ``quality.csv`` is byte-identical across reruns of the same config."""
-    rows, costs = [], []
+def quality_by_bin(quality_jsons: list[str | Path], out_csv: str | Path, cost_csv: str | Path) -> pd.DataFrame:
+    """One row per (model, dataset, bin, codec): means over prompts and the ratio from bytes. Measured
+    CPU cost (per quality job, i.e. per (model, codec), and per prompt and codec) goes to a separate table so the quality
+    tables are byte-identical across reruns of the same config."""
+    per_prompt = _prompt_rows(quality_jsons)
+    keys = ["model", "dataset", "bin", "codec"]
+    grouped = per_prompt.groupby(keys, sort=True)
+    table = grouped[[m for m in QUALITY_COLUMNS if m in per_prompt]].mean().reindex(columns=QUALITY_COLUMNS)
+    table.insert(0, "ratio", grouped["raw_bytes"].sum() / grouped["wire_bytes"].sum())
+    table.insert(0, "n_prompts", grouped.size())
+    table = table.reset_index()
+    write_csv(out_csv, table)
+    costs = []
     for path in quality_jsons:
-        path = Path(path)
         result = read_json(path)
-        model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
-        rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
-                     "n_prompts": result["n_prompts"], "ratio": result["ratio"],
-                     **{m: result["summary"].get(m, float("nan")) for m in QUALITY_COLUMNS}})
-        costs.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
+        costs.append({"model": Path(path).parts[-2], "codec": result["codec_id"],
                       "n_prompts": result["n_prompts"], "cpu_seconds": result["cpu_seconds"],
                       "wall_seconds": result["wall_seconds"],
-                      "cpu_seconds_per_prompt": result["cpu_seconds_per_prompt"]})
-    keys = ["model", "dataset", "bin", "codec"]
-    table = pd.DataFrame(rows).sort_values(keys).reset_index(drop=True)
-    write_csv(out_csv, table)
-    write_csv(cost_csv, pd.DataFrame(costs).sort_values(keys).reset_index(drop=True))
+                      "cpu_seconds_per_prompt": result["cpu_seconds_per_prompt"],
+                      "reference_cpu_seconds_per_prompt": result["reference_cpu_seconds"] / result["n_prompts"]})
+    write_csv(cost_csv, pd.DataFrame(costs).sort_values(["model", "codec"]).reset_index(drop=True))
     return table
 
 
@@ -53,15 +55,16 @@ def codecs_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.Dat
 
 
 def _prompt_rows(quality_jsons: list[str | Path]) -> pd.DataFrame:
-    """Every per-prompt quality row of every job, keyed by model, dataset, bin, codec and prompt."""
+    """Every per-prompt quality row of every job (``results/quality/{model}/{codec}.json``), keyed by
+    model, dataset, bin, codec and prompt."""
     rows = []
     for path in quality_jsons:
         path = Path(path)
         result = read_json(path)
-        model, dataset, bin_ = path.parts[-4], path.parts[-3], int(path.parts[-2])
+        model = path.parts[-2]
         for r in result["rows"]:
-            rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": result["codec_id"],
-                         "codec_name": result["codec"], "prompt": f"{dataset}/{bin_}/{r['prompt_id']}", **r})
+            rows.append({"model": model, "codec": result["codec_id"], "codec_name": result["codec"],
+                         "prompt": f"{r['dataset']}/{r['bin']}/{r['prompt_id']}", **r})
     return pd.DataFrame(rows)
 
 
@@ -70,7 +73,7 @@ SUMMARY_METRICS = ("token_agreement", "delta_ce", "greedy_match")
 
 def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, seed: int,
                      n_boot: int = 2000) -> pd.DataFrame:
-    """The main table: one row per (model, codec) over all of the model's prompts.
+    """The main table (``quality.csv``): one row per (model, codec) over all of the model's prompts.
 
     Ratio from bytes (total raw / total wire); means of token agreement, delta cross-entropy
     (nats/token) and greedy match with 95 % paired bootstrap intervals against identity (the same
@@ -131,6 +134,67 @@ def cosine_spearman(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.
             rec[f"rho_{cos}_vs_token_agreement"] = spearman(g[cos].values, g.token_agreement.values)
         out.append(rec)
     table = pd.DataFrame(out)
+    write_csv(out_csv, table)
+    return table
+
+
+def sanity_gates(quality_jsons: list[str | Path], out_csv: str | Path, floors: dict[str, float] | None = None
+                 ) -> pd.DataFrame:
+    """Evaluate the sanity gates (``kvwire.gates``) per model, write the table, then raise GateError
+    if any failed (the table is logged first: the job's failure removes its output)."""
+    from ..gates import evaluate_gates, require_gates
+    from .runtime import LOG
+
+    table = evaluate_gates(_prompt_rows(quality_jsons), floors)
+    LOG.info("sanity gates:\n%s", table.to_string(index=False))
+    write_csv(out_csv, table)
+    require_gates(table)
+    return table
+
+
+def kv_statistics(kv_manifests: list[str | Path], out_csv: str | Path, *, model: str) -> pd.DataFrame:
+    """Per-layer statistics of a model's real caches (``kvwire.kvstats``), averaged over every prompt."""
+    from ..kvstats import model_statistics
+    from .extract import kv_files
+
+    table = model_statistics(kv_files(kv_manifests), model=model)
+    write_csv(out_csv, table)
+    return table
+
+
+# Pairs of codec ids that differ only in quantization granularity: (per token, the other)
+GRANULARITY_PAIRS = {"int8": "int8_channel", "int4": "int4_channel"}
+
+
+def model_sensitivity(kvstats_csvs: list[str | Path], models_csv: str | Path, quality_csv: str | Path,
+                      out_csv: str | Path) -> pd.DataFrame:
+    """One row per model: its shape (GQA ratio, head dim, layers), what its caches look like
+    (``kvwire.kvstats.summarise``) and how much quality each codec costs it.
+
+    ``drop_<codec>``: identity's token agreement minus the codec's (``quality.csv``). For each
+    granularity pair in GRANULARITY_PAIRS present in the study, ``per_token_penalty_<codec>`` is the
+    per-channel setting's agreement minus the per-token one's: positive when per-token scales suffer
+    from outlier channels, which ``key_outlier_channel_share`` and ``key_token_dynamic_range`` measure.
+    """
+    from ..kvstats import summarise
+
+    stats = summarise(pd.concat([pd.read_csv(p) for p in kvstats_csvs], ignore_index=True))
+    models = pd.read_csv(models_csv).rename(columns={"name": "model"})
+    models["gqa_ratio"] = models.num_heads / models.num_kv_heads
+    table = models[["model", "architecture", "num_layers", "num_heads", "num_kv_heads", "gqa_ratio",
+                    "head_dim"]].merge(stats, on="model", how="inner")
+    quality = pd.read_csv(quality_csv)
+    agreement = quality.pivot(index="model", columns="codec", values="token_agreement")
+    if "identity" not in agreement:
+        from ..errors import ConfigError
+
+        raise ConfigError("the sensitivity table needs the identity codec in the study")
+    for codec in sorted(c for c in agreement.columns if c != "identity"):
+        table[f"drop_{codec}"] = table.model.map(agreement["identity"] - agreement[codec])
+    for token, other in GRANULARITY_PAIRS.items():
+        if token in agreement and other in agreement:
+            table[f"per_token_penalty_{token}"] = table.model.map(agreement[other] - agreement[token])
+    table = table.sort_values("model").reset_index(drop=True)
     write_csv(out_csv, table)
     return table
 
