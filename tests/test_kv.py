@@ -262,3 +262,20 @@ def test_window_only_attention_statistics_equal_the_full_ones(small_model):
             assert set(window_layer) == {"obs_attn"} and "attn_sum" in full_layer
             assert torch.allclose(window_layer["obs_attn"], full_layer["obs_attn"], atol=1e-6)
             assert window_layer["obs_attn"].shape[1] == 8
+
+
+def test_transposed_head_gives_the_same_logits_and_greedy_tokens():
+    from conftest import tiny_random_llama
+    from kvwire.kv import _TransposedHead, transpose_head_for_cpu
+
+    model = tiny_random_llama()
+    torch.manual_seed(7)
+    ids = torch.randint(3, model.config.vocab_size, (3, 20))
+    layers, first = prefill(model, ids[:, :12])
+    before = continue_logits(model, layers, 12, ids[:, 12:])
+    gen_before = greedy_generate(model, layers, 12, first, 6)
+    transpose_head_for_cpu(model)
+    assert isinstance(model.get_output_embeddings(), _TransposedHead)
+    transpose_head_for_cpu(model)  # idempotent
+    assert torch.allclose(continue_logits(model, layers, 12, ids[:, 12:]), before, atol=1e-5)
+    assert torch.equal(greedy_generate(model, layers, 12, first, 6), gen_before)

@@ -16,6 +16,7 @@ rule reference:
     params:
         quality=config.get("quality", {}),
         dtype=config["quality"]["dtype"],
+        device=config["quality"]["device"],
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/reference.py"
@@ -40,6 +41,7 @@ rule quality:
     params:
         quality=config.get("quality", {}),
         dtype=config["quality"]["dtype"],
+        device=config["quality"]["device"],
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/quality.py"

@@ -20,12 +20,12 @@ from tqdm import tqdm
 from .. import wire
 from ..errors import KVError
 from ..io import atomic_path, read_json, write_json
-from ..kv import load_kv
+from ..kv import load_kv, transpose_head_for_cpu
 from ..models import load_model
 from ..quality import Reference, group_by_shape, reference_batch, score_batch
 from .encode import wire_files
 from .extract import kv_batches, kv_files
-from .runtime import DTYPES, LOG
+from .runtime import DTYPES, LOG, pick_device
 
 OPTIONAL_METRICS = ("attention_retention", "attention_retention_min")  # with a recorded reference attention
 METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first_divergence",
@@ -37,12 +37,16 @@ KVManifests = Union[str, Path, Sequence[Union[str, Path]]]  # one extraction man
 
 
 def reference_for(facts_path: str | Path, kv_manifests: KVManifests, out_path: str | Path, *,
-                  generate_tokens: int = 32, batch_size: int = 8, dtype: str = "float32") -> dict:
+                  generate_tokens: int = 32, batch_size: int = 8, dtype: str = "float32",
+                  device: str = "cpu") -> dict:
     """Run every prompt's original cache once and cache what scoring compares against.
 
     ``kv_manifests``: one extraction manifest or several (every dataset and bin of a model); a batch
-    holds prompts of one length (``kv_batches``). ``dtype``: the dtype the model computes in while scoring (see ``score_codec``)."""
-    model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
+    holds prompts of one length (``kv_batches``). ``dtype``: the dtype the model computes in while
+    scoring (see ``score_codec``); ``device``: where (``auto``: a GPU when visible). Codec jobs must
+    use the same dtype, batches and device, so the file records them."""
+    device = str(pick_device(device))
+    model = transpose_head_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
     kv_paths = kv_files(kv_manifests)
     tensors, t0 = {}, time.process_time()
     for batch in tqdm(kv_batches(kv_manifests, batch_size), desc="reference", unit="batch"):
@@ -55,7 +59,7 @@ def reference_for(facts_path: str | Path, kv_manifests: KVManifests, out_path: s
             tensors[f"{p.stem}.greedy"] = ref.greedy.contiguous()
             tensors[f"{p.stem}.attention"] = ref.attention.contiguous()
     meta = {"format": REFERENCE_FORMAT, "prompts": json.dumps([p.stem for p in kv_paths]),
-            "generate_tokens": str(generate_tokens), "batch_size": str(batch_size), "dtype": dtype,
+            "generate_tokens": str(generate_tokens), "batch_size": str(batch_size), "dtype": dtype, "device": device,
             "cpu_seconds": repr(time.process_time() - t0)}
     with atomic_path(out_path) as tmp:
         save_file(tensors, str(tmp), metadata=meta)
@@ -64,7 +68,7 @@ def reference_for(facts_path: str | Path, kv_manifests: KVManifests, out_path: s
 
 
 def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, batch_size: int,
-                   dtype: str) -> tuple[dict[str, Reference], float]:
+                   dtype: str, device: str = "cpu") -> tuple[dict[str, Reference], float]:
     """The cached reference for ``stems``, checked against the settings the quality job uses."""
     try:
         with safe_open(str(path), framework="pt") as f:
@@ -74,9 +78,10 @@ def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, 
         raise KVError(f"{path}: not a readable reference file ({exc})") from exc
     if meta.get("format") != REFERENCE_FORMAT:
         raise KVError(f"{path}: format {meta.get('format')!r}, expected {REFERENCE_FORMAT!r}")
-    want = {"prompts": stems, "generate_tokens": generate_tokens, "batch_size": batch_size, "dtype": dtype}
+    want = {"prompts": stems, "generate_tokens": generate_tokens, "batch_size": batch_size, "dtype": dtype,
+            "device": device}
     have = {"prompts": json.loads(meta["prompts"]), "generate_tokens": int(meta["generate_tokens"]),
-            "batch_size": int(meta["batch_size"]), "dtype": meta["dtype"]}
+            "batch_size": int(meta["batch_size"]), "dtype": meta["dtype"], "device": meta.get("device", "cpu")}
     for key in want:
         if want[key] != have[key]:
             raise KVError(f"{path}: reference was made with {key}={have[key]!r}, this job uses {want[key]!r}; "
@@ -88,7 +93,7 @@ def load_reference(path: str | Path, stems: list[str], *, generate_tokens: int, 
 
 def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest: str | Path,
                 out_path: str | Path, *, reference: str | Path | None = None, generate_tokens: int = 32,
-                batch_size: int = 8, dtype: str = "float32", model=None) -> dict:
+                batch_size: int = 8, dtype: str = "float32", device: str = "cpu", model=None) -> dict:
     """Score one codec's wire files; ``reference`` is ``reference_for``'s file (None: compute it inline).
     ``model``: the already loaded model of ``facts_path`` (scoring several codecs in one process).
 
@@ -97,17 +102,21 @@ def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest
     random noise on SmolLM2, as low as int8), which would hide every codec below 8 bits in the
     scoring noise; float32 scoring brings that floor to 0.997 (``bench/scoring_noise_floor.py``).
     """
+    device = str(pick_device(device))
     if model is None:
-        model, _ = load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device="cpu")
+        model = transpose_head_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
     elif next(model.parameters()).dtype != DTYPES[dtype]:
         raise KVError(f"the model given computes in {next(model.parameters()).dtype}, the scoring dtype is {dtype}")
+    else:
+        transpose_head_for_cpu(model)  # as the reference job's model: comparisons stay exact
     kv_paths, wire_paths = kv_files(kv_manifests), wire_files(wire_manifest)
     if [p.stem for p in kv_paths] != [p.stem for p in wire_paths]:
         raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifests}")
     wire_of = dict(zip([p.stem for p in kv_paths], zip(wire_paths, read_json(wire_manifest)["prompts"])))
     wire_meta = read_json(wire_manifest)
     refs, ref_cpu_s = (None, 0.0) if reference is None else load_reference(
-        reference, [p.stem for p in kv_paths], generate_tokens=generate_tokens, batch_size=batch_size, dtype=dtype)
+        reference, [p.stem for p in kv_paths], generate_tokens=generate_tokens, batch_size=batch_size, dtype=dtype,
+        device=device)
     rows, t0 = [], time.process_time()
     wall0 = time.perf_counter()
     for batch in tqdm(kv_batches(kv_manifests, batch_size), desc=f"quality {wire_meta['codec_id']}", unit="batch"):

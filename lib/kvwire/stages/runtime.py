@@ -31,10 +31,11 @@ def pick_device(requested: str = "auto") -> torch.device:
     """``auto`` uses a GPU when there is one and says so loudly when there is not."""
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("extract.device is 'cuda' but no CUDA device is visible")
+            raise RuntimeError("device 'cuda' was asked for (extract.device or quality.device) but no CUDA device "
+                               "is visible")
         return torch.device("cuda")
     if requested == "auto":
-        LOG.warning("no GPU visible: running this GPU-tagged step on the CPU (slower, same numbers)")
+        LOG.warning("no GPU visible: running this GPU-tagged step on the CPU (slower)")
     return torch.device("cpu")
 
 
