@@ -9,4 +9,4 @@ from kvwire.stages.tables import sanity_gates  # noqa: E402
 
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
-sanity_gates(list(sm.input.quality), sm.output.table, sm.params.floors)
+sanity_gates(list(sm.input.quality), sm.output.table, sm.params.floors, sm.params.waivers)

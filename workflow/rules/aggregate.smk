@@ -146,6 +146,7 @@ rule sanity_gates:
         runtime=10,
     params:
         floors=config["gates"],
+        waivers=config["gate_waivers"],
     script:
         "../../scripts/sanity_gates.py"
 

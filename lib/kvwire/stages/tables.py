@@ -138,14 +138,14 @@ def cosine_spearman(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.
     return table
 
 
-def sanity_gates(quality_jsons: list[str | Path], out_csv: str | Path, floors: dict[str, float] | None = None
-                 ) -> pd.DataFrame:
+def sanity_gates(quality_jsons: list[str | Path], out_csv: str | Path, floors: dict[str, float] | None = None,
+                 waivers: dict[str, dict[str, str]] | None = None) -> pd.DataFrame:
     """Evaluate the sanity gates (``kvwire.gates``) per model, write the table, then raise GateError
     if any failed (the table is logged first: the job's failure removes its output)."""
     from ..gates import evaluate_gates, require_gates
     from .runtime import LOG
 
-    table = evaluate_gates(_prompt_rows(quality_jsons), floors)
+    table = evaluate_gates(_prompt_rows(quality_jsons), floors, waivers)
     LOG.info("sanity gates:\n%s", table.to_string(index=False))
     write_csv(out_csv, table)
     require_gates(table)
