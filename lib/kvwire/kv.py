@@ -31,6 +31,7 @@ counts cache slots, not positions. Dense caches (no ``positions``) take the unch
 from __future__ import annotations
 
 import contextvars
+import functools
 import json
 import sys
 from contextlib import contextmanager
@@ -350,51 +351,53 @@ def build_cache(batch_layers: Sequence[Sequence[LayerKV]], device: torch.device 
     from transformers import DynamicCache
 
     cache = DynamicCache()
-    cache.layers = [_PreallocatedLayer([layers[i] for layers in batch_layers], device, dtype, spare)
+    layer_class = _preallocated_layer_class()
+    cache.layers = [layer_class([layers[i] for layers in batch_layers], device, dtype, spare)
                     for i in range(len(batch_layers[0]))]
     return cache
 
 
-def _dynamic_layer():
+@functools.cache
+def _preallocated_layer_class():
+    """Built on first use: importing transformers' cache module at kvwire.kv import would slow start-up."""
     from transformers.cache_utils import DynamicLayer
 
-    return DynamicLayer
+    class _PreallocatedLayer(DynamicLayer):
+        """A full-attention cache layer with spare capacity: ``update`` writes new tokens in place
+        (``keys``/``values`` are views of the filled part) and ``truncate`` forgets the newest ones."""
 
+        def __init__(self, rows: Sequence[LayerKV], device, dtype: torch.dtype | None, spare: int):
+            super().__init__()
+            H, S, D = rows[0].k.shape
+            dtype = dtype or rows[0].k.dtype
+            self._k = torch.empty(len(rows), H, S + spare, D, dtype=dtype, device=device)
+            self._v = torch.empty(len(rows), rows[0].v.shape[0], S + spare, rows[0].v.shape[2], dtype=dtype,
+                                  device=device)
+            for b, row in enumerate(rows):
+                if row.k.shape != (H, S, D) or row.v.shape[1] != S:
+                    raise KVError(f"prompt {b} of a batch has layer shape {tuple(row.k.shape)}, the first "
+                                  f"{(H, S, D)}: a batch needs one shape per layer")
+                self._k[b, :, :S] = row.k
+                self._v[b, :, :S] = row.v
+            self.dtype, self.device, self.is_initialized = dtype, self._k.device, True
+            self.truncate(S)
 
-class _PreallocatedLayer(_dynamic_layer()):
-    """A full-attention cache layer with spare capacity: ``update`` writes new tokens in place
-    (``keys``/``values`` are views of the filled part) and ``truncate`` forgets the newest ones."""
+        def truncate(self, n: int) -> None:
+            self._n = n
+            self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
 
-    def __init__(self, rows: Sequence[LayerKV], device, dtype: torch.dtype | None, spare: int):
-        super().__init__()
-        H, S, D = rows[0].k.shape
-        dtype = dtype or rows[0].k.dtype
-        self._k = torch.empty(len(rows), H, S + spare, D, dtype=dtype, device=device)
-        self._v = torch.empty(len(rows), rows[0].v.shape[0], S + spare, rows[0].v.shape[2], dtype=dtype,
-                              device=device)
-        for b, row in enumerate(rows):
-            if row.k.shape != (H, S, D) or row.v.shape[1] != S:
-                raise KVError(f"prompt {b} of a batch has layer shape {tuple(row.k.shape)}, the first "
-                              f"{(H, S, D)}: a batch needs one shape per layer")
-            self._k[b, :, :S] = row.k
-            self._v[b, :, :S] = row.v
-        self.dtype, self.device, self.is_initialized = dtype, self._k.device, True
-        self.truncate(S)
+        def update(self, key_states, value_states, *args, **kwargs):
+            T = key_states.shape[-2]
+            if self._n + T > self._k.shape[2]:  # out of room: grow like DynamicLayer
+                self._k = torch.cat([self.keys, key_states], dim=-2)
+                self._v = torch.cat([self.values, value_states], dim=-2)
+            else:
+                self._k[:, :, self._n:self._n + T] = key_states
+                self._v[:, :, self._n:self._n + T] = value_states
+            self.truncate(self._n + T)
+            return self.keys, self.values
 
-    def truncate(self, n: int) -> None:
-        self._n = n
-        self.keys, self.values = self._k[:, :, :n], self._v[:, :, :n]
-
-    def update(self, key_states, value_states, *args, **kwargs):
-        T = key_states.shape[-2]
-        if self._n + T > self._k.shape[2]:  # out of room: grow like DynamicLayer
-            self._k = torch.cat([self.keys, key_states], dim=-2)
-            self._v = torch.cat([self.values, value_states], dim=-2)
-        else:
-            self._k[:, :, self._n:self._n + T] = key_states
-            self._v[:, :, self._n:self._n + T] = value_states
-        self.truncate(self._n + T)
-        return self.keys, self.values
+    return _PreallocatedLayer
 
 
 def _positions(batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int, steps: int, device) -> torch.Tensor:

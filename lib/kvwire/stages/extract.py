@@ -84,27 +84,25 @@ def _layer_stats(attention, rope, n_layers: int) -> list[dict]:
     return out if any(out) else []
 
 
+def _manifests(manifest_paths: str | Path | Sequence[str | Path]) -> list[str | Path]:
+    return [manifest_paths] if isinstance(manifest_paths, (str, Path)) else list(manifest_paths)
+
+
 def kv_files(manifest_paths: str | Path | Sequence[str | Path]) -> list[Path]:
     """The KV files of one extraction manifest, or of several (in the order given)."""
-    if isinstance(manifest_paths, (str, Path)):
-        manifest_paths = [manifest_paths]
-    out = []
-    for manifest_path in manifest_paths:
-        manifest = read_json(manifest_path)
-        out += [Path(manifest_path).parent / p["file"] for p in manifest["prompts"]]
-    return out
+    return [path for m in _manifests(manifest_paths) for path in _files_of(m)]
+
+
+def _files_of(manifest_path: str | Path) -> list[Path]:
+    return [Path(manifest_path).parent / p["file"] for p in read_json(manifest_path)["prompts"]]
 
 
 def kv_batches(manifest_paths: str | Path | Sequence[str | Path], batch_size: int) -> list[list[Path]]:
     """KV files in batches of at most ``batch_size`` that share one prefix length (bin), pooled across
     manifests (datasets): fewer, fuller batches make the sequential greedy steps cheaper. The
     reference and every codec's quality job use these same batches."""
-    if isinstance(manifest_paths, (str, Path)):
-        manifest_paths = [manifest_paths]
     by_length: dict[int, list[Path]] = {}
-    for manifest_path in manifest_paths:
-        manifest = read_json(manifest_path)
-        by_length.setdefault(int(manifest["prefix_tokens"]), []).extend(
-            Path(manifest_path).parent / p["file"] for p in manifest["prompts"])
+    for manifest_path in _manifests(manifest_paths):
+        by_length.setdefault(int(read_json(manifest_path)["prefix_tokens"]), []).extend(_files_of(manifest_path))
     return [files[i:i + batch_size] for _, files in sorted(by_length.items())
             for i in range(0, len(files), batch_size)]
