@@ -189,10 +189,30 @@ def test_cached_reference_scores_like_the_inline_one(small_model):
         score_batch(small_model, records, [r.layers for r in records], steps=5, references=refs[:1])
 
 
+def test_bit_identical_caches_reuse_the_reference_with_the_same_rows(small_model):
+    """A lossless codec's rows taken from the reference equal the rows its own forward gives; a cache
+    one value off is not bit-identical and runs its forward."""
+    from kvwire.quality import bit_identical, reference_batch
+
+    records = _records(small_model)
+    refs = reference_batch(small_model, records, steps=5)
+    decoded = [wire.decode(wire.encode(build("zstd"), r.layers))[1] for r in records]
+    assert all(bit_identical(r.layers, d) for r, d in zip(records, decoded))
+    ran = score_batch(small_model, records, decoded, steps=5, references=refs)
+    reused = score_batch(small_model, records, decoded, steps=5, references=refs, reuse_exact=True)
+    assert reused == ran
+    nudged = [[LayerKV(layer.k.clone(), layer.v) for layer in d] for d in decoded]
+    nudged[0][0].k[0, 0, 0] = torch.nextafter(nudged[0][0].k[0, 0, 0], torch.tensor(1e9, dtype=nudged[0][0].k.dtype))
+    assert not bit_identical(records[0].layers, nudged[0])
+    int4 = [wire.decode(wire.encode(build("int4"), r.layers))[1] for r in records]
+    assert score_batch(small_model, records, int4, steps=5, references=refs, reuse_exact=True) == \
+        score_batch(small_model, records, int4, steps=5, references=refs)
+
+
 def test_reference_file_is_checked_against_the_job(small_model, tmp_path):
     """A cached reference made with other settings or prompts is refused, naming the difference."""
     from kvwire.quality import reference_batch
-    from kvwire.stages.quality import load_reference
+    from kvwire.stages.quality import REFERENCE_FORMAT, load_reference
     from safetensors.torch import save_file
 
     refs = reference_batch(small_model, _records(small_model, n=2), steps=3)
@@ -200,7 +220,7 @@ def test_reference_file_is_checked_against_the_job(small_model, tmp_path):
     for stem, ref in zip(("a", "b"), refs):
         tensors.update({f"{stem}.argmax": ref.argmax, f"{stem}.ce": ref.ce, f"{stem}.greedy": ref.greedy})
     path = tmp_path / "ref.safetensors"
-    save_file(tensors, str(path), metadata={"format": "kvwire-reference/1", "prompts": '["a", "b"]',
+    save_file(tensors, str(path), metadata={"format": REFERENCE_FORMAT, "prompts": '["a", "b"]',
                                             "generate_tokens": "3", "batch_size": "8", "dtype": "bfloat16",
                                             "cpu_seconds": "1.5"})
     loaded, cpu = load_reference(path, ["a", "b"], generate_tokens=3, batch_size=8, dtype="bfloat16")
@@ -264,9 +284,9 @@ def test_window_only_attention_statistics_equal_the_full_ones(small_model):
             assert window_layer["obs_attn"].shape[1] == 8
 
 
-def test_transposed_head_gives_the_same_logits_and_greedy_tokens():
+def test_transposed_linears_give_the_same_logits_and_greedy_tokens():
     from conftest import tiny_random_llama
-    from kvwire.kv import _TransposedHead, transpose_head_for_cpu
+    from kvwire.kv import _TransposedLinear, transpose_linears_for_cpu
 
     model = tiny_random_llama()
     torch.manual_seed(7)
@@ -274,8 +294,11 @@ def test_transposed_head_gives_the_same_logits_and_greedy_tokens():
     layers, first = prefill(model, ids[:, :12])
     before = continue_logits(model, layers, 12, ids[:, 12:])
     gen_before = greedy_generate(model, layers, 12, first, 6)
-    transpose_head_for_cpu(model)
-    assert isinstance(model.get_output_embeddings(), _TransposedHead)
-    transpose_head_for_cpu(model)  # idempotent
+    transpose_linears_for_cpu(model)
+    assert isinstance(model.get_output_embeddings(), _TransposedLinear)
+    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
+    attn = model.model.layers[0].self_attn.q_proj
+    transpose_linears_for_cpu(model)  # idempotent
+    assert model.model.layers[0].self_attn.q_proj is attn
     assert torch.allclose(continue_logits(model, layers, 12, ids[:, 12:]), before, atol=1e-5)
     assert torch.equal(greedy_generate(model, layers, 12, first, 6), gen_before)

@@ -270,6 +270,9 @@ def test_every_smoke_codec_on_real_caches(repo, smoke_study, tmp_path):
             assert result["ratio"] == wire_manifest["raw_bytes"] / wire_manifest["wire_bytes"]
             assert 0.0 <= summary["token_agreement"] <= 1.0 and 0.0 <= summary["greedy_match"] <= 1.0
             assert all(v == v for v in summary.values())  # no NaN anywhere
+            # lossless decodes reuse the reference (identity, the exactness gate, always runs its forward)
+            lossless = codec_id in ("zstd", "lz4")
+            assert result["bit_identical_prompts"] == (result["n_prompts"] if lossless else 0), codec_id
             rows[codec_id] = dict(summary, ratio=result["ratio"])
         by_model[model_name] = rows
     torch.set_num_threads(threads)

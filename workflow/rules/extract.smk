@@ -9,7 +9,7 @@ rule extract_kv:
         "logs/extract/{model}/{dataset}/{bin}.log",
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config.get("torch_threads", 2)  # the job's torch threads: one-thread jobs run side by side
     resources:
         gpu=1,
         mem_mb=8000,

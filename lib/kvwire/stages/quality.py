@@ -20,9 +20,9 @@ from tqdm import tqdm
 from .. import wire
 from ..errors import KVError
 from ..io import atomic_path, read_json, write_json
-from ..kv import load_kv, transpose_head_for_cpu
+from ..kv import load_kv, transpose_linears_for_cpu
 from ..models import load_model
-from ..quality import Reference, group_by_shape, reference_batch, score_batch
+from ..quality import Reference, bit_identical, group_by_shape, reference_batch, score_batch
 from .encode import wire_files
 from .extract import kv_batches, kv_files
 from .runtime import DTYPES, LOG, pick_device
@@ -32,7 +32,7 @@ METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first
            "key_cosine", "value_cosine", "key_rel_mse", "value_rel_mse")
 
 
-REFERENCE_FORMAT = "kvwire-reference/1"
+REFERENCE_FORMAT = "kvwire-reference/2"  # 2: scored with transposed linears
 KVManifests = Union[str, Path, Sequence[Union[str, Path]]]  # one extraction manifest or several (bins)
 
 
@@ -46,7 +46,7 @@ def reference_for(facts_path: str | Path, kv_manifests: KVManifests, out_path: s
     scoring (see ``score_codec``); ``device``: where (``auto``: a GPU when visible). Codec jobs must
     use the same dtype, batches and device, so the file records them."""
     device = str(pick_device(device))
-    model = transpose_head_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
+    model = transpose_linears_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
     kv_paths = kv_files(kv_manifests)
     tensors, t0 = {}, time.process_time()
     for batch in tqdm(kv_batches(kv_manifests, batch_size), desc="reference", unit="batch"):
@@ -104,11 +104,11 @@ def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest
     """
     device = str(pick_device(device))
     if model is None:
-        model = transpose_head_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
+        model = transpose_linears_for_cpu(load_model(Path(facts_path).parent, dtype=DTYPES[dtype], device=device)[0])
     elif next(model.parameters()).dtype != DTYPES[dtype]:
         raise KVError(f"the model given computes in {next(model.parameters()).dtype}, the scoring dtype is {dtype}")
     else:
-        transpose_head_for_cpu(model)  # as the reference job's model: comparisons stay exact
+        transpose_linears_for_cpu(model)  # as the reference job's model: comparisons stay exact
     kv_paths, wire_paths = kv_files(kv_manifests), wire_files(wire_manifest)
     if [p.stem for p in kv_paths] != [p.stem for p in wire_paths]:
         raise KVError(f"{wire_manifest} does not cover the same prompts as {kv_manifests}")
@@ -117,7 +117,10 @@ def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest
     refs, ref_cpu_s = (None, 0.0) if reference is None else load_reference(
         reference, [p.stem for p in kv_paths], generate_tokens=generate_tokens, batch_size=batch_size, dtype=dtype,
         device=device)
-    rows, t0 = [], time.process_time()
+    # identity is the gate that shows re-injection is exact, so it always runs the forward; any other
+    # codec whose decoded cache is bit-identical (the lossless ones) reuses the reference's outputs
+    reuse_exact = wire_meta["codec"] != "identity"
+    rows, reused, t0 = [], 0, time.process_time()
     wall0 = time.perf_counter()
     for batch in tqdm(kv_batches(kv_manifests, batch_size), desc=f"quality {wire_meta['codec_id']}", unit="batch"):
         records = [load_kv(p) for p in batch]
@@ -127,7 +130,9 @@ def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest
         for group in group_by_shape(decoded):
             stems = [batch[i].stem for i in group]
             scored = score_batch(model, [records[i] for i in group], [decoded[i] for i in group], generate_tokens,
-                                 None if refs is None else [refs[s] for s in stems])
+                                 None if refs is None else [refs[s] for s in stems], reuse_exact=reuse_exact)
+            if reuse_exact and all(bit_identical(records[i].layers, decoded[i]) for i in group):
+                reused += len(group)  # score_batch took these from the reference
             for i, row in zip(group, scored):
                 entry = wire_of[batch[i].stem][1]
                 row["dataset"] = records[i].meta.get("dataset")
@@ -142,7 +147,7 @@ def score_codec(facts_path: str | Path, kv_manifests: KVManifests, wire_manifest
     result = {"codec_id": wire_meta["codec_id"], "codec": wire_meta["codec"], "params": wire_meta["params"],
               "n_prompts": len(rows), "ratio": wire_meta["ratio"], "generate_tokens": generate_tokens,
               "summary": summary, "rows": rows, "cpu_seconds": cpu_s, "wall_seconds": wall_s,
-              "reference_cpu_seconds": ref_cpu_s,
+              "reference_cpu_seconds": ref_cpu_s, "bit_identical_prompts": reused,
               "cpu_seconds_per_prompt": cpu_s / len(rows)}
     LOG.info("%s: agreement %.4f, delta ce %.5f, ratio %.3f", wire_meta["codec_id"],
              summary["token_agreement"], summary["delta_ce"], wire_meta["ratio"])
