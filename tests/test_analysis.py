@@ -75,3 +75,16 @@ def test_pareto_front_example():
     # identity (1, 1.0), int8 (2, 0.99), int4 (3.5, 0.94), a bad codec (3, 0.5), kivi2 (3.6, 0.8)
     mask = pareto_front([1, 2, 3.5, 3, 3.6], [1.0, 0.99, 0.94, 0.5, 0.8])
     assert list(mask) == [True, True, True, False, True]
+
+
+def test_pareto_front_ratio_tolerance():
+    # int8 and fp8 on Gemma-3: one payload layout, header bytes apart; the worse one is not on the front
+    r, q = [1.9841124, 1.9841075, 3.5], [0.974, 0.978, 0.6]
+    assert list(pareto_front(r, q)) == [True, True, True]
+    assert list(pareto_front(r, q, ratio_rtol=1e-3)) == [False, True, True]
+    # within the tolerance and equal quality: both stay (neither is strictly better)
+    assert list(pareto_front([2.0, 2.001], [0.9, 0.9], ratio_rtol=1e-3)) == [True, True]
+    # beyond the tolerance the larger ratio still counts
+    assert list(pareto_front([2.0, 2.1], [0.9, 0.9], ratio_rtol=1e-3)) == [False, True]
+    with pytest.raises(KvwireError):
+        pareto_front([1.0], [1.0], ratio_rtol=1.0)

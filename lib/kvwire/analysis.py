@@ -75,16 +75,21 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float:
     return float(np.corrcoef(rx, ry)[0, 1])
 
 
-def pareto_front(ratio: Sequence[float], quality: Sequence[float]) -> np.ndarray:
+def pareto_front(ratio: Sequence[float], quality: Sequence[float], *, ratio_rtol: float = 0.0) -> np.ndarray:
     """Bool mask of the points no other point beats: higher ratio AND higher quality (both maximized).
 
     A point is dominated if another is at least as good on both axes and strictly better on one;
-    exact duplicates are all kept.
+    exact duplicates are all kept. ``ratio_rtol``: ratios within this relative distance count as
+    equal (two codecs with the same payload layout differ only by their header's few bytes, which
+    must not put the worse one on the front).
     """
     r = np.asarray(ratio, dtype=float)
     q = np.asarray(quality, dtype=float)
     if r.shape != q.shape:
         raise KvwireError("pareto_front: ratio and quality differ in length")
-    ge = (r[None, :] >= r[:, None]) & (q[None, :] >= q[:, None])
-    gt = (r[None, :] > r[:, None]) | (q[None, :] > q[:, None])
+    if not 0.0 <= ratio_rtol < 1.0:
+        raise KvwireError(f"pareto_front: ratio_rtol must be in [0, 1), got {ratio_rtol}")
+    # [i, j]: does point j dominate point i
+    ge = (r[None, :] >= r[:, None] * (1.0 - ratio_rtol)) & (q[None, :] >= q[:, None])
+    gt = (r[None, :] > r[:, None] * (1.0 + ratio_rtol)) | (q[None, :] > q[:, None])
     return ~(ge & gt).any(axis=1)
