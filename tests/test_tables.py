@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 
 from kvwire.errors import ConfigError
-from kvwire.stages.tables import codecs_table, cosine_spearman, quality_by_bin, quality_by_model
+from kvwire.stages.tables import (attention_retention_table, codecs_table, cosine_spearman, quality_by_bin,
+                                  quality_by_model)
 
 
 def write_job(root, model, codec, rows, cpu_seconds=4.0):
@@ -79,6 +80,35 @@ def test_cosine_spearman_and_codecs_table(tmp_path):
     assert sp.rho_key_cosine_vs_delta_ce < -0.8 and sp.rho_key_cosine_vs_token_agreement > 0.8
     codecs = codecs_table(files, tmp_path / "codecs.csv").set_index("codec")
     assert codecs.loc["bad", "ratio"] == 4.0 and codecs.loc["identity", "key_rel_mse"] == 0.0
+
+
+def test_attention_retention_per_layer_for_codecs_that_drop_tokens(tmp_path):
+    def with_retention(rows, per_layer):
+        for i, r in enumerate(rows):
+            layers = per_layer(i)
+            r.update(attention_retention=sum(layers) / len(layers), attention_retention_min=min(layers),
+                     attention_retention_layers=layers)
+        return rows
+
+    n = 6
+    dense = lambda i: [1.0, 1.0, 1.0]  # noqa: E731
+    pruned = lambda i: [0.9, 0.5 + 0.05 * i, 0.8]  # noqa: E731
+    files = [write_job(tmp_path, "m", c, with_retention(
+        prompt_rows(n, agreement=lambda i, r: 1.0, delta=lambda i, r: 0.0, cos=lambda i, r: 1.0), f))
+        for c, f in (("identity", dense), ("int8", dense), ("snapkv", pruned))]
+    table = attention_retention_table(files, tmp_path / "ret.csv")
+    assert set(table.codec) == {"snapkv"}  # dense codecs keep every token: not listed
+    layer1 = table.set_index("layer").loc[1]
+    assert layer1.n_prompts == n and layer1.attention_retention_min == pytest.approx(0.5)
+    assert layer1.attention_retention == pytest.approx(np.mean([0.5 + 0.05 * i for i in range(n)]))
+    assert table.set_index("layer").loc[2, "attention_retention"] == pytest.approx(0.8)
+    summary = quality_by_model(files, tmp_path / "q.csv", seed=0).set_index("codec")
+    assert summary.loc["snapkv", "attention_retention_min"] == pytest.approx(np.mean([min(pruned(i)) for i in range(n)]))
+    assert summary.loc["int8", "attention_retention"] == 1.0
+    # no attention recorded anywhere: an empty table with its columns, and blank summary columns
+    bare = attention_retention_table(study(tmp_path / "bare"), tmp_path / "bare.csv")
+    assert bare.empty and list(pd.read_csv(tmp_path / "bare.csv").columns)[-1] == "attention_retention_min"
+    assert quality_by_model(study(tmp_path / "bare2"), tmp_path / "q2.csv", seed=0).attention_retention.isna().all()
 
 
 def test_quality_by_bin_means_per_bin_and_the_cost_table(tmp_path):

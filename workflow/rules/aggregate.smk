@@ -166,6 +166,11 @@ rule quality_summary:
             caption="../report/cosine_spearman.rst",
             category="Tables",
         ),
+        retention=report(
+            "results/tables/attention_retention.csv",
+            caption="../report/attention_retention.rst",
+            category="Tables",
+        ),
     log:
         "logs/aggregate/quality_summary.log",
     conda:

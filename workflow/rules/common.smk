@@ -158,6 +158,7 @@ def all_outputs():
         "results/tables/models.csv",
         "results/tables/codecs.csv",
         "results/tables/cosine_spearman.csv",
+        "results/tables/attention_retention.csv",
         "paper/figures/codec_errors.pdf",
         "paper/figures/codec_errors.png",
         "paper/figures/speedup_vs_bandwidth.pdf",

@@ -72,6 +72,7 @@ SUMMARY_METRICS = ("token_agreement", "delta_ce", "greedy_match")
 # ratios this close are one ratio on the Pareto front: int8 and fp8_e4m3 write the same payload
 # layout and differ by ~1 KB of header parameters in 500 MB (2.5e-6)
 PARETO_RATIO_RTOL = 1e-3
+RETENTION_COLUMNS = ("attention_retention", "attention_retention_min")
 
 
 def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, seed: int,
@@ -108,6 +109,8 @@ def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, se
                                                               float(np.exp(row["delta_ce_ci_hi"])))
             row["first_divergence"] = g.first_divergence.mean()
             row["key_cosine"], row["value_cosine"] = g.key_cosine.mean(), g.value_cosine.mean()
+            for m in RETENTION_COLUMNS:  # blank where the reference recorded no attention
+                row[m] = g[m].mean() if m in g else float("nan")
             out.append(row)
     table = pd.DataFrame(out)
     table["pareto"] = False
@@ -115,6 +118,27 @@ def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, se
         sub = table.loc[idx]
         table.loc[idx, "pareto"] = pareto_front(sub.ratio.values, sub.token_agreement.values,
                                                     ratio_rtol=PARETO_RATIO_RTOL)
+    write_csv(out_csv, table)
+    return table
+
+
+def attention_retention_table(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Per layer, for every codec that drops tokens: the share of the original cache's attention
+    mass (the continuation's queries over the prefix, recorded by the reference) that falls on the
+    tokens the decoded cache kept; mean and weakest prompt per (model, codec, layer). Codecs that keep
+    every token (retention 1.0 on every layer of every prompt) are left out."""
+    rows = _prompt_rows(quality_jsons)
+    columns = ["model", "codec", "layer", "n_prompts", "attention_retention", "attention_retention_min"]
+    long = []
+    if "attention_retention_layers" in rows:
+        for r in rows[rows.attention_retention_layers.notna()].itertuples():
+            long += [{"model": r.model, "codec": r.codec, "prompt": r.prompt, "layer": i, "retention": v}
+                     for i, v in enumerate(r.attention_retention_layers)]
+    long = pd.DataFrame(long, columns=["model", "codec", "prompt", "layer", "retention"])
+    drops = long.groupby(["model", "codec"])["retention"].transform("min") < 1.0
+    grouped = long[drops].groupby(["model", "codec", "layer"], sort=True)["retention"]
+    table = pd.DataFrame({"n_prompts": grouped.size(), "attention_retention": grouped.mean(),
+                          "attention_retention_min": grouped.min()}).reset_index().reindex(columns=columns)
     write_csv(out_csv, table)
     return table
 
