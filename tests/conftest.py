@@ -13,6 +13,9 @@ os.environ.setdefault("KVWIRE_TEST_CACHE", "/tmp/kvwire-test-cache")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter (read when triton is imported)
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 STORIES = SHARED / "models" / "stories260K-hf"

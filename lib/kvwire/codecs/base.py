@@ -211,10 +211,14 @@ _SECTION_COUNT = struct.Struct("<I")
 _SECTION_LEN = struct.Struct("<Q")
 
 
+def section_header(lengths: Sequence[int]) -> bytes:
+    """The length table ``pack_sections`` puts before sections of these byte lengths."""
+    return _SECTION_COUNT.pack(len(lengths)) + b"".join(_SECTION_LEN.pack(n) for n in lengths)
+
+
 def pack_sections(sections: Sequence[bytes]) -> bytes:
     """Concatenate byte sections with a length table so a decoder can split them safely."""
-    head = _SECTION_COUNT.pack(len(sections)) + b"".join(_SECTION_LEN.pack(len(s)) for s in sections)
-    return head + b"".join(sections)
+    return section_header([len(s) for s in sections]) + b"".join(sections)
 
 
 def unpack_sections(payload: bytes, expected: int, codec: str) -> list[memoryview]:

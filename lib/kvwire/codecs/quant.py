@@ -49,10 +49,12 @@ def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = Fal
         codes = torch.round(xf * inv).clamp_(-qmax, qmax).add_(qmax)
         return Quantized(codes.to(torch.uint8), scale, None)
     qmax = levels(bits, False)
-    lo = xf.amin(dim=dim, keepdim=True).to(scale_dtype)
+    # + 0.0 turns a -0.0 zero point into +0.0: -0.0 and +0.0 tie in a min, and which one a min
+    # returns is the implementation's choice; this way every implementation writes the same bytes
+    lo = xf.amin(dim=dim, keepdim=True).to(scale_dtype) + 0.0
     hi = xf.amax(dim=dim, keepdim=True)
     _check_finite(lo, scale_dtype)
-    scale = ((hi - lo.float()) / qmax).to(scale_dtype)
+    scale = ((hi - lo.float()) / qmax).to(scale_dtype) + 0.0  # -0.0 likewise (a constant row of -0.0)
     _check_finite(scale, scale_dtype)
     s = scale.float()
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
