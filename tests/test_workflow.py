@@ -295,3 +295,15 @@ def test_every_smoke_codec_on_real_caches(repo, smoke_study, tmp_path):
     assert smol["guardband_8x"]["ratio"] >= 8.0  # reachable on SmolLM2's 128-token caches
     # CacheGen's entropy coder beats its own codes without it (checked per codec in test_cachegen_svd)
     assert smol["cachegen"]["ratio"] > 2.0
+
+
+def test_gpu_timing_rule_is_planned_on_request_only(repo, tmp_path):
+    """time_gpu asks for a GPU and is never part of `all` (its table is measured on a GPU node and committed)."""
+    config = ("--configfile", str(repo / "config" / "smoke.yaml"), "-d", str(tmp_path))
+    out = snakemake(repo, "-n", *config)
+    assert out.returncode == 0, out.stderr
+    assert "time_gpu" not in _job_counts(out.stdout)
+    out = snakemake(repo, "-n", "results/timing/gpu/h200.csv", *config)
+    assert out.returncode == 0, out.stderr
+    assert re.findall(r"^rule (\w+):", out.stdout, re.M) == ["time_gpu"]  # that job alone
+    assert re.search(r"resources:.*\bgpu=1\b", out.stdout)

@@ -37,6 +37,7 @@ wildcard_constraints:
     dataset=_alternatives(DATASETS),
     bin=_alternatives(ALL_BINS),
     codec=_alternatives(CODECS),
+    gpu="[A-Za-z0-9][A-Za-z0-9_-]*",
 
 
 def model_dir(wildcards):

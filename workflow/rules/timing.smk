@@ -18,3 +18,23 @@ rule time_cpu:
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/time_cpu.py"
+
+
+# GPU-tagged and never run by `all`: the table is measured on a GPU node (`--profile slurm` asks for
+# one) and committed; {gpu} must name the device (h200 -> "NVIDIA H200"), or the job stops.
+rule time_gpu:
+    output:
+        table="results/timing/gpu/{gpu}.csv",
+    log:
+        "logs/timing/gpu/{gpu}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=30,
+    params:
+        timing=config["timing"],
+    script:
+        "../../scripts/time_gpu.py"

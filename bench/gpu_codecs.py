@@ -1,0 +1,73 @@
+"""GPU codec benchmark: fused Triton kernels vs the eager-PyTorch baseline vs a device copy.
+
+The checks and timings are ``kvwire.kernels.bench`` (what the rule ``time_gpu`` runs); this script
+adds ``--sweep`` (launch tuning) and ``--quick``.
+
+    python bench/gpu_codecs.py --out results/timing/gpu/h200.csv [--kv some.safetensors] [--quick]
+
+Prints a table last; ``--kv`` adds real caches (kvwire KV files) to the correctness check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
+
+import torch  # noqa: E402
+
+from kvwire.kernels.bench import CODECS, MODEL_SHAPES, SEQS  # noqa: E402
+
+
+def sweep(do_bench, kernels, copy_gbps) -> int:
+    """Tile (elements per program) x warps on Llama-3.1-8B at 8192 tokens, bf16."""
+    shape = (32, 2, 8, 8192, 128)
+    kv = torch.randn(shape, device="cuda").to(torch.bfloat16)
+    raw = kv.numel() * 2
+    print(f"{'codec':9} {'tile':>6} {'warps':>5} {'enc ms':>7} {'enc/copy':>8} {'dec ms':>7} {'dec/copy':>8}")
+    for name in CODECS:
+        payload = kernels.encode_cache(name, kv)
+        out = torch.empty_like(payload)
+        dec = torch.empty_like(kv)
+        moved = raw + payload.numel()
+        for tile in (1024, 2048, 4096, 8192, 16384):
+            for warps in (2, 4, 8):
+                e = do_bench(lambda: kernels.encode_cache(name, kv, out=out, check=False, tile=tile, num_warps=warps),
+                             warmup=25, rep=100, return_mode="median")
+                d = do_bench(lambda: kernels.decode_cache(name, payload, shape, kv.dtype, out=dec, check=False,
+                                                          tile=tile, num_warps=warps),
+                             warmup=25, rep=100, return_mode="median")
+                print(f"{name:9} {tile:6d} {warps:5d} {e:7.3f} {moved / e / 1e6 / copy_gbps:8.2f} {d:7.3f} "
+                      f"{moved / d / 1e6 / copy_gbps:8.2f}", flush=True)
+    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--kv", type=Path, nargs="*", default=[], help="real KV files to check the kernels on")
+    ap.add_argument("--quick", action="store_true", help="three models, two lengths")
+    ap.add_argument("--sweep", action="store_true", help="time tile sizes and warps on one large shape, then stop")
+    args = ap.parse_args()
+    if not torch.cuda.is_available():
+        print("no CUDA device: nothing to time (the kernels' logic is tested on CPU by tests/test_kernels.py)")
+        return 2
+    from kvwire import kernels
+    from kvwire.kernels.bench import copy_bandwidth, summary, time_gpu
+
+    if args.sweep:
+        from triton.testing import do_bench
+
+        return sweep(do_bench, kernels, copy_bandwidth(do_bench))
+    models = dict(list(MODEL_SHAPES.items())[:2] + list(MODEL_SHAPES.items())[-1:]) if args.quick else MODEL_SHAPES
+    table = time_gpu(args.out, models=models, seqs=(512, 8192) if args.quick else SEQS, kv_files=args.kv,
+                     log=lambda line: print(line, flush=True))
+    print()
+    print(summary(table))
+    return 1 if not table[table.impl == "triton"].identical_to_cpu.all() else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
