@@ -33,7 +33,7 @@ def sweep(do_bench, kernels, copy_gbps) -> int:
         dec = torch.empty_like(kv)
         moved = raw + payload.numel()
         for tile in (1024, 2048, 4096, 8192, 16384):
-            for warps in (2, 4, 8):
+            for warps in (1, 2, 4):
                 e = do_bench(lambda: kernels.encode_cache(name, kv, out=out, check=False, tile=tile, num_warps=warps),
                              warmup=25, rep=100, return_mode="median")
                 d = do_bench(lambda: kernels.decode_cache(name, payload, shape, kv.dtype, out=dec, check=False,

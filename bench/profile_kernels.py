@@ -44,13 +44,13 @@ def main() -> int:
         out.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] = header_tensor(lay.header, "cuda")
         n_rows = n_layers * 2 * lay.rows
         a = _args(name, lay, kernels.TILE["encode"])
-        enc = encode_kernel[(triton_cdiv(n_rows, a["BLOCK_R"]),)](
-            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args())
+        enc = encode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
+            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args("encode"))
         dec_out = torch.empty_like(kv)
         d = _args(name, lay, kernels.TILE["decode"])
-        dec = decode_kernel[(triton_cdiv(n_rows, d["BLOCK_R"]),)](
+        dec = decode_kernel[(triton_cdiv(lay.rows, d["BLOCK_R"]), n_layers * 2)](
             out, _words_view(out), out.view(torch.float16), dec_out.view(torch.int16), n_rows, lay.rows, **d,
-            OUT_BF16=True, LIMIT=torch.finfo(torch.bfloat16).max, **_fp_args())
+            OUT_BF16=True, LIMIT=torch.finfo(torch.bfloat16).max, **_fp_args("decode"))
         torch.cuda.synchronize()
         for op, k, args in (("encode", enc, a), ("decode", dec, d)):
             acc = ptx_accesses(k.asm["ptx"])

@@ -27,8 +27,8 @@ from .layout import TokenLayout
 _DEFAULTS = {"int8": "int8", "int4": "int4", "fp8_e4m3": "fp8_e4m3"}
 # elements per program on a GPU (BLOCK_R = tile // padded head_dim rows) and warps per program:
 # the best of bench/gpu_codecs.py --sweep on an H200 (bench/NOTES.md): small programs, many in flight
-TILE = {"encode": 2048, "decode": 1024}
-NUM_WARPS = 2
+TILE = {"encode": 1024, "decode": 1024}
+NUM_WARPS = {"encode": 1, "decode": 2}
 BLOCK_R_INTERPRETED = 256  # the interpreter's cost is per program: fewer, larger ones
 
 
@@ -85,11 +85,11 @@ def _kind(name: str) -> int:
     return KINDS[name]
 
 
-def _fp_args(num_warps: int | None = None) -> dict:
+def _fp_args(op: str, num_warps: int | None = None) -> dict:
     # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token_quant.py)
     if interpreted():
         return {}
-    return {"enable_fp_fusion": False, "num_warps": num_warps or NUM_WARPS}
+    return {"enable_fp_fusion": False, "num_warps": num_warps or NUM_WARPS[op]}
 
 
 def payload_buffer(name: str, shape: tuple[int, ...], device) -> torch.Tensor:
@@ -124,8 +124,8 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
     n_rows = n_layers * 2 * lay.rows
     if n_rows:
         a = _args(name, lay, tile or TILE["encode"])
-        encode_kernel[(triton_cdiv(n_rows, a["BLOCK_R"]),)](
-            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args(num_warps))
+        encode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
+            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args("encode", num_warps))
     if check and n_rows:
         scales = _sections(out, lay, n_layers, "scales")
         if not bool(torch.isfinite(scales).all()):
@@ -157,9 +157,9 @@ def decode_cache(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype
     if n_rows:
         target = out.view(torch.int16) if dtype == torch.bfloat16 else out
         a = _args(name, lay, tile or TILE["decode"])
-        decode_kernel[(triton_cdiv(n_rows, a["BLOCK_R"]),)](
+        decode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
             payload, _words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows, **a,
-            OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max, **_fp_args(num_warps))
+            OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max, **_fp_args("decode", num_warps))
     return out
 
 

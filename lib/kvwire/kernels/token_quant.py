@@ -1,8 +1,8 @@
 """Fused Triton kernels for the per-token schemes: int8 (symmetric), int4 (min-max, packed 2/byte)
 and FP8 E4M3, encode and decode, writing and reading the CPU codecs' wire payload bytes in place.
 
-One launch covers a whole cache ``[layers, 2, heads, seq, head_dim]``: a program owns ``BLOCK_R``
-(head, token) rows, reads each element once, reduces its row's range in registers and writes the
+One launch covers a whole cache ``[layers, 2, heads, seq, head_dim]`` on a grid of (row block,
+layer * 2 + K/V): a program owns ``BLOCK_R`` (head, token) rows of one tensor, reads each element once, reduces its row's range in registers and writes the
 codes and the scale (and zero point) straight to their offsets in the payload (``layout.py``).
 
 Bit-exactness with the CPU reference (``codecs/quant.py``, ``codecs/fp8.py``):
@@ -76,8 +76,19 @@ def _fp16_up(s64):
 
 
 @triton.jit
+def _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R: tl.constexpr):
+    """A program's rows on the grid (row block, layer * 2 + K/V): (valid, row as int64, K/V 0/1,
+    head*seq + token as int64, layer's byte base). One division per program and none per row: the
+    per-row int64 div/mod of ``_row_index`` cost a third of the time (bench/NOTES.md, version 2)."""
+    t = tl.program_id(1)
+    i = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
+    return i < rows_per_tensor, t.to(tl.int64) * rows_per_tensor + i, t % 2, i, (t // 2).to(tl.int64) * LAYER_BYTES
+
+
+@triton.jit
 def _row_index(pid, n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R: tl.constexpr):
-    """A program's rows: (valid, row as int64, K/V 0/1, head*seq + token, layer's byte base)."""
+    """Version 1's rows on a 1D grid (kept for bench/int8_encode_v2.py): (valid, row as int64, K/V 0/1,
+    head*seq + token, layer's byte base)."""
     rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     row_ok = rows < n_rows
     rows64 = rows.to(tl.int64)
@@ -101,7 +112,7 @@ def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
     registers and stored whole where the layout is 4-aligned (``WORDS``; the payload's sections sit
     36 or 52 bytes into a layer, after the section table), else byte by byte.
     """
-    row_ok, rows64, kv, i, base = _row_index(tl.program_id(0), n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     scale_at = (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i  # float16 index
     j = tl.arange(0, 4)
     if KIND == 1:  # int4, min-max: two codes per byte, even element in the low nibble
@@ -160,7 +171,7 @@ def decode_kernel(u8_ptr, i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
                   WORDS: tl.constexpr, OUT_BF16: tl.constexpr, LIMIT):
     """Payload -> rows of ``out`` [n_rows, D] (bf16 written as int16 bit patterns, or fp16); the
     same [words, 4 bytes(, 2 nibbles)] row tiles as ``encode_kernel``."""
-    row_ok, rows64, kv, i, base = _row_index(tl.program_id(0), n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     s = tl.load(f16_ptr + (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i, mask=row_ok, other=0.0).to(tl.float32)
     j = tl.arange(0, 4)
     W: tl.constexpr = DP // 8 if KIND == 1 else DP // 4
