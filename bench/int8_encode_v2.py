@@ -26,17 +26,24 @@ SHAPE = (32, 2, 8, 8192, 128)
 
 
 @triton.jit
-def encode_int8_v2(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor, LAYER_BYTES, CODES_OFF, CODES_STRIDE,
-                   SCALES_OFF, SCALES_STRIDE, D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr):
-    row_ok, rows64, kv, i, base = _row_index(tl.program_id(0), n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R)
-    col = tl.arange(0, D)
-    x = tl.load(x_ptr + rows64[:, None] * D + col[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+def _int8_rows(x):
+    """Rows of float32 ``x`` [R, D] -> (fp16 scales, int32 codes in -127..127), exactly as version 1."""
     amax = tl.max(tl.abs(x), axis=1)
     amax = amax + tl.where(tl.max((x != x).to(tl.int32), axis=1) > 0, float("nan"), 0.0)
     scale16 = tl.math.div_rn(amax, 127.0).to(tl.float16)
     s = scale16.to(tl.float32)
     inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
-    q = tl.minimum(tl.maximum(_rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32) & 0xFF
+    return scale16, tl.minimum(tl.maximum(_rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32)
+
+
+@triton.jit
+def encode_int8_v2(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor, LAYER_BYTES, CODES_OFF, CODES_STRIDE,
+                   SCALES_OFF, SCALES_STRIDE, D: tl.constexpr, BLOCK_R: tl.constexpr, SPLIT: tl.constexpr):
+    row_ok, rows64, kv, i, base = _row_index(tl.program_id(0), n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    col = tl.arange(0, D)
+    x = tl.load(x_ptr + rows64[:, None] * D + col[None, :], mask=row_ok[:, None], other=0.0).to(tl.float32)
+    scale16, q = _int8_rows(x)
+    q = q & 0xFF
     at = base + CODES_OFF + kv * CODES_STRIDE + i * D
     if SPLIT:
         a, b = tl.split(tl.reshape(q, [BLOCK_R, D // 4, 2, 2]))  # bytes 4w+2p and 4w+2p+1
@@ -64,12 +71,7 @@ def encode_int8_v3(x_ptr, u8_ptr, f16_ptr, rows_per_tensor, LAYER_BYTES, CODES_O
         i = (tl.program_id(0) * BLOCKS + b) * BLOCK_R + tl.arange(0, BLOCK_R)
         ok = i < rows_per_tensor
         x = tl.load(x0 + i[:, None] * D + col[None, :], mask=ok[:, None], other=0.0).to(tl.float32)
-        amax = tl.max(tl.abs(x), axis=1)
-        amax = amax + tl.where(tl.max((x != x).to(tl.int32), axis=1) > 0, float("nan"), 0.0)
-        scale16 = tl.math.div_rn(amax, 127.0).to(tl.float16)
-        s = scale16.to(tl.float32)
-        inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
-        q = tl.minimum(tl.maximum(_rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32)
+        scale16, q = _int8_rows(x)
         tl.store(u8_ptr + codes0 + i[:, None] * D + col[None, :], q.to(tl.uint8), mask=ok[:, None])
         tl.store(f16_ptr + scales0 + i, scale16, mask=ok)
 
