@@ -1,0 +1,207 @@
+"""The interface every GPU codec implements: one small class per codec family, one registry.
+
+A ``KernelCodec`` serves one or more of the CPU codec names (``codecs.registry``) with the same
+parameters and the same wire payload: ``encode`` turns a whole cache ``[layers, 2, kv_heads, seq,
+head_dim]`` (K then V per layer, on a CUDA device, or on the CPU under ``TRITON_INTERPRET=1``) into
+``GpuPayloads`` -- every layer's payload, back to back in one uint8 device buffer -- whose layer ``i``
+equals the CPU codec's ``encode_layer`` bytes for that layer; ``decode`` turns them back into what
+the CPU codec's ``decode_layer`` returns (a dense ``[layers, 2, heads, seq, head_dim]`` tensor, or a
+list of ``LayerKV`` where layers keep different tokens). ``encode_eager`` / ``decode_eager`` are the
+naive GPU baseline of the same codec (its torch ops run one by one on the device), timed beside the
+kernels by ``bench.py``.
+
+Where float reductions on the GPU cannot reproduce the CPU's bytes (a k-means, an SVD), a class
+sets ``exact = False`` and implements ``compare``: the payloads may then differ by at most one
+quantization step on fewer than ``1e-4`` of the elements (issue 5's rule).
+
+Adding a GPU codec = one module under ``kernels/`` with a ``@register_kernel`` class, its name in
+``KERNEL_MODULES`` and its tests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+
+from ..codecs import LayerKV, build
+from ..codecs.base import LayerContext, Pipeline
+from ..errors import CodecError, KVError, WireError
+
+# modules whose import registers kernel classes (imported on first use, in this order)
+KERNEL_MODULES = ("token_codecs",)
+KERNELS: dict[str, type["KernelCodec"]] = {}
+Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
+
+
+@dataclass(frozen=True)
+class GpuPayloads:
+    """A whole cache's payloads on one device: layer ``i`` is ``data[offsets[i]:offsets[i + 1]]``."""
+
+    data: torch.Tensor  # uint8, 1-D
+    offsets: tuple[int, ...]  # n_layers + 1 host ints, offsets[0] == 0, offsets[-1] == data.numel()
+
+    def __post_init__(self) -> None:
+        if self.data.dtype != torch.uint8 or self.data.dim() != 1:
+            raise WireError(f"GPU payloads are a 1-D uint8 tensor, got {self.data.dtype} {list(self.data.shape)}")
+        if not self.offsets or self.offsets[0] != 0 or self.offsets[-1] != self.data.numel() or any(
+                b < a for a, b in zip(self.offsets, self.offsets[1:])):
+            raise WireError(f"GPU payload offsets {list(self.offsets)[:8]}... do not tile {self.data.numel()} bytes")
+
+    @classmethod
+    def equal_slots(cls, data: torch.Tensor, n_layers: int) -> "GpuPayloads":
+        """``n_layers`` payloads of the same length (the per-token schemes)."""
+        if n_layers <= 0 or data.numel() % n_layers:
+            raise WireError(f"{data.numel()} payload bytes do not split into {n_layers} equal layers")
+        size = data.numel() // n_layers
+        return cls(data, tuple(i * size for i in range(n_layers + 1)))
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.numel()
+
+    def layer(self, i: int) -> torch.Tensor:
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+    def to_bytes(self) -> list[bytes]:
+        """Every layer's payload as host bytes (what the wire container frames)."""
+        host = self.data.cpu().numpy()
+        return [host[a:b].tobytes() for a, b in zip(self.offsets, self.offsets[1:])]
+
+    @classmethod
+    def from_bytes(cls, layers: Sequence[bytes], device) -> "GpuPayloads":
+        """CPU codec payloads (one per layer) as one device buffer."""
+        offsets = [0]
+        for part in layers:
+            offsets.append(offsets[-1] + len(part))
+        buf = torch.frombuffer(bytearray(b"".join(layers)), dtype=torch.uint8) if offsets[-1] else \
+            torch.empty(0, dtype=torch.uint8)
+        return cls(buf.to(device), tuple(offsets))
+
+
+Decoded = torch.Tensor | list[LayerKV]
+
+
+class KernelCodec(ABC):
+    """The GPU implementation of CPU codec ``name`` with canonical ``params``.
+
+    Subclasses set ``names`` (the registry names they serve) and implement ``supports``, ``encode``,
+    ``decode`` and the eager baseline. ``self.codec`` is the CPU ``Pipeline`` (the reference).
+    """
+
+    names: ClassVar[tuple[str, ...]] = ()
+    exact: ClassVar[bool] = True  # payload bytes identical to the CPU codec's
+    needs_stats: ClassVar[tuple[str, ...]] = ()  # LayerContext.stats keys the encoder reads
+
+    def __init__(self, name: str, params: Mapping[str, Any] | None = None) -> None:
+        self.name = name
+        self.codec: Pipeline = build(name, params)
+        if not self.supports(name, self.codec.params):
+            raise CodecError(f"the GPU kernel for {name!r} does not implement parameters {self.codec.params}; "
+                             f"{self.limits()}")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return self.codec.params
+
+    @classmethod
+    def supports(cls, name: str, params: Mapping[str, Any]) -> bool:
+        """Whether the canonical ``params`` of codec ``name`` are implemented (default: its defaults only)."""
+        return params == build(name).params
+
+    @classmethod
+    def limits(cls) -> str:
+        """What ``supports`` accepts, in words (for the error that refuses the rest)."""
+        return "it implements the codec's default parameters"
+
+    @abstractmethod
+    def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:
+        """``check``: refuse NaN/Inf input with a ``KVError`` (may sync); the bench passes False."""
+
+    @abstractmethod
+    def decode(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype, *,
+               check: bool = True) -> Decoded:
+        """``check``: refuse a damaged payload (section table, sizes) with a ``WireError``."""
+
+    @abstractmethod
+    def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads: ...
+
+    @abstractmethod
+    def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> Decoded: ...
+
+    def bench_stats(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Stats:
+        """Statistics for a random cache of ``shape`` (codecs that need ``needs_stats`` override this)."""
+        if self.needs_stats:
+            raise KVError(f"codec {self.name!r} needs statistics {list(self.needs_stats)} and defines no bench_stats")
+        return None
+
+    def compare(self, got: bytes, want: bytes, ctx: LayerContext) -> tuple[int, int, int]:
+        """(elements that differ, elements, largest difference in quantization steps) of one layer's
+        payload against the CPU codec's; only ``exact = False`` classes need more than byte equality."""
+        if got == want:
+            return 0, 1, 0
+        raise NotImplementedError(f"{type(self).__name__} is exact: its payload must equal the CPU codec's")
+
+    def same_decode(self, got: Sequence[LayerKV], want: Sequence[LayerKV]) -> bool:
+        """Whether the kernel's decode of the CPU payloads matches the CPU decode (default: bit for bit)."""
+        from .reference import same_layers
+
+        return same_layers(got, want)
+
+
+def register_kernel(cls: type[KernelCodec]) -> type[KernelCodec]:
+    """Class decorator: ``cls`` serves ``cls.names``."""
+    for name in cls.names:
+        if name in KERNELS:
+            raise CodecError(f"GPU kernel for {name!r} registered twice ({KERNELS[name].__name__}, {cls.__name__})")
+        KERNELS[name] = cls
+    return cls
+
+
+def _load() -> None:
+    for mod in KERNEL_MODULES:
+        importlib.import_module(f"{__package__}.{mod}")
+
+
+def kernel_names() -> list[str]:
+    """Every codec name with a GPU kernel."""
+    _load()
+    return sorted(KERNELS)
+
+
+def kernel_for(name: str, params: Mapping[str, Any] | None = None) -> KernelCodec:
+    """The GPU codec for ``name`` with ``params``; a ``CodecError`` naming what is missing otherwise."""
+    _load()
+    if name not in KERNELS:
+        raise CodecError(f"no GPU kernel for codec {name!r}; kernels exist for {', '.join(sorted(KERNELS))}")
+    return KERNELS[name](name, params)
+
+
+def check_cache(kv: torch.Tensor, what: str = "GPU codecs") -> tuple[int, int, int, int]:
+    """(layers, kv_heads, seq, head_dim) of a ``[layers, 2, kv_heads, seq, head_dim]`` fp cache."""
+    if kv.dim() != 5 or kv.shape[1] != 2:
+        raise KVError(f"a cache for the {what} is [layers, 2, kv_heads, seq, head_dim], got {list(kv.shape)}")
+    if kv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise KVError(f"the {what} take fp16, bf16 or fp32 caches, not {kv.dtype}")
+    n, _, h, s, d = kv.shape
+    return n, h, s, d
+
+
+def layer_contexts(shape: tuple[int, ...], dtype: torch.dtype, stats: Stats = None) -> list[LayerContext]:
+    """The CPU codec's ``LayerContext`` of every layer of a cache of ``shape``."""
+    n, _, h, s, d = shape
+    return [LayerContext(i, n, dtype, (h, s, d), dict(stats[i]) if stats else {}) for i in range(n)]
+
+
+def as_layers(decoded: Decoded) -> list[LayerKV]:
+    """A decode's result as one ``LayerKV`` per layer (dense tensors split, lists passed through)."""
+    if isinstance(decoded, torch.Tensor):
+        return [LayerKV(x[0], x[1]) for x in decoded]
+    return list(decoded)
