@@ -33,7 +33,7 @@ from ..errors import CodecError, KVError, WireError
 
 # modules whose import registers kernel classes (imported on first use, in this order)
 KERNEL_MODULES = ("token_codecs",)
-KERNELS: dict[str, type["KernelCodec"]] = {}
+KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order
 Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
 
 
@@ -157,17 +157,27 @@ class KernelCodec(ABC):
 
 
 def register_kernel(cls: type[KernelCodec]) -> type[KernelCodec]:
-    """Class decorator: ``cls`` serves ``cls.names``."""
+    """Class decorator: ``cls`` serves ``cls.names`` (for the parameters its ``supports`` accepts;
+    several classes may serve one name, e.g. per-token and per-channel int8)."""
     for name in cls.names:
-        if name in KERNELS:
-            raise CodecError(f"GPU kernel for {name!r} registered twice ({KERNELS[name].__name__}, {cls.__name__})")
-        KERNELS[name] = cls
+        if cls in KERNELS.setdefault(name, []):
+            raise CodecError(f"GPU kernel {cls.__name__} for {name!r} registered twice")
+        KERNELS[name].append(cls)
     return cls
 
 
 def _load() -> None:
     for mod in KERNEL_MODULES:
         importlib.import_module(f"{__package__}.{mod}")
+
+
+def supported(name: str, params: Mapping[str, Any] | None = None) -> bool:
+    """Whether codec ``name`` with ``params`` has a GPU kernel."""
+    _load()
+    if name not in KERNELS:
+        return False
+    canonical = build(name, params).params
+    return any(cls.supports(name, canonical) for cls in KERNELS[name])
 
 
 def kernel_names() -> list[str]:
@@ -181,7 +191,12 @@ def kernel_for(name: str, params: Mapping[str, Any] | None = None) -> KernelCode
     _load()
     if name not in KERNELS:
         raise CodecError(f"no GPU kernel for codec {name!r}; kernels exist for {', '.join(sorted(KERNELS))}")
-    return KERNELS[name](name, params)
+    canonical = build(name, params).params
+    for cls in KERNELS[name]:
+        if cls.supports(name, canonical):
+            return cls(name, params)
+    raise CodecError(f"no GPU kernel for codec {name!r} with parameters {canonical}; "
+                     + "; ".join(f"{cls.__name__}: {cls.limits()}" for cls in KERNELS[name]))
 
 
 def check_cache(kv: torch.Tensor, what: str = "GPU codecs") -> tuple[int, int, int, int]:
