@@ -31,7 +31,6 @@ MODEL_SHAPES = {  # layers, kv_heads, head_dim
     "smollm2-135m": (30, 3, 64),
 }
 SEQS = (512, 2048, 8192, 32768)
-CODECS = ("int8", "int4", "fp8_e4m3")
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -57,46 +56,71 @@ def copy_bandwidth(do_bench) -> float:
     return 2 * n * 2 / ms / 1e6
 
 
-def _same_as_cpu(name: str, kv: torch.Tensor, payload: torch.Tensor, layers: Iterable[int]) -> bool:
-    """The payload of these layers, and its decode, equal the CPU codec's."""
-    from . import decode_cache
-    from .reference import decode_cache_reference, encode_cache_reference
+# label -> (codec, params): every codec setting of the default study, then other kernels' defaults
+BENCH_CODECS: dict[str, tuple[str, dict]] = {
+    "int8": ("int8", {}), "int8_channel": ("int8", {"granularity": "channel"}),
+    "int4": ("int4", {}), "int4_channel": ("int4", {"granularity": "channel"}),
+    "fp8_e4m3": ("fp8_e4m3", {}), "fp8_e5m2": ("fp8_e5m2", {}),
+    "kivi4": ("kivi4", {}), "kivi2": ("kivi2", {}), "k8v4": ("k8v4", {}),
+    "kvquant4": ("kvquant4", {}), "kvquant4_prerope": ("kvquant4", {"pre_rope": True}),
+    "cachegen": ("cachegen", {}), "cachegen_none": ("cachegen", {"entropy": "none"}),
+    "guardband_8x": ("guardband", {"target_ratio": 8, "recent": 16, "min_body_bits": 4, "strict": True}),
+    "streaming_llm": ("streaming_llm", {}), "h2o": ("h2o", {}), "snapkv": ("snapkv", {}),
+    "pyramidkv": ("pyramidkv", {}), "keynorm": ("keynorm", {}),
+    "prune_quant": ("prune_quant", {"policy": "snapkv", "budget": 0.5, "quant": "kivi4",
+                                    "quant_params": {"residual": 32}}),
+    "svd_runtime": ("svd_runtime", {}), "svd_runtime_int4": ("svd_runtime_int4", {}),
+}
+CODECS = tuple(BENCH_CODECS)
 
-    size = payload.numel() // kv.shape[0]
-    for i in layers:
-        one = kv[i:i + 1].cpu()
-        data = encode_cache_reference(name, one)
-        part = payload[i * size:(i + 1) * size]
-        if part.cpu().numpy().tobytes() != data:
-            return False
-        dec = decode_cache(name, part, tuple(one.shape), kv.dtype)
-        if not torch.equal(dec.cpu(), decode_cache_reference(name, data, tuple(one.shape), kv.dtype)):
-            return False
-    return True
+
+def bench_kernels(labels: Sequence[str] | None = None) -> list[tuple[str, "KernelCodec"]]:
+    """(label, kernel) of every bench codec setting that has a GPU kernel (``labels``: a subset; an
+    unknown label or one without a kernel is an error)."""
+    from ..errors import CodecError
+    from .base import kernel_for, supported
+
+    if labels is None:
+        return [(k, kernel_for(*BENCH_CODECS[k])) for k in BENCH_CODECS if supported(*BENCH_CODECS[k])]
+    unknown = [k for k in labels if k not in BENCH_CODECS]
+    if unknown:
+        raise CodecError(f"unknown GPU bench codec(s) {unknown}; known: {', '.join(BENCH_CODECS)}")
+    return [(k, kernel_for(*BENCH_CODECS[k])) for k in labels]
 
 
-def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] = CODECS) -> list[str]:
-    """Every layer of real kvwire KV files through every kernel against the CPU codec; a line per
-    (file, codec); ``KVError`` at the first difference."""
+def _decoded_bytes(decoded) -> int:
+    from .base import as_layers
+
+    return sum(x.k.numel() * x.k.element_size() * 2 for x in as_layers(decoded))
+
+
+def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None) -> list[str]:
+    """Every layer of real kvwire KV files through every kernel against the CPU codec (with the
+    file's own statistics); a line per (file, codec); ``KVError`` at the first failure."""
     from ..kv import load_kv
-    from . import decode_cache, encode_cache
-    from .reference import decode_cache_reference, encode_cache_reference
+    from .reference import conformance
 
     lines = []
     for path in paths:
         rec = load_kv(path)
         kv = torch.stack([torch.stack([layer.k, layer.v]) for layer in rec.layers]).cuda()
-        for name in codecs:
-            payload = encode_cache(name, kv)
-            data = encode_cache_reference(name, kv.cpu())
-            same = payload.cpu().numpy().tobytes() == data
-            dec = decode_cache(name, payload, tuple(kv.shape), kv.dtype)
-            same_dec = torch.equal(dec.cpu(), decode_cache_reference(name, data, tuple(kv.shape), kv.dtype))
-            lines.append(f"real KV {Path(path).name} {list(kv.shape)} {name}: payload identical {same}, "
-                         f"decode identical {same_dec}")
-            if not (same and same_dec):
+        stats = [{k: v.cuda() for k, v in (s or {}).items()} for s in _file_stats(rec)]
+        for label, kernel in bench_kernels(codecs):
+            missing = [k for k in kernel.needs_stats if k not in stats[0]]
+            if missing:
+                lines.append(f"real KV {Path(path).name} {label}: skipped, the file has no {missing}")
+                continue
+            c = conformance(kernel, kv, stats)
+            lines.append(f"real KV {Path(path).name} {list(kv.shape)} {label}: payload identical {c.identical}, "
+                         f"within tolerance {c.within_tolerance} ({c.differing}/{c.elements} differ, "
+                         f"max {c.max_steps} steps), decode identical {c.decode_identical}")
+            if not c.ok:
                 raise KVError(lines[-1])
     return lines
+
+
+def _file_stats(rec) -> list[dict]:
+    return [dict(s) for s in rec.stats] if rec.stats else [{} for _ in rec.layers]
 
 
 def _random_caches(shape: tuple[int, ...], dtype: torch.dtype, n: int, seed: int) -> list[torch.Tensor]:
@@ -106,76 +130,104 @@ def _random_caches(shape: tuple[int, ...], dtype: torch.dtype, n: int, seed: int
              torch.rand(shape[:-1] + (1,), device="cuda", generator=g) * 4).to(dtype) for _ in range(n)]
 
 
-def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype, codecs: Sequence[str],
-               *, gpu: str, copy_gbps: float, l2_bytes: int, log: Callable[[str], None] = print) -> list[dict]:
-    """Check and time every codec on one cache shape [layers, 2, kv_heads, seq, head_dim]: a row per
-    (codec, implementation, op)."""
-    from . import decode_cache, encode_cache, payload_buffer
-    from .eager import decode_cache_eager, encode_cache_eager
+def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
+               codecs: Sequence[tuple[str, "KernelCodec"]], *, gpu: str, copy_gbps: float, l2_bytes: int,
+               rep_ms: int = 100, cpu_check_seq: int = 2048, log: Callable[[str], None] = print) -> list[dict]:
+    """Check and time every (label, kernel) on one cache shape [layers, 2, kv_heads, seq, head_dim]:
+    a row per (codec, implementation, op).
+
+    Checks: the whole cache against the eager baseline (exact kernels), the first and last layer
+    against the CPU codec where seq <= ``cpu_check_seq`` (the first layer otherwise), and every layer
+    where eager and Triton disagree. A kernel with a host stage (CacheGen's rANS) is timed on its
+    device part (``impl`` triton) and its host part separately (``impl`` host, wall clock)."""
+    from .reference import conformance
 
     layers, _, heads, seq, dim = shape
     raw = math.prod(shape) * 2
     n_buf = max(1, min(16, math.ceil(4 * l2_bytes / raw)))
     bufs = _random_caches(shape, dtype, n_buf, seed=seq + dim)
     rows = []
-    for name in codecs:
-        payload = encode_cache(name, bufs[0])
-        eager = encode_cache_eager(name, bufs[0])
-        eager_ok = ok = torch.equal(eager, payload)
-        if seq <= 2048:
-            ok &= _same_as_cpu(name, bufs[0], payload, sorted({0, layers - 1}))
-        if not eager_ok:  # who is wrong? the layers that differ, against the CPU codec
-            size = payload.numel() // layers
-            bad = sorted({int(b) // size for b in (eager != payload).nonzero().flatten()[:1000]})
-            ok = _same_as_cpu(name, bufs[0], payload, bad)
-            eager_ok = all(eager[i * size:(i + 1) * size].cpu().numpy().tobytes()
-                           == _cpu_payload(name, bufs[0][i:i + 1]) for i in bad)
-            log(f"  {model} {seq} {dtype} {name}: eager and Triton differ in layers {bad}; "
-                f"Triton identical to the CPU codec there: {ok}, eager: {eager_ok}")
-        out = payload_buffer(name, shape, "cuda")
-        payloads = [encode_cache(name, b) for b in bufs]
-        dec_out = torch.empty(shape, dtype=dtype, device="cuda")
+    for label, kernel in codecs:
+        g = torch.Generator(device="cuda").manual_seed(seq)
+        stats = kernel.bench_stats(shape, g)
+        payload = kernel.encode(bufs[0], stats)
+        check_layers = sorted({0, layers - 1}) if seq <= cpu_check_seq else [0]
+        eager = kernel.encode_eager(bufs[0], stats)
+        eager_same = kernel.exact and eager.offsets == payload.offsets and torch.equal(eager.data, payload.data)
+        if kernel.exact and not eager_same:  # who is wrong? the CPU codec on the layers that differ
+            bad = [i for i in range(layers) if eager.offsets[i + 1] - eager.offsets[i] != payload.offsets[i + 1]
+                   - payload.offsets[i] or not torch.equal(eager.layer(i), payload.layer(i))]
+            check_layers = sorted(set(check_layers) | set(bad[:4]))
+            log(f"  {model} {seq} {dtype} {label}: eager and Triton differ in layers {bad}")
+        conf = conformance(kernel, bufs[0], stats, check_layers, payload)
+        eager_ok = eager_same if kernel.exact else None
+        if not conf.ok:
+            log(f"  {model} {seq} {dtype} {label}: NOT conformant on layers {check_layers}: {conf}")
+        payloads = [kernel.encode(b, stats) for b in bufs]
+        dec_bytes = _decoded_bytes(kernel.decode(payload, shape, dtype))
         turn = {"i": 0}
 
         def nxt() -> int:
             turn["i"] = (turn["i"] + 1) % n_buf
             return turn["i"]
 
+        device_part = getattr(kernel, "encode_symbols", None) is not None
         timed = {
-            ("triton", "encode"): lambda: encode_cache(name, bufs[nxt()], out=out, check=False),
-            ("triton", "decode"): lambda: decode_cache(name, payloads[nxt()], shape, dtype, out=dec_out, check=False),
-            ("eager", "encode"): lambda: encode_cache_eager(name, bufs[nxt()]),
-            ("eager", "decode"): lambda: decode_cache_eager(name, payloads[nxt()], shape, dtype),
+            ("eager", "encode"): lambda: kernel.encode_eager(bufs[nxt()], stats),
+            ("eager", "decode"): lambda: kernel.decode_eager(payloads[nxt()], shape, dtype),
         }
-        ms = {k: do_bench(f, warmup=25, rep=100, return_mode="median") for k, f in timed.items()}
-        pay = payload.numel()
+        if device_part:  # the device stage alone; the host stage below
+            symbols = [kernel.encode_symbols(b, stats) for b in bufs]
+            timed[("triton", "encode")] = lambda: kernel.encode_symbols(bufs[nxt()], stats)
+            timed[("triton", "decode")] = lambda: kernel.decode_symbols(symbols[nxt()], shape, dtype)
+        else:
+            timed[("triton", "encode")] = lambda: kernel.encode(bufs[nxt()], stats, check=False)
+            timed[("triton", "decode")] = lambda: kernel.decode(payloads[nxt()], shape, dtype, check=False)
+        ms = {k: do_bench(f, warmup=25, rep=rep_ms, return_mode="median") for k, f in timed.items()}
+        if device_part:
+            ms[("host", "encode")] = _wall_ms(lambda: kernel.encode_host(symbols[0]))
+            ms[("host", "decode")] = _wall_ms(lambda: kernel.decode_host(payloads[0], shape, dtype))
+        pay = payload.nbytes
         for (impl, op), t in ms.items():
-            moved = raw + pay
+            moved = (raw + pay) if op == "encode" else (pay + dec_bytes)
             rows.append({
                 "gpu": gpu, "copy_gbps": round(copy_gbps, 1), "model": model, "layers": layers,
                 "kv_heads": heads, "seq": seq, "head_dim": dim, "dtype": str(dtype).split(".")[-1],
-                "codec": name, "impl": impl, "op": op, "ms": t, "raw_bytes": raw, "payload_bytes": pay,
+                "codec": label, "impl": impl, "op": op, "ms": t, "raw_bytes": raw, "payload_bytes": pay,
                 "ratio": raw / pay, "bytes_moved": moved, "gbps": moved / t / 1e6,
-                "frac_copy": moved / t / 1e6 / copy_gbps, "speedup_vs_eager": ms[("eager", op)] / t,
-                "identical_to_cpu": ok if impl == "triton" else eager_ok,
+                "frac_copy": moved / t / 1e6 / copy_gbps,
+                "speedup_vs_eager": ms[("eager", op)] / t if impl == "triton" else float("nan"),
+                "identical_to_cpu": conf.identical if impl != "eager" else eager_ok,
+                "conformant": conf.ok if impl != "eager" else eager_ok,
+                "checked_layers": " ".join(map(str, conf.layers)),
+                "host_stage": getattr(kernel, "host_stage", "") if impl == "host" else "",
             })
-        del payloads, out, dec_out, eager, payload
+        del payloads, eager, payload
+        if device_part:
+            del symbols
     del bufs
     torch.cuda.empty_cache()
     return rows
 
 
-def _cpu_payload(name: str, kv: torch.Tensor) -> bytes:
-    from .reference import encode_cache_reference
-
-    return encode_cache_reference(name, kv)
+def _wall_ms(fn, repeats: int = 3) -> float:
+    """Median wall-clock ms of a host stage (CUDA work before it synchronised)."""
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return sorted(times)[len(times) // 2]
 
 
 def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[str, tuple[int, int, int]] | None = None,
-             seqs: Sequence[int] = SEQS, dtypes: Sequence[str] = tuple(DTYPES), codecs: Sequence[str] = CODECS,
-             kv_files: Sequence[str | Path] = (), log: Callable[[str], None] = print):
+             seqs: Sequence[int] = SEQS, dtypes: Sequence[str] = tuple(DTYPES), codecs: Sequence[str] | None = None,
+             kv_files: Sequence[str | Path] = (), rep_ms: int = 100, log: Callable[[str], None] = print):
     """Check and time every (model shape, seq, dtype, codec) and write the table to ``out_csv``
-    (rewritten after every model, atomically: a run cut short keeps what it measured)."""
+    (rewritten after every model, atomically: a run cut short keeps what it measured). ``codecs``:
+    labels of ``BENCH_CODECS`` (default: every one with a kernel)."""
     import pandas as pd
     import triton
     from triton.testing import do_bench
@@ -190,30 +242,39 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
     copy_gbps = copy_bandwidth(do_bench)
     log(f"{gpu}: copy {copy_gbps:.0f} GB/s (read+write), L2 {l2 >> 20} MiB, torch {torch.__version__}, "
         f"triton {triton.__version__}")
-    for line in check_real_caches(kv_files, codecs):
+    kernels = bench_kernels(codecs)
+    log(f"codecs with kernels: {', '.join(k for k, _ in kernels)}")
+    for line in check_real_caches(kv_files, [k for k, _ in kernels]):
         log(line)
     rows, t0 = [], time.time()
     for model, (layers, heads, dim) in (models or MODEL_SHAPES).items():
         for seq in seqs:
             for dtype in dtypes:
-                rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], codecs, gpu=gpu,
-                                   copy_gbps=copy_gbps, l2_bytes=l2, log=log)
+                rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
+                                   copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log)
         write_csv(out_csv, pd.DataFrame(rows))
         log(f"  {model} done ({time.time() - t0:.0f} s)")
     return pd.DataFrame(rows)
 
 
 def summary(table) -> str:
-    """The bf16 rows as a text table: Triton time, GB/s, fraction of copy, eager time, speed-up."""
+    """The bf16 device rows as a text table: time, GB/s, fraction of copy, eager time, speed-up, and
+    whether the kernel conforms to the CPU codec (identical bytes, or within issue 5's tolerance)."""
     t = table[(table.impl == "triton") & (table["dtype"] == "bfloat16")]
     eager = table[table.impl == "eager"].set_index(["model", "seq", "dtype", "codec", "op"])["ms"]
-    lines = [f"{'model':14} {'seq':>6} {'codec':9} {'op':6} {'triton ms':>9} {'GB/s':>6} {'of copy':>7} "
+    lines = [f"{'model':14} {'seq':>6} {'codec':16} {'op':6} {'triton ms':>9} {'GB/s':>6} {'of copy':>7} "
              f"{'eager ms':>9} {'speedup':>7} ok"]
     for _, r in t.iterrows():
         e = eager.loc[(r["model"], r["seq"], r["dtype"], r["codec"], r["op"])]
-        lines.append(f"{r['model']:14} {r['seq']:6d} {r['codec']:9} {r['op']:6} {r['ms']:9.3f} {r['gbps']:6.0f} "
-                     f"{r['frac_copy']:7.2f} {e:9.3f} {r['speedup_vs_eager']:7.1f} {r['identical_to_cpu']}")
-    bad = int((~table[table.impl == "triton"].identical_to_cpu.astype(bool)).sum())
-    eager_bad = int((~table[table.impl == "eager"].identical_to_cpu.astype(bool)).sum())
-    lines.append(f"{len(table)} rows; Triton not identical to the CPU codec: {bad}; eager: {eager_bad}")
+        lines.append(f"{r['model']:14} {r['seq']:6d} {r['codec']:16} {r['op']:6} {r['ms']:9.3f} {r['gbps']:6.0f} "
+                     f"{r['frac_copy']:7.2f} {e:9.3f} {r['speedup_vs_eager']:7.1f} {r[_ok_column(table)]}")
+    col = _ok_column(table)
+    bad = int((~table[table.impl == "triton"][col].astype(bool)).sum())
+    eager_rows = table[table.impl == "eager"][col].dropna()
+    eager_bad = int((~eager_rows.astype(bool)).sum())
+    lines.append(f"{len(table)} rows; Triton not conformant to the CPU codec: {bad}; eager not identical: {eager_bad}")
     return "\n".join(lines)
+
+
+def _ok_column(table) -> str:
+    return "conformant" if "conformant" in table.columns else "identical_to_cpu"
