@@ -57,6 +57,8 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=None, choices=list(MODEL_SHAPES), metavar="MODEL")
     ap.add_argument("--seqs", nargs="*", type=int, default=None)
     ap.add_argument("--dtypes", nargs="*", default=["bfloat16", "float16"])
+    ap.add_argument("--nvcomp", type=Path, default=None, metavar="CSV",
+                    help="also time nvCOMP after each codec on the --kv caches' payloads, into this table")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -77,6 +79,15 @@ def main() -> int:
                      rep_ms=args.rep_ms, log=lambda line: print(line, flush=True))
     print()
     print(summary(table))
+    if args.nvcomp:
+        import pandas as pd
+        from triton.testing import do_bench
+
+        from kvwire.io import write_csv
+        from kvwire.kernels.bench import require_gpu, time_nvcomp
+
+        rows = time_nvcomp(do_bench, args.kv, args.codecs, gpu=require_gpu(), log=lambda line: print(line, flush=True))
+        write_csv(args.nvcomp, pd.DataFrame(rows))
     return 1 if not table[table.impl == "triton"].conformant.all() else 0
 
 
