@@ -246,3 +246,36 @@ def sensitivity_heatmap(by_model_csv: str | Path, pdf: str | Path, png: str | Pa
     ax.tick_params(labelsize=6)
     ax.tick_params(axis="y", labelrotation=0)
     _save(plt, fig, pdf, png)
+
+
+def gpu_kernel_throughput(summary_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
+    """Fraction of each GPU's measured copy bandwidth per codec (median over shapes >= 64 MB, bars for
+    min..max), encode and decode side by side; one colour per GPU, so GPUs compare codec by codec."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    t = pd.read_csv(summary_csv).sort_values(["codec", "op", "gpu"])
+    sns.set_theme(style="whitegrid", context="paper")
+    ops = ["encode", "decode"]
+    codecs = sorted(t.codec.unique())
+    gpus = sorted(t.gpu.unique())
+    fig, axes = plt.subplots(1, 2, figsize=(max(6.0, 0.45 * len(codecs) * 2), 3.6), sharey=True)
+    width = 0.8 / max(len(gpus), 1)
+    palette = sns.color_palette("deep", len(gpus))
+    for ax, op in zip(axes, ops):
+        for j, gpu in enumerate(gpus):
+            sub = t[(t.op == op) & (t.gpu == gpu)].set_index("codec").reindex(codecs)
+            x = np.arange(len(codecs)) + (j - (len(gpus) - 1) / 2) * width
+            err = np.vstack([sub.frac_copy_median - sub.frac_copy_min, sub.frac_copy_max - sub.frac_copy_median])
+            ax.bar(x, sub.frac_copy_median, width, yerr=err, capsize=2, color=palette[j],
+                   label=f"{gpu} (copy {sub.copy_gbps.dropna().iloc[0]:.0f} GB/s)" if sub.copy_gbps.notna().any()
+                   else gpu)
+        ax.axhline(1.0, color="black", lw=0.8)
+        ax.axhline(0.8, color="black", lw=0.8, ls=":")
+        ax.set_xticks(np.arange(len(codecs)), codecs, rotation=60, ha="right")
+        ax.set_title(op)
+        ax.set_ylim(0, 1.1)
+    axes[0].set_ylabel("fraction of device copy bandwidth")
+    axes[1].legend(loc="upper right", fontsize=7)
+    fig.tight_layout()
+    _save(plt, fig, pdf, png)

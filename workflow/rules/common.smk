@@ -1,4 +1,5 @@
 # Config validation, wildcard constraints and every input function of the workflow.
+import glob
 import os
 import re
 import sys
@@ -140,6 +141,20 @@ def transfer_tables():
     )
 
 
+def cpu_timing_options():
+    """The timing options the CPU timing reads (the gpu_* ones belong to time_gpu: changing them must
+    not rerun every CPU timing job)."""
+    return {
+        k: v for k, v in config.get("timing", {}).items() if not k.startswith("gpu_")
+    }
+
+
+def gpu_timing_tables():
+    """The GPU timing tables measured on lent GPUs and committed (the rule time_gpu makes one on a GPU
+    node; nothing in `all` reruns it): results/timing/gpu/<gpu>.csv."""
+    return [ancient(p) for p in sorted(glob.glob("results/timing/gpu/*.csv"))]
+
+
 def kv_statistics_all():
     return expand("results/kvstats/{model}.csv", model=MODELS)
 
@@ -160,6 +175,10 @@ def all_outputs():
         "results/tables/codecs.csv",
         "results/tables/cosine_spearman.csv",
         "results/tables/attention_retention.csv",
+        "results/tables/gpu_kernels.csv",
+        "results/tables/gpu_break_even.csv",
+        "paper/figures/gpu_kernels.pdf",
+        "paper/figures/gpu_kernels.png",
         "paper/figures/codec_errors.pdf",
         "paper/figures/codec_errors.png",
         "paper/figures/speedup_vs_bandwidth.pdf",

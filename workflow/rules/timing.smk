@@ -14,7 +14,7 @@ rule time_cpu:
         runtime=30,
     params:
         codec=codec_of,
-        timing=config.get("timing", {}),
+        timing=cpu_timing_options(),
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/time_cpu.py"
@@ -38,3 +38,51 @@ rule time_gpu:
         timing=config["timing"],
     script:
         "../../scripts/time_gpu.py"
+
+
+rule gpu_tables:
+    input:
+        tables=gpu_timing_tables(),
+    output:
+        summary=report(
+            "results/tables/gpu_kernels.csv",
+            caption="../report/gpu_kernels.rst",
+            category="Tables",
+        ),
+        break_even=report(
+            "results/tables/gpu_break_even.csv",
+            caption="../report/gpu_break_even.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/gpu_tables.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/gpu_tables.py"
+
+
+rule figure_gpu_kernels:
+    input:
+        summary="results/tables/gpu_kernels.csv",
+    output:
+        pdf="paper/figures/gpu_kernels.pdf",
+        png=report(
+            "paper/figures/gpu_kernels.png",
+            caption="../report/gpu_kernels_figure.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_gpu_kernels.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_gpu_kernels.py"

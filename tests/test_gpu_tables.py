@@ -1,0 +1,60 @@
+"""Summaries of cached GPU timing tables: throughput over >= 64 MB shapes, break-even from kernel times."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from kvwire.errors import KVError
+from kvwire.stages.gpu_tables import LARGE_BYTES, break_even, gpu_tables, kernel_summary, read_gpu_tables
+
+
+def rows(codec="int8", raw=LARGE_BYTES * 2, pay=LARGE_BYTES, enc=1.0, dec=0.5, host=None, frac=0.7, seq=8192):
+    base = dict(gpu="NVIDIA H200", copy_gbps=4000.0, model="m", layers=4, kv_heads=8, seq=seq, head_dim=128,
+                dtype="bfloat16", codec=codec, raw_bytes=raw, payload_bytes=pay, ratio=raw / pay, gbps=1.0,
+                identical_to_cpu=True)
+    out = [{**base, "impl": "triton", "op": "encode", "ms": enc, "frac_copy": frac, "speedup_vs_eager": 10.0},
+           {**base, "impl": "triton", "op": "decode", "ms": dec, "frac_copy": frac / 2, "speedup_vs_eager": 6.0},
+           {**base, "impl": "eager", "op": "encode", "ms": enc * 10, "frac_copy": frac / 10, "speedup_vs_eager": None},
+           {**base, "impl": "eager", "op": "decode", "ms": dec * 6, "frac_copy": frac / 12, "speedup_vs_eager": None}]
+    if host is not None:
+        out += [{**base, "impl": "host", "op": op, "ms": host, "frac_copy": 0.01, "speedup_vs_eager": None}
+                for op in ("encode", "decode")]
+    return out
+
+
+def test_break_even_is_the_sequential_closed_form_and_adds_host_stages():
+    t = pd.DataFrame(rows(enc=2.0, dec=1.0) + rows(codec="cachegen", enc=1.0, dec=1.0, host=3.0))
+    be = break_even(t).set_index("codec")
+    raw, pay = LARGE_BYTES * 2, LARGE_BYTES
+    # raw at B == encode + payload at B + decode  <=>  B = 8 (raw - pay) / (enc + dec)
+    assert be.loc["int8", "break_even_gbps_sequential"] == pytest.approx(8 * (raw - pay) / 3e-3 / 1e9, rel=1e-9)
+    assert be.loc["cachegen", "break_even_gbps_sequential"] == pytest.approx(8 * (raw - pay) / 8e-3 / 1e9, rel=1e-9)
+    assert bool(be.loc["cachegen", "host_stage"]) and not bool(be.loc["int8", "host_stage"])
+    # overlapping layers can only help
+    assert (be.break_even_gbps_pipelined >= be.break_even_gbps_sequential).all()
+
+
+def test_summary_counts_only_large_shapes_and_any_nonconformant_row():
+    small = rows(raw=LARGE_BYTES // 2, pay=LARGE_BYTES // 4, frac=0.1, seq=512)
+    t = pd.DataFrame(rows(frac=0.8) + rows(frac=0.6, seq=16384) + small)
+    t["conformant"] = True
+    s = kernel_summary(t).set_index("op")
+    assert s.loc["encode", "shapes"] == 2
+    assert s.loc["encode", "frac_copy_median"] == pytest.approx(0.7)
+    assert s.loc["encode", "frac_copy_min"] == pytest.approx(0.6)
+    assert bool(s.loc["encode", "conformant"])
+    t.loc[(t.impl == "triton") & (t.op == "decode") & (t.seq == 16384), "conformant"] = False
+    s = kernel_summary(t).set_index("op")
+    assert not bool(s.loc["decode", "conformant"]) and bool(s.loc["encode", "conformant"])
+
+
+def test_tables_without_a_conformant_column_read_identity_and_none_is_an_error(tmp_path):
+    p = tmp_path / "old.csv"
+    pd.DataFrame(rows()).to_csv(p, index=False)
+    assert read_gpu_tables([p]).conformant.all()
+    gpu_tables([p], tmp_path / "s.csv", tmp_path / "b.csv")
+    b = pd.read_csv(tmp_path / "b.csv")
+    assert len(b) == 1 and math.isfinite(b.break_even_gbps_pipelined[0])
+    with pytest.raises(KVError, match="no GPU timing tables"):
+        read_gpu_tables([])
