@@ -29,6 +29,9 @@ _DEFAULTS = {"int8": "int8", "int4": "int4", "fp8_e4m3": "fp8_e4m3"}
 # the best of bench/gpu_codecs.py --sweep on an H200 (bench/NOTES.md): small programs, many in flight
 TILE = {"encode": 1024, "decode": 1024}
 NUM_WARPS = {"encode": 1, "decode": 2}
+# int4 decode unpacks two codes per byte and writes twice what it reads: 4 warps, 0.52 of copy against
+# 0.28-0.31 with 1-2 (the version-2 sweep in bench/NOTES.md)
+NUM_WARPS_BY_CODEC = {("decode", "int4"): 4}
 BLOCK_R_INTERPRETED = 256  # the interpreter's cost is per program: fewer, larger ones
 
 
@@ -85,11 +88,12 @@ def _kind(name: str) -> int:
     return KINDS[name]
 
 
-def _fp_args(op: str, num_warps: int | None = None) -> dict:
+def _fp_args(op: str, num_warps: int | None = None, name: str | None = None) -> dict:
     # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token_quant.py)
     if interpreted():
         return {}
-    return {"enable_fp_fusion": False, "num_warps": num_warps or NUM_WARPS[op]}
+    return {"enable_fp_fusion": False,
+            "num_warps": num_warps or NUM_WARPS_BY_CODEC.get((op, name)) or NUM_WARPS[op]}
 
 
 def payload_buffer(name: str, shape: tuple[int, ...], device) -> torch.Tensor:
@@ -125,7 +129,7 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
     if n_rows:
         a = _args(name, lay, tile or TILE["encode"])
         encode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
-            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args("encode", num_warps))
+            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args("encode", num_warps, name))
     if check and n_rows:
         scales = _sections(out, lay, n_layers, "scales")
         if not bool(torch.isfinite(scales).all()):
@@ -159,7 +163,7 @@ def decode_cache(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype
         a = _args(name, lay, tile or TILE["decode"])
         decode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
             payload, _words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows, **a,
-            OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max, **_fp_args("decode", num_warps))
+            OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max, **_fp_args("decode", num_warps, name))
     return out
 
 
