@@ -47,9 +47,9 @@ def test_registry_picks_by_parameters_and_names_what_is_missing():
         kernel_for("identity")
     with pytest.raises(CodecError, match="unknown parameter"):
         kernel_for("int8", {"no_such_param": 1})
-    assert not supported("int8", {"scale_dtype": "float32"})
-    with pytest.raises(CodecError, match="no GPU kernel for codec 'int8' with parameters"):
-        kernel_for("int8", {"scale_dtype": "float32"})
+    assert not supported("fp8_e4m3", {"scale_dtype": "float32"})
+    with pytest.raises(CodecError, match="no GPU kernel for codec 'fp8_e4m3' with parameters"):
+        kernel_for("fp8_e4m3", {"scale_dtype": "float32"})
 
 
 @pytest.mark.parametrize("name", ["int8", "int4", "fp8_e4m3"])
