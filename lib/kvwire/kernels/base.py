@@ -33,7 +33,7 @@ from ..codecs.base import LayerContext, Pipeline
 from ..errors import CodecError, KVError, WireError
 
 # modules whose import registers kernel classes (imported on first use, in this order)
-KERNEL_MODULES = ("token_codecs", "granular")
+KERNEL_MODULES = ("token_codecs", "granular", "selection", "lowrank")
 KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order
 UNKNOWN_STEPS = 1 << 30  # ``compare``'s step count where bytes differ and no step is defined
 Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
@@ -144,9 +144,10 @@ class KernelCodec(ABC):
             raise KVError(f"codec {self.name!r} needs statistics {list(self.needs_stats)} and defines no bench_stats")
         return None
 
-    def compare(self, got: bytes, want: bytes, ctx: LayerContext) -> tuple[int, int, int]:
+    def compare(self, got: bytes, want: bytes, ctx: LayerContext, kv: LayerKV | None = None) -> tuple[int, int, int]:
         """(elements that differ, elements, largest difference in quantization steps) of one layer's
-        payload against the CPU codec's; only ``exact = False`` classes need more than byte equality."""
+        payload against the CPU codec's; only ``exact = False`` classes need more than byte equality
+        (``kv``: the layer's input on the host, for checks against the original, e.g. low rank)."""
         # exact kernels: bytes, not elements, and any difference is beyond tolerance (no step count)
         if got == want:
             return 0, len(want), 0

@@ -95,13 +95,14 @@ def conformance(kernel: KernelCodec, kv: torch.Tensor, stats: Stats = None,
     host_stats = _host_stats(None if stats is None else [stats[i] for i in range(n)])
     ctxs = layer_contexts(tuple(kv.shape), kv.dtype, host_stats)
     got = {i: payloads.layer(i).cpu().numpy().tobytes() for i in layers}  # only the checked layers cross
-    want = {}
+    want, inputs = {}, {}
     for i in layers:
         layer = kv[i].cpu()
-        want[i] = kernel.codec.encode_layer(LayerKV(layer[0], layer[1]), ctxs[i])
+        inputs[i] = LayerKV(layer[0], layer[1])
+        want[i] = kernel.codec.encode_layer(inputs[i], ctxs[i])
     differing = elements = steps = 0
     for i in layers:
-        d, e, s = kernel.compare(got[i], want[i], ctxs[i])
+        d, e, s = kernel.compare(got[i], want[i], ctxs[i], kv=inputs[i])
         differing, elements, steps = differing + d, elements + e, max(steps, s)
     identical = all(got[i] == want[i] for i in layers)
     if all(len(got[i]) == len(want[i]) for i in layers):  # splice the CPU's payloads in on the device

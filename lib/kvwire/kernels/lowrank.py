@@ -1,0 +1,478 @@
+"""Low rank on the GPU: ``svd_runtime`` and ``svd_runtime_int4`` (``codecs/svd.py``), every parameter.
+
+Encode (glue, not a kernel): the CPU codec's own ``factorize`` -- absmax, ``torch.linalg.svd``, the
+U*S / V^T factors normalised by s1 -- run once over every (layer, K/V, head) matrix of the cache on
+the device, then the factors cast (or int4-quantized, ``quant.quantize``'s ops) and copied into the
+payload sections with torch ops. The SVD dominates encode time; it is cuSOLVER's, not LAPACK's, so
+the factors are NOT the CPU's bit for bit (float reductions differ; singular vectors of
+close singular values rotate; signs are arbitrary): ``exact = False``. ``compare`` therefore checks
+what a payload is for -- its reconstruction:
+- given the layer's input (``kv``), the GPU payload's reconstruction error ||X - X_hat||_F of each
+  (tensor, head) may exceed the CPU payload's by at most ``ERROR_TOL`` (1 %) of it, or
+  ``ERROR_FLOOR`` (2^-12) of ||X||_F for near-exact reconstructions (full rank);
+- without it (``reference.conformance`` passes payloads only), the two reconstructions of each
+  (tensor, head) must agree to ``DECODE_TOL`` (1 %) relative Frobenius distance. Legitimate SVD
+  differences move a rank-16 reconstruction by ~1e-4..1e-3 (fp16 factor rounding is ~5e-4); a
+  layout, scale or sign bug moves it by O(1).
+A head's "steps" are its distance in units of the tolerance (<= 1 passes), its elements count as
+differing when it fails.
+
+Decode (Triton, one launch per cache): program = (row block of a head's [seq, head_dim] output,
+(layer * 2 + K/V) * heads + head); it loads a [BLOCK_S, r] tile of A and the head's [r, head_dim] B,
+``tl.dot``, then ``X_hat = (acc * s1) * m`` clamped to the output dtype's finite range and rounded
+to nearest even (bf16 on the bit pattern, as ``token_quant``), written into one dense
+``[layers, 2, heads, seq, head_dim]`` tensor. fp16 factors go through the tensor cores (products of
+fp16 are exact in the float32 accumulator); bf16 and fp32 factors and int4 factors (dequantized in
+the kernel: ``(code - 7) * scale``, exact in float32, as ``quant.dequantize``) through an IEEE
+float32 dot. Check mode refuses (``WireError``) what the CPU decoder refuses: a bad section table,
+non-finite or non-positive scales, int4 code 15, a reconstruction that is NaN/Inf -- flagged by the
+kernel in one int32 read back once.
+
+Decode vs the CPU's ``torch.bmm``: same products, another summation order, so a result can differ
+in its last float32 bits and round to the neighbouring fp16/bf16 value. ``same_decode`` accepts
+every element within 1 ulp of the output dtype, or -- near zero, where cancellation in the r-term
+dot makes ulps meaningless -- within ``2^-12`` of the (tensor, head)'s largest |value|, and, for
+16-bit outputs, fewer than ``MAX_DIFFERING`` (1 %) of the elements differing at all (a rounding
+or scaling bug changes most of them). Why these bounds: each side's float32 dot has an absolute
+error below ~r * 2^-24 * sum_k |A_ik B_kj| * s1 * m <= r * 2^-24 * ||X_i||_2, i.e. ~2^-15 of the head's
+magnitude for r = 16 and head_dim 128 -- well inside 2^-12 -- and far below one 16-bit ulp except
+near zero.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import triton
+import triton.language as tl
+
+from ..codecs import LayerKV, bitpack, quant
+from ..codecs.base import LayerContext, section_header
+from ..codecs.svd import _FACTOR_DTYPES, effective_rank, factorize, reconstruct
+from ..errors import KVError, WireError
+from .base import (
+    Decoded,
+    GpuPayloads,
+    KernelCodec,
+    Stats,
+    as_layers,
+    check_cache,
+    register_kernel,
+)
+from .token_quant import _bf16_bits
+
+ERROR_TOL = 1e-2
+ERROR_FLOOR = 2.0 ** -12
+DECODE_TOL = 1e-2
+ABS_SLACK = 2.0 ** -12
+MAX_DIFFERING = 1e-2
+BLOCK_S = 64  # output rows per decode program (sweepable, with DECODE_WARPS)
+DECODE_WARPS = 4
+INTERPRETED_BLOCK_S = 256
+SVD_DRIVER: str | None = None  # cuSOLVER driver for torch.linalg.svd on CUDA (None: torch's choice; "gesvda":
+#                                batched tall-skinny, approximate small singular values) -- a knob to time
+BAD_CODE, BAD_VALUE, BAD_SCALE = 1, 2, 4  # decode flags
+
+
+def _interpreted() -> bool:
+    from . import interpreted
+
+    return interpreted()
+
+
+# ---- Triton ---------------------------------------------------------------------------------
+
+@triton.jit
+def _bytes_to_f32(u8_ptr, at):
+    """A little-endian float32 at byte offset ``at`` (any alignment): four byte loads."""
+    b = tl.load(u8_ptr + at + tl.arange(0, 4)).to(tl.int32)
+    return tl.sum(b << (tl.arange(0, 4) * 8), axis=0).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _scale_at(u8_ptr, at, ok, SCALE_BYTES: tl.constexpr, SCALE_BF16: tl.constexpr):
+    """int4 group scales (fp16 / bf16 / fp32 storage, any alignment) at byte offsets ``at`` -> float32."""
+    lo = tl.load(u8_ptr + at, mask=ok, other=0).to(tl.int32)
+    hi = tl.load(u8_ptr + at + 1, mask=ok, other=0).to(tl.int32)
+    if SCALE_BYTES == 4:
+        b2 = tl.load(u8_ptr + at + 2, mask=ok, other=0).to(tl.int32)
+        b3 = tl.load(u8_ptr + at + 3, mask=ok, other=0).to(tl.int32)
+        v = (lo | (hi << 8) | (b2 << 16) | (b3 << 24)).to(tl.float32, bitcast=True)
+    elif SCALE_BF16:
+        v = ((lo | (hi << 8)) << 16).to(tl.float32, bitcast=True)  # bf16 = the top half of a float32
+    else:
+        v = (lo | (hi << 8)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+    return v
+
+
+@triton.jit
+def _int4_at(u8_ptr, at, idx, ok):
+    """int4 codes of flat index ``idx`` in the packed section at byte ``at`` (even index: low nibble);
+    7 (zero) where not ``ok``."""
+    byte = tl.load(u8_ptr + at + idx // 2, mask=ok, other=0x77).to(tl.int32)
+    return (byte >> ((idx % 2) * 4)) & 0xF
+
+
+@triton.jit
+def _lowrank_decode_kernel(u8_ptr, f_ptr, out_ptr, flag_ptr, S, D, R, H,
+                           LAYER_BYTES, TENSOR_BYTES, HDR_BYTES, A_OFF, B_OFF, A_SC_OFF, B_SC_OFF,
+                           GROUP, LIMIT,
+                           INT4: tl.constexpr, F16_DOT: tl.constexpr, FACTOR_BYTES: tl.constexpr,
+                           SCALE_BYTES: tl.constexpr, SCALE_BF16: tl.constexpr, OUT: tl.constexpr,
+                           BLOCK_S: tl.constexpr, RP: tl.constexpr, DP: tl.constexpr):
+    """X_hat of rows [BLOCK_S] of one (layer, K/V, head): (A @ B) * s1 * m, clamped, in the output
+    dtype (OUT 0 fp16, 1 bf16 bit patterns as int16, 2 fp32). Offsets in bytes within a tensor's
+    sections (A_OFF, B_OFF: factors or codes; *_SC_OFF: int4 scales)."""
+    bt = tl.program_id(1)
+    lay = bt // (2 * H)
+    t = (bt // H) % 2
+    hh = bt % H
+    sec = lay.to(tl.int64) * LAYER_BYTES + HDR_BYTES + t * TENSOR_BYTES  # this tensor's first section
+    m = _bytes_to_f32(u8_ptr, sec + hh * 8)
+    s1 = _bytes_to_f32(u8_ptr, sec + hh * 8 + 4)
+    i = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
+    k = tl.arange(0, RP)
+    j = tl.arange(0, DP)
+    a_ok = (i[:, None] < S) & (k[None, :] < R)
+    b_ok = (k[:, None] < R) & (j[None, :] < D)
+    if INT4:
+        # A^T rows (one per singular vector, along tokens) and B rows, 4-bit codes in groups of GROUP
+        ngs = (S + GROUP - 1) // GROUP
+        ngd = (D + GROUP - 1) // GROUP
+        a_idx = (hh * R + k[None, :]).to(tl.int64) * S + i[:, None]
+        a_code = _int4_at(u8_ptr, sec + A_OFF, a_idx, a_ok)
+        a_sc = _scale_at(u8_ptr, sec + A_SC_OFF + ((hh * R + k[None, :]) * ngs + i[:, None] // GROUP) * SCALE_BYTES,
+                         a_ok, SCALE_BYTES, SCALE_BF16)
+        b_idx = (hh * R + k[:, None]).to(tl.int64) * D + j[None, :]
+        b_code = _int4_at(u8_ptr, sec + B_OFF, b_idx, b_ok)
+        b_sc = _scale_at(u8_ptr, sec + B_SC_OFF + ((hh * R + k[:, None]) * ngd + j[None, :] // GROUP) * SCALE_BYTES,
+                         b_ok, SCALE_BYTES, SCALE_BF16)
+        bad = tl.max(tl.max((a_code == 15).to(tl.int32), axis=1), axis=0) | \
+            tl.max(tl.max((b_code == 15).to(tl.int32), axis=1), axis=0)
+        a = (a_code - 7).to(tl.float32) * a_sc  # exact: quant.dequantize
+        b = (b_code - 7).to(tl.float32) * b_sc
+        acc = tl.dot(a, b, input_precision="ieee")
+    else:
+        bad = 0
+        a_at = (sec + A_OFF) // FACTOR_BYTES + (hh * S).to(tl.int64) * R + i[:, None] * R + k[None, :]
+        b_at = (sec + B_OFF) // FACTOR_BYTES + (hh * R).to(tl.int64) * D + k[:, None] * D + j[None, :]
+        a = tl.load(f_ptr + a_at, mask=a_ok, other=0.0)
+        b = tl.load(f_ptr + b_at, mask=b_ok, other=0.0)
+        if F16_DOT:
+            acc = tl.dot(a, b)  # fp16 products are exact in the float32 accumulator
+        else:
+            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    x = acc * s1
+    x = x * m  # (A @ B) * s1 * m, two roundings, as codecs/svd.reconstruct
+    o_ok = (i[:, None] < S) & (j[None, :] < D)
+    nonfinite = tl.max(tl.max((((x != x) | (tl.abs(x) == float("inf"))) & o_ok).to(tl.int32), axis=1), axis=0)
+    scale_bad = ((m != m) | (s1 != s1) | (m <= 0) | (s1 <= 0) | (m == float("inf")) | (s1 == float("inf"))).to(tl.int32)
+    flag = bad * 1 + nonfinite * 2 + scale_bad * 4
+    if flag != 0:
+        tl.atomic_or(flag_ptr, flag)
+    x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
+    dst = out_ptr + (bt.to(tl.int64) * S + i[:, None]) * D + j[None, :]
+    if OUT == 0:
+        tl.store(dst, x.to(tl.float16), mask=o_ok)
+    elif OUT == 1:
+        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=o_ok)
+    else:
+        tl.store(dst, x, mask=o_ok)
+
+
+# ---- layout -----------------------------------------------------------------------------------
+
+class LowRankLayout:
+    """Section sizes of one layer's payload (the same for every layer of a cache)."""
+
+    def __init__(self, name: str, params: Mapping[str, Any], h: int, s: int, d: int) -> None:
+        self.int4 = name == "svd_runtime_int4"
+        self.h, self.s, self.d = h, s, d
+        self.r = effective_rank(params["rank"], s, d)
+        if self.int4:
+            self.group = params["group_size"]
+            self.sdt = quant.SCALE_DTYPES[params["scale_dtype"]]
+            se = torch.empty((), dtype=self.sdt).element_size()
+            ngs, ngd = math.ceil(s / self.group), math.ceil(d / self.group)
+            self.per_tensor = [8 * h, bitpack.packed_size(h * self.r * s, 4), h * self.r * ngs * se,
+                               bitpack.packed_size(h * self.r * d, 4), h * self.r * ngd * se]
+        else:
+            self.group, self.fdt = 1, _FACTOR_DTYPES[params["factor_dtype"]]
+            fe = torch.empty((), dtype=self.fdt).element_size()
+            self.per_tensor = [8 * h, h * s * self.r * fe, h * self.r * d * fe]
+        self.header = section_header(self.per_tensor * 2)
+        self.tensor_bytes = sum(self.per_tensor)
+        self.layer_bytes = len(self.header) + 2 * self.tensor_bytes
+        starts = [sum(self.per_tensor[:i]) for i in range(len(self.per_tensor))]
+        # offsets within a tensor's sections: A (factor or codes), B, and the int4 scales
+        if self.int4:
+            self.a_off, self.a_sc_off, self.b_off, self.b_sc_off = starts[1], starts[2], starts[3], starts[4]
+        else:
+            self.a_off, self.b_off = starts[1], starts[2]
+            self.a_sc_off = self.b_sc_off = 0
+
+
+# ---- the kernel codec ---------------------------------------------------------------------------
+
+@register_kernel
+class LowRankKernel(KernelCodec):
+    """``svd_runtime`` / ``svd_runtime_int4``: device SVD (glue) + a Triton ``tl.dot`` decode."""
+
+    names = ("svd_runtime", "svd_runtime_int4")
+    exact = False
+
+    @classmethod
+    def supports(cls, name: str, params: Mapping[str, Any]) -> bool:
+        return name in cls.names
+
+    @classmethod
+    def limits(cls) -> str:
+        return "it implements every parameter"
+
+    def layout(self, shape: Sequence[int]) -> LowRankLayout:
+        _, _, h, s, d = shape
+        return LowRankLayout(self.name, self.params, h, s, d)
+
+    # -- encode (glue) --
+
+    def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:
+        n_layers, h, s, d = check_cache(kv, f"GPU {self.name} codec")
+        kv = kv.contiguous()
+        if check:
+            _require_finite(kv, self.name)
+        lay = self.layout(kv.shape)
+        # glue: the CPU codec's factorize (torch.linalg.svd) over all layers x K/V x heads at once
+        scale, a, b = _factorize(kv.reshape(n_layers * 2 * h, s, d), self.params["rank"])
+        per = [scale.reshape(n_layers, 2, -1)]
+        if lay.int4:
+            for rows in (a.transpose(1, 2), b):
+                per += [x.reshape(n_layers, 2, -1) for x in _quantize_rows(rows, lay.group, lay.sdt, 2 * n_layers)]
+        else:
+            per += [a.to(lay.fdt).reshape(n_layers, 2, -1), b.to(lay.fdt).reshape(n_layers, 2, -1)]
+        out = torch.empty(n_layers, lay.layer_bytes, dtype=torch.uint8, device=kv.device)
+        header = torch.frombuffer(bytearray(lay.header), dtype=torch.uint8).to(kv.device)
+        out[:, :len(lay.header)] = header
+        at = len(lay.header)
+        for t in range(2):
+            for part, size in zip(per, lay.per_tensor):
+                out[:, at:at + size] = part[:, t].contiguous().view(torch.uint8).reshape(n_layers, size)
+                at += size
+        return GpuPayloads.equal_slots(out.reshape(-1), n_layers)
+
+    # -- decode (Triton) --
+
+    def decode(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype, *,
+               check: bool = True) -> Decoded:
+        n_layers, _, h, s, d = shape
+        lay = self.layout(shape)
+        data = payloads.data
+        if data.numel() != n_layers * lay.layer_bytes or payloads.n_layers != n_layers:
+            raise WireError(f"codec {self.name!r}: {data.numel()} payload bytes in {payloads.n_layers} layers, "
+                            f"expected {n_layers} of {lay.layer_bytes} for shape {list(shape)}")
+        if dtype not in (torch.float16, torch.bfloat16, torch.float32):
+            raise KVError(f"the GPU {self.name} decode writes fp16, bf16 or fp32, not {dtype}")
+        if check:
+            header = torch.frombuffer(bytearray(lay.header), dtype=torch.uint8).to(data.device)
+            if not bool((data.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] == header).all()):
+                raise WireError(f"codec {self.name!r}: a payload's section table does not match shape {list(shape)}")
+        out = torch.empty(shape, dtype=dtype, device=data.device)
+        flag = torch.zeros(1, dtype=torch.int32, device=data.device)
+        fdt = None if lay.int4 else lay.fdt
+        factors = data if lay.int4 else data.view(fdt)  # sections are aligned to the factor size
+        block = INTERPRETED_BLOCK_S if _interpreted() else BLOCK_S
+        rp = max(16, 1 << (lay.r - 1).bit_length())
+        dp = max(16, 1 << (d - 1).bit_length())
+        target = out.view(torch.int16) if dtype == torch.bfloat16 else out
+        se = 1 if not lay.int4 else torch.empty((), dtype=lay.sdt).element_size()
+        _lowrank_decode_kernel[(triton.cdiv(s, block), n_layers * 2 * h)](
+            data, factors, target, flag, s, d, lay.r, h, lay.layer_bytes, lay.tensor_bytes, len(lay.header),
+            lay.a_off, lay.b_off, lay.a_sc_off, lay.b_sc_off, lay.group, torch.finfo(dtype).max,
+            INT4=lay.int4, F16_DOT=fdt == torch.float16, FACTOR_BYTES=1 if lay.int4 else factors.element_size(),
+            SCALE_BYTES=se, SCALE_BF16=lay.int4 and lay.sdt == torch.bfloat16,
+            OUT={torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[dtype], BLOCK_S=block, RP=rp, DP=dp,
+            **({} if _interpreted() else {"enable_fp_fusion": False, "num_warps": DECODE_WARPS}))
+        if check:
+            bits = int(flag.item())
+            for bit, what in ((BAD_SCALE, "corrupted per-head scales"), (BAD_CODE, "int4 code out of range"),
+                              (BAD_VALUE, "payload decodes to NaN/Inf (corrupted factors or scales)")):
+                if bits & bit:
+                    raise WireError(f"codec {self.name!r}: {what}")
+        return out
+
+    # -- eager baseline --
+
+    def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
+        """The CPU codec's ``encode_layer`` ops on the device, layer by layer, tensor by tensor."""
+        n_layers, _, _, _ = check_cache(kv, f"GPU {self.name} codec")
+        lay = self.layout(kv.shape)
+        header = torch.frombuffer(bytearray(lay.header), dtype=torch.uint8).to(kv.device)
+        parts = []
+        for i in range(n_layers):
+            _require_finite(kv[i:i + 1], self.name)
+            sections = [header]
+            for t in (kv[i, 0], kv[i, 1]):
+                scale, a, b = factorize(t, self.params["rank"])
+                sections.append(_raw(scale))
+                if lay.int4:
+                    for rows in (a.transpose(1, 2), b):
+                        codes, sc = _quantize_rows(rows, lay.group, lay.sdt, 1)
+                        sections += [_raw(codes), _raw(sc)]
+                else:
+                    sections += [_raw(a.to(lay.fdt)), _raw(b.to(lay.fdt))]
+            parts.append(torch.cat(sections))
+        return GpuPayloads.equal_slots(torch.cat(parts), n_layers)
+
+    def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> Decoded:
+        """The CPU codec's ``decode_layer`` ops (``reconstruct``, ``dequantize``) on the device."""
+        n_layers, _, h, s, d = shape
+        lay = self.layout(shape)
+        out = torch.empty(shape, dtype=dtype, device=payloads.data.device)
+        for i in range(n_layers):
+            p = payloads.layer(i)
+            at = len(lay.header)
+            for t in range(2):
+                secs = []
+                for size in lay.per_tensor:
+                    secs.append(p[at:at + size].clone())  # aligned copies, as the CPU's tensor_from
+                    at += size
+                scale = secs[0].view(torch.float32).view(h, 2)
+                if lay.int4:
+                    a = _dequantize_rows(secs[1], secs[2], (h, lay.r, s), lay.group, lay.sdt).transpose(1, 2)
+                    b = _dequantize_rows(secs[3], secs[4], (h, lay.r, d), lay.group, lay.sdt)
+                else:
+                    a = secs[1].view(lay.fdt).view(h, s, lay.r)
+                    b = secs[2].view(lay.fdt).view(h, lay.r, d)
+                out[i, t] = reconstruct(scale, a, b, dtype, self.name)
+        return out
+
+    # -- tolerances --
+
+    def compare(self, got: bytes, want: bytes, ctx: LayerContext, kv: LayerKV | None = None) -> tuple[int, int, int]:
+        """(elements of failing (tensor, head)s, elements, largest distance in tolerance units): see the
+        module docstring. ``kv``: the layer's input, for the reconstruction-error criterion."""
+        h, s, d = ctx.shape
+        if got == want:
+            return 0, 2 * h * s * d, 0
+        f32 = LayerContext(ctx.layer, ctx.n_layers, torch.float32, ctx.shape)
+        xg, xc = self.codec.decode_layer(got, f32), self.codec.decode_layer(want, f32)
+        differing, steps = 0, 0
+        for t in range(2):
+            g, c = (xg.k, xc.k) if t == 0 else (xg.v, xc.v)
+            g, c = g.double().flatten(1), c.double().flatten(1)
+            if kv is None:
+                dist = (g - c).norm(dim=1) / c.norm(dim=1).clamp_min(1e-300)
+                units = dist / DECODE_TOL
+            else:
+                x = (kv.k if t == 0 else kv.v).double().flatten(1)
+                err_g, err_c = (x - g).norm(dim=1), (x - c).norm(dim=1)
+                allowed = torch.maximum(ERROR_TOL * err_c, ERROR_FLOOR * x.norm(dim=1)).clamp_min(1e-300)
+                units = (err_g - err_c).clamp_min(0) / allowed
+            head_steps = torch.ceil(units).to(torch.int64)
+            differing += int((head_steps > 1).sum()) * s * d
+            steps = max(steps, int(head_steps.max()))
+        return differing, 2 * h * s * d, steps
+
+    def same_decode(self, got: Sequence[LayerKV], want: Sequence[LayerKV]) -> bool:
+        """Within 1 ulp of the output dtype, or ``ABS_SLACK`` of the (tensor, head)'s largest |value|;
+        for 16-bit outputs fewer than ``MAX_DIFFERING`` of the elements differing (module docstring)."""
+        if len(got) != len(want):
+            return False
+        for g_layer, w_layer in zip(as_layers(list(got)), as_layers(list(want))):
+            if g_layer.positions is not None or w_layer.positions is not None:
+                return False
+            for g, w in ((g_layer.k, w_layer.k), (g_layer.v, w_layer.v)):
+                g, w = g.cpu(), w.cpu()
+                if g.shape != w.shape or g.dtype != w.dtype:
+                    return False
+                if not decode_within_tolerance(g, w):
+                    return False
+        return True
+
+
+def decode_within_tolerance(got: torch.Tensor, want: torch.Tensor) -> bool:
+    """``same_decode``'s rule for one [heads, seq, dim] tensor (see the module docstring)."""
+    g, w = got.double(), want.double()
+    if not (torch.isfinite(g).all() and torch.isfinite(w).all()):
+        return False
+    diff = (g - w).abs()
+    finfo = torch.finfo(want.dtype)
+    # spacing of the output dtype at |want| (subnormals: the smallest spacing)
+    ulp = finfo.eps * torch.exp2(torch.floor(torch.log2(w.abs().clamp_min(finfo.tiny))))
+    head_max = w.abs().flatten(1).amax(dim=1).view(-1, *([1] * (w.dim() - 1)))
+    ok = (diff <= ulp) | (diff <= ABS_SLACK * head_max)
+    if not bool(ok.all()):
+        return False
+    if want.dtype in (torch.float16, torch.bfloat16):
+        return float((got != want).float().mean()) < MAX_DIFFERING
+    return True
+
+
+def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``codecs/svd.factorize``, with ``SVD_DRIVER`` on CUDA (the same ops around the SVD)."""
+    if SVD_DRIVER is None or x.device.type != "cuda":
+        return factorize(x, rank)
+    xf = x.float()
+    m = xf.abs().amax(dim=(1, 2))
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    u, sv, vh = torch.linalg.svd(xf / m[:, None, None], full_matrices=False, driver=SVD_DRIVER)
+    r = effective_rank(rank, x.shape[1], x.shape[2])
+    s1 = torch.where(sv[:, 0] > 0, sv[:, 0], torch.ones_like(sv[:, 0]))
+    a = (u[:, :, :r] * (sv[:, None, :r] / s1[:, None, None])).clamp_(-1.0, 1.0)
+    return torch.stack((m, s1), dim=1), a.contiguous(), vh[:, :r, :].clamp(-1.0, 1.0).contiguous()
+
+
+def _quantize_rows(rows: torch.Tensor, group: int, sdt: torch.dtype, tensors: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``codecs/svd.quantize_rows`` on the device for ``tensors`` tensors' rows at once (rows
+    [tensors * h, r, n]): packed codes [tensors, bytes] (each tensor packed on its own, as the CPU
+    packs one tensor's codes) and scales [tensors, h * r * groups]."""
+    b, r, n = rows.shape
+    n_groups = math.ceil(n / group)
+    padded = torch.nn.functional.pad(rows, (0, n_groups * group - n)).view(b, r, n_groups, group)
+    q = _quantize_sym4(padded, sdt)
+    codes = q.codes.view(b, r, n_groups * group)[:, :, :n]
+    return _pack4_rows(codes.reshape(tensors, -1)), q.scale.reshape(tensors, -1)
+
+
+def _quantize_sym4(x: torch.Tensor, sdt: torch.dtype) -> quant.Quantized:
+    """``quant.quantize(x, 4, symmetric=True, scale_dtype=sdt)`` without its host-side finite check
+    (factor entries lie in [-1, 1], so the scales are finite): the same ops, no sync."""
+    xf = x.float()
+    qmax = quant.levels(4, True)
+    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).to(sdt)
+    s = scale.float()
+    inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
+    codes = torch.round(xf * inv).clamp_(-qmax, qmax).add_(qmax)
+    return quant.Quantized(codes.to(torch.uint8), scale, None)
+
+
+def _pack4_rows(codes: torch.Tensor) -> torch.Tensor:
+    """``bitpack.pack(row, 4)`` of every row of ``codes`` [rows, n]: [rows, 4 * ceil(n / 8)] bytes."""
+    rows, n = codes.shape
+    padded = torch.nn.functional.pad(codes.to(torch.uint8), (0, (-n) % 8)).view(rows, -1, 2)
+    return padded[:, :, 0] | (padded[:, :, 1] << 4)
+
+
+def _dequantize_rows(packed: torch.Tensor, scales: torch.Tensor, shape: tuple[int, int, int], group: int,
+                     sdt: torch.dtype) -> torch.Tensor:
+    """``codecs/svd.dequantize_rows`` on the device (no range check: the eager baseline)."""
+    h, r, n = shape
+    n_groups = math.ceil(n / group)
+    codes = bitpack.unpack(packed, 4, h * r * n).view(h, r, n)
+    codes = torch.nn.functional.pad(codes, (0, n_groups * group - n), value=quant.levels(4, True))
+    q = quant.Quantized(codes.view(h, r, n_groups, group), scales.view(sdt).view(h, r, n_groups, 1), None)
+    return quant.dequantize(q, 4, torch.float32, symmetric=True).view(h, r, n_groups * group)[:, :, :n]
+
+
+def _require_finite(kv: torch.Tensor, codec: str) -> None:
+    lo, hi = kv.amin(dim=(2, 3, 4)), kv.amax(dim=(2, 3, 4))
+    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
+    if bool(bad.any()):
+        layer, which = (int(x) for x in bad.nonzero()[0])
+        raise KVError(f"codec {codec!r}: NaN/Inf value(s) in layer {layer} {('keys', 'values')[which]}")
+
+
+def _raw(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous().reshape(-1).view(torch.uint8)
