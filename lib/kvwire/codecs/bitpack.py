@@ -35,9 +35,9 @@ def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
             out |= block[:, i] << (bits * i)
         return out
     block = torch.nn.functional.pad(flat.to(torch.int64), (0, pad)).view(-1, 8)
-    shifts = torch.arange(8, dtype=torch.int64) * bits
+    shifts = torch.arange(8, dtype=torch.int64, device=block.device) * bits
     words = (block << shifts).sum(dim=1)  # up to 64 bits per block of 8 codes
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=block.device) * 8
     return ((words.unsqueeze(1) >> byte_shifts) & 0xFF).to(torch.uint8).reshape(-1)
 
 
@@ -52,12 +52,12 @@ def unpack(packed: torch.Tensor, bits: int, n_codes: int) -> torch.Tensor:
         return packed.to(torch.uint8).reshape(-1)
     if 8 % bits == 0:
         per = 8 // bits
-        shifts = torch.arange(per, dtype=torch.uint8) * bits
+        shifts = torch.arange(per, dtype=torch.uint8, device=packed.device) * bits  # on the codes' device (eager GPU baselines)
         codes = (packed.to(torch.uint8).unsqueeze(1) >> shifts) & ((1 << bits) - 1)
         return codes.reshape(-1)[:n_codes]
     groups = packed.to(torch.int64).view(-1, bits)
-    byte_shifts = torch.arange(bits, dtype=torch.int64) * 8
+    byte_shifts = torch.arange(bits, dtype=torch.int64, device=packed.device) * 8
     words = (groups << byte_shifts).sum(dim=1)
-    shifts = torch.arange(8, dtype=torch.int64) * bits
+    shifts = torch.arange(8, dtype=torch.int64, device=packed.device) * bits
     codes = (words.unsqueeze(1) >> shifts) & ((1 << bits) - 1)
     return codes.reshape(-1)[:n_codes].to(torch.uint8)

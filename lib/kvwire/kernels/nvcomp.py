@@ -38,7 +38,7 @@ def version() -> str:
 class NvcompStage:
     """One nvCOMP algorithm on the current CUDA stream (so CUDA-event timings include it)."""
 
-    def __init__(self, algorithm: str, *, chunk_size: int = 65536) -> None:
+    def __init__(self, algorithm: str) -> None:
         if algorithm not in ALGORITHMS:
             raise CodecError(f"unknown nvCOMP algorithm {algorithm!r}; known: {', '.join(ALGORITHMS)}")
         if not available():
@@ -49,18 +49,19 @@ class NvcompStage:
 
         self.algorithm = algorithm
         self._nvcomp = nvcomp
-        self._codec = nvcomp.Codec(algorithm=algorithm, uncomp_chunk_size=chunk_size,
-                                   cuda_stream=torch.cuda.current_stream().cuda_stream)
+        # nvCOMP's default 64 KB chunks; passing uncomp_chunk_size explicitly gave "invalid argument" on
+        # an H200 (nvCOMP 6.0.0), the default did not
+        self._codec = nvcomp.Codec(algorithm=algorithm, cuda_stream=torch.cuda.current_stream().cuda_stream)
 
     def compress(self, data: torch.Tensor) -> torch.Tensor:
         """A 1-D uint8 device tensor -> its nvCOMP bitstream (a uint8 device tensor)."""
         if data.dtype != torch.uint8 or data.dim() != 1 or data.device.type != "cuda":
             raise CodecError(f"nvCOMP compresses 1-D uint8 CUDA tensors, not {data.dtype} {list(data.shape)} "
                              f"on {data.device}")
-        return _as_tensor(self._codec.encode(self._nvcomp.as_array(_owned(data))))
+        return _as_tensor(self._codec.encode(self._nvcomp.as_array(_CudaArray(_owned(data)))))
 
     def decompress(self, comp: torch.Tensor) -> torch.Tensor:
-        return _as_tensor(self._codec.decode(self._nvcomp.as_array(_owned(comp))))
+        return _as_tensor(self._codec.decode(self._nvcomp.as_array(_CudaArray(_owned(comp)))))
 
     def compress_payloads(self, payloads: GpuPayloads) -> GpuPayloads:
         """Every layer's payload compressed on its own (a receiver decodes layer by layer as frames arrive)."""
@@ -69,6 +70,15 @@ class NvcompStage:
         for p in parts:
             offsets.append(offsets[-1] + p.numel())
         return GpuPayloads(torch.cat(parts) if parts else payloads.data[:0], tuple(offsets))
+
+
+class _CudaArray:
+    """A tensor seen through ``__cuda_array_interface__`` only (nvCOMP 6.0's DLPack import of torch
+    tensors ended in heap corruption on the device machine; the interface is plain pointers)."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        self._t = t  # keeps the memory alive while nvCOMP reads it
+        self.__cuda_array_interface__ = t.__cuda_array_interface__
 
 
 def _owned(t: torch.Tensor) -> torch.Tensor:
@@ -80,9 +90,9 @@ def _owned(t: torch.Tensor) -> torch.Tensor:
 def _as_tensor(arr) -> torch.Tensor:
     """An nvCOMP array (device) as a flat uint8 torch tensor, without a copy.
 
-    An encoded array's DLPack view spans its whole allocation (nvCOMP 6.0: 1.48 MB exported for a
+    An encoded array's exported view spans its whole allocation (nvCOMP 6.0: 1.48 MB exported for a
     290 KB bitstream, measured), so it is cut to ``buffer_size``; a decoded one may come back as
     int8 or uint32 and is viewed as bytes."""
-    t = torch.from_dlpack(arr).reshape(-1)
+    t = torch.as_tensor(arr, device="cuda").reshape(-1)  # via __cuda_array_interface__ (see _CudaArray)
     t = t.view(torch.uint8) if t.dtype != torch.uint8 else t
     return t[:int(arr.buffer_size)]
