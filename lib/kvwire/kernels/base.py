@@ -33,7 +33,7 @@ from ..codecs.base import LayerContext, Pipeline
 from ..errors import CodecError, KVError, WireError
 
 # modules whose import registers kernel classes (imported on first use, in this order)
-KERNEL_MODULES = ("token_codecs", "granular", "kivi", "k8v4", "selection", "lowrank")
+KERNEL_MODULES = ("token_codecs", "granular", "kivi", "k8v4", "guardband", "cachegen", "selection", "lowrank")
 KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order
 UNKNOWN_STEPS = 1 << 30  # ``compare``'s step count where bytes differ and no step is defined
 Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
@@ -137,6 +137,11 @@ class KernelCodec(ABC):
 
     @abstractmethod
     def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> Decoded: ...
+
+    def encode_bytes_read(self, raw_bytes: int, payload_bytes: int, stats: Stats = None) -> int:
+        """Bytes an encode reads from device memory (the bench's bytes moved = this + bytes written):
+        the whole cache by default; token selection overrides it (it reads only the kept rows)."""
+        return raw_bytes
 
     def bench_stats(self, shape: tuple[int, ...], generator: torch.Generator | None = None) -> Stats:
         """Statistics for a random cache of ``shape`` (codecs that need ``needs_stats`` override this)."""

@@ -406,6 +406,11 @@ class TokenSelectionKernel(KernelCodec):
     def limits(cls) -> str:
         return f"it implements every parameter except obs_window > {MAX_ROWS}"
 
+    def encode_bytes_read(self, raw_bytes: int, payload_bytes: int, stats: Stats = None) -> int:
+        # the gather reads only the kept rows (~ the payload) and the scoring reads the statistics
+        read = sum(t.numel() * t.element_size() for s in (stats or []) for t in s.values())
+        return payload_bytes + read
+
     # -- layout --
 
     def _edges(self, n: int, seq: int) -> tuple[int, int]:

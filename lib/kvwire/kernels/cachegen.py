@@ -1,0 +1,626 @@
+"""Triton kernels for ``cachegen`` (``codecs/cachegen.py``): chunk anchors quantized per (head,
+channel), closed-loop deltas against the DECODED anchor, layer-dependent delta bits -- the
+quantization part on the device; the entropy stage stays the CPU codec's own.
+
+Two parts, exposed separately so they can be timed and labelled apart:
+
+- ``encode_symbols(kv)`` (device only, no host sync) -> ``CacheGenSymbols``: the quantized symbols
+  exactly as the CPU codec hands them to its entropy stage (anchor codes [layers, 2, heads,
+  chunks, head_dim], delta codes channel-major [layers, 2, heads, head_dim, deltas], float16
+  anchor scales / zero points / delta scales). Three kernels:
+  1. ``anchor_range_kernel`` (one launch): every (head, channel)'s min/max over the anchors -> scale,
+     zero point;
+  2. ``delta_range_kernel``: quantizes the anchors (codes out), decodes them as the decoder will,
+     and reduces every channel's delta absmax (``atomic_max`` on the float bits);
+  3. ``delta_codes_kernel``: the delta codes, against the decoded anchor.
+  Deltas need their channel's absmax over the whole sequence before any code exists, so the keys
+  and values are read twice (plus the anchors, 1/16 of the cache, once more). 2 and 3 take every
+  layer tier in one launch each (the bit width is a run-time value); optionally
+  (``TUNING["l2_group_bytes"]``, off by default) they run per group of tensor-heads small enough for
+  the L2, so that the second read comes from it, at the cost of more launches.
+- ``host_encode(symbols)``: the CPU codec's ``encode_stream`` (rANS through constriction, or its
+  bit-packed fallback) on the host, framed by ``pack_sections`` -- the identical payload bytes.
+  ``host_stage`` names it.
+
+With ``entropy="none"`` the whole payload is built on the device: the same kernels write the
+bit-packed codes (``bitpack`` layout), the scales and the section tables in place. Decode is the
+mirror image: ``host_decode`` (the CPU rANS decoder, or nothing for ``none``) and
+``decode_symbols`` / the in-place decode of packed payloads.
+
+Bit-exactness with ``codecs/quant.py``: correctly rounded divisions (``div_rn``), float16 rounding
+of min, max-range / qmax and absmax / qmax exactly as torch (``+ 0.0`` turning -0.0 into +0.0),
+round-half-even by the 1.5 * 2**23 trick, decoded anchors ``code * scale + zero`` (the product is
+exact), no multiply-add contraction on the GPU (``enable_fp_fusion=False``).
+
+Not implemented (``CodecError``): ``scale_dtype`` other than float16.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+import torch
+import triton
+import triton.language as tl
+
+from ..codecs.base import section_header
+from ..codecs.bitpack import packed_size
+from ..codecs.cachegen import _MODE_PACKED, layer_tier
+from ..errors import CodecError, KVError, WireError
+from . import interpreted
+from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .packbits import code_at, load_f16_bytes, pack_blocks_rt, store_f16_bytes
+from .token_quant import _bf16_bits, _rint
+
+# launch tuning (a knob to sweep on the GPU): elements per program tile and warps (8 elements per thread
+# keeps every kernel under ~70 registers, sm_90 compile), chunks per program of ``delta_range_kernel``,
+# anchor rows per iteration of ``anchor_range_kernel``
+TUNING = {"tile": 1024, "warps": 4, "range_chunks": 64, "anchor_tile": 4096, "decode_tile": 1024, "decode_warps": 4,
+          # the two delta passes per group of tensor-heads of at most this many bytes, so the second pass
+          # reads the group from the L2 (0: off); only while that makes at most l2_max_groups launch pairs
+          "l2_group_bytes": 0, "l2_max_groups": 24}
+OUT_KINDS = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+N_SECTIONS = 10  # per tensor (K, V): anchor scale, anchor zero, anchor stream, delta scale, delta stream
+
+
+def _launch(warps: int) -> dict:
+    return {} if interpreted() else {"enable_fp_fusion": False, "num_warps": warps}
+
+
+# ---- kernels ----------------------------------------------------------------------------------
+
+@triton.jit
+def _decoded_anchor(xa, s, z, inv, QA: tl.constexpr):
+    """The anchor's code and its decoded value, as ``quant.quantize`` / ``dequantize`` (asymmetric)."""
+    code = tl.minimum(tl.maximum(_rint((xa - z) * inv), 0.0), QA * 1.0)
+    return code, code * s + z
+
+
+@triton.jit
+def anchor_range_kernel(x_ptr, a_scale_ptr, a_zero_ptr, out_ptr, sec_ptr, S, NC,
+                        H: tl.constexpr, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                        BLOCK_C: tl.constexpr, QA: tl.constexpr, PAYLOAD: tl.constexpr):
+    """Tensor-head ``program_id(0)`` = (layer * 2 + K/V) * H + head: min/max of its anchors (the first
+    token of every chunk) per channel -> float16 zero point and scale (and, with ``PAYLOAD``, their
+    bytes at the layer's section offsets ``sec_ptr`` [layers, 10])."""
+    t = tl.program_id(0)
+    base = t.to(tl.int64) * S * D
+    col = tl.arange(0, DP)
+    cm = col < D
+    lo = tl.full([DP], float("inf"), tl.float32)
+    hi = tl.full([DP], float("-inf"), tl.float32)
+    for c0 in range(0, NC, BLOCK_C):
+        ch = c0 + tl.arange(0, BLOCK_C)
+        m = (ch < NC)[:, None] & cm[None, :]
+        x = tl.load(x_ptr + base + (ch.to(tl.int64) * C)[:, None] * D + col[None, :], mask=m, other=0.0).to(tl.float32)
+        lo = tl.minimum(lo, tl.min(tl.where(m, x, float("inf")), axis=0))
+        hi = tl.maximum(hi, tl.max(tl.where(m, x, float("-inf")), axis=0))
+    lof = lo.to(tl.float16).to(tl.float32) + 0.0  # -0.0 -> +0.0, as codecs/quant.py
+    zero16 = lof.to(tl.float16)
+    scale16 = (tl.math.div_rn(hi - lof, QA * 1.0).to(tl.float16).to(tl.float32) + 0.0).to(tl.float16)
+    tl.store(a_scale_ptr + t * D + col, scale16, mask=cm)
+    tl.store(a_zero_ptr + t * D + col, zero16, mask=cm)
+    if PAYLOAD:
+        layer = t // (2 * H)
+        kv = (t // H) % 2
+        head = t % H
+        sec = sec_ptr + layer * 10 + kv * 5
+        store_f16_bytes(out_ptr, tl.load(sec + 0) + (head * D + col) * 2, scale16, cm)
+        store_f16_bytes(out_ptr, tl.load(sec + 1) + (head * D + col) * 2, zero16, cm)
+
+
+@triton.jit
+def delta_range_kernel(x_ptr, a_scale_ptr, a_zero_ptr, a_codes_ptr, amax_ptr, out_ptr, sec_ptr,
+                       S, NC, CHUNKS_PER_PROGRAM, T0,
+                       H: tl.constexpr, C: tl.constexpr, CP: tl.constexpr, D: tl.constexpr, DP: tl.constexpr,
+                       BLOCK_C: tl.constexpr, QA: tl.constexpr, PAYLOAD: tl.constexpr):
+    """Chunks [program_id(0) * CHUNKS_PER_PROGRAM, ...) of tensor-head ``T0 + program_id(1)``: the anchor
+    codes (uint8 into ``a_codes`` [tensor-heads, NC, D], and with ``PAYLOAD`` -- 8-bit anchors -- into
+    the anchor stream too) and every channel's |x - decoded anchor| max over the chunks' other tokens
+    (float32 bits, ``atomic_max`` into ``amax`` [tensor-heads, D])."""
+    t = T0 + tl.program_id(1)
+    base = t.to(tl.int64) * S * D
+    col = tl.arange(0, DP)
+    cm = col < D
+    s = tl.load(a_scale_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)
+    z = tl.load(a_zero_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)
+    inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
+    w = tl.arange(0, CP)  # a chunk's tokens, padded to a power of two
+    acc = tl.zeros([DP], dtype=tl.float32)
+    start = tl.program_id(0) * CHUNKS_PER_PROGRAM
+    end = tl.minimum(start + CHUNKS_PER_PROGRAM, NC)
+    for c0 in range(start, end, BLOCK_C):
+        ch = c0 + tl.arange(0, BLOCK_C)
+        cok = ch < end
+        am = cok[:, None] & cm[None, :]
+        xa = tl.load(x_ptr + base + (ch.to(tl.int64) * C)[:, None] * D + col[None, :], mask=am, other=0.0).to(tl.float32)
+        code, a_hat = _decoded_anchor(xa, s[None, :], z[None, :], inv[None, :], QA)
+        tl.store(a_codes_ptr + (t.to(tl.int64) * NC + ch)[:, None] * D + col[None, :], code.to(tl.uint8), mask=am)
+        if PAYLOAD:  # the stream holds [heads, chunks, D] codes of this (layer, K/V), after its mode byte
+            at = tl.load(sec_ptr + (t // (2 * H)) * 10 + ((t // H) % 2) * 5 + 2) + 1
+            tl.store(out_ptr + at + ((t % H) * NC + ch).to(tl.int64)[:, None] * D + col[None, :], code.to(tl.uint8),
+                     mask=am)
+        tok = ch[:, None] * C + w[None, :]  # [BLOCK_C, C]
+        m = (cok[:, None] & (w[None, :] > 0) & (w[None, :] < C) & (tok < S))[:, :, None] & cm[None, None, :]
+        x = tl.load(x_ptr + base + tok.to(tl.int64)[:, :, None] * D + col[None, None, :], mask=m, other=0.0)
+        delta = tl.where(m, tl.abs(x.to(tl.float32) - a_hat[:, None, :]), 0.0)
+        acc = tl.maximum(acc, tl.max(tl.max(delta, axis=1), axis=0))
+    tl.atomic_max(amax_ptr + t * D + col, acc.to(tl.int32, bitcast=True), mask=cm)
+
+
+@triton.jit
+def _delta_bits(t, H: tl.constexpr, N_LAYERS, B0, B1, B2):
+    """Delta bits of tensor-head ``t``'s layer: ``layer_tier``'s thirds (``bits_early/mid/late``)."""
+    tier = tl.minimum((3 * (t // (2 * H))) // N_LAYERS, 2)
+    return tl.where(tier == 0, B0, tl.where(tier == 1, B1, B2))
+
+
+@triton.jit
+def delta_codes_kernel(x_ptr, a_scale_ptr, a_zero_ptr, amax_ptr, codes_ptr, d_scale_ptr, out_ptr, sec_ptr,
+                       S, ND, T0, N_LAYERS, B0, B1, B2,
+                       H: tl.constexpr, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, TPB: tl.constexpr,
+                       QA: tl.constexpr, PAYLOAD: tl.constexpr):
+    """Delta positions [program_id(0) * 8 TPB, ...) of tensor-head ``T0 + program_id(1)``, every channel:
+    codes of (x - decoded anchor) / delta scale, symmetric, channel-major, at the layer's bit width.
+    Without ``PAYLOAD`` into ``codes`` [tensor-heads, D, ND] (uint8); with it (``ND % 8 == 0``: 8
+    positions = one block of a row), bit-packed straight into the delta stream. The delta scales go
+    to ``d_scale`` (and the payload) from the first position block's programs."""
+    t = T0 + tl.program_id(1)
+    base = t.to(tl.int64) * S * D
+    bits = _delta_bits(t, H, N_LAYERS, B0, B1, B2)
+    qf = ((1 << (bits - 1)) - 1).to(tl.float32)
+    col = tl.arange(0, DP)
+    cm = col < D
+    amax = tl.load(amax_ptr + t * D + col, mask=cm, other=0).to(tl.float32, bitcast=True)
+    ds16 = tl.math.div_rn(amax, tl.full(amax.shape, 1.0, tl.float32) * qf).to(tl.float16)
+    ds = ds16.to(tl.float32)
+    dinv = tl.where(ds > 0, tl.math.div_rn(tl.full(ds.shape, 1.0, tl.float32), ds), 0.0)
+    layer = t // (2 * H)
+    kv = (t // H) % 2
+    head = t % H
+    sec = sec_ptr + layer * 10 + kv * 5
+    first = (col * 0 + tl.program_id(0)) == 0  # (a tensor: a bool scalar & tensor is int32 in the interpreter)
+    tl.store(d_scale_ptr + t * D + col, ds16, mask=cm & first)
+    if PAYLOAD:
+        store_f16_bytes(out_ptr, tl.load(sec + 3) + (head * D + col) * 2, ds16, cm & first)
+    s = tl.load(a_scale_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)[:, None, None]
+    z = tl.load(a_zero_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)[:, None, None]
+    inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
+    blk = tl.arange(0, TPB)
+    k = tl.arange(0, 8)
+    p = tl.program_id(0) * (TPB * 8) + blk[None, :, None] * 8 + k[None, None, :]  # [1, TPB, 8]
+    chunk = p // (C - 1)
+    tok = chunk * C + 1 + p % (C - 1)
+    m = cm[:, None, None] & (p < ND)
+    x = tl.load(x_ptr + base + tok.to(tl.int64) * D + col[:, None, None], mask=m, other=0.0).to(tl.float32)
+    xa = tl.load(x_ptr + base + (chunk * C).to(tl.int64) * D + col[:, None, None], mask=m, other=0.0).to(tl.float32)
+    _, a_hat = _decoded_anchor(xa, s, z, inv, QA)
+    code = (tl.minimum(tl.maximum(_rint((x - a_hat) * dinv[:, None, None]), -qf), qf) + qf).to(tl.int32)
+    row = (head * D + col).to(tl.int64)[:, None, None]  # the (head, channel) row of this (layer, K/V)'s stream
+    if PAYLOAD:
+        at = tl.load(sec + 4) + 1  # after the stream's mode byte
+        byte = pack_blocks_rt(code, bits)  # [DP, TPB, 8]: one 8-position block per inner row
+        pb = (tl.program_id(0) * TPB + blk)[None, :, None]
+        bat = at + (row * (ND // 8) + pb) * bits + k[None, None, :]
+        tl.store(out_ptr + bat, byte.to(tl.uint8), mask=cm[:, None, None] & (pb * 8 < ND) & (k[None, None, :] < bits))
+    else:
+        tl.store(codes_ptr + (t.to(tl.int64) * D + col)[:, None, None] * ND + p, code.to(tl.uint8), mask=m)
+
+
+@triton.jit
+def pack_stream_kernel(src_ptr, dst_ptr, streams_ptr, BLOCKS: tl.constexpr):
+    """Bit-pack uint8 codes: stream ``program_id(1)`` (src offset, dst offset, n codes, bits in
+    ``streams_ptr``) blocks [program_id(0) * BLOCKS, ...) -> ``bitpack.pack``'s bytes."""
+    sp = streams_ptr + tl.program_id(1) * 4
+    src = tl.load(sp)
+    dst = tl.load(sp + 1)
+    n = tl.load(sp + 2)
+    bits = tl.load(sp + 3).to(tl.int32)
+    b = tl.program_id(0) * BLOCKS + tl.arange(0, BLOCKS)
+    k = tl.arange(0, 8)
+    i = b[:, None] * 8 + k[None, :]
+    code = tl.load(src_ptr + src + i, mask=i < n, other=0).to(tl.int32)
+    byte = pack_blocks_rt(code[:, None, :], bits)  # [BLOCKS, 1, 8]
+    nblocks = (n + 7) // 8
+    tl.store(dst_ptr + dst + b[:, None, None] * bits + k[None, None, :], byte.to(tl.uint8),
+             mask=(b < nblocks)[:, None, None] & (k[None, None, :] < bits))
+
+
+@triton.jit
+def decode_kernel(a_src_ptr, d_src_ptr, a_scale_ptr, a_zero_ptr, d_scale_ptr, y_ptr, sec_ptr, flag_ptr,
+                  S, NC, ND, T0, N_LAYERS, B0, B1, B2, LIMIT,
+                  H: tl.constexpr, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
+                  AB: tl.constexpr, PACKED: tl.constexpr, OUT_KIND: tl.constexpr, CHECK: tl.constexpr):
+    """Tokens [program_id(0) * BLOCK_T, ...) of tensor-head ``T0 + program_id(1)``: decoded anchor, plus
+    the dequantized delta for the chunk's other tokens. Codes come from the symbol tensors or, with
+    ``PACKED``, straight from the payload's bit-packed streams (offsets in ``sec_ptr``)."""
+    t = T0 + tl.program_id(1)
+    bits = _delta_bits(t, H, N_LAYERS, B0, B1, B2)
+    q = (1 << (bits - 1)) - 1
+    col = tl.arange(0, DP)
+    cm = col < D
+    tok = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    m = (tok < S)[:, None] & cm[None, :]
+    chunk = tok // C
+    within = tok % C
+    head = t % H
+    p = chunk * (C - 1) + within - 1
+    dm = m & (within > 0)[:, None]
+    if PACKED:  # scales straight from the payload's sections (any byte alignment)
+        layer = t // (2 * H)
+        kv = (t // H) % 2
+        sec = sec_ptr + layer * 10 + kv * 5
+        at = (head * D + col) * 2
+        s = load_f16_bytes(a_src_ptr + tl.load(sec + 0), at, cm)[None, :]
+        z = load_f16_bytes(a_src_ptr + tl.load(sec + 1), at, cm)[None, :]
+        ds = load_f16_bytes(a_src_ptr + tl.load(sec + 3), at, cm & ((col * 0 + ND) > 0))[None, :]  # none w/o deltas
+        a_i = ((head * NC + chunk).to(tl.int64) * D)[:, None] + col[None, :]
+        acode = code_at(a_src_ptr, tl.load(sec + 2) + 1, a_i, AB, m)
+        d_i = (head * D + col).to(tl.int64)[None, :] * ND + p[:, None]
+        dcode = code_at(d_src_ptr, tl.load(sec + 4) + 1, d_i, bits, dm)
+    else:
+        s = tl.load(a_scale_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)[None, :]
+        z = tl.load(a_zero_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)[None, :]
+        ds = tl.load(d_scale_ptr + t * D + col, mask=cm, other=0.0).to(tl.float32)[None, :]
+        acode = tl.load(a_src_ptr + (t.to(tl.int64) * NC + chunk)[:, None] * D + col[None, :], mask=m, other=0)
+        acode = acode.to(tl.int32)
+        dcode = tl.load(d_src_ptr + (t.to(tl.int64) * D + col)[None, :] * ND + p[:, None], mask=dm, other=0)
+        dcode = dcode.to(tl.int32)
+    a_hat = acode.to(tl.float32) * s + z
+    x = tl.where(within[:, None] > 0, a_hat + (dcode - q).to(tl.float32) * ds, a_hat)
+    if CHECK:  # the CPU codec's "delta code out of range" and "payload decodes to NaN/Inf"
+        bad = (dm & (dcode > 2 * q)) | (m & ((x != x) | (tl.abs(x) == float("inf"))))
+        tl.atomic_add(flag_ptr, tl.sum(tl.sum(bad.to(tl.int32), axis=1), axis=0))
+    x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
+    dst = y_ptr + (t.to(tl.int64) * S + tok)[:, None] * D + col[None, :]
+    if OUT_KIND == 2:
+        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=m)
+    elif OUT_KIND == 1:
+        tl.store(dst, x.to(tl.float16), mask=m)
+    else:
+        tl.store(dst, x, mask=m)
+
+
+# ---- host side: symbols, layout -------------------------------------------------------------------
+
+@dataclass
+class CacheGenSymbols:
+    """The quantized symbols of a whole cache, as the CPU codec's entropy stage receives them."""
+
+    shape: tuple[int, ...]  # [layers, 2, heads, seq, head_dim]
+    anchor_codes: torch.Tensor  # uint8 [layers, 2, heads, chunks, head_dim]
+    anchor_scale: torch.Tensor  # float16 [layers, 2, heads, head_dim]
+    anchor_zero: torch.Tensor  # float16 [layers, 2, heads, head_dim]
+    delta_codes: torch.Tensor  # uint8 [layers, 2, heads, head_dim, deltas] (channel-major, the stream order)
+    delta_scale: torch.Tensor  # float16 [layers, 2, heads, head_dim]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.anchor_codes, self.anchor_scale, self.anchor_zero,
+                                                          self.delta_codes, self.delta_scale))
+
+
+@dataclass(frozen=True, eq=False)  # hashed by identity: one per (params, shape), from lru_cache
+class PackedLayout:
+    """Byte layout of ``entropy="none"`` payloads (every stream bit-packed) for one cache shape."""
+
+    offsets: tuple[int, ...]
+    sections: np.ndarray  # int64 [layers, 10]: absolute offset of each section
+    header_at: np.ndarray  # int64: section tables and stream mode bytes
+    header_bytes: np.ndarray  # uint8
+
+
+@lru_cache(maxsize=64)
+def packed_layout(params_items: tuple, shape: tuple[int, ...]) -> PackedLayout:
+    p = dict(params_items)
+    n, _, h, s, d = shape
+    c = p["chunk_size"]
+    nc = -(-s // c)
+    nd = s - nc
+    offsets, secs, at_list, byte_list = [0], [], [], []
+    for i in range(n):
+        bits = p[("bits_early", "bits_mid", "bits_late")[layer_tier(i, n)]]
+        ab = p["anchor_bits"]
+        a_stream = 1 + (h * nc * d if ab == 8 else packed_size(h * nc * d, ab))
+        d_stream = 1 + (0 if nd == 0 else h * d * nd if bits == 8 else packed_size(h * d * nd, bits))
+        per = [2 * h * d, 2 * h * d, a_stream, 2 * h * d if nd else 0, d_stream]
+        lengths = per * 2
+        head = section_header(lengths)
+        pos = offsets[-1] + len(head)
+        row = []
+        for length in lengths:
+            row.append(pos)
+            pos += length
+        secs.append(row)
+        at_list.append(np.arange(offsets[-1], offsets[-1] + len(head)))
+        byte_list.append(np.frombuffer(head, dtype=np.uint8))
+        for j in (2, 4, 7, 9):  # the streams' mode bytes: packed
+            at_list.append(np.array([row[j]]))
+            byte_list.append(np.array([_MODE_PACKED], dtype=np.uint8))
+        offsets.append(pos)
+    return PackedLayout(tuple(offsets), np.array(secs, dtype=np.int64),
+                        np.concatenate(at_list).astype(np.int64), np.concatenate(byte_list))
+
+
+@register_kernel
+class CacheGenKernel(KernelCodec):
+    """``cachegen`` with float16 scales: any chunk size, anchor and delta bits, ``entropy`` rans or none."""
+
+    names = ("cachegen",)
+    host_stage: str | None = "rANS entropy coding on the CPU (constriction)"  # None for entropy="none"
+
+    def __init__(self, name: str, params=None) -> None:
+        super().__init__(name, params)
+        if self.params["entropy"] == "none":
+            self.host_stage = None  # the whole payload is built on the device
+
+    @classmethod
+    def supports(cls, name: str, params) -> bool:
+        return name == "cachegen" and params["scale_dtype"] == "float16"
+
+    @classmethod
+    def limits(cls) -> str:
+        return "it implements scale_dtype='float16' (any chunk size, bits and entropy stage)"
+
+    def _dims(self, shape) -> tuple[int, int, int, int, int, int, int]:
+        n, _, h, s, d = shape
+        c = self.params["chunk_size"]
+        nc = -(-s // c)
+        return n, h, s, d, c, nc, s - nc
+
+    def _bits(self, tier: int) -> int:
+        return self.params[("bits_early", "bits_mid", "bits_late")[tier]]
+
+    # -- encode: the device part --
+    def encode_symbols(self, kv: torch.Tensor, *, check: bool = False) -> CacheGenSymbols:
+        """The quantized symbols of ``kv`` on its device: a memset and three launches, no host sync
+        (``check`` adds the CPU codec's NaN/Inf refusal and the scales' overflow check, which sync)."""
+        return self._encode(kv, check=check, payload=None)
+
+    def _encode(self, kv: torch.Tensor, *, check: bool, payload) -> CacheGenSymbols:
+        check_cache(kv, "cachegen GPU kernel")
+        n, h, s, d, c, nc, nd = self._dims(tuple(kv.shape))
+        if s < 1:
+            raise KVError("cachegen: empty cache (0 tokens)")
+        kv = kv.contiguous()
+        if check:
+            _require_finite(kv)
+        dev = kv.device
+        th = n * 2 * h  # tensor-heads
+        dp = triton.next_power_of_2(d)
+        a_scale = torch.empty((n, 2, h, d), dtype=torch.float16, device=dev)
+        a_zero = torch.empty_like(a_scale)
+        d_scale = torch.empty_like(a_scale)
+        a_codes = torch.empty((n, 2, h, nc, d), dtype=torch.uint8, device=dev)
+        d_codes = torch.empty((n, 2, h, d, nd), dtype=torch.uint8, device=dev)
+        amax = torch.zeros((n, 2, h, d), dtype=torch.float32, device=dev)
+        out, sec = (payload if payload is not None else (a_codes, None))
+        sec_t = sec if sec is not None else torch.empty(1, dtype=torch.int64, device=dev)  # (unused then)
+        qa = (1 << self.params["anchor_bits"]) - 1
+        block_c = 64 if interpreted() else max(1, TUNING["anchor_tile"] // dp)
+        anchor_range_kernel[(th,)](kv, a_scale, a_zero, out, sec_t, s, nc, H=h, C=c, D=d, DP=dp,
+                                   BLOCK_C=block_c, QA=qa, PAYLOAD=payload is not None, **_launch(TUNING["warps"]))
+        cp = triton.next_power_of_2(c)
+        anchors_in_place = payload is not None and self.params["anchor_bits"] == 8
+        tpb = 64 if interpreted() else max(1, TUNING["tile"] // (8 * dp))
+        bits = self._tier_bits()
+        direct = payload is not None and nd % 8 == 0  # every (head, channel) row starts an 8-code block
+        for t0, t1 in self._groups(th, s * d * kv.element_size()):
+            # the deltas' range, then their codes, group by group of tensor-heads: a group small enough
+            # for the L2 is read from DRAM once (``l2_group_bytes``; off by default: one launch pair).
+            # Chunks per program: at most range_chunks, fewer where a group is small (>= ~1024 programs).
+            cpp = nc if interpreted() else max(1, min(TUNING["range_chunks"], triton.next_power_of_2(
+                max(1, nc * (t1 - t0) // 1024))))
+            block_r = min(16, triton.next_power_of_2(nc)) if interpreted() else \
+                min(max(1, TUNING["tile"] // (cp * dp)), triton.next_power_of_2(cpp))
+            delta_range_kernel[(triton.cdiv(nc, cpp), t1 - t0)](
+                kv, a_scale, a_zero, a_codes, amax.view(torch.int32), out, sec_t, s, nc, cpp, t0, H=h, C=c, CP=cp,
+                D=d, DP=dp, BLOCK_C=block_r, QA=qa, PAYLOAD=anchors_in_place, **_launch(TUNING["warps"]))
+            if nd:
+                delta_codes_kernel[(triton.cdiv(nd, 8 * tpb), t1 - t0)](
+                    kv, a_scale, a_zero, amax.view(torch.int32), d_codes, d_scale, out, sec_t, s, nd, t0, n, *bits,
+                    H=h, C=c, D=d, DP=dp, TPB=tpb, QA=qa, PAYLOAD=direct, **_launch(TUNING["warps"]))
+        if not nd:
+            d_scale.zero_()
+        elif payload is not None and not direct:  # rows straddle 8-code blocks: pack the symbols after
+            self._pack_streams(d_codes, out, sec, h * d * nd, 4, [self._bits(layer_tier(i, n)) for i in range(n)])
+            per = h * d * 2
+            starts = sec[:, [3, 8]].reshape(-1)
+            out[(starts[:, None] + torch.arange(per, device=dev)[None, :]).reshape(-1)] = \
+                d_scale.view(torch.uint8).reshape(-1)
+        if payload is not None and not anchors_in_place:
+            self._pack_streams(a_codes, out, sec, h * nc * d, 2, [self.params["anchor_bits"]] * n)
+        sym = CacheGenSymbols(tuple(kv.shape), a_codes, a_scale, a_zero, d_codes, d_scale)
+        if check and not all(bool(torch.isfinite(x).all()) for x in (a_scale, a_zero, d_scale)):
+            raise CodecError("codec 'cachegen': a quantization scale or zero point overflows float16; use "
+                             "scale_dtype=float32 (CPU codec)")
+        return sym
+
+    def _tier_bits(self) -> tuple[int, int, int]:
+        return self.params["bits_early"], self.params["bits_mid"], self.params["bits_late"]
+
+    def _groups(self, th: int, head_bytes: int) -> list[tuple[int, int]]:
+        """[first, end) tensor-heads of the delta launch pairs: groups of at most ``l2_group_bytes`` of
+        cache while that takes at most ``l2_max_groups`` pairs, else (and by default) one pair."""
+        per = max(1, TUNING["l2_group_bytes"] // max(1, head_bytes)) if TUNING["l2_group_bytes"] else th
+        if interpreted() or -(-th // per) > TUNING["l2_max_groups"]:
+            per = th
+        return [(x, min(th, x + per)) for x in range(0, th, per)]
+
+    def _pack_streams(self, codes: torch.Tensor, out: torch.Tensor, sec: torch.Tensor, per_stream: int,
+                      section: int, bits: list[int]) -> None:
+        """Bit-pack the uint8 codes of every layer (one stream per layer and K/V, ``bits`` per layer) into
+        the payload's section ``section`` (K) / ``section + 5`` (V), after its mode byte."""
+        n_streams = 2 * len(bits)
+        src = torch.arange(n_streams, device=out.device) * per_stream
+        dst = sec[:, [section, section + 5]].reshape(-1) + 1
+        width = torch.as_tensor([b for b in bits for _ in range(2)], device=out.device)
+        table = torch.stack([src, dst, torch.full_like(src, per_stream), width], dim=1).contiguous()
+        blocks = 256 if not interpreted() else 4096
+        pack_stream_kernel[(triton.cdiv(triton.cdiv(per_stream, 8), blocks), n_streams)](
+            codes, out, table, BLOCKS=blocks, **_launch(4))
+
+    # -- encode: the host part --
+    def host_encode(self, sym: CacheGenSymbols) -> list[bytes]:
+        """The CPU codec's entropy stage on the symbols: every layer's payload bytes (one device->host copy)."""
+        from ..codecs.base import pack_sections, tensor_bytes
+        from ..codecs.cachegen import encode_stream
+
+        n, _, h, _, d = sym.shape
+        p = self.params
+        nd = self._dims(sym.shape)[-1]
+        a_codes, a_scale, a_zero = sym.anchor_codes.cpu(), sym.anchor_scale.cpu(), sym.anchor_zero.cpu()
+        d_codes, d_scale = sym.delta_codes.cpu(), sym.delta_scale.cpu()
+        layers = []
+        for i in range(n):
+            bits = self._bits(layer_tier(i, n))
+            sections = []
+            for j in range(2):
+                sections += [tensor_bytes(a_scale[i, j]), tensor_bytes(a_zero[i, j]),
+                             encode_stream(a_codes[i, j].reshape(1, -1), p["anchor_bits"], 1, p["entropy"])]
+                if nd == 0:
+                    sections += [b"", bytes([_MODE_PACKED])]
+                else:
+                    sections += [tensor_bytes(d_scale[i, j]),
+                                 encode_stream(d_codes[i, j].reshape(h * d, nd), bits, p["channels_per_table"],
+                                               p["entropy"])]
+            layers.append(pack_sections(sections))
+        return layers
+
+    def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:
+        if self.params["entropy"] == "none":
+            return self.encode_packed(kv, check=check)
+        return GpuPayloads.from_bytes(self.host_encode(self.encode_symbols(kv, check=check)), kv.device)
+
+    def encode_packed(self, kv: torch.Tensor, *, check: bool = True) -> GpuPayloads:
+        """The ``entropy="none"`` payloads, built entirely on the device (the streams' bit-packed form,
+        which is also what ``rans`` falls back to for streams it cannot shrink)."""
+        lay = packed_layout(tuple(sorted(self.params.items())), tuple(kv.shape))
+        out = torch.empty(lay.offsets[-1], dtype=torch.uint8, device=kv.device)
+        tabs = _device_tables(lay, str(kv.device))
+        out[tabs["header_at"]] = tabs["header_bytes"]
+        self._encode(kv, check=check, payload=(out, tabs["sections"]))
+        return GpuPayloads(out, lay.offsets)
+
+    # -- decode --
+    def decode_symbols(self, sym: CacheGenSymbols, dtype: torch.dtype, *, check: bool = False) -> torch.Tensor:
+        """The decoded cache [layers, 2, heads, seq, head_dim] from symbols on the device (one launch;
+        ``check`` adds the CPU codec's code-range and NaN/Inf checks, one sync)."""
+        return self._decode(sym.shape, dtype, (sym.anchor_codes, sym.delta_codes), sym.anchor_scale,
+                            sym.anchor_zero, sym.delta_scale, None, check)
+
+    def _decode(self, shape, dtype, sources, a_scale, a_zero, d_scale, sec, check: bool) -> torch.Tensor:
+        if dtype not in OUT_KINDS:
+            raise KVError(f"the cachegen GPU decode writes float16, bfloat16 or float32, not {dtype}")
+        n, h, s, d, c, nc, nd = self._dims(shape)
+        dev = a_scale.device
+        y = torch.empty(shape, dtype=dtype, device=dev)
+        target = y.view(torch.int16) if dtype == torch.bfloat16 else y
+        flag = torch.zeros(1, dtype=torch.int32, device=dev) if check else target  # (unused without check)
+        dp = triton.next_power_of_2(d)
+        block_t = 128 if interpreted() else max(1, TUNING["decode_tile"] // dp)
+        sec_t = sec if sec is not None else a_scale  # (unused for symbols)
+        decode_kernel[(triton.cdiv(s, block_t), n * 2 * h)](
+            sources[0], sources[1], a_scale, a_zero, d_scale, target, sec_t, flag, s, nc, nd, 0, n,
+            *self._tier_bits(), torch.finfo(dtype).max, H=h, C=c, D=d, DP=dp, BLOCK_T=block_t,
+            AB=self.params["anchor_bits"], PACKED=sec is not None, OUT_KIND=OUT_KINDS[dtype], CHECK=check,
+            **_launch(TUNING["decode_warps"]))
+        if check and int(flag.item()):
+            raise WireError("codec 'cachegen': delta code out of range, or the payload decodes to NaN/Inf "
+                            "(corrupted scales)")
+        return y
+
+    def host_decode(self, payloads: GpuPayloads, shape, device=None) -> CacheGenSymbols:
+        """The CPU codec's stream decoding (rANS or bit-packed) of every layer: the symbols, on ``device``."""
+        from ..codecs.base import tensor_from, unpack_sections
+        from ..codecs.cachegen import decode_stream
+
+        n, h, _, d, _, nc, nd = self._dims(tuple(shape))
+        p = self.params
+        a_codes = torch.empty((n, 2, h, nc, d), dtype=torch.uint8)
+        d_codes = torch.empty((n, 2, h, d, nd), dtype=torch.uint8)
+        scales = torch.empty((3, n, 2, h, d), dtype=torch.float16)
+        for i, data in enumerate(payloads.to_bytes()):
+            bits = self._bits(layer_tier(i, n))
+            secs = unpack_sections(data, N_SECTIONS, self.name)
+            for j in range(2):
+                a_scale, a_zero, a_stream, d_scale, d_stream = secs[5 * j:5 * j + 5]
+                scales[0, i, j] = tensor_from(a_scale, torch.float16, (h, d))
+                scales[1, i, j] = tensor_from(a_zero, torch.float16, (h, d))
+                a_codes[i, j] = decode_stream(a_stream, 1, h * nc * d, p["anchor_bits"], 1, self.name).view(h, nc, d)
+                if nd == 0:
+                    if len(d_scale) or bytes(d_stream) != bytes([_MODE_PACKED]):
+                        raise WireError(f"codec {self.name!r}: delta sections present for a layer without deltas")
+                    scales[2, i, j] = 0
+                    continue
+                scales[2, i, j] = tensor_from(d_scale, torch.float16, (h, d))
+                codes = decode_stream(d_stream, h * d, nd, bits, p["channels_per_table"], self.name)
+                if int(codes.max()) > 2 * (2 ** (bits - 1) - 1):
+                    raise WireError(f"codec {self.name!r}: delta code out of range")
+                d_codes[i, j] = codes.view(h, d, nd)
+        device = device if device is not None else payloads.data.device
+        scales = scales.to(device)
+        return CacheGenSymbols(tuple(shape), a_codes.to(device), scales[0], scales[1], d_codes.to(device), scales[2])
+
+    def decode(self, payloads: GpuPayloads, shape, dtype, *, check: bool = True) -> torch.Tensor:
+        shape = tuple(shape)
+        lay = packed_layout(tuple(sorted(self.params.items())), shape)
+        if tuple(payloads.offsets) == lay.offsets and self._packed_headers(payloads, lay, check):
+            return self.decode_packed(payloads, shape, dtype, check=check)
+        return self.decode_symbols(self.host_decode(payloads, shape), dtype, check=check)
+
+    def _packed_headers(self, payloads: GpuPayloads, lay: PackedLayout, check: bool) -> bool:
+        """Whether the payloads are all bit-packed streams (``none``'s layout); only checked with ``check``
+        (else trusted for ``entropy="none"``, and left to the host decoder for ``rans``)."""
+        if not check:
+            return self.params["entropy"] == "none"
+        tabs = _device_tables(lay, str(payloads.data.device))
+        return bool((payloads.data[tabs["header_at"]] == tabs["header_bytes"]).all())
+
+    def decode_packed(self, payloads: GpuPayloads, shape, dtype, *, check: bool = True) -> torch.Tensor:
+        """Decode bit-packed payloads (``entropy="none"``) on the device, reading the streams in place."""
+        lay = packed_layout(tuple(sorted(self.params.items())), tuple(shape))
+        data = payloads.data
+        sec = _device_tables(lay, str(data.device))["sections"]
+        return self._decode(tuple(shape), dtype, (data, data), data, data, data, sec, check)
+
+    # -- the eager baseline --
+    def encode_symbols_eager(self, kv: torch.Tensor) -> CacheGenSymbols:
+        from .cachegen_eager import encode_symbols_eager
+
+        return encode_symbols_eager(self, kv)
+
+    def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
+        from .cachegen_eager import encode_packed_eager
+
+        if self.params["entropy"] == "none":
+            return encode_packed_eager(self, kv)
+        return GpuPayloads.from_bytes(self.host_encode(self.encode_symbols_eager(kv)), kv.device)
+
+    def decode_symbols_eager(self, sym: CacheGenSymbols, dtype: torch.dtype) -> torch.Tensor:
+        from .cachegen_eager import decode_symbols_eager
+
+        return decode_symbols_eager(self, sym, dtype)
+
+    def decode_eager(self, payloads: GpuPayloads, shape, dtype) -> torch.Tensor:
+        from .cachegen_eager import decode_packed_eager
+
+        if self.params["entropy"] == "none":
+            return decode_packed_eager(self, payloads, tuple(shape), dtype)
+        return self.decode_symbols_eager(self.host_decode(payloads, shape), dtype)
+
+
+@lru_cache(maxsize=64)
+def _device_tables(lay: PackedLayout, device: str) -> dict:
+    return {"sections": torch.from_numpy(lay.sections).to(device),
+            "header_at": torch.from_numpy(lay.header_at).to(device),
+            "header_bytes": torch.from_numpy(lay.header_bytes).to(device)}
+
+
+def _require_finite(kv: torch.Tensor) -> None:
+    if kv.numel() and not bool(torch.isfinite(torch.stack([kv.amax(), kv.amin()])).all()):
+        bad = int((~torch.isfinite(kv)).sum())
+        layer = int((~torch.isfinite(kv)).flatten(1).any(1).nonzero()[0, 0])
+        raise KVError(f"codec 'cachegen': {bad} NaN/Inf value(s) in the cache (first in layer {layer})")
