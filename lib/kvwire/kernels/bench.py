@@ -303,7 +303,7 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
             for dtype in dtypes:
                 rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
                                    copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log)
-        write_csv(out_csv, pd.DataFrame(rows))
+                write_csv(out_csv, pd.DataFrame(rows))  # after every shape: a run cut short keeps them
         log(f"  {model} done ({time.time() - t0:.0f} s)")
     return pd.DataFrame(rows)
 

@@ -32,6 +32,11 @@ def read_gpu_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
     for p in paths:
         t = pd.read_csv(p)
         if "conformant" not in t.columns:
+            t["conformant"] = pd.NA
+        if "run" in t.columns or "checked_layers" in t.columns:  # rows merged from runs before the column
+            old = t["checked_layers"].isna() & t["conformant"].isna() if "checked_layers" in t.columns else True
+            t.loc[old, "conformant"] = t.loc[old, "identical_to_cpu"]
+        else:
             t["conformant"] = t["identical_to_cpu"]
         frames.append(t)
     return pd.concat(frames, ignore_index=True)
