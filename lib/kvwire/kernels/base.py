@@ -33,7 +33,7 @@ from ..codecs.base import LayerContext, Pipeline
 from ..errors import CodecError, KVError, WireError
 
 # modules whose import registers kernel classes (imported on first use, in this order)
-KERNEL_MODULES = ("token_codecs", "granular", "kivi", "k8v4", "guardband", "cachegen", "selection", "lowrank")
+KERNEL_MODULES = ("token_codecs", "granular", "kivi", "k8v4", "kvquant", "guardband", "cachegen", "selection", "lowrank")
 KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order
 UNKNOWN_STEPS = 1 << 30  # ``compare``'s step count where bytes differ and no step is defined
 Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
