@@ -1,0 +1,379 @@
+"""Streaming the wire container over TCP: the serving connector (``send_kv`` / ``recv_kv``).
+
+The sender writes the container (``wire.py``) piece by piece: header, one frame per layer, trailer.
+An encoder thread fills a bounded queue while the sending thread drains it, so encoding layer i+1
+overlaps sending layer i (``pipelined=True``; ``False`` encodes everything first: the sequential
+model). The receiver verifies every piece as it lands -- header CRC, each frame's head and payload
+CRC, the trailer's count and CRC of CRCs -- and hands each verified frame to a decoder thread, so
+decoding layer i overlaps receiving layer i+1. A broken connection, a timeout or a bad byte raises
+``TransportError`` / ``WireError`` naming what is wrong, and no partial cache is ever returned.
+
+Example (two processes, or two threads)::
+
+    # decode side                                  # prefill side
+    with listen("0.0.0.0", 5555) as server:        send_kv(("decode-host", 5555), layers, "kivi4")
+        header, layers, stats = recv_kv(server)
+
+Every wait is bounded by ``timeout`` (seconds per socket operation); a payload length is checked
+against the header's shapes before any memory is allocated for it.
+"""
+
+from __future__ import annotations
+
+import queue
+import socket
+import struct
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+
+from . import wire
+from .codecs import LayerKV, Pipeline, build
+from .errors import KvwireError, WireError
+
+DEFAULT_TIMEOUT_S = 30.0
+_QUEUE_DEPTH = 2  # frames encoded ahead of the socket: enough to overlap, bounded memory
+_FRAME_HEAD_LEN = wire._FRAME_HEAD.size + wire._CRC.size
+_MAX_OVERHEAD = 1 << 20  # a payload may exceed its layer's raw bytes by at most this (section tables)
+
+
+class TransportError(KvwireError):
+    """The connection failed: refused, closed early, or silent past the timeout."""
+
+
+@dataclass
+class SendStats:
+    """What one ``send_kv`` did: per-layer encode seconds and wire bytes, and the wall time."""
+
+    encode_s: list[float] = field(default_factory=list)
+    wire_bytes: list[int] = field(default_factory=list)
+    total_bytes: int = 0
+    wall_s: float = 0.0
+
+
+@dataclass
+class RecvStats:
+    """What one ``recv_kv`` did: per-layer decode seconds, arrival times, and the wall time."""
+
+    decode_s: list[float] = field(default_factory=list)
+    arrived_s: list[float] = field(default_factory=list)  # since the first byte, per frame
+    total_bytes: int = 0
+    wall_s: float = 0.0
+
+
+# ---- connections ----------------------------------------------------------------------------
+
+@contextmanager
+def listen(host: str = "127.0.0.1", port: int = 0, *, backlog: int = 1) -> Iterator[socket.socket]:
+    """A listening TCP socket (port 0: the OS picks one; ``sock.getsockname()[1]`` says which)."""
+    server = socket.create_server((host, port), backlog=backlog)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def connect(address: tuple[str, int], *, timeout: float = DEFAULT_TIMEOUT_S, retries: int = 50,
+            retry_wait_s: float = 0.1) -> socket.socket:
+    """Connect, retrying a refused connection a bounded number of times (the receiver may be starting)."""
+    last: Exception | None = None
+    for _ in range(max(1, retries)):
+        try:
+            sock = socket.create_connection(address, timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return sock
+        except (ConnectionRefusedError, socket.timeout) as exc:
+            last = exc
+            time.sleep(retry_wait_s)
+    raise TransportError(f"cannot connect to {address[0]}:{address[1]}: {last}")
+
+
+# ---- sending --------------------------------------------------------------------------------
+
+def send_kv(target: socket.socket | tuple[str, int], layers: Sequence[LayerKV], codec: Pipeline | str,
+            params: Mapping[str, Any] | None = None, *, meta: Mapping[str, Any] | None = None,
+            stats: Sequence[Mapping[str, torch.Tensor]] | None = None, pipelined: bool = True,
+            timeout: float = DEFAULT_TIMEOUT_S, retries: int = 50) -> SendStats:
+    """Encode ``layers`` with ``codec`` and stream the container to ``target`` (a connected socket,
+    or an address to connect to, tried ``retries`` times 0.1 s apart). Returns per-layer encode
+    times and bytes. Raises ``WireError`` when the receiver refused the bytes (it says why)."""
+    codec = build(codec, params) if isinstance(codec, str) else codec
+    own = not isinstance(target, socket.socket)
+    sock = connect(target, timeout=timeout, retries=retries) if own else target
+    sock.settimeout(timeout)
+    out = SendStats()
+    t0 = time.perf_counter()
+    try:
+        pieces = _timed_pieces(codec, layers, meta, stats, out)
+        try:
+            if pipelined:
+                _send_pipelined(sock, pieces)
+            else:
+                for piece in list(pieces):  # sequential: every layer encoded before the first byte leaves
+                    _sendall(sock, piece)
+            sock.shutdown(socket.SHUT_WR)
+        except TransportError:
+            sock.settimeout(min(timeout, 2.0))  # a receiver that refused says why before closing
+            _await_ack(sock)
+            raise
+        _await_ack(sock)
+    finally:
+        if own:
+            sock.close()
+    out.total_bytes = sum(out.wire_bytes) + _header_len(codec, layers, meta) + wire._TRAILER.size
+    out.wall_s = time.perf_counter() - t0
+    return out
+
+
+def _header_len(codec, layers, meta) -> int:
+    return len(wire.header_bytes(wire.make_header(codec, layers, dict(meta or {}))))
+
+
+def _timed_pieces(codec: Pipeline, layers, meta, stats, out: SendStats) -> Iterator[bytes]:
+    """``wire.iter_encode``'s pieces, recording each frame's encode time and size."""
+    it = wire.iter_encode(codec, layers, dict(meta or {}), stats)
+    yield next(it)  # header
+    for _ in range(len(layers)):
+        t = time.perf_counter()
+        frame = next(it)
+        out.encode_s.append(time.perf_counter() - t)
+        out.wire_bytes.append(len(frame))
+        yield frame
+    yield next(it)  # trailer
+
+
+def _send_pipelined(sock: socket.socket, pieces: Iterator[bytes]) -> None:
+    """An encoder thread fills a bounded queue; this thread sends. An encoder error is re-raised here."""
+    q: queue.Queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+    done = object()
+    stop = threading.Event()
+
+    def encoder() -> None:
+        try:
+            for piece in pieces:
+                while not stop.is_set():
+                    try:
+                        q.put(piece, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            q.put(done)
+        except BaseException as exc:  # noqa: BLE001 -- handed to the sending thread
+            q.put(exc)
+
+    thread = threading.Thread(target=encoder, name="kvwire-encoder", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            _sendall(sock, item)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+def _sendall(sock: socket.socket, data: bytes) -> None:
+    try:
+        sock.sendall(data)
+    except socket.timeout as exc:
+        raise TransportError("the receiver stopped reading: send timed out") from exc
+    except OSError as exc:
+        raise TransportError(f"connection lost while sending: {exc}") from exc
+
+
+_ACK = b"KVOK"
+_NAK = b"KVNO"
+
+
+def _await_ack(sock: socket.socket) -> None:
+    """The receiver answers KVOK once every byte verified, or KVNO + reason: a sender knows."""
+    try:
+        head = _recv_exact(sock, 4, "the receiver's acknowledgement")
+    except TransportError as exc:
+        raise TransportError(f"no acknowledgement from the receiver: {exc}") from exc
+    if head == _ACK:
+        return
+    if head == _NAK:
+        (n,) = struct.unpack("<I", _recv_exact(sock, 4, "the refusal's length"))
+        reason = _recv_exact(sock, min(n, 4096), "the refusal").decode(errors="replace")
+        raise WireError(f"the receiver refused the container: {reason}")
+    raise TransportError(f"unexpected acknowledgement {head!r}")
+
+
+# ---- receiving ------------------------------------------------------------------------------
+
+def recv_kv(source: socket.socket, *, timeout: float = DEFAULT_TIMEOUT_S,
+            pipelined: bool = True) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+    """Receive one container: from a listening socket (accepts one connection) or a connected one.
+    Verifies everything, decodes every layer, and acknowledges; raises on any fault."""
+    listening = _is_listening(source)
+    if listening:
+        source.settimeout(timeout)
+        try:
+            sock, _ = source.accept()
+        except socket.timeout as exc:
+            raise TransportError(f"no sender connected within {timeout} s") from exc
+    else:
+        sock = source
+    sock.settimeout(timeout)
+    try:
+        try:
+            result = _receive(sock, pipelined)
+        except WireError as exc:
+            _refuse(sock, str(exc))
+            raise
+        _sendall(sock, _ACK)
+        return result
+    finally:
+        if listening:
+            sock.close()
+
+
+def _is_listening(sock: socket.socket) -> bool:
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:
+        return False
+
+
+def _refuse(sock: socket.socket, reason: str) -> None:
+    data = reason.encode()[:4096]
+    try:
+        sock.sendall(_NAK + struct.pack("<I", len(data)) + data)
+    except OSError:
+        pass  # the sender may be gone; the receiver's own error is what matters here
+
+
+def _receive(sock: socket.socket, pipelined: bool) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+    stats = RecvStats()
+    t0 = time.perf_counter()
+    pre = _recv_exact(sock, wire._PREAMBLE.size, "the container preamble")
+    magic, _version, _flags, hlen = wire._PREAMBLE.unpack(pre)
+    if magic != wire.MAGIC:
+        raise WireError(f"not a kvwire container: magic {magic!r}, expected {wire.MAGIC!r}")
+    if hlen > 64 << 20:
+        raise WireError(f"header length {hlen} is implausible (corrupted preamble)")
+    rest = _recv_exact(sock, hlen + wire._CRC.size, "the container header")
+    header, _ = wire.read_header(pre + rest)
+    try:
+        codec = build(header.codec, header.params)
+    except KvwireError as exc:
+        raise WireError(f"container names a codec this kvwire cannot build: {exc}") from exc
+    decoder = _Decoder(codec, header, pipelined)
+    crcs = []
+    total = len(pre) + len(rest)
+    elt = torch.empty((), dtype=header.dtype).element_size()
+    try:
+        for i in range(header.n_layers):
+            head = _recv_exact(sock, _FRAME_HEAD_LEN, f"frame {i}'s header")
+            magic, layer, n, _crc = wire._FRAME_HEAD.unpack_from(head, 0)
+            (head_crc,) = wire._CRC.unpack_from(head, wire._FRAME_HEAD.size)
+            if zlib.crc32(head[:wire._FRAME_HEAD.size]) != head_crc or magic != wire.FRAME_MAGIC:
+                raise WireError(f"frame {i} header corrupted")
+            h, s, d = header.shapes[i]
+            if n > 2 * h * s * d * elt + _MAX_OVERHEAD:
+                raise WireError(f"frame {i} claims {n} payload bytes for a layer of {2 * h * s * d * elt} raw bytes")
+            payload = _recv_exact(sock, n, f"frame {layer}'s payload ({n} bytes)")
+            frame, _ = wire.read_frame(memoryview(head + payload), 0, i)  # checks order and payload CRC
+            crcs.append(zlib.crc32(frame.payload))
+            total += len(head) + n
+            stats.arrived_s.append(time.perf_counter() - t0)
+            decoder.submit(frame)
+        trailer = _recv_exact(sock, wire._TRAILER.size, "the trailer")
+        magic, count, crc = wire._TRAILER.unpack(trailer)
+        if magic != wire.END_MAGIC or count != len(crcs) or crc != wire._crc_of_crcs(crcs):
+            raise WireError("trailer does not match the frames (count or checksum)")
+        total += len(trailer)
+        layers = decoder.finish()
+    except BaseException:
+        decoder.abort()
+        raise
+    stats.decode_s = decoder.times
+    stats.total_bytes = total
+    stats.wall_s = time.perf_counter() - t0
+    return header, layers, stats
+
+
+class _Decoder:
+    """Decodes verified frames on a worker thread as they arrive (or inline when not pipelined)."""
+
+    def __init__(self, codec: Pipeline, header: wire.WireHeader, pipelined: bool) -> None:
+        self.codec, self.header, self.pipelined = codec, header, pipelined
+        self.layers: list[LayerKV] = []
+        self.times: list[float] = []
+        self._error: BaseException | None = None
+        self._frames: list[wire.Frame] = []
+        if pipelined:
+            self._q: queue.Queue = queue.Queue()
+            self._thread = threading.Thread(target=self._run, name="kvwire-decoder", daemon=True)
+            self._thread.start()
+
+    def _decode(self, frame: wire.Frame) -> None:
+        t = time.perf_counter()
+        self.layers.append(self.codec.decode_layer(frame.payload, self.header.context(frame.layer)))
+        self.times.append(time.perf_counter() - t)
+
+    def _run(self) -> None:
+        while True:
+            frame = self._q.get()
+            if frame is None:
+                return
+            if self._error is None:
+                try:
+                    self._decode(frame)
+                except BaseException as exc:  # noqa: BLE001 -- re-raised by finish()
+                    self._error = exc
+
+    def submit(self, frame: wire.Frame) -> None:
+        if self._error is not None:
+            raise self._error
+        if self.pipelined:
+            self._q.put(frame)
+        else:
+            self._frames.append(frame)
+
+    def finish(self) -> list[LayerKV]:
+        if self.pipelined:
+            self._q.put(None)
+            self._thread.join()
+        else:
+            for frame in self._frames:
+                self._decode(frame)
+        if self._error is not None:
+            raise self._error
+        return self.layers
+
+    def abort(self) -> None:
+        if self.pipelined:
+            self._error = self._error or TransportError("aborted")
+            self._q.put(None)
+            self._thread.join(timeout=5)
+
+
+def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
+    """Exactly ``n`` bytes, or a ``TransportError`` naming what was being read."""
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        try:
+            k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+        except socket.timeout as exc:
+            raise TransportError(f"timed out reading {what} ({got} of {n} bytes)") from exc
+        except OSError as exc:
+            raise TransportError(f"connection lost reading {what}: {exc}") from exc
+        if k == 0:
+            raise TransportError(f"connection closed while reading {what} ({got} of {n} bytes)")
+        got += k
+    return bytes(buf)
