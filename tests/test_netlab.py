@@ -1,0 +1,47 @@
+"""Measured links: timed TCP transfers on loopback and over a tc-shaped veth pair (root only)."""
+
+import subprocess
+
+import numpy as np
+import pytest
+
+from kvwire import netlab
+
+SHAPE = netlab.can_shape()
+
+
+def test_sizes_span_the_range_and_the_fit_recovers_a_known_link():
+    sizes = netlab.sizes_log(1 << 10, 1 << 30, 3)
+    assert sizes[0] == 1 << 10 and sizes[-1] == 1 << 30 and sizes == sorted(set(sizes)) and len(sizes) == 19
+    rows = [{"bytes": n, "seconds": 2e-4 + 8 * n / 5e9 * (1 + 0.01 * (r - 1))} for n in sizes for r in range(3)]
+    fit = netlab.fit_link(rows)
+    assert fit.rate_gbps == pytest.approx(5.0, rel=1e-6) and fit.latency_s == pytest.approx(2e-4, rel=1e-3)
+    err = netlab.model_error(rows, fit.latency_s, fit.rate_gbps)
+    assert max(e["rel_error"] for e in err) < 1e-6
+    with pytest.raises(netlab.NetlabError, match="at least two sizes"):
+        netlab.fit_link([{"bytes": 10, "seconds": 1.0}])
+    with pytest.raises(netlab.NetlabError, match="positive"):
+        netlab.measure(netlab.Link("127.0.0.1", (), (), None, "loopback"), [0])
+
+
+def test_loopback_transfers_are_timed_per_size():
+    with netlab.loopback() as link:
+        rows = netlab.measure(link, [1 << 10, 1 << 20, 4 << 20], repeats=2, timeout=30)
+    assert len(rows) == 6 and all(r["seconds"] > 0 and r["link"] == "loopback" for r in rows)
+    small = np.median([r["seconds"] for r in rows if r["bytes"] == 1 << 10])
+    large = np.median([r["seconds"] for r in rows if r["bytes"] == 4 << 20])
+    assert large > small  # 4 MB takes longer than 1 KB, on any machine
+
+
+@pytest.mark.skipif(SHAPE is not None, reason=f"shaped links: {SHAPE}")
+def test_a_shaped_veth_link_runs_at_its_rate_and_leaves_nothing_behind():
+    with netlab.veth_link(1.0, prefix="kvwt") as link:
+        assert link.kind == "veth" and link.rate_gbps == 1.0
+        rows = netlab.measure(link, [1 << 20, 2 << 20, 4 << 20, 8 << 20], repeats=2, timeout=30)
+    fit = netlab.fit_link(rows)
+    # TCP/IP headers take ~4 % of a 1500-byte MTU: the payload rate sits just under the shaped rate
+    assert 0.85 < fit.rate_gbps < 1.0
+    big = [e for e in netlab.model_error(rows, fit.latency_s, fit.rate_gbps) if e["bytes"] >= 2 << 20]
+    assert max(e["rel_error"] for e in big) < 0.10
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "kvwta" not in left and "kvwtb" not in left
