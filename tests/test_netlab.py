@@ -45,3 +45,17 @@ def test_a_shaped_veth_link_runs_at_its_rate_and_leaves_nothing_behind():
     assert max(e["rel_error"] for e in big) < 0.10
     left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "kvwta" not in left and "kvwtb" not in left
+
+
+def test_link_validation_stage_writes_transfers_model_and_bands(tmp_path):
+    import pandas as pd
+
+    from kvwire.stages.link import link_summary, validate_link
+
+    model = validate_link("loopback", None, [1 << 10, 1 << 20, 2 << 20, 4 << 20], 2, tmp_path / "t.csv",
+                          tmp_path / "m.csv", log=lambda *_: None)
+    assert len(pd.read_csv(tmp_path / "t.csv")) == 8
+    assert list(model["bytes"]) == [1 << 10, 1 << 20, 2 << 20, 4 << 20]
+    assert (model.fitted_rate_gbps > 0).all() and (model.rel_error_fitted >= 0).all()
+    bands = link_summary([tmp_path / "m.csv"], tmp_path / "s.csv").set_index("band")
+    assert set(bands.index) == {"< 1 MB", "1-100 MB"}

@@ -39,6 +39,7 @@ wildcard_constraints:
     bin=_alternatives(ALL_BINS),
     codec=_alternatives(CODECS),
     gpu="[A-Za-z0-9][A-Za-z0-9_-]*",
+    link="loopback|veth[0-9.]+",
 
 
 def model_dir(wildcards):
@@ -167,6 +168,13 @@ def gpu_outputs():
     if not gpu_timing_tables():
         return []
     return []
+
+
+def link_models():
+    """The links of the transfer-model validation: loopback and every configured shaped rate."""
+    rates = config["transfer"].get("link_rates_gbps", [1, 10, 25])
+    links = ["loopback"] + [f"veth{r:g}" for r in rates]
+    return expand("results/transfer/link/{link}/model.csv", link=links)
 
 
 def kv_statistics_all():

@@ -17,3 +17,49 @@ rule transfer_model:
         latency_us=config["transfer"].get("latency_us", 0),
     script:
         "../../scripts/transfer_model.py"
+
+
+# Measured links (issue 6): loopback, and veth pairs between two namespaces shaped with tc (root);
+# not in `all` (they need root and a quiet machine): `snakemake --cores 1 link_validation_all`.
+rule link_validation:
+    output:
+        transfers="results/transfer/link/{link}/transfers.csv",
+        model="results/transfer/link/{link}/model.csv",
+    log:
+        "logs/transfer/link/{link}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        transfer=config["transfer"],
+    script:
+        "../../scripts/link_validation.py"
+
+
+rule link_summary:
+    input:
+        models=link_models(),
+    output:
+        table=report(
+            "results/tables/link_model.csv",
+            caption="../report/link_model.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/transfer/link_summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=5,
+    script:
+        "../../scripts/link_summary.py"
+
+
+rule link_validation_all:
+    input:
+        "results/tables/link_model.csv",

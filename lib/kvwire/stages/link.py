@@ -1,0 +1,53 @@
+"""Stage: validate the transfer model's link term on a measured link (loopback, or a tc-shaped veth).
+
+For one link: timed transfers of every size (``netlab.measure``), the fitted latency and effective
+rate (sizes >= 1 MB), and per size the model's error twice: with the fitted terms and with the
+nominal ones (the shaped rate, zero latency: what the analytical sweep assumes).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from .. import netlab
+from ..io import write_csv
+
+
+def validate_link(kind: str, rate_gbps: float | None, sizes: list[int], repeats: int,
+                  transfers_csv: str | Path, model_csv: str | Path, *, log=print) -> pd.DataFrame:
+    link_cm = netlab.loopback() if kind == "loopback" else netlab.veth_link(rate_gbps)
+    with link_cm as link:
+        rows = netlab.measure(link, sizes, repeats=repeats)
+    write_csv(transfers_csv, pd.DataFrame(rows))
+    fit = netlab.fit_link(rows)
+    log(f"{kind} {rate_gbps or ''}: fitted latency {fit.latency_s * 1e6:.1f} us, rate {fit.rate_gbps:.3f} Gbps")
+    fitted = pd.DataFrame(netlab.model_error(rows, fit.latency_s, fit.rate_gbps))
+    out = fitted.rename(columns={"model_s": "model_fitted_s", "rel_error": "rel_error_fitted"})
+    if rate_gbps:
+        nominal = pd.DataFrame(netlab.model_error(rows, 0.0, rate_gbps))
+        out["model_nominal_s"] = nominal["model_s"]
+        out["rel_error_nominal"] = nominal["rel_error"]
+    out.insert(0, "link", kind)
+    out.insert(1, "rate_gbps", rate_gbps)
+    out["fitted_latency_s"] = fit.latency_s
+    out["fitted_rate_gbps"] = fit.rate_gbps
+    write_csv(model_csv, out)
+    return out
+
+
+def link_summary(model_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Model error per link and size band (<1 MB, 1-100 MB, >=100 MB): max and median."""
+    t = pd.concat([pd.read_csv(p) for p in model_csvs], ignore_index=True)
+    bands = pd.cut(t["bytes"], [0, 1 << 20, 100 << 20, float("inf")], right=False,
+                   labels=["< 1 MB", "1-100 MB", ">= 100 MB"])
+    t = t.assign(band=bands)
+    agg = {"rel_error_fitted": ["median", "max"], "fitted_rate_gbps": "first", "fitted_latency_s": "first"}
+    if "rel_error_nominal" in t.columns:
+        agg["rel_error_nominal"] = ["median", "max"]
+    s = t.groupby(["link", "rate_gbps", "band"], dropna=False, observed=True).agg(agg)
+    s.columns = ["_".join(c) for c in s.columns]
+    s = s.reset_index()
+    write_csv(out_csv, s)
+    return s
