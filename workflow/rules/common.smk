@@ -40,6 +40,7 @@ wildcard_constraints:
     codec=_alternatives(CODECS),
     gpu="[A-Za-z0-9][A-Za-z0-9_-]*",
     link="loopback|veth[0-9.]+",
+    rate="[0-9.]+",
 
 
 def model_dir(wildcards):
@@ -168,6 +169,12 @@ def gpu_outputs():
     if not gpu_timing_tables():
         return []
     return []
+
+
+def first_kv_manifest(wildcards):
+    """The largest bin's extraction of the first dataset: its first prompt is the end-to-end payload."""
+    b = max(bins_of(wildcards.model))
+    return f"results/kv/{wildcards.model}/{DATASETS[0]}/{b}/manifest.json"
 
 
 def link_models():

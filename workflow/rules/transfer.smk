@@ -63,3 +63,25 @@ rule link_summary:
 rule link_validation_all:
     input:
         "results/tables/link_model.csv",
+
+
+# Encode -> send -> receive -> decode of the first prompt's cache of a model, per codec, on a veth link
+# shaped at {rate} Gbps (root; not in `all`): measured wall time against the pipelined model.
+rule e2e_transfer:
+    input:
+        manifest=first_kv_manifest,
+    output:
+        table="results/transfer/e2e/{model}/veth{rate}.csv",
+    log:
+        "logs/transfer/e2e/{model}/veth{rate}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: workflow.cores
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        codecs=config["codecs"],
+        transfer=config["transfer"],
+    script:
+        "../../scripts/e2e_transfer.py"
