@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -25,15 +26,17 @@ from ..transfer import baseline_time, cost_from_arrays, pipelined_time, sequenti
 
 PORT = 5601
 
+# results go to a file, not stdout: a pipe nobody reads while the sender runs fills at 64 KB and
+# would stall the receiver mid-stream (seen at 90 transfers)
 RECEIVER = """
 import json, sys
 sys.path.insert(0, {lib!r})
 from kvwire.transport import listen, recv_kv
-with listen("0.0.0.0", {port}) as srv:
+with listen("0.0.0.0", {port}) as srv, open({out!r}, "w") as out:
     print("ready", flush=True)
     for pipelined in {modes!r}:
         header, layers, st = recv_kv(srv, timeout={timeout}, pipelined=pipelined)
-        print(json.dumps({{"decode_s": st.decode_s, "recv_wall_s": st.wall_s, "bytes": st.total_bytes}}), flush=True)
+        out.write(json.dumps({{"decode_s": st.decode_s, "recv_wall_s": st.wall_s, "bytes": st.total_bytes}}) + "\\n")
 """
 
 SENDER = """
@@ -62,7 +65,10 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
             for _ in range(repeats)]
     labels = [label for label, _n, _p in codecs for _pl in (False, True) for _ in range(repeats)]
     # sequential runs decode after the last frame, pipelined ones as frames land (the model's two modes)
-    recv_code = RECEIVER.format(lib=netlab.LIB, port=PORT, modes=[p for _n, _p, p in runs], timeout=timeout)
+    results = tempfile.NamedTemporaryFile(prefix="kvwire-e2e-", suffix=".jsonl", delete=False)
+    results.close()
+    recv_code = RECEIVER.format(lib=netlab.LIB, port=PORT, modes=[p for _n, _p, p in runs], timeout=timeout,
+                                out=results.name)
     receiver = subprocess.Popen([*link.receiver_prefix, sys.executable, "-c", recv_code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     try:
@@ -74,15 +80,16 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
                                 text=True, timeout=timeout * (len(runs) + 1))
         if sender.returncode != 0:
             raise KvwireError(f"the sender failed: {sender.stderr[-3000:]}")
-        out, err = receiver.communicate(timeout=timeout)
+        _, err = receiver.communicate(timeout=timeout)
         if receiver.returncode != 0:
             raise KvwireError(f"the receiver failed: {err[-3000:]}")
+        got = [json.loads(line) for line in Path(results.name).read_text().splitlines() if line.startswith("{")]
     finally:
         if receiver.poll() is None:
             receiver.kill()
             receiver.wait(timeout=10)
+        Path(results.name).unlink(missing_ok=True)
     sent = [json.loads(line) for line in sender.stdout.splitlines() if line.startswith("{")]
-    got = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     if len(sent) != len(runs) or len(got) != len(runs):
         raise KvwireError(f"{len(sent)} sends and {len(got)} receives for {len(runs)} runs")
     rows = []
