@@ -58,3 +58,21 @@ def test_tables_without_a_conformant_column_read_identity_and_none_is_an_error(t
     assert len(b) == 1 and math.isfinite(b.break_even_gbps_pipelined[0])
     with pytest.raises(KVError, match="no GPU timing tables"):
         read_gpu_tables([])
+
+
+def test_break_even_shift_matches_study_models_to_gpu_shapes_by_shape():
+    from kvwire.stages.gpu_tables import break_even_shift
+
+    models = pd.DataFrame([{"name": "tiny", "num_layers": 4, "num_kv_heads": 8, "head_dim": 128},
+                           {"name": "other", "num_layers": 2, "num_kv_heads": 1, "head_dim": 64}])
+    cpu = pd.DataFrame([{"model": "tiny", "dataset": d, "bin": 8192, "codec": "int8", "encode_s": 0.01,
+                         "decode_s": 0.02, "break_even_gbps_sequential": s, "break_even_gbps_pipelined": 2 * s}
+                        for d, s in (("a", 1.0), ("b", 3.0))])
+    gpu = break_even(pd.DataFrame(rows()))  # model "m" of shape (4, 8, 128) at 8192 tokens, bf16
+    shift = break_even_shift(cpu, models, gpu)
+    assert len(shift) == 1 and shift.model[0] == "tiny"
+    assert shift.cpu_gbps_sequential[0] == pytest.approx(2.0)  # the median over datasets
+    assert shift.shift_sequential[0] == pytest.approx(gpu.break_even_gbps_sequential[0] / 2.0)
+    assert shift.gpu_codec_ms[0] == pytest.approx(1.5) and shift.cpu_codec_ms[0] == pytest.approx(30.0)
+    gpu16 = gpu.assign(dtype="float16")
+    assert break_even_shift(cpu, models, gpu16).empty  # the study's caches are bf16

@@ -279,3 +279,33 @@ def gpu_kernel_throughput(summary_csv: str | Path, pdf: str | Path, png: str | P
     axes[1].legend(loc="upper right", fontsize=7)
     fig.tight_layout()
     _save(plt, fig, pdf, png)
+
+
+def break_even_shift(shift_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
+    """Break-even bandwidth of each codec on the CPU and on the GPU (pipelined and sequential), per
+    model and prompt length: how far a GPU codec moves the line below which compression pays."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    t = pd.read_csv(shift_csv)
+    long = pd.concat([
+        t.assign(device="CPU", mode=mode, gbps=t[f"cpu_gbps_{mode}"]) for mode in ("sequential", "pipelined")
+    ] + [
+        t.assign(device=t["gpu"], mode=mode, gbps=t[f"gpu_gbps_{mode}"]) for mode in ("sequential", "pipelined")
+    ], ignore_index=True)
+    long["case"] = long["codec"] + " @ " + long["bin"].astype(str)
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.catplot(data=long, x="case", y="gbps", hue="device", col="model", row="mode", kind="bar",
+                       height=2.8, aspect=1.6, sharex=False, errorbar=None)
+    for ax in grid.axes.flat:
+        ax.set_yscale("log")
+    for ax in grid.axes[-1]:
+        for label in ax.get_xticklabels():
+            label.set_rotation(40)
+            label.set_ha("right")
+    for ax in grid.axes[:-1].flat:  # the rows share their cases: labels only under the last row
+        ax.set_xticklabels([])
+        ax.set_xlabel("")
+    grid.set_axis_labels("codec @ prompt tokens", "break-even bandwidth (Gbps)")
+    grid.set_titles("{col_name}, {row_name}")
+    _save(plt, grid.figure, pdf, png)

@@ -86,3 +86,32 @@ rule figure_gpu_kernels:
         runtime=10,
     script:
         "../../scripts/figure_gpu_kernels.py"
+
+
+rule break_even_shift:
+    input:
+        cpu="results/tables/break_even.csv",
+        models="results/tables/models.csv",
+        gpu="results/tables/gpu_break_even.csv",
+    output:
+        table=report(
+            "results/tables/break_even_shift.csv",
+            caption="../report/break_even_shift.rst",
+            category="Tables",
+        ),
+        pdf="paper/figures/break_even_shift.pdf",
+        png=report(
+            "paper/figures/break_even_shift.png",
+            caption="../report/break_even_shift_figure.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/break_even_shift.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/break_even_shift.py"

@@ -93,3 +93,33 @@ def gpu_tables(paths: Sequence[str | Path], summary_csv: str | Path, break_even_
     table = read_gpu_tables(paths)
     write_csv(summary_csv, kernel_summary(table))
     write_csv(break_even_csv, break_even(table))
+
+
+def break_even_shift(cpu_break_even: pd.DataFrame, models: pd.DataFrame, gpu_break_even: pd.DataFrame) -> pd.DataFrame:
+    """The same codec on the same cache shape and length, CPU against GPU: break-even Gbps of each
+    (sequential and pipelined) and the factor the GPU moves it by. The study's models are matched
+    to the GPU table's shapes by (layers, kv_heads, head_dim); CPU rows are the median over datasets,
+    GPU rows bf16 (the study's cache dtype)."""
+    shapes = {(int(r.num_layers), int(r.num_kv_heads), int(r.head_dim)): r["name"] for _, r in models.iterrows()}
+    gpu = gpu_break_even[gpu_break_even["dtype"] == "bfloat16"].copy()
+    gpu["study_model"] = [shapes.get((int(a), int(b), int(c))) for a, b, c in
+                          zip(gpu.layers, gpu.kv_heads, gpu.head_dim)]
+    gpu = gpu.dropna(subset=["study_model"]).rename(columns={"model": "gpu_shape"})
+    cpu = (cpu_break_even.groupby(["model", "bin", "codec"], as_index=False)
+           [["break_even_gbps_sequential", "break_even_gbps_pipelined", "encode_s", "decode_s"]].median())
+    merged = cpu.merge(gpu, left_on=["model", "bin", "codec"], right_on=["study_model", "seq", "codec"],
+                       suffixes=("_cpu", "_gpu"))
+    out = merged[["model", "bin", "codec", "gpu"]].copy()
+    for mode in ("sequential", "pipelined"):
+        c, g = merged[f"break_even_gbps_{mode}_cpu"], merged[f"break_even_gbps_{mode}_gpu"]
+        out[f"cpu_gbps_{mode}"], out[f"gpu_gbps_{mode}"], out[f"shift_{mode}"] = c, g, g / c
+    out["cpu_codec_ms"] = (merged["encode_s"] + merged["decode_s"]) * 1e3
+    out["gpu_codec_ms"] = merged["encode_ms"] + merged["decode_ms"]
+    return out.sort_values(["model", "bin", "codec"]).reset_index(drop=True)
+
+
+def break_even_shift_table(cpu_csv: str | Path, models_csv: str | Path, gpu_csv: str | Path,
+                           out_csv: str | Path) -> pd.DataFrame:
+    table = break_even_shift(pd.read_csv(cpu_csv), pd.read_csv(models_csv), pd.read_csv(gpu_csv))
+    write_csv(out_csv, table)
+    return table
