@@ -76,3 +76,21 @@ def test_break_even_shift_matches_study_models_to_gpu_shapes_by_shape():
     assert shift.gpu_codec_ms[0] == pytest.approx(1.5) and shift.cpu_codec_ms[0] == pytest.approx(30.0)
     gpu16 = gpu.assign(dtype="float16")
     assert break_even_shift(cpu, models, gpu16).empty  # the study's caches are bf16
+
+
+def test_break_even_shift_figure_is_written_with_and_without_matches(tmp_path):
+    from kvwire.plots import break_even_shift as figure
+    from kvwire.stages.gpu_tables import break_even_shift
+
+    empty = tmp_path / "empty.csv"
+    cols = ["model", "bin", "codec", "gpu"] + [f"{d}_gbps_{m}" for d in ("cpu", "gpu") for m in ("sequential", "pipelined")]
+    pd.DataFrame(columns=cols).to_csv(empty, index=False)
+    figure(empty, tmp_path / "e.pdf", tmp_path / "e.png")
+    assert (tmp_path / "e.png").stat().st_size > 1000
+    models = pd.DataFrame([{"name": "tiny", "num_layers": 4, "num_kv_heads": 8, "head_dim": 128}])
+    cpu = pd.DataFrame([{"model": "tiny", "dataset": "a", "bin": 8192, "codec": "int8", "encode_s": 0.01,
+                         "decode_s": 0.02, "break_even_gbps_sequential": 1.0, "break_even_gbps_pipelined": 2.0}])
+    full = tmp_path / "full.csv"
+    break_even_shift(cpu, models, break_even(pd.DataFrame(rows()))).to_csv(full, index=False)
+    figure(full, tmp_path / "f.pdf", tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > (tmp_path / "e.png").stat().st_size

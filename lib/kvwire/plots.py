@@ -288,6 +288,12 @@ def break_even_shift(shift_csv: str | Path, pdf: str | Path, png: str | Path) ->
 
     plt = _pyplot()
     t = pd.read_csv(shift_csv)
+    if t.empty:  # no study model has a GPU-timed shape (e.g. the smoke study's tiny model): say so
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no study model matches a GPU-timed cache shape", ha="center", va="center")
+        _save(plt, fig, pdf, png)
+        return
     long = pd.concat([
         t.assign(device="CPU", mode=mode, gbps=t[f"cpu_gbps_{mode}"]) for mode in ("sequential", "pipelined")
     ] + [
