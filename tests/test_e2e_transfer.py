@@ -44,3 +44,26 @@ def test_a_shaped_link_end_to_end_is_near_the_model(tmp_path):
     assert len(table) == 4
     # TCP headers and tbf's burst put the measured time within a few tens of percent of the nominal model
     assert table.rel_error.median() < 0.25
+
+
+def test_e2e_summary_takes_medians_per_codec_and_mode_and_draws_the_figure(tmp_path):
+    import pandas as pd
+
+    from kvwire.errors import KvwireError
+    from kvwire.plots import e2e_model_vs_measured
+    from kvwire.stages.e2e import e2e_summary
+
+    d = tmp_path / "e2e" / "tiny"
+    d.mkdir(parents=True)
+    rows = [{"codec": c, "mode": m, "link": "veth", "rate_gbps": 10.0, "raw_bytes": 1000, "wire_bytes": 500,
+             "measured_s": s, "model_s": s * 0.9, "rel_error": 0.1 / 0.9 * 0.9, "encode_s": 0.1, "decode_s": 0.1,
+             "raw_transfer_model_s": 0.2}
+            for c in ("int8", "kivi2") for m in ("sequential", "pipelined") for s in (1.0, 2.0, 9.0)]
+    pd.DataFrame(rows).to_csv(d / "veth10.csv", index=False)
+    s = e2e_summary([d / "veth10.csv"], tmp_path / "s.csv")
+    assert len(s) == 4 and (s.runs == 3).all() and (s.measured_s == 2.0).all() and (s.model == "tiny").all()
+    assert s.speedup_measured_vs_raw_model.iloc[0] == pytest.approx(0.1)
+    e2e_model_vs_measured(tmp_path / "s.csv", tmp_path / "f.pdf", tmp_path / "f.png")
+    assert (tmp_path / "f.png").stat().st_size > 1000
+    with pytest.raises(KvwireError, match="no end-to-end transfer tables"):
+        e2e_summary([], tmp_path / "none.csv")

@@ -315,3 +315,23 @@ def break_even_shift(shift_csv: str | Path, pdf: str | Path, png: str | Path) ->
     grid.set_axis_labels("codec @ prompt tokens", "break-even bandwidth (Gbps)")
     grid.set_titles("{col_name}, {row_name}")
     _save(plt, grid.figure, pdf, png)
+
+
+def e2e_model_vs_measured(summary_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
+    """Measured end-to-end seconds against the transfer model's, per codec, sequential and pipelined."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    t = pd.read_csv(summary_csv)
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.relplot(data=t, x="model_s", y="measured_s", hue="codec", style="mode", col="rate_gbps",
+                       row="model", height=3.2, aspect=1.1, s=40)
+    for ax in grid.axes.flat:
+        lo = min(t.model_s.min(), t.measured_s.min()) * 0.8
+        hi = max(t.model_s.max(), t.measured_s.max()) * 1.2
+        ax.plot([lo, hi], [lo, hi], color="black", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+    grid.set_axis_labels("model (s)", "measured (s)")
+    grid.set_titles("{row_name}, {col_name} Gbps")
+    _save(plt, grid.figure, pdf, png)

@@ -177,6 +177,11 @@ def first_kv_manifest(wildcards):
     return f"results/kv/{wildcards.model}/{DATASETS[0]}/{b}/manifest.json"
 
 
+def e2e_tables():
+    """The end-to-end transfer tables measured so far (e2e_transfer needs root; it runs first)."""
+    return sorted(glob.glob("results/transfer/e2e/*/veth*.csv"))
+
+
 def link_models():
     """The links of the transfer-model validation: loopback and every configured shaped rate."""
     rates = config["transfer"].get("link_rates_gbps", [1, 10, 25])

@@ -85,3 +85,32 @@ rule e2e_transfer:
         transfer=config["transfer"],
     script:
         "../../scripts/e2e_transfer.py"
+
+
+# The end-to-end runs present (e.g. results/transfer/e2e/smollm2-135m/veth10.csv) summarised into a
+# cached table the paper reads; run after e2e_transfer: `snakemake --cores 1 e2e_summary`.
+rule e2e_summary:
+    input:
+        tables=e2e_tables(),
+    output:
+        table=report(
+            "results/tables/e2e_transfer.csv",
+            caption="../report/e2e_transfer.rst",
+            category="Tables",
+        ),
+        pdf="paper/figures/e2e_model_vs_measured.pdf",
+        png=report(
+            "paper/figures/e2e_model_vs_measured.png",
+            caption="../report/e2e_model_vs_measured.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/transfer/e2e_summary.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/e2e_summary.py"

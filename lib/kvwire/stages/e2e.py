@@ -126,3 +126,23 @@ def e2e_transfer(kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], r
     table = compare_with_model(rows, raw, rate_gbps)
     write_csv(out_csv, table)
     return table
+
+
+def e2e_summary(tables: Sequence[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """Median measured and modelled seconds per (model, rate, codec, mode) of the end-to-end runs."""
+    frames = []
+    for p in tables:
+        t = pd.read_csv(p)
+        t.insert(0, "model", Path(p).parent.name)
+        frames.append(t)
+    if not frames:
+        raise KvwireError("no end-to-end transfer tables (results/transfer/e2e/<model>/veth<rate>.csv): "
+                          "run the rule e2e_transfer as root")
+    t = pd.concat(frames, ignore_index=True)
+    s = (t.groupby(["model", "rate_gbps", "codec", "mode"], as_index=False)
+         .agg(runs=("measured_s", "size"), measured_s=("measured_s", "median"), model_s=("model_s", "median"),
+              rel_error=("rel_error", "median"), wire_bytes=("wire_bytes", "first"), raw_bytes=("raw_bytes", "first"),
+              raw_transfer_model_s=("raw_transfer_model_s", "first")))
+    s["speedup_measured_vs_raw_model"] = s["raw_transfer_model_s"] / s["measured_s"]
+    write_csv(out_csv, s)
+    return s
