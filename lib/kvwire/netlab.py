@@ -13,6 +13,7 @@ per-message costs; ``fit_link`` estimates both terms by least squares on the siz
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -37,13 +38,27 @@ class NetlabError(KvwireError):
     """A shaped link could not be set up (not root, no ``ip``/``tc``, a namespace left over)."""
 
 
-def can_shape() -> str | None:
-    """None when namespaces and tc can be used here, else the reason they cannot."""
+def _missing() -> str | None:
     if os.geteuid() != 0:
         return "network namespaces need root (CI runs as root)"
     for tool in ("ip", "tc"):
         if shutil.which(tool) is None:
             return f"`{tool}` is not installed (Debian: iproute2)"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def can_shape() -> str | None:
+    """None when namespaces, veth and tc tbf work here, else the reason they do not: root and the
+    tools are checked, then a shaped link is really set up and torn down (a container may forbid it)."""
+    reason = _missing()
+    if reason:
+        return reason
+    try:
+        with veth_link(1.0, prefix="kvwp"):
+            pass
+    except NetlabError as exc:
+        return f"a shaped veth link cannot be set up here: {exc}"
     return None
 
 
@@ -72,7 +87,7 @@ def loopback() -> Iterator[Link]:
 @contextmanager
 def veth_link(rate_gbps: float | None, *, prefix: str = "kvw", delay_ms: float = 0.0) -> Iterator[Link]:
     """Two namespaces joined by a veth pair; ``rate_gbps`` shapes both directions with tbf."""
-    reason = can_shape()
+    reason = _missing()
     if reason:
         raise NetlabError(reason)
     a, b = f"{prefix}a", f"{prefix}b"
