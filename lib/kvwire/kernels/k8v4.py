@@ -23,13 +23,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs.base import section_header
 from ..codecs.bitpack import pack, packed_size
 from ..codecs.int8 import group_view
 from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
 from ..errors import CodecError, KVError, WireError
 from . import _fp_args, header_tensor, interpreted, triton_cdiv
 from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .layout import SectionTable
 from .pack_quant import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
                          needs_clamp, pack_words, pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales,
                          store_words, unpack_on_device, unpack_words, words_view)
@@ -41,8 +41,10 @@ INTERPRETED_ELEMENTS = 8192  # the interpreter's cost is per program: fewer, lar
 
 
 @dataclass(frozen=True)
-class K8V4Layout:
+class K8V4Layout(SectionTable):
     """Byte layout of one layer's payload: ``[k codes, k scales, v codes, v scales, v zeros]``."""
+
+    SECTION_NAMES = ("k_codes", "k_scales", "v_codes", "v_scales", "v_zeros")
 
     heads: int
     seq: int
@@ -61,20 +63,6 @@ class K8V4Layout:
         vs = n * (d // self.value_group) * self.scale_item
         return [n * d, n * (d // self.key_group) * self.scale_item, packed_size(n * d, 4), vs, vs]
 
-    @property
-    def header(self) -> bytes:
-        return section_header(self.sections)
-
-    @property
-    def layer_bytes(self) -> int:
-        return len(self.header) + sum(self.sections)
-
-    def offsets(self) -> dict[str, int]:
-        out, pos = {}, len(self.header)
-        for name, size in zip(("k_codes", "k_scales", "v_codes", "v_scales", "v_zeros"), self.sections):
-            out[name] = pos
-            pos += size
-        return out
 
 
 @triton.jit

@@ -31,13 +31,14 @@ import triton
 import triton.language as tl
 
 from ..codecs import LayerKV
-from ..codecs.base import LayerContext, require_finite, section_header
+from ..codecs.base import LayerContext, require_finite
 from ..codecs.bitpack import pack, packed_size
 from ..codecs.kivi import split_points
 from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
 from ..errors import CodecError, KVError, WireError
 from . import _fp_args, header_tensor, interpreted, triton_cdiv
 from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .layout import SectionTable
 from .pack_quant import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_item,
                          load_scale, load_words, minmax_codes, minmax_params, nanmax, native, needs_clamp, pack_words,
                          pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales, store_item, store_scale,
@@ -51,9 +52,11 @@ INTERPRETED_ELEMENTS = 8192  # the interpreter's cost is per program: fewer, lar
 
 
 @dataclass(frozen=True)
-class KiviLayout:
+class KiviLayout(SectionTable):
     """Byte layout of one layer's payload: ``codecs/kivi.py``'s 8 sections for a [heads, seq, head_dim]
     layer. Every layer of a cache has the same one (section sizes depend on shape and params only)."""
+
+    SECTION_NAMES = tuple(f"{t}_{n}" for t in "kv" for n in ("codes", "scales", "zeros", "residual"))
 
     heads: int
     seq: int
@@ -81,23 +84,6 @@ class KiviLayout:
         v_scales = h * n_v * (d // self.value_group) * self.scale_item
         return [packed_size(h * n_k * d, self.bits), k_scales, k_scales, h * (s - n_k) * d * self.item,
                 packed_size(h * n_v * d, self.bits), v_scales, v_scales, h * (s - n_v) * d * self.item]
-
-    @property
-    def header(self) -> bytes:
-        return section_header(self.sections)
-
-    @property
-    def layer_bytes(self) -> int:
-        return len(self.header) + sum(self.sections)
-
-    def offsets(self) -> dict[str, int]:
-        """Byte offsets within a layer's payload of ``{k,v}_{codes,scales,zeros,residual}``."""
-        out, pos = {}, len(self.header)
-        for name, size in zip([f"{t}_{n}" for t in "kv" for n in ("codes", "scales", "zeros", "residual")],
-                              self.sections):
-            out[name] = pos
-            pos += size
-        return out
 
 
 @triton.jit

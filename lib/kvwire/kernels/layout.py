@@ -16,6 +16,29 @@ from ..codecs.base import section_header
 from ..codecs.bitpack import packed_size
 
 
+class SectionTable:
+    """The section table of a payload of fixed sections: a layout class gives ``sections`` (byte
+    lengths) and ``SECTION_NAMES`` (their names, in order); this gives header, size and offsets."""
+
+    SECTION_NAMES: tuple[str, ...] = ()
+
+    @property
+    def header(self) -> bytes:
+        return section_header(self.sections)
+
+    @property
+    def layer_bytes(self) -> int:
+        return len(self.header) + sum(self.sections)
+
+    def offsets(self) -> dict[str, int]:
+        """Byte offset of each named section within a layer's payload."""
+        out, pos = {}, len(self.header)
+        for name, size in zip(self.SECTION_NAMES, self.sections):
+            out[name] = pos
+            pos += size
+        return out
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     """Byte layout of one layer's payload for a per-token scheme.
