@@ -6,6 +6,8 @@ dtype, codec, impl, op), the later run's row wins (inputs are given oldest first
 
     python bench/merge_gpu_tables.py --out results/timing/gpu/h200.csv \
         old.csv=2026-12-01/v2 new.csv=2026-12-02/v3 ...
+
+An input given without =RUN_LABEL keeps its own run column (re-merging the cached table into a new run).
 """
 
 from __future__ import annotations
