@@ -299,6 +299,7 @@ def break_even_shift(shift_csv: str | Path, pdf: str | Path, png: str | Path) ->
     ] + [
         t.assign(device=t["gpu"], mode=mode, gbps=t[f"gpu_gbps_{mode}"]) for mode in ("sequential", "pipelined")
     ], ignore_index=True)
+    long = long[long["bin"] == long.groupby("model")["bin"].transform("max")]  # the table has every bin
     long["case"] = long["codec"] + " @ " + long["bin"].astype(str)
     sns.set_theme(style="whitegrid", context="paper")
     grid = sns.catplot(data=long, x="case", y="gbps", hue="device", col="model", row="mode", kind="bar",
@@ -314,6 +315,49 @@ def break_even_shift(shift_csv: str | Path, pdf: str | Path, png: str | Path) ->
         ax.set_xlabel("")
     grid.set_axis_labels("codec @ prompt tokens", "break-even bandwidth (Gbps)")
     grid.set_titles("{col_name}, {row_name}")
+    _save(plt, grid.figure, pdf, png)
+
+
+def speedup_cpu_gpu(cpu_sweep_csv: str | Path, gpu_sweep_csv: str | Path, pdf: str | Path,
+                    png: str | Path) -> None:
+    """Speed-up over raw transfer vs bandwidth, the same codecs on the CPU (dashed) and the GPU
+    (solid), per study model at its longest prompt bin timed on both, sequential and pipelined."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    cpu = pd.read_csv(cpu_sweep_csv).rename(columns={"bin": "seq"})
+    cpu = cpu.groupby(["model", "seq", "codec", "bandwidth_gbps"], as_index=False)[
+        ["speedup_sequential", "speedup_pipelined"]].median().assign(device="CPU")
+    gpu = pd.read_csv(gpu_sweep_csv)
+    gpu = gpu[gpu["model"].isin(cpu["model"])]
+    both = cpu.merge(gpu[["model", "seq", "codec"]].drop_duplicates(), on=["model", "seq", "codec"])
+    if both.empty:
+        fig, ax = plt.subplots(figsize=(5, 1.5))
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no study model and length is timed on both CPU and GPU", ha="center", va="center")
+        _save(plt, fig, pdf, png)
+        return
+    seq = both.groupby("model")["seq"].max()
+    gpu = gpu.assign(device=gpu["device_name"])
+    t = pd.concat([cpu, gpu], ignore_index=True)
+    keep = both[["model", "seq", "codec"]].drop_duplicates()
+    t = t.merge(keep[keep["seq"] == keep["model"].map(seq)], on=["model", "seq", "codec"])
+    long = t.melt(id_vars=["model", "seq", "codec", "device", "bandwidth_gbps"],
+                  value_vars=["speedup_sequential", "speedup_pipelined"], var_name="mode", value_name="speedup")
+    long["mode"] = long["mode"].str.removeprefix("speedup_")
+    long["panel"] = long["model"] + " @ " + long["seq"].astype(str)
+    devices = ["CPU"] + sorted(set(long["device"]) - {"CPU"})
+    sns.set_theme(style="whitegrid", context="paper")
+    grid = sns.relplot(data=long, x="bandwidth_gbps", y="speedup", hue="codec", style="device",
+                       style_order=devices, dashes={d: ((4, 2) if d == "CPU" else "") for d in devices},
+                       col="panel", row="mode", kind="line", height=3.0, aspect=1.3, errorbar=None,
+                       palette="tab20", facet_kws={"sharey": False})
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
+    grid.set_titles("{col_name} tokens, {row_name}")
     _save(plt, grid.figure, pdf, png)
 
 

@@ -168,7 +168,19 @@ def gpu_outputs():
     """The GPU summaries and figure, where any GPU timing table exists."""
     if not gpu_timing_tables():
         return []
-    return []
+    return [
+        "results/tables/gpu_kernels.csv",
+        "results/tables/gpu_break_even.csv",
+        "results/tables/break_even_shift.csv",
+        "results/tables/break_even_all.csv",
+        "results/tables/gpu_transfer_sweep.csv",
+        "paper/figures/gpu_kernels.pdf",
+        "paper/figures/gpu_kernels.png",
+        "paper/figures/break_even_shift.pdf",
+        "paper/figures/break_even_shift.png",
+        "paper/figures/speedup_cpu_gpu.pdf",
+        "paper/figures/speedup_cpu_gpu.png",
+    ]
 
 
 def first_kv_manifest(wildcards):

@@ -115,3 +115,54 @@ rule break_even_shift:
         runtime=10,
     script:
         "../../scripts/break_even_shift.py"
+
+
+# Every (model shape, length, codec, device) in one break-even table, and the GPU's speed-up curves.
+rule break_even_all:
+    input:
+        cpu="results/tables/break_even.csv",
+        models="results/tables/models.csv",
+        gpu="results/tables/gpu_break_even.csv",
+    output:
+        table=report(
+            "results/tables/break_even_all.csv",
+            caption="../report/break_even_all.rst",
+            category="Tables",
+        ),
+        sweep="results/tables/gpu_transfer_sweep.csv",
+    log:
+        "logs/aggregate/break_even_all.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    params:
+        bandwidths=config["transfer"]["gpu_bandwidths_gbps"],
+        cpu_dtype=config["extract"]["dtype"],
+    script:
+        "../../scripts/break_even_all.py"
+
+
+rule figure_speedup_cpu_gpu:
+    input:
+        cpu="results/tables/transfer_sweep.csv",
+        gpu="results/tables/gpu_transfer_sweep.csv",
+    output:
+        pdf="paper/figures/speedup_cpu_gpu.pdf",
+        png=report(
+            "paper/figures/speedup_cpu_gpu.png",
+            caption="../report/speedup_cpu_gpu.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/aggregate/figure_speedup_cpu_gpu.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_speedup_cpu_gpu.py"

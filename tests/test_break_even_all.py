@@ -1,0 +1,87 @@
+"""One break-even table over (shape, length, codec, CPU/GPU) and the GPU speed-up curves."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kvwire.errors import KVError
+from kvwire.stages.break_even import gpu_sweep, unified_break_even
+from kvwire.transfer import break_even_gbps, cost_from_arrays
+
+TABLES = Path(__file__).resolve().parents[1] / "results" / "tables"
+MODELS = pd.DataFrame([{"name": "tiny", "num_layers": 4, "num_kv_heads": 2, "head_dim": 64}])
+
+
+def cpu_table():
+    base = dict(model="tiny", bin=512, codec="int8", device="cpu", device_name="AMD EPYC", raw_bytes=1000,
+                wire_bytes=500, ratio=2.0)
+    return pd.DataFrame([{**base, "dataset": "a", "encode_s": 0.01, "decode_s": 0.02,
+                          "break_even_gbps_sequential": 1.0, "break_even_gbps_pipelined": 2.0},
+                         {**base, "dataset": "b", "encode_s": 0.03, "decode_s": 0.04,
+                          "break_even_gbps_sequential": 3.0, "break_even_gbps_pipelined": 4.0}])
+
+
+def gpu_table():
+    base = dict(gpu="NVIDIA H200", seq=512, dtype="bfloat16", codec="int8", raw_bytes=1 << 30,
+                wire_bytes=1 << 29, ratio=2.0, encode_ms=1.0, decode_ms=0.5, host_stage=False,
+                per_layer_time="cache time / layers", break_even_gbps_sequential=9.0, break_even_gbps_pipelined=9.5)
+    return pd.DataFrame([{**base, "model": "tiny-gpu-name", "layers": 4, "kv_heads": 2, "head_dim": 64},
+                         {**base, "model": "big", "layers": 32, "kv_heads": 8, "head_dim": 128}])
+
+
+def test_cpu_rows_are_the_median_over_datasets_and_gpu_shapes_take_the_study_name():
+    t = unified_break_even(cpu_table(), MODELS, gpu_table())
+    cpu = t[t.device == "cpu"].iloc[0]
+    assert len(t[t.device == "cpu"]) == 1
+    assert cpu.encode_ms == pytest.approx(20.0) and cpu.break_even_gbps_pipelined == pytest.approx(3.0)
+    assert (cpu.layers, cpu.kv_heads, cpu.head_dim) == (4, 2, 64)
+    gpu = t[t.device == "gpu"].set_index("shape")
+    assert gpu.loc["tiny-gpu-name", "model"] == "tiny"  # matched by (layers, kv heads, head dim)
+    assert gpu.loc["big", "model"] == "big"  # no study model of that shape: keeps its own name
+
+
+def test_unknown_study_model_is_an_error_naming_it():
+    with pytest.raises(KVError, match="ghost"):
+        unified_break_even(cpu_table().assign(model="ghost"), MODELS, gpu_table())
+
+
+def test_gpu_sweep_crosses_one_at_the_break_even_bandwidth():
+    g = gpu_table().iloc[[0]]
+    n = 4
+    cost = cost_from_arrays(1 << 30, [(1 << 29) / n] * n, [1e-3 / n] * n, [0.5e-3 / n] * n)
+    be = {m: break_even_gbps(cost, m) for m in ("sequential", "pipelined")}
+    s = gpu_sweep(g, MODELS, [be["sequential"] * 0.9, be["sequential"] * 1.1, be["pipelined"] * 0.9,
+                              be["pipelined"] * 1.1])
+    assert list(s.model) == ["tiny"] * 4
+    assert s.speedup_sequential.iloc[0] > 1 > s.speedup_sequential.iloc[1]
+    assert s.speedup_pipelined.iloc[2] > 1 > s.speedup_pipelined.iloc[3]
+    with pytest.raises(KVError, match="bandwidth"):
+        gpu_sweep(g, MODELS, [])
+
+
+def test_committed_gpu_break_evens_follow_from_their_own_times_and_bytes():
+    """The cached table is computed, not typed: every GPU row's break-even is re-derived from its
+    kernel times and wire bytes."""
+    t = pd.read_csv(TABLES / "break_even_all.csv")
+    assert {"cpu", "gpu"} <= set(t.device)
+    for r in t[t.device == "gpu"].itertuples():
+        n = int(r.layers)
+        cost = cost_from_arrays(int(r.raw_bytes), [r.wire_bytes / n] * n, [r.encode_ms / 1e3 / n] * n,
+                                [r.decode_ms / 1e3 / n] * n)
+        assert r.break_even_gbps_sequential == pytest.approx(break_even_gbps(cost, "sequential"), rel=1e-4)
+        assert r.break_even_gbps_pipelined == pytest.approx(break_even_gbps(cost, "pipelined"), rel=1e-4)
+
+
+def test_speedup_figure_draws_a_panel_per_model_and_mode_or_says_nothing_matches(tmp_path):
+    from PIL import Image
+
+    from kvwire.plots import speedup_cpu_gpu
+
+    speedup_cpu_gpu(TABLES / "transfer_sweep.csv", TABLES / "gpu_transfer_sweep.csv", tmp_path / "a.pdf",
+                    tmp_path / "a.png")
+    empty_gpu = tmp_path / "gpu.csv"
+    pd.read_csv(TABLES / "gpu_transfer_sweep.csv").assign(model="elsewhere").to_csv(empty_gpu, index=False)
+    speedup_cpu_gpu(TABLES / "transfer_sweep.csv", empty_gpu, tmp_path / "b.pdf", tmp_path / "b.png")
+    full, note = Image.open(tmp_path / "a.png").size, Image.open(tmp_path / "b.png").size
+    assert full[1] > 3 * note[1]  # two rows of panels against a one-line note
