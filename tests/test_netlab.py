@@ -61,3 +61,18 @@ def test_link_validation_stage_writes_transfers_model_and_bands(tmp_path):
     assert (model.fitted_rate_gbps > 0).all() and (model.rel_error_fitted >= 0).all()
     bands = link_summary([tmp_path / "m.csv"], tmp_path / "s.csv").set_index("band")
     assert set(bands.index) == {"< 1 MB", "1-100 MB"}
+
+
+def test_fit_is_relative_and_never_returns_a_negative_latency():
+    sizes = [1 << 20, 1 << 24, 1 << 28]
+    # a link that slows down at large sizes (caches, as loopback does) pulls a line below zero at n = 0
+    rows = [{"bytes": n, "seconds": 8 * n / (8e9 if n < 1 << 28 else 5e9)} for n in sizes]
+    fit = netlab.fit_link(rows)
+    assert fit.latency_s == 0.0
+    # through the origin with relative residuals: the rate lies between the two measured rates
+    assert 5.0 < fit.rate_gbps < 8.0
+
+    def sq(rate):
+        return sum(e["rel_error"] ** 2 for e in netlab.model_error(rows, 0.0, rate))
+
+    assert sq(fit.rate_gbps) < min(sq(fit.rate_gbps * 0.97), sq(fit.rate_gbps * 1.03), sq(5.0), sq(8.0))

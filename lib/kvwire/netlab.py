@@ -208,7 +208,9 @@ class LinkFit:
 
 
 def fit_link(rows: Sequence[dict], *, min_bytes: int = 1 << 20) -> LinkFit:
-    """Least squares of the median time per size against size (sizes >= ``min_bytes``)."""
+    """Least squares of the median time per size against size (sizes >= ``min_bytes``), weighted by
+    1 / time: the residuals are relative, so a 1 GB transfer does not swamp the 1 MB ones (the goal
+    is a model within a few per cent at every size, not in absolute seconds)."""
     by_size: dict[int, list[float]] = {}
     for r in rows:
         if r["bytes"] >= min_bytes:
@@ -217,10 +219,12 @@ def fit_link(rows: Sequence[dict], *, min_bytes: int = 1 << 20) -> LinkFit:
         raise NetlabError(f"fitting a link needs at least two sizes >= {min_bytes} bytes, got {sorted(by_size)}")
     x = np.array(sorted(by_size), dtype=float)
     y = np.array([np.median(by_size[int(n)]) for n in x])
-    slope, intercept = np.polyfit(x, y, 1)
+    slope, intercept = np.polyfit(x, y, 1, w=1.0 / y)
+    if intercept < 0:  # no negative latency: refit the rate alone, through the origin, same weights
+        intercept, slope = 0.0, float(np.sum(x / y) / np.sum((x / y) ** 2))
     if slope <= 0:
         raise NetlabError("the measured time does not grow with size: no rate can be fitted")
-    return LinkFit(max(float(intercept), 0.0), 8 / slope / 1e9, min_bytes, len(x))
+    return LinkFit(float(intercept), 8 / slope / 1e9, min_bytes, len(x))
 
 
 def model_error(rows: Sequence[dict], latency_s: float, rate_gbps: float) -> list[dict]:
