@@ -28,6 +28,15 @@ def _save(plt, figure, *paths: str | Path) -> None:
     plt.close(figure)
 
 
+def _speedup_axes(grid) -> None:
+    """Log-log speed-up against bandwidth, with the break-even line (speed-up 1) dotted."""
+    for ax in grid.axes.flat:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.axhline(1.0, color="black", lw=0.8, ls=":")
+    grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
+
+
 def speedup_vs_bandwidth(sweep_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
     """End-to-end speed-up over raw transfer vs link bandwidth, per model, codec and transfer mode."""
     import seaborn as sns
@@ -44,11 +53,7 @@ def speedup_vs_bandwidth(sweep_csv: str | Path, pdf: str | Path, png: str | Path
     grid = sns.relplot(data=long, x="bandwidth_gbps", y="speedup", hue="codec", style="mode", col="model",
                        kind="line", marker="o", height=3.2, aspect=1.2, errorbar=None,
                        facet_kws={"sharey": False})
-    for ax in grid.axes.flat:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.axhline(1.0, color="black", lw=0.8, ls=":")
-    grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
+    _speedup_axes(grid)
     grid.set_titles("{col_name}")
     _save(plt, grid.figure, pdf, png)
 
@@ -352,11 +357,7 @@ def speedup_cpu_gpu(cpu_sweep_csv: str | Path, gpu_sweep_csv: str | Path, pdf: s
                        style_order=devices, dashes={d: ((4, 2) if d == "CPU" else "") for d in devices},
                        col="panel", row="mode", kind="line", height=3.0, aspect=1.3, errorbar=None,
                        palette="tab20", facet_kws={"sharey": False})
-    for ax in grid.axes.flat:
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        ax.axhline(1.0, color="black", lw=0.8, ls=":")
-    grid.set_axis_labels("link bandwidth (Gbps)", "speed-up over raw transfer")
+    _speedup_axes(grid)
     grid.set_titles("{col_name} tokens, {row_name}")
     _save(plt, grid.figure, pdf, png)
 
