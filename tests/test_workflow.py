@@ -12,14 +12,9 @@ import pytest
 import yaml
 
 from kvwire import wire
+from smk import job_counts, snakemake
 
 SMOKE_MINUTES = 10
-
-
-def snakemake(repo, *args, cwd=None, timeout=120, env=None):
-    return subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), *args],
-                          cwd=cwd or repo, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
 
 
 def test_lint_is_clean(repo):
@@ -31,21 +26,6 @@ def test_snakefmt_check(repo):
     out = subprocess.run([sys.executable, "-m", "snakefmt", "--check", "Snakefile", "workflow"], cwd=repo,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
-
-
-def _job_counts(stdout: str) -> dict[str, int]:
-    counts, in_table = {}, False
-    for line in stdout.splitlines():
-        if line.startswith("job ") and "count" in line:
-            in_table = True
-            continue
-        if in_table:
-            parts = line.split()
-            if len(parts) == 2 and parts[1].isdigit():
-                counts[parts[0]] = int(parts[1])
-            elif parts and parts[0] == "total":
-                break
-    return counts
 
 
 def _merged(repo, names):
@@ -64,7 +44,7 @@ def test_dry_run_plans_the_whole_fan_out(repo, names, tmp_path):
     cfg = _merged(repo, names)
     out = snakemake(repo, "-n", "--configfile", *[str(repo / "config" / n) for n in names], "-d", str(tmp_path))
     assert out.returncode == 0, out.stderr
-    counts = _job_counts(out.stdout)
+    counts = job_counts(out.stdout)
     n_models, n_data, n_codecs = len(cfg["models"]), len(cfg["datasets"]), len(cfg["codecs"])
     n_bins = sum(len(m.get("bins", cfg["prompts"]["bins"])) for m in cfg["models"].values())
     assert counts["fetch_model"] == n_models
@@ -302,7 +282,7 @@ def test_gpu_timing_rule_is_planned_on_request_only(repo, tmp_path):
     config = ("--configfile", str(repo / "config" / "smoke.yaml"), "-d", str(tmp_path))
     out = snakemake(repo, "-n", *config)
     assert out.returncode == 0, out.stderr
-    assert "time_gpu" not in _job_counts(out.stdout)
+    assert "time_gpu" not in job_counts(out.stdout)
     out = snakemake(repo, "-n", "results/timing/gpu/h200.csv", *config)
     assert out.returncode == 0, out.stderr
     assert re.findall(r"^rule (\w+):", out.stdout, re.M) == ["time_gpu"]  # that job alone

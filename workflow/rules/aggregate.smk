@@ -28,9 +28,17 @@ rule break_even_table:
     input:
         tables=transfer_tables(),
     output:
-        csv="results/tables/break_even.csv",
+        csv=report(
+            "results/tables/break_even.csv",
+            caption="../report/break_even.rst",
+            category="Tables",
+        ),
         tex="results/tables/break_even.tex",
-        sweep="results/tables/transfer_sweep.csv",
+        sweep=report(
+            "results/tables/transfer_sweep.csv",
+            caption="../report/transfer_sweep.rst",
+            category="Tables",
+        ),
     log:
         "logs/aggregate/break_even_table.log",
     conda:
@@ -47,7 +55,11 @@ rule models_table:
     input:
         facts=model_facts_all(),
     output:
-        table="results/tables/models.csv",
+        table=report(
+            "results/tables/models.csv",
+            caption="../report/models.rst",
+            category="Tables",
+        ),
     log:
         "logs/aggregate/models_table.log",
     conda:
@@ -294,3 +306,22 @@ rule figure_sensitivity:
         metric="token_agreement",
     script:
         "../../scripts/figure_sensitivity.py"
+
+
+# One model's slice of the study, and its manifest: `snakemake --cores 8 results/slices/M.csv`
+# (add --forceall to rerun the slice; only M's jobs and the shared prompt jobs are planned).
+rule model_slice:
+    input:
+        model_slice,
+    output:
+        manifest="results/slices/{model}.csv",
+    log:
+        "logs/slices/{model}.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/model_slice.py"

@@ -194,11 +194,32 @@ def e2e_tables():
     return sorted(glob.glob("results/transfer/e2e/*/veth*.csv"))
 
 
+def measured_link_models():
+    """The link measurements present (link_validation needs root; it runs first), summarised into
+    the cached table: with none here the committed table stands and nothing reruns."""
+    return sorted(glob.glob("results/transfer/link/*/model.csv"))
+
+
 def link_models():
     """The links of the transfer-model validation: loopback and every configured shaped rate."""
     rates = config["transfer"].get("link_rates_gbps", [1, 10, 25])
     links = ["loopback"] + [f"veth{r:g}" for r in rates]
     return expand("results/transfer/link/{link}/model.csv", link=links)
+
+
+def model_slice(wildcards):
+    """Everything of one model the study makes before its cross-model tables: quality per codec,
+    CPU timings, transfer tables and KV statistics (`snakemake results/slices/M.csv`).
+    """
+    m = wildcards.model
+    return (
+        expand("results/quality/{model}/{codec}.json", model=m, codec=CODECS)
+        + expand("results/timing/cpu/{model}/{codec}.csv", model=m, codec=CODECS)
+        + expand(
+            "results/transfer/{model}/{kind}.csv", model=m, kind=["sweep", "break_even"]
+        )
+        + [f"results/kvstats/{m}.csv", f"resources/models/{m}/facts.json"]
+    )
 
 
 def kv_statistics_all():
@@ -211,6 +232,10 @@ def model_facts_all():
 
 def all_outputs():
     return [
+        "results/tables/link_model.csv",
+        "results/tables/e2e_transfer.csv",
+        "paper/figures/e2e_model_vs_measured.pdf",
+        "paper/figures/e2e_model_vs_measured.png",
         "results/tables/quality.csv",
         "results/tables/quality_by_bin.csv",
         "results/tables/gates.csv",
@@ -232,3 +257,54 @@ def all_outputs():
         "paper/figures/sensitivity_heatmap.pdf",
         "paper/figures/sensitivity_heatmap.png",
     ] + gpu_outputs()
+
+
+# `snakemake paper` runs only these rules: each reads committed cached tables (results/tables/,
+# results/timing/gpu/) or another of them, never the study's bulk data, models or GPUs.
+PAPER_RULES = [
+    "paper_artifacts",
+    "gpu_tables",
+    "break_even_shift",
+    "break_even_all",
+    "figure_codec_errors",
+    "figure_speedup",
+    "figure_speedup_cpu_gpu",
+    "figure_pareto",
+    "figure_cosine_vs_ce",
+    "figure_sensitivity",
+    "figure_gpu_kernels",
+    "figure_e2e",
+]
+
+
+def paper_outputs():
+    """Every figure and derived table the paper rebuilds from the cached tables."""
+    figures = [
+        "codec_errors",
+        "speedup_vs_bandwidth",
+        "speedup_cpu_gpu",
+        "pareto",
+        "cosine_vs_delta_ce",
+        "sensitivity_heatmap",
+        "gpu_kernels",
+        "break_even_shift",
+        "e2e_model_vs_measured",
+    ]
+    tables = [
+        "gpu_kernels",
+        "gpu_break_even",
+        "break_even_shift",
+        "break_even_all",
+        "gpu_transfer_sweep",
+    ]
+    return expand("paper/figures/{f}.{ext}", f=figures, ext=["pdf", "png"]) + expand(
+        "results/tables/{t}.csv", t=tables
+    )
+
+
+def paper_config_args():
+    """This run's --configfile, handed to the paper's inner run (none: the default config)."""
+    files = workflow.overwrite_configfiles or []
+    if not files:
+        return ""
+    return "--configfile " + " ".join(f"'{Path(f).resolve()}'" for f in files)

@@ -129,7 +129,11 @@ rule break_even_all:
             caption="../report/break_even_all.rst",
             category="Tables",
         ),
-        sweep="results/tables/gpu_transfer_sweep.csv",
+        sweep=report(
+            "results/tables/gpu_transfer_sweep.csv",
+            caption="../report/gpu_transfer_sweep.rst",
+            category="Tables",
+        ),
     log:
         "logs/aggregate/break_even_all.log",
     conda:

@@ -1,0 +1,186 @@
+"""Workflow operations: the profiles, one model's slice, the paper rebuilt from cached tables on a
+fresh clone, and the report."""
+
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from smk import job_counts, planned_jobs, snakemake
+
+
+def fresh_clone(repo: Path, dest: Path) -> Path:
+    """What a clone of this checkout holds: tracked files plus untracked ones git does not ignore (so
+    the test sees the working tree), nothing else (no resources/, no results/ bulk data, no .snakemake)."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo, check=True,
+                           capture_output=True, text=True).stdout.split("\0")
+    for f in filter(None, files):
+        src, dst = repo / f, dest / f
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted in the working tree
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(src.readlink())
+        else:
+            shutil.copy2(src, dst)
+    return dest
+
+
+def _rules_of(path: Path) -> set[str]:
+    return set(re.findall(r"^rule (\w+):", path.read_text(), re.M))
+
+
+# ---------------------------------------------------------------- profiles
+
+def test_short_profile_name_resolves_from_the_repo_root(repo):
+    """`--profile slurm` is looked up as a path, then as ./slurm: the root link must reach the profile."""
+    link = repo / "slurm"
+    assert link.is_symlink() and link.resolve() == (repo / "profiles" / "slurm").resolve()
+    assert yaml.safe_load((link / "config.yaml").read_text())["executor"] == "slurm"
+
+
+def test_slurm_profile_gives_gpus_to_gpu_rules_only(repo, tmp_path):
+    pytest.importorskip("snakemake_executor_plugin_slurm")
+    out = snakemake(repo, "-n", "--profile", "slurm", "--configfile", str(repo / "config" / "smoke.yaml"),
+                    "-d", str(tmp_path), snakefile=False)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    jobs = planned_jobs(out.stdout)
+    assert jobs and {j["rule"] for j in jobs} >= {"extract_kv", "quality", "time_cpu", "encode"}
+    for j in jobs:
+        wants_gpu = j["resources"].get("gpu") not in (None, "0")
+        assert wants_gpu == (j["rule"] == "extract_kv"), j
+    quality = next(j for j in jobs if j["rule"] == "quality")
+    assert quality["resources"]["mem_mb"] == "8000" and quality["resources"]["runtime"] == "120"
+    timing = next(j for j in jobs if j["rule"] == "time_cpu")
+    assert timing["resources"]["cpus_per_task"] == "8" and "--exclusive" in timing["resources"]["slurm_extra"]
+
+
+def test_default_profile_holds_only_executor_independent_keys(repo):
+    """Snakemake applies profiles/default to SLURM runs too, over --profile, key by key."""
+    default = yaml.safe_load((repo / "profiles" / "default" / "config.yaml").read_text())
+    slurm = yaml.safe_load((repo / "profiles" / "slurm" / "config.yaml").read_text())
+    assert "executor" not in default and "jobs" not in default
+    assert not set(default) & set(slurm), "the default profile would silently override the slurm profile"
+
+
+# ---------------------------------------------------------------- slices
+
+def test_a_model_slice_plans_only_that_models_jobs(repo, tmp_path):
+    cfg = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    model, other = list(cfg["models"])[:2]
+    out = snakemake(repo, "-n", "--forceall", "--configfile", str(repo / "config" / "smoke.yaml"),
+                    "-d", str(tmp_path), "--", f"results/slices/{model}.csv")
+    assert out.returncode == 0, out.stderr[-3000:]
+    jobs = planned_jobs(out.stdout)
+    counts = job_counts(out.stdout)
+    n_codecs = len(cfg["codecs"])
+    assert counts["quality"] == counts["encode"] == counts["time_cpu"] == n_codecs
+    assert counts["fetch_model"] == counts["reference"] == counts["model_slice"] == 1
+    for j in jobs:
+        if "model" in j["wildcards"]:
+            assert j["wildcards"]["model"] == model, j
+        else:  # only the shared prompt sets carry no model
+            assert j["rule"] == "build_prompts", j
+    assert other not in out.stdout.replace(f"{other}.", "")  # not even as an input
+
+
+def test_slice_manifest_hashes_its_files_and_refuses_another_models(tmp_path):
+    from kvwire.stages.manifest import sha256_of, slice_manifest
+
+    a = tmp_path / "results" / "quality" / "m1" / "int8.json"
+    a.parent.mkdir(parents=True)
+    a.write_text('{"x": 1}')
+    t = slice_manifest("m1", [str(a)], tmp_path / "s.csv")
+    assert t.loc[0, "bytes"] == 8 and t.loc[0, "sha256"] == sha256_of(a)
+    assert pd.read_csv(tmp_path / "s.csv").loc[0, "sha256"] == sha256_of(a)
+    b = tmp_path / "results" / "quality" / "m2" / "int8.json"
+    b.parent.mkdir(parents=True)
+    b.write_text("{}")
+    with pytest.raises(ValueError, match="m2/int8.json is not part of model 'm1'"):
+        slice_manifest("m1", [str(a), str(b)], tmp_path / "s2.csv")
+    assert not (tmp_path / "s2.csv").exists()
+
+
+# ---------------------------------------------------------------- the paper from cached results
+
+def _paper_rules(repo) -> list[str]:
+    text = (repo / "workflow" / "rules" / "common.smk").read_text()
+    block = re.search(r"PAPER_RULES = \[(.*?)\]", text, re.S).group(1)
+    return re.findall(r'"(\w+)"', block)
+
+
+@pytest.fixture(scope="module")
+def paper_clone(repo, tmp_path_factory):
+    """A fresh clone after `snakemake paper`: (clone, run result, seconds)."""
+    clone = fresh_clone(repo, tmp_path_factory.mktemp("paper") / "clone")
+    assert not (clone / "resources").exists() and not (clone / "results" / "quality").exists()
+    t0 = time.perf_counter()
+    out = snakemake(clone, "paper", cwd=clone, snakefile=False, timeout=300)
+    return clone, out, time.perf_counter() - t0
+
+
+def test_paper_rebuilds_every_figure_and_table_from_the_cache_alone(repo, paper_clone):
+    clone, out, seconds = paper_clone
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    inner = (clone / "logs" / "paper" / "paper.log").read_text()
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", inner, re.M))
+    assert ran == set(_paper_rules(repo)), ran ^ set(_paper_rules(repo))
+    # nothing of the study ran: no model, no KV cache, no timing
+    assert not (clone / "resources").exists() and not (clone / "results" / "kv").exists()
+    from kvwire.plots import __name__ as _  # noqa: F401  (plots import matplotlib: the figures are real)
+    import matplotlib.image as mpimg
+
+    figures = sorted((clone / "paper" / "figures").glob("*.png"))
+    assert len(figures) >= 9
+    for png in figures:
+        h, w = mpimg.imread(png).shape[:2]
+        assert h > 200 and w > 200, png
+        assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
+    # the derived tables were rebuilt (forced) and equal the committed ones byte for byte
+    for name in ("gpu_kernels", "gpu_break_even", "break_even_shift", "break_even_all", "gpu_transfer_sweep"):
+        assert f"results/tables/{name}.csv" in inner
+        assert (clone / "results" / "tables" / f"{name}.csv").read_bytes() == \
+            (repo / "results" / "tables" / f"{name}.csv").read_bytes(), name
+    assert seconds < 60, f"snakemake paper took {seconds:.0f} s"
+
+
+def test_paper_names_a_missing_cached_table_and_runs_no_experiment(repo, tmp_path):
+    clone = fresh_clone(repo, tmp_path / "clone")
+    (clone / "results" / "tables" / "quality.csv").unlink()
+    out = snakemake(clone, "paper", cwd=clone, snakefile=False, timeout=300)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "Missing input files" in text and "results/tables/quality.csv" in text
+    assert not (clone / "resources").exists()
+
+
+def test_report_captions_every_figure_and_table(repo, paper_clone):
+    clone, out, _ = paper_clone
+    assert out.returncode == 0
+    rep = snakemake(clone, "--report", "report.html", cwd=clone, snakefile=False, timeout=300)
+    assert rep.returncode == 0, rep.stderr[-3000:]
+    html = (clone / "report.html").read_text()
+    rules_dir = repo / "workflow" / "rules"
+    reported = []  # (rule, output path, caption name)
+    for smk in rules_dir.glob("*.smk"):
+        for block in re.split(r"\n(?=rule \w+:)", smk.read_text()):
+            name = re.match(r"rule (\w+):", block)
+            for path, caption in re.findall(r'report\(\s*"([^"]+)",\s*caption="\.\./report/(\w+)\.rst"', block):
+                reported.append((name.group(1), path, caption))
+    assert len(reported) >= 25
+    for rule, path, caption in reported:
+        text = (repo / "workflow" / "report" / f"{caption}.rst").read_text()
+        assert re.search(rf"\b{rule}\b", text), f"caption {caption}.rst does not name its rule {rule}"
+        if (clone / path).exists():
+            assert Path(path).name in html, path
+    # every committed summary table and every paper figure is marked for the report
+    marked = {p for _, p, _ in reported}
+    committed = {f"results/tables/{p.name}" for p in (repo / "results" / "tables").glob("*.csv")}
+    assert committed - marked == set()
+    figures = {f"paper/figures/{p.name}" for p in (clone / "paper" / "figures").glob("*.png")}
+    assert figures - marked == set()
