@@ -101,3 +101,22 @@ def random_layers(n_layers=3, heads=2, seq=17, dim=16, dtype=torch.bfloat16, see
             k[..., 1] *= 100.0  # one outlier channel, as real keys have
         layers.append(LayerKV(k.to(dtype), v.to(dtype)))
     return layers
+
+
+@pytest.fixture(scope="session")
+def smoke_study(repo, tmp_path_factory):
+    """The smoke study run once per session by Snakemake in a scratch directory, locally:
+    (work dir, config path, config, env). test_workflow checks it; test_slurm compares against it."""
+    from smk import SMOKE_MINUTES, smoke_config, snakemake
+
+    if not (STORIES / "config.json").exists() or not (SHARED / "data").exists():
+        pytest.skip(f"the smoke study reads ../shared (absent at {SHARED})")
+    tmp_path = tmp_path_factory.mktemp("smoke")
+    work = tmp_path / "work"
+    work.mkdir()
+    cfg_path, cfg = smoke_config(repo, tmp_path)
+    env = {"KVWIRE_CACHE": os.environ["KVWIRE_TEST_CACHE"], "HF_HUB_OFFLINE": "1"}
+    out = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work),
+                    timeout=SMOKE_MINUTES * 60, env=env)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
+    return work, cfg_path, cfg, env

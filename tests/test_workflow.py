@@ -12,10 +12,7 @@ import pytest
 import yaml
 
 from kvwire import wire
-from smk import job_counts, snakemake
-
-SMOKE_MINUTES = 10
-
+from smk import E2E_DATASET, SMOKE_MINUTES, job_counts, snakemake
 
 def test_lint_is_clean(repo):
     out = snakemake(repo, "--lint")
@@ -71,43 +68,6 @@ def test_a_model_with_its_own_bins(repo, tmp_path):
     planned = set(re.findall(r"results/kv/([^/]+)/[^/]+/(\d+)/manifest.json", out.stdout))
     assert {b for m, b in planned if m == first} == {"64", "96"}
     assert {b for m, b in planned if m != first} == {str(b) for b in cfg["prompts"]["bins"]}
-
-
-# The Snakemake run of the smoke study in CI: one dataset and these codecs (the gates need identity, int8, kivi4) (every other smoke codec
-# runs through the same stage functions in-process in test_every_smoke_codec_on_real_caches, which
-# saves ~10 s of process start-up and model loading per job on a 2-core CI machine).
-E2E_DATASET = "wikitext2"
-E2E_CODECS = ["identity", "zstd", "lz4", "int8", "int8+zstd", "int4", "kivi4", "kvquant2", "kvquant4", "h2o", "guardband_8x"]
-
-
-def _e2e_config(repo, tmp_path) -> tuple[Path, dict]:
-    """The smoke config, ../shared paths made absolute, cut to E2E_DATASET and E2E_CODECS."""
-    text = (repo / "config" / "smoke.yaml").read_text().replace("../shared/", f"{repo.parent / 'shared'}/")
-    cfg = yaml.safe_load(text)
-    assert set(E2E_CODECS) <= set(cfg["codecs"]) and E2E_DATASET in cfg["datasets"]
-    cfg["datasets"] = {E2E_DATASET: cfg["datasets"][E2E_DATASET]}
-    cfg["codecs"] = {c: cfg["codecs"][c] for c in E2E_CODECS}
-    path = tmp_path / "smoke.yaml"
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    return path, cfg
-
-
-@pytest.fixture(scope="module")
-def smoke_study(repo, tmp_path_factory):
-    """The smoke study run once by Snakemake in a scratch directory: (work dir, config path, config, env)."""
-    shared = repo.parent / "shared"
-    if not (shared / "models" / "stories260K-hf").exists() or not (shared / "data").exists():
-        pytest.skip(f"the smoke study reads ../shared (absent at {shared})")
-    tmp_path = tmp_path_factory.mktemp("smoke")
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg_path, cfg = _e2e_config(repo, tmp_path)
-    cache = Path(os.environ["KVWIRE_TEST_CACHE"])  # set by conftest
-    env = {"KVWIRE_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
-    out = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work),
-                    timeout=SMOKE_MINUTES * 60, env=env)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return work, cfg_path, cfg, env
 
 
 @pytest.mark.slow
