@@ -243,7 +243,7 @@ def test_gpu_timing_rule_is_planned_on_request_only(repo, tmp_path):
     out = snakemake(repo, "-n", *config)
     assert out.returncode == 0, out.stderr
     assert "time_gpu" not in job_counts(out.stdout)
-    out = snakemake(repo, "-n", "results/timing/gpu/h200.csv", *config)
+    out = snakemake(repo, "-n", "results/timing/gpu/runs/h200.csv", *config)
     assert out.returncode == 0, out.stderr
     assert re.findall(r"^rule (\w+):", out.stdout, re.M) == ["time_gpu"]  # that job alone
     assert re.search(r"resources:.*\bgpu=1\b", out.stdout)

@@ -13,6 +13,7 @@ from snakemake.utils import validate
 # The workflow uses the repository's own library, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 from kvwire.config import check_config, codec_spec, load_schema  # noqa: E402
+from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
@@ -41,6 +42,7 @@ wildcard_constraints:
     gpu="[A-Za-z0-9][A-Za-z0-9_-]*",
     link="loopback|veth[0-9.]+",
     rate="[0-9.]+",
+    table="[a-z_]+",
 
 
 def model_dir(wildcards):
@@ -183,6 +185,17 @@ def gpu_outputs():
     ]
 
 
+def decision_outputs():
+    """The decision table and flowchart: they need the GPU speed-up sweep, so GPU timings."""
+    if not gpu_timing_tables():
+        return []
+    return [
+        "results/tables/decision.csv",
+        "paper/figures/decision_flowchart.pdf",
+        "paper/figures/decision_flowchart.png",
+    ]
+
+
 def first_kv_manifest(wildcards):
     """The largest bin's extraction of the first dataset: its first prompt is the end-to-end payload."""
     b = max(bins_of(wildcards.model))
@@ -247,28 +260,33 @@ def measured_transfer_outputs():
 
 
 def all_outputs():
-    return measured_transfer_outputs() + [
-        "results/tables/quality.csv",
-        "results/tables/quality_by_bin.csv",
-        "results/tables/gates.csv",
-        "results/tables/sensitivity.csv",
-        "results/tables/break_even.csv",
-        "results/tables/break_even.tex",
-        "results/tables/models.csv",
-        "results/tables/codecs.csv",
-        "results/tables/cosine_spearman.csv",
-        "results/tables/attention_retention.csv",
-        "paper/figures/codec_errors.pdf",
-        "paper/figures/codec_errors.png",
-        "paper/figures/speedup_vs_bandwidth.pdf",
-        "paper/figures/speedup_vs_bandwidth.png",
-        "paper/figures/pareto.pdf",
-        "paper/figures/pareto.png",
-        "paper/figures/cosine_vs_delta_ce.pdf",
-        "paper/figures/cosine_vs_delta_ce.png",
-        "paper/figures/sensitivity_heatmap.pdf",
-        "paper/figures/sensitivity_heatmap.png",
-    ] + gpu_outputs()
+    return (
+        measured_transfer_outputs()
+        + [
+            "results/tables/quality.csv",
+            "results/tables/quality_by_bin.csv",
+            "results/tables/gates.csv",
+            "results/tables/sensitivity.csv",
+            "results/tables/break_even.csv",
+            "results/tables/break_even.tex",
+            "results/tables/models.csv",
+            "results/tables/codecs.csv",
+            "results/tables/cosine_spearman.csv",
+            "results/tables/attention_retention.csv",
+            "paper/figures/codec_errors.pdf",
+            "paper/figures/codec_errors.png",
+            "paper/figures/speedup_vs_bandwidth.pdf",
+            "paper/figures/speedup_vs_bandwidth.png",
+            "paper/figures/pareto.pdf",
+            "paper/figures/pareto.png",
+            "paper/figures/cosine_vs_delta_ce.pdf",
+            "paper/figures/cosine_vs_delta_ce.png",
+            "paper/figures/sensitivity_heatmap.pdf",
+            "paper/figures/sensitivity_heatmap.png",
+        ]
+        + gpu_outputs()
+        + decision_outputs()
+    )
 
 
 # `snakemake paper` runs only these rules: each reads committed cached tables (results/tables/,
@@ -286,32 +304,94 @@ PAPER_RULES = [
     "figure_sensitivity",
     "figure_gpu_kernels",
     "figure_e2e",
+    "paper_decision",
+    "paper_table",
+    "paper_macros",
+    "paper_pdf",
 ]
+
+# What each of the paper's artifacts is made from. A table named here is cached (committed under
+# results/tables/) unless DERIVED says which tables `snakemake paper` makes it from; "gpu_timing"
+# is the committed results/timing/gpu/*.csv. An artifact whose sources are absent is left out of
+# the paper's run and the PDF says "no data" in its place.
+DERIVED = {
+    "gpu_kernels": ["gpu_timing"],
+    "gpu_break_even": ["gpu_timing"],
+    "break_even_shift": ["break_even", "models", "gpu_break_even"],
+    "break_even_all": ["break_even", "models", "gpu_break_even"],
+    "gpu_transfer_sweep": ["break_even", "models", "gpu_break_even"],
+    "decision": ["transfer_sweep", "gpu_transfer_sweep", "quality"],
+}
+FIGURE_SOURCES = {
+    "codec_errors": ["codecs"],
+    "speedup_vs_bandwidth": ["transfer_sweep", "break_even"],
+    "speedup_cpu_gpu": ["transfer_sweep", "gpu_transfer_sweep"],
+    "pareto": ["quality"],
+    "cosine_vs_delta_ce": ["quality", "cosine_spearman"],
+    "sensitivity_heatmap": ["quality"],
+    "gpu_kernels": ["gpu_kernels"],
+    "break_even_shift": ["break_even_shift"],
+    "e2e_model_vs_measured": ["e2e_transfer"],
+    "decision_flowchart": ["decision"],
+}
+LATEX_TABLE_SOURCES = {
+    "codecs": ["quality"],
+    "break_even": ["break_even_all", "models"],
+    "sensitivity": ["sensitivity"],
+    "kernels": ["gpu_kernels"],
+}
+# the tables whose numbers the text quotes (paper_macros): the library's list
+MACRO_TABLES = MACRO_TABLE_NAMES
+
+
+def paper_has(table):
+    """Whether `snakemake paper` has ``table``: committed here, or derivable from what is."""
+    if table == "gpu_timing":
+        return bool(gpu_timing_tables())
+    if table in DERIVED:
+        return all(paper_has(t) for t in DERIVED[table])
+    return Path(f"results/tables/{table}.csv").exists()
+
+
+def _present(sources):
+    return [name for name, needs in sources.items() if all(map(paper_has, needs))]
+
+
+def paper_figures():
+    return expand("paper/figures/{f}.pdf", f=_present(FIGURE_SOURCES))
+
+
+def paper_latex_tables():
+    return expand("paper/generated/tables/{t}.tex", t=_present(LATEX_TABLE_SOURCES))
+
+
+def latex_table_sources(wildcards):
+    needs = LATEX_TABLE_SOURCES[wildcards.table]
+    return {t: f"results/tables/{t}.csv" for t in needs}
+
+
+def paper_macro_tables():
+    """name -> table, for the macro tables `snakemake paper` has (a missing one reads "no data")."""
+    return {t: f"results/tables/{t}.csv" for t in MACRO_TABLES if paper_has(t)}
 
 
 def paper_outputs():
-    """Every figure and derived table the paper rebuilds from the cached tables."""
-    figures = [
-        "codec_errors",
-        "speedup_vs_bandwidth",
-        "speedup_cpu_gpu",
-        "pareto",
-        "cosine_vs_delta_ce",
-        "sensitivity_heatmap",
-        "gpu_kernels",
-        "break_even_shift",
-        "e2e_model_vs_measured",
-    ]
-    tables = [
-        "gpu_kernels",
-        "gpu_break_even",
-        "break_even_shift",
-        "break_even_all",
-        "gpu_transfer_sweep",
-    ]
-    return expand("paper/figures/{f}.{ext}", f=figures, ext=["pdf", "png"]) + expand(
-        "results/tables/{t}.csv", t=tables
+    """Every figure and derived table the paper rebuilds from the cached tables, and the PDF."""
+    figures = [f[: -len(".pdf")] for f in paper_figures()]
+    derived = [t for t in DERIVED if paper_has(t)]
+    return (
+        expand("{f}.{ext}", f=figures, ext=["pdf", "png"])
+        + expand("results/tables/{t}.csv", t=derived)
+        + ["paper/kvwire.pdf"]
     )
+
+
+def paper_sources():
+    """The paper's hand-written sources: the text and the bibliography (the repository's)."""
+    return {
+        "tex": str(REPO / "paper" / "kvwire.tex"),
+        "bib": str(REPO / "paper" / "refs.bib"),
+    }
 
 
 def paper_config_args():

@@ -20,11 +20,13 @@ rule time_cpu:
         "../../scripts/time_cpu.py"
 
 
-# GPU-tagged and never run by `all`: the table is measured on a GPU node (`--profile slurm` asks for
-# one) and committed; {gpu} must name the device (h200 -> "NVIDIA H200"), or the job stops.
+# GPU-tagged and never run by `all`: one run's table, measured on a GPU node (`--profile slurm` asks
+# for one); {gpu} must name the device (h200 -> "NVIDIA H200"), or the job stops. Runs are merged into
+# the committed results/timing/gpu/{gpu}.csv by bench/merge_gpu_tables.py (each keeps its run label),
+# which no rule writes: a fresh clone's cached table is a source, never a job to rerun.
 rule time_gpu:
     output:
-        table="results/timing/gpu/{gpu}.csv",
+        table="results/timing/gpu/runs/{gpu}.csv",
     log:
         "logs/timing/gpu/{gpu}.log",
     conda:

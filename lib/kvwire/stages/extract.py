@@ -15,7 +15,8 @@ from ..kv import KVRecord, prefill, prefill_stats, save_kv
 from ..models import load_model
 from ..prompts import read_documents, select_prompts
 from ..rope import rope_tables
-from .runtime import DTYPES, LOG, pick_device
+from .device import DTYPES, pick_device
+from .runtime import LOG
 
 
 def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str | Path, *,

@@ -25,7 +25,8 @@ from ..models import load_model
 from ..quality import Reference, bit_identical, group_by_shape, reference_batch, score_batch
 from .encode import wire_files
 from .extract import kv_batches, kv_files
-from .runtime import DTYPES, LOG, pick_device
+from .device import DTYPES, pick_device
+from .runtime import LOG
 
 OPTIONAL_METRICS = ("attention_retention", "attention_retention_min")  # with a recorded reference attention
 METRICS = ("token_agreement", "delta_ce", "ce_ref", "ce", "greedy_match", "first_divergence",

@@ -1,4 +1,5 @@
-"""Process set-up shared by the stages: logging to a file and the console, torch threads, device."""
+"""Process set-up shared by the stages: logging to a file and the console, seeds, torch threads.
+Importing it does not import torch (table and figure jobs never need it: 2 s per job)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,6 @@ import logging
 import random
 import sys
 from pathlib import Path
-
-import torch
 
 LOG = logging.getLogger("kvwire")
 
@@ -21,22 +20,11 @@ def setup(log_path: str | Path | None = None, *, threads: int | None = None, see
         handlers.append(logging.FileHandler(log_path, mode="w"))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         handlers=handlers, force=True)
-    if threads:
-        torch.set_num_threads(int(threads))
     random.seed(seed)
-    torch.manual_seed(seed)
+    # torch is seeded and threaded where a stage uses it (its module imported it already) or asked
+    if threads or "torch" in sys.modules:
+        import torch
 
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``auto`` uses a GPU when there is one and says so loudly when there is not."""
-    if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise RuntimeError("device 'cuda' was asked for (extract.device or quality.device) but no CUDA device "
-                               "is visible")
-        return torch.device("cuda")
-    if requested == "auto":
-        LOG.warning("no GPU visible: running this GPU-tagged step on the CPU (slower)")
-    return torch.device("cpu")
-
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+        if threads:
+            torch.set_num_threads(int(threads))
+        torch.manual_seed(seed)

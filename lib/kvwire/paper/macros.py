@@ -1,0 +1,226 @@
+"""The macro file: every number the paper's text quotes, as a LaTeX command computed from a cached
+table. A table that is missing turns its macros into a visible "no data" mark and sets
+``\\kwHave<Table>`` to 0, so the text can say so instead of printing a stale number."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..io import atomic_path
+
+DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
+TABLES = ["quality", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
+          "e2e_transfer", "link_model", "decision"]
+
+
+def macro_name(*parts: str) -> str:
+    """``kw`` + CamelCase of the parts, digits spelled out (LaTeX command names are letters only):
+    ("ratio", "int8_channel", "smollm2-135m") -> kwRatioIntEightChannelSmollm."""
+    out = "kw"
+    for part in parts:
+        part = re.sub(r"-\d+[mbk]?$", "", str(part))  # model size suffixes: smollm2-135m -> smollm2
+        for word in re.split(r"[^A-Za-z0-9]+", part):
+            for token in re.findall(r"[A-Za-z]+|\d", word):
+                out += DIGITS[int(token)] if token.isdigit() else token[0].upper() + token[1:]
+    return out
+
+
+def num(x: float, digits: int = 3) -> str:
+    """A measured number, rounded to ``digits`` significant digits, LaTeX-safe."""
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        raise ValueError("NaN where a number was expected")
+    if x == 0:
+        return "0"
+    magnitude = math.floor(math.log10(abs(x)))
+    decimals = max(digits - 1 - magnitude, 0)
+    text = f"{round(x, decimals):.{decimals}f}"
+    return text
+
+
+def pct(x: float, digits: int = 2) -> str:
+    return num(100 * x, digits) + r"\,\%"
+
+
+def tt(name: str) -> str:
+    return r"\texttt{" + str(name).replace("_", r"\_") + "}"
+
+
+class Tables:
+    """The cached tables, read on first use; a missing one raises KeyError naming it."""
+
+    def __init__(self, paths: dict[str, str | Path]):
+        self.paths = {k: Path(v) for k, v in paths.items()}
+        self._frames: dict[str, pd.DataFrame] = {}
+
+    def has(self, name: str) -> bool:
+        return name in self.paths and self.paths[name].exists()
+
+    def __getitem__(self, name: str) -> pd.DataFrame:
+        if not self.has(name):
+            raise KeyError(name)
+        if name not in self._frames:
+            self._frames[name] = pd.read_csv(self.paths[name])
+        return self._frames[name]
+
+
+# ---------------------------------------------------------------- one function per table
+
+def _quality(t: Tables, floor: float) -> dict[str, str]:
+    q = t["quality"]
+    m = {"kwNumModels": str(q["model"].nunique()), "kwNumCodecs": str(q["codec"].nunique()),
+         "kwNumPrompts": str(int(q["n_prompts"].min())), "kwFloor": f"{floor:g}"}
+    for r in q.itertuples():
+        m[macro_name("ratio", r.codec, r.model)] = num(r.ratio)
+        m[macro_name("agree", r.codec, r.model)] = num(r.token_agreement)
+        m[macro_name("agree", "lo", r.codec, r.model)] = num(r.token_agreement_ci_lo)
+        m[macro_name("agree", "hi", r.codec, r.model)] = num(r.token_agreement_ci_hi)
+        m[macro_name("greedy", r.codec, r.model)] = num(r.greedy_match)
+        m[macro_name("dce", r.codec, r.model)] = num(r.delta_ce, 2)
+    for model, g in q[q["codec"] != "identity"].groupby("model"):
+        ok = g[g["token_agreement"] >= floor]
+        best = ok.loc[ok["ratio"].idxmax()] if len(ok) else None
+        m[macro_name("best", "at", "floor", model)] = tt(best["codec"]) if best is not None else "none"
+        m[macro_name("best", "at", "floor", "ratio", model)] = num(best["ratio"]) if best is not None else "--"
+        top = g.loc[g["ratio"].idxmax()]
+        m[macro_name("max", "ratio", model)] = num(top["ratio"])
+        m[macro_name("max", "ratio", "codec", model)] = tt(top["codec"])
+        m[macro_name("num", "pareto", model)] = str(int(g["pareto"].astype(str).eq("True").sum()))
+    return m
+
+
+def _gates(t: Tables, floor: float) -> dict[str, str]:
+    g = t["gates"]
+    passed = g["passed"].astype(str).eq("True")
+    waived = g["waived"].notna() & g["waived"].astype(str).str.len().gt(0) & ~passed
+    return {"kwGatesTotal": str(len(g)), "kwGatesPassed": str(int(passed.sum())), "kwGatesWaived": str(int(waived.sum()))}
+
+
+def _spearman(t: Tables, floor: float) -> dict[str, str]:
+    s = t["cosine_spearman"]
+    m = {}
+    for r in s.itertuples():
+        m[macro_name("rho", "key", "ce", r.model)] = num(r.rho_key_cosine_vs_delta_ce, 2)
+        m[macro_name("rho", "key", "agree", r.model)] = num(r.rho_key_cosine_vs_token_agreement, 2)
+    return m
+
+
+def _models(t: Tables, floor: float) -> dict[str, str]:
+    m = {}
+    for r in t["models"].itertuples():
+        m[macro_name("layers", r.name)] = str(int(r.num_layers))
+        m[macro_name("kv", "heads", r.name)] = str(int(r.num_kv_heads))
+        m[macro_name("head", "dim", r.name)] = str(int(r.head_dim))
+    return m
+
+
+def _break_even(t: Tables, floor: float) -> dict[str, str]:
+    b = t["break_even_all"]
+    study = set(t["quality"]["model"]) if t.has("quality") else set(b["model"])
+    b = b[b["model"].isin(study)]
+    n = int(max(set(b[b.device == "cpu"]["seq"]) & set(b[b.device == "gpu"]["seq"])))
+    b = b[b["seq"] == n]
+    m = {"kwBreakEvenTokens": str(n)}
+    for (device, codec), g in b.groupby(["device", "codec"]):
+        m[macro_name("be", device, codec)] = num(g["break_even_gbps_pipelined"].median())
+        m[macro_name("be", "seq", device, codec)] = num(g["break_even_gbps_sequential"].median())
+    return m
+
+
+def _shift(t: Tables, floor: float) -> dict[str, str]:
+    s = t["break_even_shift"]
+    by_codec = s.groupby("codec")["shift_pipelined"].median()
+    non_host = by_codec.drop(labels=[c for c in by_codec.index if c.startswith("cachegen")], errors="ignore")
+    return {"kwShiftCases": str(len(s)), "kwShiftMedian": num(s["shift_pipelined"].median(), 2),
+            "kwShiftMin": num(non_host.min(), 2), "kwShiftMinCodec": tt(non_host.idxmin()),
+            "kwShiftMax": num(non_host.max(), 3), "kwShiftMaxCodec": tt(non_host.idxmax()),
+            "kwShiftCachegen": num(by_codec.get("cachegen", float("nan")), 2)}
+
+
+def _kernels(t: Tables, floor: float) -> dict[str, str]:
+    k = t["gpu_kernels"]
+    copy = k["copy_gbps"].dropna()
+    best = k.loc[k["frac_copy_median"].idxmax()]
+    return {"kwGpuName": str(k["gpu"].iloc[0]).replace("NVIDIA ", ""), "kwCopyGBps": num(copy.iloc[0], 4),
+            "kwKernelRows": str(len(k)), "kwKernelFracMedian": pct(k["frac_copy_median"].median()),
+            "kwKernelFracMax": pct(best["frac_copy_median"]), "kwKernelFracMaxCodec": tt(best["codec"]),
+            "kwKernelFracMaxOp": str(best["op"]),
+            "kwEagerSpeedupMedian": num(k["speedup_vs_eager_median"].median(), 2),
+            "kwKernelsConformant": str(int(k["conformant"].astype(str).eq("True").sum()))}
+
+
+def _e2e(t: Tables, floor: float) -> dict[str, str]:
+    e = t["e2e_transfer"]
+    per_rate = e.groupby("rate_gbps")["rel_error"].median()
+    m = {"kwEtoEErrMedianLo": pct(per_rate.min()), "kwEtoEErrMedianHi": pct(per_rate.max()),
+         "kwEtoEErrMax": pct(e["rel_error"].max()), "kwEtoERates": ", ".join(f"{r:g}" for r in sorted(e.rate_gbps.unique()))}
+    low = e[(e["rate_gbps"] == e["rate_gbps"].min()) & (e["mode"] == "pipelined")]
+    for model, g in low.groupby("model"):
+        best = g.loc[g["measured_s"].idxmin()]
+        m[macro_name("e", "best", model)] = tt(best["codec"])
+        m[macro_name("e", "best", "s", model)] = num(best["measured_s"], 2)
+        m[macro_name("e", "raw", "s", model)] = num(best["raw_transfer_model_s"], 2)
+    return m
+
+
+def _links(t: Tables, floor: float) -> dict[str, str]:
+    lm = t["link_model"]
+    m = {}
+    for r in lm[lm["band"] == "1-100 MB"].itertuples():
+        key = "loopback" if r.link == "loopback" else f"veth{int(r.rate_gbps)}"
+        m[macro_name("link", "err", key)] = pct(r.rel_error_fitted_median)
+        m[macro_name("link", "rate", key)] = num(r.fitted_rate_gbps_first)
+    return m
+
+
+def _decision(t: Tables, floor: float) -> dict[str, str]:
+    d = t["decision"]
+    m = {}
+    for encoder, g in d.groupby("encoder"):
+        g = g.sort_values("from_gbps")
+        raw = g[g["choice"] == "raw"]
+        m[macro_name("raw", "from", encoder)] = num(raw["from_gbps"].min(), 4) if len(raw) else "never"
+        m[macro_name("first", "choice", encoder)] = tt(g["choice"].iloc[0])
+        m[macro_name("first", "speedup", encoder)] = num(g["speedup_max"].iloc[0])
+        m[macro_name("num", "regimes", encoder)] = str(len(g))
+    return m
+
+
+SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
+    "quality": _quality, "gates": _gates, "cosine_spearman": _spearman, "models": _models,
+    "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
+    "link_model": _links, "decision": _decision,
+}
+
+
+def build_macros(tables: Tables, floor: float) -> tuple[dict[str, str], list[str]]:
+    """(macro -> LaTeX text, missing tables)."""
+    macros, missing = {}, []
+    for table, section in SECTIONS.items():
+        flag = macro_name("have", table)
+        if not tables.has(table):
+            missing.append(table)
+            macros[flag] = "0"
+            continue
+        macros[flag] = "1"
+        for name, value in section(tables, floor).items():
+            if not re.fullmatch(r"kw[A-Za-z]+", name):
+                raise ValueError(f"{name!r} is not a LaTeX command name")
+            macros[name] = value
+    return macros, missing
+
+
+def write_macros(tables: Tables, floor: float, out_tex: str | Path) -> dict[str, str]:
+    """``\\newcommand`` per macro; every macro a missing table would have defined falls back, in the
+    .tex, to ``\\kwNoData`` through ``\\providecommand`` (see paper/kvwire.tex)."""
+    macros, missing = build_macros(tables, floor)
+    lines = ["% Generated by rule paper_macros from the cached tables: do not edit.",
+             f"% missing tables: {', '.join(missing) or 'none'}"]
+    lines += [f"\\newcommand{{\\{k}}}{{{v}}}" for k, v in sorted(macros.items())]
+    with atomic_path(out_tex) as tmp:
+        Path(tmp).write_text("\n".join(lines) + "\n")
+    return macros

@@ -1,0 +1,15 @@
+"""Rule paper_macros: every number the paper quotes, as LaTeX macros from the cached tables present."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
+
+from kvwire.paper.macros import TABLES, Tables, write_macros  # noqa: E402
+from kvwire.stages.runtime import LOG, setup  # noqa: E402
+
+sm = snakemake  # noqa: F821
+setup(sm.log[0])
+paths = {name: p for name, p in sm.input.items() if name in TABLES}
+macros = write_macros(Tables(paths), sm.params.floor, sm.output.macros)
+LOG.info("%d macros from %d tables (missing: %s)", len(macros), len(paths),
+         ", ".join(sorted(set(TABLES) - set(paths))) or "none")

@@ -1,0 +1,145 @@
+"""The paper's generated parts: macros, decision table, LaTeX tables, and the text's own contract
+(no hand-typed results, every caption names its rule, every macro it uses is generated)."""
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from kvwire.paper import decision, latex_tables, macros
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = REPO / "results" / "tables"
+TEX = REPO / "paper" / "kvwire.tex"
+
+
+def committed(tmp_path=None, drop=()):
+    paths = {n: TABLES / f"{n}.csv" for n in macros.TABLES if n != "decision"}
+    if tmp_path is not None:  # the decision table is derived: make it from the committed ones
+        decision.decision_table(TABLES / "transfer_sweep.csv", TABLES / "gpu_transfer_sweep.csv",
+                                TABLES / "quality.csv", 0.95, tmp_path / "decision.csv")
+        paths["decision"] = tmp_path / "decision.csv"
+    return macros.Tables({k: v for k, v in paths.items() if k not in drop})
+
+
+def test_macro_names_are_latex_command_names():
+    assert macros.macro_name("ratio", "int8_channel", "smollm2-135m") == "kwRatioIntEightChannelSmollmTwo"
+    assert macros.macro_name("agree", "guardband_8x", "gemma3-270m") == "kwAgreeGuardbandEightXGemmaThree"
+    assert macros.num(0.97392) == "0.974" and macros.num(4272.8, 4) == "4273" and macros.num(118.4) == "118"
+    with pytest.raises(ValueError, match="NaN"):
+        macros.num(float("nan"))
+
+
+def test_macros_are_computed_from_the_tables(tmp_path):
+    m, missing = macros.build_macros(committed(tmp_path), 0.95)
+    assert missing == []
+    shift = pd.read_csv(TABLES / "break_even_shift.csv")
+    assert m["kwShiftMedian"] == macros.num(shift["shift_pipelined"].median(), 2)
+    assert m["kwShiftCases"] == str(len(shift))
+    q = pd.read_csv(TABLES / "quality.csv")
+    smol = q[(q.model == "smollm2-135m") & (q.codec == "int8_channel")].iloc[0]
+    assert m["kwAgreeIntEightChannelSmollmTwo"] == macros.num(smol.token_agreement)
+    ok = q[(q.model == "gemma3-270m") & (q.codec != "identity") & (q.token_agreement >= 0.95)]
+    assert m["kwBestAtFloorGemmaThree"] == macros.tt(ok.loc[ok.ratio.idxmax(), "codec"])
+    gates = pd.read_csv(TABLES / "gates.csv")
+    assert m["kwGatesPassed"] == str(int(gates.passed.sum()))
+    assert all(re.fullmatch(r"kw[A-Za-z]+", k) for k in m)
+    assert not any("nan" in v.lower() for v in m.values())
+
+
+def test_a_missing_table_turns_its_flag_off_and_defines_none_of_its_numbers(tmp_path):
+    m, missing = macros.build_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95)
+    assert missing == ["e2e_transfer"] and m["kwHaveETwoETransfer"] == "0" and m["kwHaveQuality"] == "1"
+    assert "kwEtoEErrMax" not in m
+    text = macros.write_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95, tmp_path / "m.tex")
+    written = (tmp_path / "m.tex").read_text()
+    assert "% missing tables: e2e_transfer" in written and f"\\newcommand{{\\kwShiftMedian}}{{{text['kwShiftMedian']}}}" in written
+
+
+def _sweep(rows, length):
+    return pd.DataFrame([{"model": m, length: 2048, "codec": c, "bandwidth_gbps": bw, "speedup_pipelined": s}
+                         for m, c, bw, s in rows])
+
+
+def test_decision_regimes_follow_the_fastest_codec_meeting_the_floor():
+    quality = pd.DataFrame([{"model": m, "codec": c, "token_agreement": a}
+                            for m in ("a", "b") for c, a in (("identity", 1.0), ("fast", 0.97), ("lossy", 0.90),
+                                                             ("safe", 0.995))])
+    # "lossy" would be fastest everywhere but misses the floor on both models
+    rows = []
+    for m in ("a", "b"):
+        for bw, fast, safe, lossy in ((1, 3.0, 1.5, 9.0), (10, 1.2, 1.4, 9.0), (100, 0.5, 0.9, 9.0)):
+            rows += [(m, "fast", bw, fast), (m, "safe", bw, safe), (m, "lossy", bw, lossy)]
+    assert decision.eligible_codecs(quality, 0.95) == ["fast", "safe"]
+    cpu, gpu = _sweep(rows, "bin"), _sweep(rows, "seq")
+    regimes = decision.regimes(decision.choices(cpu, gpu, quality, 0.95))
+    cpu_regimes = regimes[regimes.encoder == "CPU"]
+    assert list(cpu_regimes.choice) == ["fast", "safe", "raw"]
+    assert list(cpu_regimes.from_gbps) == [1, 10, 100] and cpu_regimes.speedup_max.iloc[0] == 3.0
+    # at a floor of 0.99 only "safe" is eligible
+    strict = decision.regimes(decision.choices(cpu, gpu, quality, 0.99))
+    assert list(strict[strict.encoder == "GPU"].choice) == ["safe", "raw"]
+
+
+def test_latex_codec_table_has_every_row_with_its_interval(tmp_path):
+    frame = latex_tables.codec_table(TABLES / "quality.csv", tmp_path / "c.tex")
+    q = pd.read_csv(TABLES / "quality.csv")
+    assert len(frame) == len(q)
+    tex = (tmp_path / "c.tex").read_text()
+    assert tex.count("\\\\") == len(q) + 1 and "\\toprule" in tex and "\\bottomrule" in tex
+    r = q[(q.model == "gemma3-270m") & (q.codec == "int8")].iloc[0]
+    assert f"{macros.num(r.token_agreement)} [{macros.num(r.token_agreement_ci_lo)}, " \
+           f"{macros.num(r.token_agreement_ci_hi)}]" in tex
+    assert "int8\\_channel" in tex
+
+
+def test_latex_break_even_table_is_the_median_over_models(tmp_path):
+    b = pd.read_csv(TABLES / "break_even_all.csv")
+    models = ["smollm2-135m", "gemma3-270m"]
+    frame = latex_tables.break_even_table(TABLES / "break_even_all.csv", models, tmp_path / "b.tex").set_index("codec")
+    sel = b[(b.codec == "kivi4") & (b.device == "gpu") & (b.seq == 2048) & b.model.isin(models)]
+    assert frame.loc["kivi4", "GPU pipelined"] == macros.num(sel.break_even_gbps_pipelined.median())
+
+
+# ---------------------------------------------------------------- the text's contract
+
+def _body(tex: str) -> str:
+    body = tex.split("\\begin{document}", 1)[1]
+    body = re.sub(r"(?<!\\)%.*", "", body)  # comments
+    body = re.sub(r"\\(?:label|ref|cite|input|IfFileExists|kwgraphic|bibliography\w*|includegraphics)"
+                  r"(\[[^\]]*\])?\{[^}]*\}", "", body)
+    return re.sub(r"\\kw[A-Za-z]+", "", body)
+
+
+def test_no_result_is_typed_by_hand():
+    """Measured numbers come from macros: no decimals, percentages or factors in the text itself
+    (the bootstrap's 95 % level is a protocol constant, not a result)."""
+    body = _body(TEX.read_text()).replace("95\\,\\%", "")
+    assert not re.findall(r"\d+\.\d+", body), re.findall(r".{30}\d+\.\d+.{20}", body)
+    assert not re.findall(r"\d\s*(?:\\,)?\\%", body), re.findall(r".{30}\d\s*(?:\\,)?\\%", body)
+    assert not re.findall(r"\d\s*\$\\times\$", body)
+    assert not re.findall(r"(?<![-\w])\d{3,}(?![\w-])", body), re.findall(r".{30}(?<![-\w])\d{3,}(?![\w-]).{10}", body)
+
+
+def test_every_caption_names_a_rule_of_the_workflow():
+    tex = TEX.read_text()
+    rules = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        rules |= set(re.findall(r"^\s*rule (\w+):", smk.read_text(), re.M))
+    captions = re.findall(r"\\caption\{(.*?)\}\s*\\label", tex, re.S)
+    assert len(captions) >= 12
+    for caption in captions:
+        named = [r.replace("\\_", "_") for r in re.findall(r"\\smkrule\{([^}]+)\}", caption)]
+        assert named, caption[:80]
+        assert set(named) <= rules, set(named) - rules
+
+
+def test_every_macro_the_text_uses_is_generated(tmp_path):
+    m, _ = macros.build_macros(committed(tmp_path), 0.95)
+    defined_in_tex = set(re.findall(r"\\newcommand\{\\(kw[A-Za-z]+)\}", TEX.read_text()))
+    used = set(re.findall(r"\\(kw[A-Za-z]+)", TEX.read_text()))
+    assert used - set(m) - defined_in_tex == set()
+    # and every table flag the text tests is one the macro file sets, present or not
+    flags = set(re.findall(r"\\(kwHave[A-Za-z]+)", TEX.read_text()))
+    assert flags <= {macros.macro_name("have", t) for t in macros.TABLES}
