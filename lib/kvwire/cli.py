@@ -1,4 +1,5 @@
-"""The ``kvwire`` command: list codecs, encode a KV file to wire bytes, decode, inspect."""
+"""The ``kvwire`` command: list codecs, encode a KV file to wire bytes, decode, inspect, and recommend a codec
+for a request from the cached tables."""
 
 from __future__ import annotations
 
@@ -71,6 +72,22 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0 if report["checksum"] == "ok" else 1
 
 
+def _cmd_recommend(args: argparse.Namespace) -> int:
+    from .recommend import CachedTables, format_recommendation, parse_bandwidth, parse_shape, recommend
+
+    rec = recommend(CachedTables(args.tables), args.model, args.prompt_tokens, parse_bandwidth(args.bandwidth),
+                    gpu=args.gpu, floor=args.min_token_agreement,
+                    shape=parse_shape(args.shape) if args.shape else None, latency_s=args.latency_us * 1e-6)
+    if args.json:
+        print(json.dumps({"model": rec.model, "prompt_tokens": rec.prompt_tokens, "bandwidth_gbps": rec.bandwidth_gbps,
+                          "encoder": rec.encoder, "floor": rec.floor, "choice": rec.choice,
+                          "expected_s": rec.expected_s, "raw_s": rec.raw_s, "notes": rec.notes,
+                          "candidates": rec.candidates.to_dict(orient="records")}, indent=2))
+    else:
+        print(format_recommendation(rec))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -91,6 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.add_argument("wire")
     p.set_defaults(func=_cmd_inspect)
+    p = sub.add_parser("recommend", help="the fastest codec meeting a quality floor for one request, from the cached "
+                                         "tables")
+    p.add_argument("--model", required=True, help="a model of the cached tables (else give --shape)")
+    p.add_argument("--prompt-tokens", type=int, required=True)
+    p.add_argument("--bandwidth", required=True, help="link rate, e.g. 25Gbps, 100Mbps, 1.6Tbps")
+    p.add_argument("--gpu", help="encode on this GPU (e.g. h200); default: the CPU")
+    p.add_argument("--min-token-agreement", type=float, default=0.95)
+    p.add_argument("--shape", help="LAYERSxKV_HEADSxHEAD_DIM of a model the tables do not know")
+    p.add_argument("--latency-us", type=float, default=0.0, help="one-way link latency")
+    p.add_argument("--tables", default="results/tables", help="the cached tables (default: results/tables)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_recommend)
     return parser
 
 

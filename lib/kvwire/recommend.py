@@ -1,0 +1,217 @@
+"""``kvwire recommend``: the codec with the lowest expected end-to-end time for one request that meets
+a quality floor, from the cached tables (break_even_all.csv: measured codec times and wire sizes per
+model shape, length and encoder; quality.csv: token agreement per model and codec).
+
+Nothing is invented silently: a model, GPU or length that was not measured is mapped to the nearest
+measured one, times and sizes are scaled linearly in the bytes processed, and every such step is
+returned as a note that the command prints.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from .errors import KvwireError
+from .transfer import CodecCost, baseline_time, pipelined_time
+
+BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
+_BANDWIDTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:bps|b/s|bit/s)?\s*$", re.I)
+_UNIT = {"": 1.0, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
+
+
+def parse_bandwidth(text: str) -> float:
+    """'25Gbps', '400 Gbps', '100Mbps', '1.6Tbps' or a bare number (Gbps) -> Gbps."""
+    m = _BANDWIDTH.match(str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise KvwireError(f"bandwidth {text!r} is not a positive rate like 25Gbps, 100Mbps or 1.6Tbps")
+    return float(m.group(1)) * _UNIT[m.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class Shape:
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def distance(self, other: "Shape") -> float:
+        return sum(abs(math.log(a / b)) for a, b in ((self.layers, other.layers), (self.kv_heads, other.kv_heads),
+                                                     (self.head_dim, other.head_dim)))
+
+    def bytes_per_token(self, dtype: str = "bfloat16") -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * BYTES_PER_ELEMENT[dtype]
+
+    def __str__(self) -> str:
+        return f"{self.layers} layers x {self.kv_heads} KV heads x {self.head_dim}"
+
+
+def parse_shape(text: str) -> Shape:
+    m = re.fullmatch(r"\s*(\d+)\s*[x,]\s*(\d+)\s*[x,]\s*(\d+)\s*", str(text))
+    if not m or min(map(int, m.groups())) < 1:
+        raise KvwireError(f"shape {text!r} is not LAYERSxKV_HEADSxHEAD_DIM, e.g. 32x8x128")
+    return Shape(*map(int, m.groups()))
+
+
+@dataclass
+class Recommendation:
+    model: str
+    prompt_tokens: int
+    bandwidth_gbps: float
+    encoder: str
+    floor: float
+    choice: str
+    expected_s: float
+    raw_s: float
+    candidates: pd.DataFrame
+    notes: list[str] = field(default_factory=list)
+
+
+class CachedTables:
+    """The two tables ``recommend`` reads, with clear errors when they are absent or malformed."""
+
+    NEEDS = {"break_even_all": ["device", "device_name", "model", "layers", "kv_heads", "head_dim", "seq", "dtype",
+                                "codec", "raw_bytes", "wire_bytes", "encode_ms", "decode_ms"],
+             "quality": ["model", "codec", "token_agreement", "ratio"]}
+
+    def __init__(self, directory: str | Path):
+        self.dir = Path(directory)
+        self.frames = {}
+        for name, cols in self.NEEDS.items():
+            path = self.dir / f"{name}.csv"
+            if not path.exists():
+                raise KvwireError(f"no cached table {path} (run from the repository root, or pass --tables DIR)")
+            frame = pd.read_csv(path)
+            missing = [c for c in cols if c not in frame.columns]
+            if missing:
+                raise KvwireError(f"{path} lacks columns {missing}")
+            self.frames[name] = frame
+
+    @property
+    def timings(self) -> pd.DataFrame:
+        return self.frames["break_even_all"]
+
+    @property
+    def quality(self) -> pd.DataFrame:
+        return self.frames["quality"]
+
+    def shapes(self) -> dict[str, Shape]:
+        t = self.timings.drop_duplicates("model")
+        return {r.model: Shape(int(r.layers), int(r.kv_heads), int(r.head_dim)) for r in t.itertuples()}
+
+
+def _nearest(shape: Shape, candidates: dict[str, Shape]) -> str:
+    return min(sorted(candidates), key=lambda m: (shape.distance(candidates[m]), m))
+
+
+def recommend(tables: CachedTables, model: str, prompt_tokens: int, bandwidth_gbps: float, *,
+              gpu: str | None = None, floor: float = 0.95, shape: Shape | None = None,
+              dtype: str = "bfloat16", latency_s: float = 0.0) -> Recommendation:
+    if prompt_tokens < 1:
+        raise KvwireError(f"--prompt-tokens must be at least 1, not {prompt_tokens}")
+    if not 0 < floor <= 1:
+        raise KvwireError(f"--min-token-agreement must lie in (0, 1], not {floor}")
+    if dtype not in BYTES_PER_ELEMENT:
+        raise KvwireError(f"dtype {dtype!r} is not one of {sorted(BYTES_PER_ELEMENT)}")
+    notes: list[str] = []
+    shapes = tables.shapes()
+    if model in shapes:
+        if shape and shape != shapes[model]:
+            notes.append(f"--shape {shape} given for {model}, whose measured shape is {shapes[model]}: using --shape")
+        shape = shape or shapes[model]
+    elif shape is None:
+        raise KvwireError(f"unknown model {model!r}: known are {', '.join(sorted(shapes))}; "
+                          f"for another model pass --shape LAYERSxKV_HEADSxHEAD_DIM")
+
+    # the encoder's timings
+    t = tables.timings[tables.timings["dtype"] == dtype]
+    if gpu is None:
+        encoder, rows = "CPU", t[t["device"] == "cpu"]
+    else:
+        gpus = t[t["device"] == "gpu"]
+        names = sorted(gpus["device_name"].unique())
+        if not names:
+            raise KvwireError("the cached tables hold no GPU timings")
+        match = [n for n in names if gpu.lower() in n.lower()]
+        if match:
+            encoder = match[0]
+        else:
+            encoder = gpus["device_name"].value_counts().idxmax()
+            notes.append(f"GPU {gpu!r} was not measured (measured: {', '.join(names)}): using {encoder}'s timings")
+        rows = gpus[gpus["device_name"] == encoder]
+    if rows.empty:
+        raise KvwireError(f"no {encoder} timings in {dtype} in the cached tables")
+    timed = {m: shapes[m] for m in rows["model"].unique()}
+    timed_model = model if model in timed else _nearest(shape, timed)
+    if timed_model != model:
+        notes.append(f"{model} ({shape}) has no {encoder} timings: using the nearest timed shape, "
+                     f"{timed_model} ({timed[timed_model]})")
+    rows = rows[rows["model"] == timed_model]
+    seqs = sorted(rows["seq"].unique())
+    seq = min(seqs, key=lambda s: (abs(math.log(s / prompt_tokens)), s))
+    if seq != prompt_tokens:
+        notes.append(f"{prompt_tokens} tokens were not timed: scaling the {seq}-token timings and sizes linearly")
+    rows = rows[rows["seq"] == seq]
+
+    # the quality floor, on the model itself or the nearest scored one
+    q = tables.quality
+    scored = {m: shapes[m] for m in q["model"].unique() if m in shapes}
+    if model in q["model"].values:
+        quality_model = model
+    elif scored:
+        quality_model = _nearest(shape, scored)
+        notes.append(f"{model} was not scored for quality: the floor is checked on the nearest scored shape, "
+                     f"{quality_model} ({scored[quality_model]})")
+    else:
+        raise KvwireError("the quality table names no model with a known shape")
+    agreement = q[q["model"] == quality_model].set_index("codec")["token_agreement"]
+
+    raw_bytes = shape.bytes_per_token(dtype) * prompt_tokens
+    timed_raw = float(rows["raw_bytes"].iloc[0])
+    scale = raw_bytes / timed_raw  # bytes processed: times and sizes scale with them
+    raw_s = baseline_time(raw_bytes, bandwidth_gbps, latency_s)
+    out = []
+    for r in rows.itertuples():
+        if r.codec not in agreement.index or r.codec == "identity":
+            continue
+        n = shape.layers
+        cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale / n] * n,
+                         encode_s=[r.encode_ms * 1e-3 * scale / n] * n, decode_s=[r.decode_ms * 1e-3 * scale / n] * n)
+        expected = pipelined_time(cost, bandwidth_gbps, latency_s)
+        out.append({"codec": r.codec, "ratio": raw_bytes / cost.total_wire_bytes,
+                    "token_agreement": float(agreement[r.codec]), "meets_floor": bool(agreement[r.codec] >= floor),
+                    "encode_ms": r.encode_ms * scale, "decode_ms": r.decode_ms * scale,
+                    "expected_s": expected, "speedup_vs_raw": raw_s / expected})
+    candidates = pd.DataFrame(out).sort_values(["expected_s", "codec"]).reset_index(drop=True)
+    ok = candidates[candidates["meets_floor"]]
+    if not ok.empty and ok["expected_s"].iloc[0] < raw_s:
+        choice, expected = ok["codec"].iloc[0], float(ok["expected_s"].iloc[0])
+    else:
+        choice, expected = "raw", raw_s
+        if ok.empty:
+            notes.append(f"no timed codec reaches token agreement {floor:g} on {quality_model}")
+    return Recommendation(model, prompt_tokens, bandwidth_gbps, encoder, floor, choice, expected, raw_s,
+                          candidates, notes)
+
+
+def format_recommendation(rec: Recommendation) -> str:
+    lines = [f"model {rec.model}, {rec.prompt_tokens} prompt tokens, {rec.bandwidth_gbps:g} Gbps link, "
+             f"encoder {rec.encoder}, token agreement >= {rec.floor:g}"]
+    lines += [f"note: {n}" for n in rec.notes]
+    if rec.choice == "raw":
+        lines.append(f"recommendation: send the cache raw ({rec.raw_s * 1e3:.3g} ms); no codec that meets the floor "
+                     "is expected to be faster")
+    else:
+        lines.append(f"recommendation: {rec.choice}, expected {rec.expected_s * 1e3:.3g} ms end to end (pipelined) "
+                     f"against {rec.raw_s * 1e3:.3g} ms raw ({rec.raw_s / rec.expected_s:.3g}x)")
+    lines.append("")
+    lines.append(f"{'codec':<18}{'ratio':>7}{'agreement':>11}{'floor':>7}{'encode ms':>11}{'decode ms':>11}"
+                 f"{'expected ms':>13}{'vs raw':>8}")
+    for r in rec.candidates.itertuples():
+        lines.append(f"{r.codec:<18}{r.ratio:>7.3g}{r.token_agreement:>11.3f}{'ok' if r.meets_floor else '-':>7}"
+                     f"{r.encode_ms:>11.3g}{r.decode_ms:>11.3g}{r.expected_s * 1e3:>13.3g}{r.speedup_vs_raw:>7.3g}x")
+    lines.append(f"{'raw':<18}{1:>7}{1:>11.3f}{'ok':>7}{0:>11}{0:>11}{rec.raw_s * 1e3:>13.3g}{1:>7}x")
+    return "\n".join(lines)
