@@ -137,7 +137,9 @@ def test_paper_rebuilds_every_figure_and_table_from_the_cache_alone(repo, paper_
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     inner = (clone / "logs" / "paper" / "paper.log").read_text()
     ran = set(re.findall(r"^(?:local)?rule (\w+):", inner, re.M))
-    assert ran == set(_paper_rules(repo)), ran ^ set(_paper_rules(repo))
+    assert ran <= set(_paper_rules(repo)), ran - set(_paper_rules(repo))  # nothing of the study
+    assert {"gpu_tables", "break_even_all", "figure_pareto", "paper_decision", "paper_table", "paper_macros",
+            "paper_pdf"} <= ran
     # nothing of the study ran: no model, no KV cache, no timing
     assert not (clone / "resources").exists() and not (clone / "results" / "kv").exists()
     from kvwire.plots import __name__ as _  # noqa: F401  (plots import matplotlib: the figures are real)

@@ -235,6 +235,28 @@ def model_slice(wildcards):
     )
 
 
+def kv_manifests_all():
+    """Every extraction manifest of the study: every model, dataset and bin."""
+    return [
+        f"results/kv/{m}/{d}/{b}/manifest.json"
+        for m in MODELS
+        for d in DATASETS
+        for b in bins_of(m)
+    ]
+
+
+def router_outputs():
+    """The router study and its figure: its labels need the GPU timings too."""
+    if not gpu_timing_tables():
+        return []
+    return [
+        "results/tables/router.csv",
+        "results/tables/router_by_bandwidth.csv",
+        "paper/figures/router_regret.pdf",
+        "paper/figures/router_regret.png",
+    ]
+
+
 def kv_statistics_all():
     return expand("results/kvstats/{model}.csv", model=MODELS)
 
@@ -286,6 +308,7 @@ def all_outputs():
         ]
         + gpu_outputs()
         + decision_outputs()
+        + router_outputs()
     )
 
 
@@ -308,6 +331,7 @@ PAPER_RULES = [
     "paper_table",
     "paper_macros",
     "paper_pdf",
+    "figure_router",
 ]
 
 # What each of the paper's artifacts is made from. A table named here is cached (committed under
@@ -333,6 +357,7 @@ FIGURE_SOURCES = {
     "break_even_shift": ["break_even_shift"],
     "e2e_model_vs_measured": ["e2e_transfer"],
     "decision_flowchart": ["decision"],
+    "router_regret": ["router_by_bandwidth"],
 }
 LATEX_TABLE_SOURCES = {
     "codecs": ["quality"],

@@ -1,7 +1,8 @@
 # `snakemake paper`: every figure and derived table rebuilt from the committed cached tables alone,
 # on a machine with no model, no GPU and none of the study's bulk data. The inner run allows only
 # PAPER_RULES, so a cached table is a source file there and never a reason to rerun the experiments
-# behind it (a missing one is named in the error); --forceall rebuilds every artifact from it.
+# behind it; an artifact whose tables are missing is left out and the PDF says so (common.smk:
+# FIGURE_SOURCES, LATEX_TABLE_SOURCES, DERIVED); --forceall rebuilds every artifact from them.
 rule paper:
     log:
         "logs/paper/paper.log",

@@ -35,24 +35,32 @@ def choices(cpu_sweep: pd.DataFrame, gpu_sweep: pd.DataFrame, quality: pd.DataFr
     models = set(quality["model"])  # the GPU sweep also covers shapes the study did not score
 
     def keep(s):
-        return s[s["codec"].isin(codecs) & s["model"].isin(models)]
+        return s[s["model"].isin(models)]
 
     cpu_sweep, gpu_sweep = keep(cpu_sweep), keep(gpu_sweep)
-    # one prompt length for both encoders: the longest swept for every model on both
-    common = _lengths(cpu_sweep, "bin") & _lengths(gpu_sweep, "seq")
-    if not common:
-        raise ValueError("no prompt length is swept for every model on both the CPU and the GPU")
-    n = max(common)
+    sweeps = {e: (sw, col) for e, sw, col in (("CPU", cpu_sweep, "bin"), ("GPU", gpu_sweep, "seq")) if not sw.empty}
+    if not sweeps:
+        raise ValueError("no sweep covers the scored models")
+    lengths = {e: _lengths(sw, col) for e, (sw, col) in sweeps.items()}
+    # one prompt length for both encoders where they share one (the longest), else each its longest
+    common = set.intersection(*lengths.values())
     rows = []
-    for encoder, sweep, length in (("CPU", cpu_sweep, "bin"), ("GPU", gpu_sweep, "seq")):
+    for encoder, (sweep, length) in sweeps.items():
+        if not (common or lengths[encoder]):
+            continue  # this encoder timed no length for every model
+        n = max(common or lengths[encoder])
         s = sweep[sweep[length] == n]
         med = s.groupby(["bandwidth_gbps", "codec"])[MODE].median().reset_index()
         for bw, group in med.groupby("bandwidth_gbps"):
-            best = group.loc[group[MODE].idxmax()]
-            pays = best[MODE] > 1.0
-            rows.append({"encoder": encoder, "bandwidth_gbps": float(bw), "length": int(s[length].iloc[0]),
+            group = group[group["codec"].isin(codecs)]  # none eligible: send raw
+            best = group.loc[group[MODE].idxmax()] if len(group) else None
+            pays = best is not None and best[MODE] > 1.0
+            rows.append({"encoder": encoder, "bandwidth_gbps": float(bw), "length": int(n),
                          "choice": best["codec"] if pays else "raw", "speedup": float(best[MODE]) if pays else 1.0,
-                         "best_codec": best["codec"], "best_speedup": float(best[MODE])})
+                         "best_codec": best["codec"] if best is not None else "none",
+                         "best_speedup": float(best[MODE]) if best is not None else float("nan")})
+    if not rows:
+        raise ValueError("no encoder timed one prompt length for every scored model")
     return pd.DataFrame(rows)
 
 

@@ -40,7 +40,10 @@ def flowchart(decision_csv: str | Path, pdf: str | Path, png: str | Path) -> Non
     ax.set_axis_off()
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    floor, length = table["floor"].iloc[0], int(table["length"].iloc[0])
+    floor = table["floor"].iloc[0]
+    lengths = table.groupby("encoder")["length"].first()
+    length = str(int(lengths.iloc[0])) if lengths.nunique() == 1 else \
+        " / ".join(f"{int(v)} ({e})" for e, v in lengths.items())
     top, step = 0.95, 0.8 / (depth + 0.6)
     ax.text(0.5, top, f"KV cache of {length} tokens to send\nquality floor: token agreement >= {floor:g} on every model",
             ha="center", va="center", fontsize=8, bbox=DECIDE)

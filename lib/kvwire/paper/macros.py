@@ -15,7 +15,7 @@ from ..io import atomic_path
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 TABLES = ["quality", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
-          "e2e_transfer", "link_model", "decision"]
+          "e2e_transfer", "link_model", "decision", "router"]
 
 
 def macro_name(*parts: str) -> str:
@@ -190,10 +190,24 @@ def _decision(t: Tables, floor: float) -> dict[str, str]:
     return m
 
 
+def _router(t: Tables, floor: float) -> dict[str, str]:
+    r = t["router"].set_index("router")
+    m = {"kwRouterTestPrompts": str(int(r["test_prompts"].iloc[0])),
+         "kwRouterTrainPrompts": str(int(r["train_prompts"].iloc[0])),
+         "kwRouterFloor": f"{r['floor'].iloc[0]:g}"}
+    for name in r.index:
+        m[macro_name("router", "acc", name)] = pct(r.loc[name, "accuracy"])
+        m[macro_name("router", "regret", name)] = pct(r.loc[name, "regret_mean"])
+        m[macro_name("router", "viol", name)] = pct(r.loc[name, "floor_violations"])
+        if "vs_best_fixed_mean" in r.columns:
+            m[macro_name("router", "vs", "fixed", name)] = pct(r.loc[name, "vs_best_fixed_mean"])
+    return m
+
+
 SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
     "quality": _quality, "gates": _gates, "cosine_spearman": _spearman, "models": _models,
     "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
-    "link_model": _links, "decision": _decision,
+    "link_model": _links, "decision": _decision, "router": _router,
 }
 
 

@@ -1,0 +1,56 @@
+# The learned codec router (issue 9): per-prompt examples from every model's quality records and KV
+# caches, labelled with the fastest codec meeting the floor on that prompt, split by prompt.
+rule router:
+    input:
+        quality=quality_files(),
+        kv=kv_manifests_all(),
+        timings="results/tables/break_even_all.csv",
+    output:
+        examples="results/router/examples.csv",
+        summary=report(
+            "results/tables/router.csv",
+            caption="../report/router.rst",
+            category="Tables",
+        ),
+        by_bandwidth=report(
+            "results/tables/router_by_bandwidth.csv",
+            caption="../report/router_by_bandwidth.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/router/router.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        router=config["router"],
+        bandwidths=config["transfer"]["gpu_bandwidths_gbps"],
+        seed=config.get("seed", 0),
+        torch_threads=config.get("torch_threads", 2),
+    script:
+        "../../scripts/router.py"
+
+
+rule figure_router:
+    input:
+        by_bandwidth="results/tables/router_by_bandwidth.csv",
+    output:
+        pdf="paper/figures/router_regret.pdf",
+        png=report(
+            "paper/figures/router_regret.png",
+            caption="../report/router_regret.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/router/figure_router.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_router.py"
