@@ -195,6 +195,9 @@ def _router(t: Tables, floor: float) -> dict[str, str]:
     m = {"kwRouterTestPrompts": str(int(r["test_prompts"].iloc[0])),
          "kwRouterTrainPrompts": str(int(r["train_prompts"].iloc[0])),
          "kwRouterFloor": f"{r['floor'].iloc[0]:g}"}
+    if {"tree_content", "tree_request"} <= set(r.index):
+        better = r.loc["tree_content", "regret_mean"] < r.loc["tree_request", "regret_mean"]
+        m["kwRouterContentVerdict"] = "improve on" if better else "do not improve on"
     for name in r.index:
         m[macro_name("router", "acc", name)] = pct(r.loc[name, "accuracy"])
         m[macro_name("router", "regret", name)] = pct(r.loc[name, "regret_mean"])
