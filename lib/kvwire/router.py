@@ -199,8 +199,7 @@ def _times(test: pd.DataFrame, choice: np.ndarray) -> np.ndarray:
 
 def _score(test: pd.DataFrame, choice: np.ndarray, fixed: np.ndarray | None = None) -> dict[str, float]:
     idx = np.arange(len(test))
-    s = np.array([test[f"s:{c}"].iloc[i] if f"s:{c}" in test and pd.notna(test[f"s:{c}"].iloc[i]) else np.inf
-                  for i, c in zip(idx, choice)])
+    s = _times(test, choice)
     ok = np.array([bool(test[f"ok:{c}"].iloc[i]) if f"ok:{c}" in test and pd.notna(test[f"ok:{c}"].iloc[i])
                    else False for i, c in zip(idx, choice)])
     regret = s / test["oracle_s"].to_numpy() - 1.0
