@@ -31,3 +31,7 @@ class WireError(KvwireError):
 
 class GateError(KvwireError):
     """A sanity gate failed: the study's numbers must not be published until it is understood."""
+
+
+class OffloadError(KvwireError):
+    """A paged-offload experiment was set up wrongly (pool smaller than the attention budget, bad trace)."""

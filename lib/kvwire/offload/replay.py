@@ -1,0 +1,356 @@
+"""Trace-driven replay of paged decode on a GPU: real page copies, real compute of the model's shape.
+
+The real models' weights cannot travel to the GPU machine (no network there, 64 MiB per call), so
+the replay takes a recorded ``AccessTrace`` and executes its plan: the KV pages (random bf16 of
+the real sizes: page access, not values, is what the trace carries) live in pinned host memory,
+at most ``slots`` pages per layer on the GPU; misses are copied on the compute stream (the step
+waits for them), prefetches on their own stream overlapped with compute, compressed pages are
+decoded on arrival with kvwire's Triton int8 kernel. Each layer computes what a decoder layer of
+the model's sizes does for one token: QKV projection, attention of every query head over the
+gathered pages plus the GPU-resident tail, output projection, gated MLP; each step ends with the LM
+head. On a GPU the layer and head computations are CUDA graphs (one launch each, so the host's
+Python does not hide the copies' cost); on the CPU the same code runs eagerly (tests).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..errors import OffloadError
+from .policy import LayerEvent
+
+CODECS = (None, "int8")
+
+
+@dataclass
+class RunResult:
+    step_end_ms: list  # per decode step, from "KV in host memory"
+    ttft_ms: float
+    tpot_ms: list
+    peak_gpu_mib: float
+    kv_gpu_mib: float  # pool + tail bytes the mode keeps on the GPU
+    fetched_mib: float  # bytes copied host -> GPU per run (demand + prefetch + upload)
+
+    @property
+    def tpot_p50(self) -> float:
+        return float(np.percentile(self.tpot_ms, 50))
+
+    @property
+    def tpot_p99(self) -> float:
+        return float(np.percentile(self.tpot_ms, 99))
+
+
+class PagedDecoder:
+    """One (trace shape, context, mode): host store, GPU pool, weights, and the plan's copy schedule."""
+
+    def __init__(self, shape: dict, *, prefix_pages: int, page_size: int, slots: int, k: int, tail_cap: int,
+                 tail_start: int, device: str | torch.device, codec: str | None = None, seed: int = 0,
+                 graphs: bool | None = None):
+        if codec not in CODECS:
+            raise OffloadError(f"replay codec must be one of {CODECS}, got {codec!r}")
+        if slots < 1 or k < 1 or prefix_pages < 1:
+            raise OffloadError(f"replay needs slots, k and prefix_pages >= 1 (got {slots}, {k}, {prefix_pages})")
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self.graphs = self.cuda if graphs is None else graphs
+        self.shape, self.ps, self.slots, self.k, self.codec = shape, page_size, slots, k, codec
+        self.pages = prefix_pages
+        L, H, D = shape["layers"], shape["kv_heads"], shape["head_dim"]
+        self.L, self.H, self.D = L, H, D
+        self.page_bytes = 2 * H * page_size * D * 2  # K and V, bf16
+        g = torch.Generator().manual_seed(seed)
+        host = torch.empty((L, prefix_pages, 2, H, page_size, D), dtype=torch.bfloat16, pin_memory=self.cuda)
+        for layer in range(L):  # one layer at a time: float32 randn of a 32k cache would double the peak
+            host[layer] = torch.randn(host.shape[1:], generator=g).to(torch.bfloat16)
+        self.host = host
+        if codec:
+            self._encode_host()
+        dev, bf = self.device, torch.bfloat16
+        self.pool = torch.zeros((L, slots, 2, H, page_size, D), dtype=bf, device=dev)
+        self.tail = torch.randn((L, 2, H, tail_cap, D), generator=g).to(bf).to(dev)
+        self.tail_start, self.tail_cap = tail_start, tail_cap
+        hidden, inter, hq = shape["hidden"], shape["intermediate"], shape["heads"]
+        self.hq = hq
+
+        def w(*s):
+            return (torch.randn(s, generator=g) * 0.02).to(bf).to(dev)
+
+        self.w_qkv = [w(hidden, (hq + 2 * H) * D) for _ in range(L)]
+        self.w_o = [w(hq * D, hidden) for _ in range(L)]
+        self.w_gu = [w(hidden, 2 * inter) for _ in range(L)]
+        self.w_down = [w(inter, hidden) for _ in range(L)]
+        self.w_head = w(hidden, shape["vocab"])
+        self.x = torch.zeros((1, hidden), dtype=bf, device=dev)
+        self.next_token = torch.zeros((1,), dtype=torch.long, device=dev)
+        self.meta = torch.zeros((L, 2 + k), dtype=torch.long, device=dev)  # [pages attended, tail position, slots]
+        self._graphs: list | None = None
+
+    # ---- host store -------------------------------------------------------------------------------
+    def _encode_host(self) -> None:
+        """Compress every page once (on the device), keep the payloads in pinned host memory."""
+        from .. import kernels
+
+        L, P = self.L, self.pages
+        flat = self.host.view(L * P, 2, self.H, self.ps, self.D)
+        rows = []
+        chunk = 4096
+        for start in range(0, L * P, chunk):
+            part = flat[start:start + chunk].to(self.device)
+            rows.append(kernels.encode_cache(self.codec, part).view(part.shape[0], -1).cpu())
+        payload = torch.cat(rows)
+        self.host_payload = payload.pin_memory() if self.cuda else payload
+        self.host_payload = self.host_payload.view(L, P, -1)
+        self.payload_bytes = self.host_payload.shape[2]
+        self.stage = {name: torch.empty((self.slots, self.payload_bytes), dtype=torch.uint8, device=self.device)
+                      for name in ("demand", "prefetch")}
+        self.stage_out = {name: torch.empty((self.slots, 2, self.H, self.ps, self.D), dtype=torch.bfloat16,
+                                            device=self.device) for name in ("demand", "prefetch")}
+
+    def wire_bytes_per_page(self) -> int:
+        return self.payload_bytes if self.codec else self.page_bytes
+
+    # ---- compute ----------------------------------------------------------------------------------
+    def _layer(self, layer: int) -> None:
+        """One decoder layer for one token, reading its pages through ``meta`` (static for graphs)."""
+        H, D, hq, ps, k = self.H, self.D, self.hq, self.ps, self.k
+        x = self.x
+        h = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        qkv = h @ self.w_qkv[layer]
+        q = qkv[:, : hq * D].view(1, hq, 1, D)
+        new_k = qkv[:, hq * D:(hq + H) * D].view(H, 1, D)
+        new_v = qkv[:, (hq + H) * D:].view(H, 1, D)
+        meta = self.meta[layer]
+        tail_pos = meta[1:2]
+        self.tail[layer, 0].index_copy_(1, tail_pos, new_k)
+        self.tail[layer, 1].index_copy_(1, tail_pos, new_v)
+        kv = self.pool[layer].index_select(0, meta[2:])  # [k, 2, H, ps, D]
+        keys = torch.cat([kv[:, 0].permute(1, 0, 2, 3).reshape(H, k * ps, D), self.tail[layer, 0]], dim=1)
+        values = torch.cat([kv[:, 1].permute(1, 0, 2, 3).reshape(H, k * ps, D), self.tail[layer, 1]], dim=1)
+        pos = torch.arange(k * ps + self.tail_cap, device=x.device)
+        valid = (pos < meta[0] * ps) | ((pos >= k * ps) & (pos - k * ps <= tail_pos))
+        attn = torch.nn.functional.scaled_dot_product_attention(
+            q, keys[None], values[None], attn_mask=valid.view(1, 1, 1, -1), enable_gqa=True)
+        x = x + attn.reshape(1, hq * D) @ self.w_o[layer]
+        h = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        gate, up = (h @ self.w_gu[layer]).chunk(2, dim=-1)
+        self.x.copy_(x + (torch.nn.functional.silu(gate) * up) @ self.w_down[layer])
+
+    def _head(self) -> None:
+        x = self.x
+        h = x * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + 1e-6).to(x.dtype)
+        self.next_token.copy_((h @ self.w_head).argmax(dim=-1))
+
+    def _capture(self) -> None:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):  # warm up (allocator, kernels) outside capture
+            for layer in range(self.L):
+                self._layer(layer)
+            self._head()
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        self._graphs = []
+        for layer in range(self.L):
+            gr = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(gr):
+                self._layer(layer)
+            self._graphs.append(gr)
+        gr = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(gr):
+            self._head()
+        self._head_graph = gr
+
+    def run_layer(self, layer: int) -> None:
+        if self._graphs is not None:
+            self._graphs[layer].replay()
+        else:
+            self._layer(layer)
+
+    def run_head(self) -> None:
+        if self._graphs is not None:
+            self._head_graph.replay()
+        else:
+            self._head()
+
+    # ---- copies -----------------------------------------------------------------------------------
+    def _copy_pages(self, step: int, layer: int, pairs: list, which: str) -> None:
+        """Copy ``pairs`` (page, slot) of ``layer`` from the host store into the pool (on the current
+        stream); with a codec: the payloads to a staging buffer, one decode, one scatter into slots."""
+        if not pairs:
+            return
+        nb = self.cuda
+        if not self.codec:
+            for page, slot in pairs:
+                self.pool[layer, slot].copy_(self.host[layer, page], non_blocking=nb)
+            return
+        from .. import kernels
+
+        stage, out = self.stage[which], self.stage_out[which]
+        n = len(pairs)
+        for i, (page, _slot) in enumerate(pairs):
+            stage[i].copy_(self.host_payload[layer, page], non_blocking=nb)
+        kernels.decode_cache(self.codec, stage[:n].view(-1), (n, 2, self.H, self.ps, self.D), torch.bfloat16,
+                             out=out[:n], check=False)
+        self.pool[layer].index_copy_(0, self.slot_index[(step, layer, which)], out[:n])
+
+    def _upload_all(self) -> None:
+        """all_gpu: the whole cache in one copy (the pool is every page, slot = page)."""
+        self.pool.copy_(self.host, non_blocking=self.cuda)
+
+    # ---- the run ----------------------------------------------------------------------------------
+    def prepare(self, events: list[LayerEvent], mode: str) -> None:
+        """Precompute every (step, layer)'s meta row (and a codec's slot indices), before any timing."""
+        if self.graphs and self._graphs is None:
+            self._capture()
+        steps = max(e.step for e in events)
+        metas = torch.zeros((steps + 1, self.L, 2 + self.k), dtype=torch.long)
+        slot_of: list[dict] = [dict() for _ in range(self.L)]
+        for ev in events:
+            for page, slot in ev.fetches + ev.prefetches:
+                slot_of[ev.layer][page] = slot
+            if ev.step == 0:
+                continue
+            if len(ev.needed) > self.k:
+                raise OffloadError(f"step {ev.step} layer {ev.layer} needs {len(ev.needed)} pages, replay built for {self.k}")
+            row = metas[ev.step, ev.layer]
+            row[0] = len(ev.needed)
+            row[1] = self.tail_start + ev.step - 1
+            for i, page in enumerate(ev.needed):
+                row[2 + i] = page if mode == "all_gpu" else slot_of[ev.layer][page]
+        if int(metas[:, :, 1].max()) >= self.tail_cap:
+            raise OffloadError(f"tail of {self.tail_cap} tokens cannot hold {steps} decode steps past {self.tail_start}")
+        if mode == "all_gpu" and self.slots != self.pages:
+            raise OffloadError(f"all_gpu needs a slot per page ({self.pages}), the pool has {self.slots}")
+        self.metas = metas.pin_memory() if self.cuda else metas
+        self.slot_index = {}
+        if self.codec:
+            for i, ev in enumerate(events):
+                for name, pairs in (("demand", ev.fetches), ("prefetch", ev.prefetches)):
+                    if pairs:
+                        self.slot_index[(ev.step, ev.layer, name)] = torch.tensor(
+                            [s for _, s in pairs], dtype=torch.long, device=self.device)
+        self.mode = mode
+        self.events = events
+        self.steps = steps
+
+    def run(self) -> RunResult:
+        """Execute the prepared plan once; times with CUDA events (perf_counter on the CPU)."""
+        if self.cuda:
+            return self._run_cuda(self.mode)
+        return self._run_cpu(self.mode)
+
+    def _issue(self, mode: str, on_layer_done, on_prefetch, wait_prefetch, on_step_end) -> float:
+        moved = 0
+        if mode == "all_gpu":
+            self._upload_all()
+            moved += self.host.numel() * 2
+        for ev in self.events:
+            if ev.step > 0:
+                wait_prefetch(ev.layer)
+                self._copy_pages(ev.step, ev.layer, ev.fetches, "demand")
+                moved += len(ev.fetches) * self.wire_bytes_per_page()
+                self.meta[ev.layer].copy_(self.metas[ev.step, ev.layer], non_blocking=self.cuda)
+                self.run_layer(ev.layer)
+                on_layer_done(ev.layer)
+            if ev.prefetches:
+                on_prefetch(ev.step, ev.layer, ev.prefetches)
+                moved += len(ev.prefetches) * self.wire_bytes_per_page()
+            if ev.step > 0 and ev.layer == self.L - 1:
+                self.run_head()
+                on_step_end(ev.step)
+        return moved
+
+    def _run_cpu(self, mode: str) -> RunResult:
+        t0 = time.perf_counter()
+        ends: list[float] = []
+        moved = self._issue(mode, lambda layer: None,
+                            lambda step, layer, pairs: self._copy_pages(step, layer, pairs, "prefetch"),
+                            lambda layer: None, lambda step: ends.append((time.perf_counter() - t0) * 1e3))
+        return self._result(ends, moved, peak=float("nan"))
+
+    def _run_cuda(self, mode: str) -> RunResult:
+        dev = self.device
+        compute = torch.cuda.Stream(dev)
+        copier = torch.cuda.Stream(dev)
+        layer_done = [torch.cuda.Event() for _ in range(self.L)]
+        prefetched = [torch.cuda.Event() for _ in range(self.L)]
+        pending = [False] * self.L
+        start = torch.cuda.Event(enable_timing=True)
+        step_events: list = []
+        torch.cuda.synchronize(dev)
+
+        def on_layer_done(layer):
+            layer_done[layer].record(compute)
+
+        def on_prefetch(step, layer, pairs):
+            copier.wait_event(layer_done[layer])  # the slots it overwrites were read by this layer's compute
+            with torch.cuda.stream(copier):
+                self._copy_pages(step, layer, pairs, "prefetch")
+            prefetched[layer].record(copier)
+            pending[layer] = True
+
+        def wait_prefetch(layer):
+            if pending[layer]:
+                compute.wait_event(prefetched[layer])
+                pending[layer] = False
+
+        def on_step_end(step):
+            ev = torch.cuda.Event(enable_timing=True)
+            ev.record(compute)
+            step_events.append(ev)
+
+        with torch.cuda.stream(compute):
+            start.record(compute)
+            copier.wait_event(start)
+            moved = self._issue(mode, on_layer_done, on_prefetch, wait_prefetch, on_step_end)
+        torch.cuda.synchronize(dev)
+        ends = [start.elapsed_time(ev) for ev in step_events]
+        return self._result(ends, moved, peak=torch.cuda.max_memory_allocated(dev) / 2**20)
+
+    def _result(self, ends: list, moved: int, peak: float) -> RunResult:
+        kv_gpu = (self.pool.numel() + self.tail.numel()) * 2
+        if self.codec:
+            kv_gpu += sum(t.numel() for t in self.stage.values()) + sum(t.numel() * 2 for t in self.stage_out.values())
+        return RunResult(step_end_ms=ends, ttft_ms=ends[0], tpot_ms=list(np.diff(ends)), peak_gpu_mib=peak,
+                         kv_gpu_mib=kv_gpu / 2**20, fetched_mib=moved / 2**20)
+
+    # ---- correctness ------------------------------------------------------------------------------
+    def check_pool(self) -> float:
+        """Compare every slot the plan left resident with the host page it should hold: 0.0 for raw
+        pages (bit-exact), the max abs error for a codec (bounded by the codec's step). Raises on a
+        slot holding the wrong page."""
+        worst = 0.0
+        if self.mode == "all_gpu":
+            if not torch.equal(self.pool.cpu(), self.host):
+                raise OffloadError("all_gpu: the uploaded pool differs from the host store")
+            return 0.0
+        owner: list[dict] = [dict() for _ in range(self.L)]
+        for ev in self.events:
+            for page, slot in ev.fetches + ev.prefetches:
+                owner[ev.layer][slot] = page
+        for layer in range(self.L):
+            for slot, page in owner[layer].items():
+                got = self.pool[layer, slot].float().cpu()
+                want = self.host[layer, page].float()
+                err = float((got - want).abs().max())
+                scale = float(want.abs().amax())
+                limit = 0.0 if not self.codec else scale / 127 * 0.51 + 1e-2 * scale
+                if err > limit:
+                    raise OffloadError(f"layer {layer} slot {slot}: holds the wrong data for page {page} "
+                                       f"(max error {err:.3g} > {limit:.3g})")
+                worst = max(worst, err)
+        return worst
+
+
+def median_result(results: list[RunResult]) -> dict:
+    """Medians over repeats of the per-run metrics."""
+    return {"ttft_ms": statistics.median(r.ttft_ms for r in results),
+            "tpot_p50_ms": statistics.median(r.tpot_p50 for r in results),
+            "tpot_p99_ms": statistics.median(r.tpot_p99 for r in results),
+            "decode_ms": statistics.median(r.step_end_ms[-1] - r.step_end_ms[0] for r in results),
+            "peak_gpu_mib": max(r.peak_gpu_mib for r in results),
+            "kv_gpu_mib": results[0].kv_gpu_mib, "fetched_mib": results[0].fetched_mib}
