@@ -64,11 +64,17 @@ class PagedDecoder:
         self.L, self.H, self.D = L, H, D
         self.page_bytes = 2 * H * page_size * D * 2  # K and V, bf16
         g = torch.Generator().manual_seed(seed)
+        dg = torch.Generator(device=self.device).manual_seed(seed)  # the store's values: drawn where it is fast
         host = torch.empty((L, prefix_pages, 2, H, page_size, D), dtype=torch.bfloat16, pin_memory=self.cuda)
         for layer in range(L):  # one layer at a time: float32 randn of a 32k cache would double the peak
-            host[layer] = torch.randn(host.shape[1:], generator=g).to(torch.bfloat16)
+            host[layer].copy_(torch.randn(host.shape[1:], generator=dg, device=self.device).to(torch.bfloat16))
         self.host = host
         if codec:
+            from .. import kernels
+
+            if not self.cuda and not kernels.interpreted():
+                raise OffloadError(f"compressed pages on the CPU need Triton's interpreter (TRITON_INTERPRET=1): "
+                                   f"the {codec} kernels are the replay's decode")
             self._encode_host()
         dev, bf = self.device, torch.bfloat16
         self.pool = torch.zeros((L, slots, 2, H, page_size, D), dtype=bf, device=dev)

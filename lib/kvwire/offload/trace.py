@@ -10,6 +10,7 @@ replay, the simulation), which is how the offload experiment runs where the weig
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -91,7 +92,7 @@ class AccessTrace:
                            layer_types=[str(x) for x in z["layer_types"]], tokens=[int(x) for x in z["tokens"]])
         except FileNotFoundError:
             raise OffloadError(f"trace file {str(path)!r} does not exist") from None
-        except (KeyError, ValueError, OSError) as exc:  # truncated zip, missing member, bad dtype
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:  # truncated, member missing
             raise OffloadError(f"{path}: not a readable access trace ({exc})") from None
 
 

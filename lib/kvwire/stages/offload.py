@@ -1,0 +1,237 @@
+"""Stage: the paged-offload study (docs/OFFLOAD.md).
+
+``record_traces`` (CPU, per model): one long WikiText-2 document, its first ``context`` tokens per
+configured context, a trace each (resumes: a valid trace already on disk is kept). ``gpu_study``
+(GPU, trace-driven replay): every trace x mode, checked, timed, plus the calibration the simulation
+uses. ``simulate_study`` (CPU): the same rows from the discrete-event simulation.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..errors import OffloadError
+from ..io import read_json, write_csv, write_json
+from ..offload.experiment import (MODE_SPECS, OffloadSettings, largest_context, page_wire_bytes, plan_for,
+                                  stall_columns, trace_row)
+from ..offload.trace import AccessTrace
+
+MANIFEST = "manifest.json"
+
+
+def trace_path(out_dir: str | Path, context: int) -> Path:
+    return Path(out_dir) / f"ctx{context}.npz"
+
+
+def record_traces(model_dir: str | Path, name: str, dataset_spec: dict, settings: OffloadSettings,
+                  out_dir: str | Path, *, seed: int, dtype: str = "bfloat16", log: Callable = print) -> dict:
+    import torch
+
+    from ..models import load_model
+    from ..offload.trace import max_context, record_trace
+    from ..prompts import build_documents, min_chars_for, uses_bos
+
+    model, tok = load_model(model_dir, dtype=getattr(torch, dtype), device="cpu")
+    contexts = settings.contexts_for(max_context(model, 0))
+    need = max(contexts)
+    docs = build_documents(dataset_spec, max_docs=1, min_chars=min_chars_for(need), seed=seed)
+    ids = tok(docs[0]["text"], add_special_tokens=False)["input_ids"]
+    if uses_bos(tok):
+        ids = [tok.bos_token_id] + ids
+    if len(ids) < need:
+        raise OffloadError(f"{name}: document {docs[0]['id']} has {len(ids)} tokens, the longest context needs {need}")
+    ids = torch.tensor(ids[:need])
+    out_dir = Path(out_dir)
+    entries = []
+    for context in contexts:
+        path = trace_path(out_dir, context)
+        if path.is_file():
+            try:
+                tr = AccessTrace.load(path)
+                if tr.context == context and tr.steps == settings.decode_tokens:
+                    log(f"{name}: kept {path}")
+                    entries.append({"context": context, "file": path.name})
+                    continue
+            except OffloadError as exc:
+                log(f"{name}: re-recording {path}: {exc}")
+        started = time.perf_counter()
+        tr = record_trace(model, name, ids[:context], settings.decode_tokens, chunk=settings.chunk, progress=log)
+        tr.save(path)
+        log(f"{name}: context {context}: {time.perf_counter() - started:.1f} s")
+        entries.append({"context": context, "file": path.name})
+    manifest = {"model": name, "document": docs[0]["id"], "decode_tokens": settings.decode_tokens,
+                "traces": entries}
+    write_json(out_dir / MANIFEST, manifest)
+    return manifest
+
+
+def load_traces(manifest_paths: list[str | Path]) -> list[AccessTrace]:
+    traces = []
+    for mp in manifest_paths:
+        manifest = read_json(mp)
+        for entry in manifest["traces"]:
+            traces.append(AccessTrace.load(Path(mp).parent / entry["file"]))
+    return traces
+
+
+# ---- GPU replay ------------------------------------------------------------------------------------
+
+def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_csv: str | Path,
+              calibration_json: str | Path, *, label: str, device: str = "cuda", log: Callable = print) -> pd.DataFrame:
+    import torch
+
+    from ..offload.replay import PagedDecoder, median_result
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise OffloadError("the GPU replay needs a CUDA device (the simulation runs on the CPU)")
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    rows = []
+    calib: dict = {"gpu": label, "device": name, "models": {}}
+    for trace in load_traces(manifest_paths):
+        s = settings
+        for mode in s.modes:
+            events, policy, codec, slots = plan_for(trace, mode, s)
+            tail_start = trace.context % s.page_size
+            dec = PagedDecoder(trace.shape, prefix_pages=trace.prefix_pages(s.page_size), page_size=s.page_size,
+                               slots=slots, k=s.k, tail_cap=tail_start + trace.steps, tail_start=tail_start,
+                               device=device, codec=codec, seed=trace.context)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            dec.prepare(events, policy)
+            dec.run()  # warm-up: first-touch of pinned pages, kernels, graphs
+            results = [dec.run() for _ in range(s.repeats)]
+            err = dec.check_pool()
+            row = trace_row(trace, mode, s, events)
+            row.update(median_result(results))
+            row["wire_bytes_per_page"] = dec.wire_bytes_per_page()
+            row["pool_check_max_abs_err"] = err
+            row["largest_context"] = largest_context(trace.shape, policy, s, compression=(
+                dec.page_bytes / dec.wire_bytes_per_page()))
+            row["throughput_tok_s"] = 1e3 / row["tpot_p50_ms"]
+            row["source"] = f"trace-driven replay on {name}"
+            rows.append(row)
+            log(f"{trace.model} ctx {trace.context} {mode}: ttft {row['ttft_ms']:.3f} ms, tpot p50 "
+                f"{row['tpot_p50_ms']:.4f} ms, hit rate {row['hit_rate']:.3f}, check err {err:.3g}")
+            if mode == "all_gpu" or "copy" not in calib or (codec and "decode_us" not in calib["models"].get(trace.model, {})):
+                _calibrate(dec, trace, mode, codec, calib, row)
+            del dec
+            if device == "cuda":
+                torch.cuda.empty_cache()
+    stall_columns(rows)
+    frame = pd.DataFrame(rows)
+    write_csv(out_csv, frame)
+    write_json(calibration_json, calib)
+    return frame
+
+
+def _time_us(fn, device, n: int = 50) -> float:
+    """Median µs of ``fn`` (CUDA events on a GPU, perf_counter on the CPU)."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        times = []
+        for _ in range(5):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            for _ in range(n):
+                fn()
+            b.record()
+            torch.cuda.synchronize()
+            times.append(a.elapsed_time(b) * 1e3 / n)
+        return statistics.median(times)
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t) * 1e6 / n)
+    return statistics.median(times)
+
+
+def _calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict) -> None:
+    """Measured costs for the simulation: page-copy latency and bandwidth (a least-squares line over
+    copy sizes), the bulk upload rate, per-layer and LM-head compute, a codec page's decode."""
+    import torch
+
+    dev = dec.device
+    nb = dev.type == "cuda"
+    entry = calib["models"].setdefault(trace.model, {})
+    if "copy" not in calib:
+        sizes, times = [], []
+        for pages in (1, 4, 16):
+            src, dst = dec.host[0, :pages], dec.pool[0, :pages]
+            if dst.shape[0] < pages:
+                continue
+            sizes.append(src.numel() * 2)
+            times.append(_time_us(lambda: dst.copy_(src, non_blocking=nb), dev))
+        n = len(sizes)
+        mx, my = sum(sizes) / n, sum(times) / n
+        slope = sum((x - mx) * (y - my) for x, y in zip(sizes, times)) / max(1e-30, sum((x - mx) ** 2 for x in sizes))
+        calib["copy"] = {"sizes": sizes, "times_us": times, "latency_us": max(0.0, my - slope * mx),
+                         "gbps": 1e-3 / slope if slope > 0 else math.inf}
+    if mode == "all_gpu":  # per context: the cache's size sets the upload, the budget the layer cost
+        head = _time_us(dec.run_head, dev)
+        up = _time_us(dec._upload_all, dev, n=3)
+        entry.setdefault("contexts", {})[str(trace.context)] = {
+            "head_us": head, "layer_us": max(0.0, (row["tpot_p50_ms"] * 1e3 - head) / trace.layers),
+            "bulk_gbps": dec.host.numel() * 2 / (up * 1e3)}
+    if codec:
+        from .. import kernels
+
+        n = min(8, dec.slots)
+        out, stage = dec.stage_out["demand"][:n], dec.stage["demand"][:n]
+        shape = (n, 2, dec.H, dec.ps, dec.D)
+        entry["decode_us"] = _time_us(lambda: kernels.decode_cache(codec, stage.reshape(-1), shape, torch.bfloat16,
+                                                                   out=out, check=False), dev) / n
+
+
+# ---- simulation ------------------------------------------------------------------------------------
+
+def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, calibration_json: str | Path,
+                   out_csv: str | Path, *, log: Callable = print) -> pd.DataFrame:
+    from ..offload.simulate import Calibration, simulate
+
+    calib = read_json(calibration_json)
+    rows = []
+    for trace in load_traces(manifest_paths):
+        entry = calib.get("models", {}).get(trace.model, {})
+        costs = entry.get("contexts", {}).get(str(trace.context))
+        if not costs or "copy" not in calib:
+            raise OffloadError(f"calibration {calibration_json} has no measured costs for {trace.model!r} at "
+                               f"context {trace.context} (rerun the GPU replay with this config)")
+        s = settings
+        for mode in s.modes:
+            events, policy, codec, slots = plan_for(trace, mode, s)
+            if codec and "decode_us" not in entry:
+                raise OffloadError(f"calibration {calibration_json} has no {codec} decode cost for {trace.model!r}")
+            cal = Calibration.from_dict({
+                "source": f"simulation calibrated on {calib.get('device', calib.get('gpu'))}",
+                "copy_latency_us": calib["copy"]["latency_us"], "copy_gbps": calib["copy"]["gbps"],
+                "bulk_gbps": costs["bulk_gbps"], "layer_us": costs["layer_us"], "head_us": costs["head_us"],
+                "decode_us": entry.get("decode_us", 0.0) if codec else 0.0})
+            wire = page_wire_bytes(trace.shape, s.page_size, codec)
+            raw = page_wire_bytes(trace.shape, s.page_size, None)
+            cache_bytes = trace.prefix_pages(s.page_size) * raw * trace.layers
+            sim = simulate(events, policy, cal, layers=trace.layers, page_bytes=wire, cache_bytes=cache_bytes)
+            row = trace_row(trace, mode, s, events)
+            tpot = sim["tpot_us"] / 1e3
+            row.update({"ttft_ms": sim["ttft_us"] / 1e3, "tpot_p50_ms": float(pd.Series(tpot).quantile(0.5)),
+                        "tpot_p99_ms": float(pd.Series(tpot).quantile(0.99)),
+                        "decode_ms": float(sim["step_end_us"][-1] - sim["step_end_us"][0]) / 1e3,
+                        "wire_bytes_per_page": wire,
+                        "largest_context": largest_context(trace.shape, policy, s, compression=raw / wire),
+                        "source": cal.source})
+            row["throughput_tok_s"] = 1e3 / row["tpot_p50_ms"]
+            rows.append(row)
+    stall_columns(rows)
+    frame = pd.DataFrame(rows)
+    write_csv(out_csv, frame)
+    log(f"simulated {len(rows)} runs -> {out_csv}")
+    return frame

@@ -1,0 +1,51 @@
+"""The offload simulation's timeline, computed by hand on scripted plans."""
+
+import pytest
+
+from kvwire.errors import OffloadError
+from kvwire.offload.policy import LayerEvent
+from kvwire.offload.simulate import Calibration, simulate
+
+CAL = Calibration(source="test", copy_latency_us=1.0, copy_gbps=1.0, bulk_gbps=2.0, layer_us=10.0, head_us=5.0,
+                  decode_us=0.0)
+PAGE = 1000  # bytes: 1 µs at 1 GB/s, so one page copy = 2 µs
+
+
+def test_demand_fetches_stall_the_compute_stream():
+    events = [LayerEvent(1, 0, needed=(0, 1), fetches=[(0, 0), (1, 1)]), LayerEvent(1, 1, needed=(0,), hits=1),
+              LayerEvent(2, 0, needed=(0,), hits=1), LayerEvent(2, 1, needed=(2,), fetches=[(2, 0)])]
+    sim = simulate(events, "reactive", CAL, layers=2, page_bytes=PAGE, cache_bytes=0)
+    # step 1: 2 fetches (4) + layer (10) + layer (10) + head (5) = 29; step 2: 10 + 2 + 10 + 5 = 27 more
+    assert list(sim["step_end_us"]) == pytest.approx([29.0, 56.0])
+    assert sim["ttft_us"] == pytest.approx(29.0) and sim["stall_us"] == pytest.approx(6.0)
+
+
+def test_prefetches_overlap_compute_and_late_ones_stall():
+    events = [LayerEvent(0, 0, prefetches=[(0, 0)]), LayerEvent(0, 1, prefetches=[(5, 0)]),
+              LayerEvent(1, 0, needed=(0,), hits=1, prefetches=[(1, 1)]),
+              LayerEvent(1, 1, needed=(5,), hits=1),
+              LayerEvent(2, 0, needed=(1,), hits=1), LayerEvent(2, 1, needed=(5,), hits=1)]
+    sim = simulate(events, "predictive", CAL, layers=2, page_bytes=PAGE, cache_bytes=0)
+    # copy engine: page 0 ready at 2, page 5 at 4; step 1 layer 0 waits for 2 -> 12, layer 1 -> 22, head 27;
+    # page 1 queued at 12 -> ready 14; step 2: 37, 47, 52
+    assert list(sim["step_end_us"]) == pytest.approx([27.0, 52.0])
+    assert sim["stall_us"] == pytest.approx(2.0)
+
+
+def test_all_gpu_pays_the_bulk_upload_before_the_first_token_and_a_codec_pays_decode():
+    events = [LayerEvent(1, 0, needed=(0,), hits=1), LayerEvent(2, 0, needed=(0,), hits=1)]
+    sim = simulate(events, "all_gpu", CAL, layers=1, page_bytes=PAGE, cache_bytes=4000)
+    assert list(sim["step_end_us"]) == pytest.approx([2.0 + 15.0, 32.0])  # 4000 B at 2 GB/s = 2 µs
+    cal = Calibration(**{**CAL.to_dict(), "decode_us": 3.0})
+    fetch = [LayerEvent(1, 0, needed=(0,), fetches=[(0, 0)]), LayerEvent(2, 0, needed=(0,), hits=1)]
+    assert simulate(fetch, "reactive", cal, layers=1, page_bytes=PAGE, cache_bytes=0)["ttft_us"] == pytest.approx(20.0)
+
+
+def test_calibration_from_dict_names_what_is_wrong():
+    with pytest.raises(OffloadError, match="lacks copy_gbps"):
+        Calibration.from_dict({"source": "x", "copy_latency_us": 1, "bulk_gbps": 1, "layer_us": 1, "head_us": 1})
+    with pytest.raises(OffloadError, match="finite and non-negative"):
+        Calibration.from_dict({"source": "x", "copy_latency_us": 1, "copy_gbps": 0, "bulk_gbps": 1, "layer_us": 1,
+                               "head_us": 1})
+    with pytest.raises(OffloadError, match="no events"):
+        simulate([], "reactive", CAL, layers=1, page_bytes=1, cache_bytes=0)
