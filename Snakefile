@@ -21,6 +21,7 @@ include: "workflow/rules/timing.smk"
 include: "workflow/rules/transfer.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/router.smk"
+include: "workflow/rules/offload.smk"
 include: "workflow/rules/paper.smk"
 
 

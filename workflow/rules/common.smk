@@ -261,6 +261,35 @@ def kv_statistics_all():
     return expand("results/kvstats/{model}.csv", model=MODELS)
 
 
+def offload_dataset(wildcards):
+    """The offload study's long-prompt source: a ``datasets`` entry (config ``offload.dataset``)."""
+    name = config["offload"]["dataset"]
+    if name not in config["datasets"]:
+        raise ValueError(
+            f"offload.dataset {name!r} is not one of the datasets: {', '.join(DATASETS)}"
+        )
+    return dataset_spec(type("W", (), {"dataset": name}))
+
+
+def offload_traces_all():
+    return expand("results/offload/traces/{model}/manifest.json", model=MODELS)
+
+
+def offload_outputs():
+    """The offload summary and figures: in `all` where the GPU replay's committed table and the
+    calibration it measured exist (a fresh clone has them; a scratch directory has not)."""
+    off = config["offload"]
+    if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
+        return []
+    return [
+        "results/tables/offload.csv",
+        "paper/figures/offload_latency.pdf",
+        "paper/figures/offload_latency.png",
+        "paper/figures/offload_pool.pdf",
+        "paper/figures/offload_pool.png",
+    ]
+
+
 def model_facts_all():
     return expand("resources/models/{model}/facts.json", model=MODELS)
 
@@ -309,6 +338,7 @@ def all_outputs():
         + gpu_outputs()
         + decision_outputs()
         + router_outputs()
+        + offload_outputs()
     )
 
 
@@ -332,6 +362,7 @@ PAPER_RULES = [
     "paper_macros",
     "paper_pdf",
     "figure_router",
+    "figure_offload",
 ]
 
 # What each of the paper's artifacts is made from. A table named here is cached (committed under
@@ -358,6 +389,8 @@ FIGURE_SOURCES = {
     "e2e_model_vs_measured": ["e2e_transfer"],
     "decision_flowchart": ["decision"],
     "router_regret": ["router_by_bandwidth"],
+    "offload_latency": ["offload"],
+    "offload_pool": ["offload"],
 }
 LATEX_TABLE_SOURCES = {
     "codecs": ["quality"],

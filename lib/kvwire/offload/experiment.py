@@ -20,6 +20,7 @@ MODE_SPECS = {
     "predictive_int8": ("predictive", "int8"),
 }
 KV_BYTES = 2  # bf16 pages
+WORKFLOW_KEYS = ("dataset", "calibration", "gpu_table")  # config offload: keys the workflow, not the study, reads
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,7 @@ class OffloadSettings:
 
     @classmethod
     def from_config(cls, cfg: dict | None) -> "OffloadSettings":
-        cfg = dict(cfg or {})
+        cfg = {k: v for k, v in (cfg or {}).items() if k not in WORKFLOW_KEYS}
         unknown = sorted(set(cfg) - set(cls.__dataclass_fields__))
         if unknown:
             raise OffloadError(f"unknown offload config key(s) {unknown}")

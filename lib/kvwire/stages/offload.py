@@ -235,3 +235,28 @@ def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, 
     write_csv(out_csv, frame)
     log(f"simulated {len(rows)} runs -> {out_csv}")
     return frame
+
+
+# ---- summary table ---------------------------------------------------------------------------------
+
+TABLE_KEY = ["model", "context", "mode"]
+
+
+def offload_table(gpu_csv: str | Path, sim_csv: str | Path, out_csv: str | Path) -> pd.DataFrame:
+    """Replay rows and simulation rows side by side (``kind``: "replay" | "simulation"); every
+    simulation row carries its relative TPOT / TTFT error against the replay of the same run."""
+    replay = pd.read_csv(gpu_csv).assign(kind="replay")
+    sim = pd.read_csv(sim_csv).assign(kind="simulation")
+    for name, frame in (("GPU replay", replay), ("simulation", sim)):
+        missing = [c for c in TABLE_KEY + ["tpot_p50_ms", "ttft_ms"] if c not in frame.columns]
+        if missing:
+            raise OffloadError(f"{name} table lacks columns {missing}")
+    ref = replay.set_index(TABLE_KEY)
+    idx = sim.set_index(TABLE_KEY).index
+    for col in ("tpot_p50_ms", "ttft_ms"):
+        measured = ref[col].reindex(idx).to_numpy()
+        sim[f"sim_error_{col.split('_')[0]}"] = sim[col].to_numpy() / measured - 1
+    frame = pd.concat([replay, sim], ignore_index=True, sort=False)
+    frame = frame.sort_values(["kind", "model", "context", "mode"], kind="stable").reset_index(drop=True)
+    write_csv(out_csv, frame)
+    return frame

@@ -1,0 +1,118 @@
+# Paged KV offload (issue 10, docs/OFFLOAD.md): traces recorded from the real models on the CPU,
+# replayed on a GPU (GPU-tagged, outside `all`: its table is committed) and simulated on the CPU.
+rule offload_trace:
+    input:
+        facts=model_facts,
+    output:
+        manifest="results/offload/traces/{model}/manifest.json",
+    log:
+        "logs/offload/trace_{model}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 2
+    resources:
+        mem_mb=12000,
+        runtime=60,
+    params:
+        model_dir=model_dir,
+        dataset=offload_dataset,
+        offload=config["offload"],
+        dtype=config["extract"]["dtype"],
+        seed=config.get("seed", 0),
+        torch_threads=config.get("torch_threads", 2),
+    script:
+        "../../scripts/offload_trace.py"
+
+
+# {gpu} labels the run (h200); copy its table and calibration to offload.gpu_table / calibration
+# (results/offload/gpu/, committed) to make them the study's.
+rule offload_gpu:
+    input:
+        traces=offload_traces_all(),
+    output:
+        table="results/offload/gpu/runs/{gpu}.csv",
+        calibration="results/offload/gpu/runs/{gpu}.calibration.json",
+    log:
+        "logs/offload/gpu_{gpu}.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 4
+    resources:
+        gpu=1,
+        mem_mb=16000,
+        runtime=30,
+    params:
+        offload=config["offload"],
+        seed=config.get("seed", 0),
+    script:
+        "../../scripts/offload_gpu.py"
+
+
+rule offload_simulate:
+    input:
+        traces=offload_traces_all(),
+        calibration=config["offload"]["calibration"],
+    output:
+        table="results/offload/sim/offload_sim.csv",
+    log:
+        "logs/offload/simulate.log",
+    conda:
+        "../../envs/torch.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=20,
+    params:
+        offload=config["offload"],
+    script:
+        "../../scripts/offload_simulate.py"
+
+
+rule offload_table:
+    input:
+        gpu=config["offload"]["gpu_table"],
+        sim="results/offload/sim/offload_sim.csv",
+    output:
+        table=report(
+            "results/tables/offload.csv",
+            caption="../report/offload.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/offload/table.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    script:
+        "../../scripts/offload_table.py"
+
+
+rule figure_offload:
+    input:
+        table="results/tables/offload.csv",
+    output:
+        latency_pdf="paper/figures/offload_latency.pdf",
+        latency_png=report(
+            "paper/figures/offload_latency.png",
+            caption="../report/offload_latency.rst",
+            category="Figures",
+        ),
+        pool_pdf="paper/figures/offload_pool.pdf",
+        pool_png=report(
+            "paper/figures/offload_pool.png",
+            caption="../report/offload_pool.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/offload/figure.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    script:
+        "../../scripts/figure_offload.py"
