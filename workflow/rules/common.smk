@@ -277,7 +277,8 @@ def offload_traces_all():
 
 def offload_outputs():
     """The offload summary and figures: in `all` where the GPU replay's committed table and the
-    calibration it measured exist (a fresh clone has them; a scratch directory has not)."""
+    calibration it measured exist (a fresh clone has them; a scratch directory has not).
+    """
     off = config["offload"]
     if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
         return []

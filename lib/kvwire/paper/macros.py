@@ -15,7 +15,7 @@ from ..io import atomic_path
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 TABLES = ["quality", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
-          "e2e_transfer", "link_model", "decision", "router"]
+          "e2e_transfer", "link_model", "decision", "router", "offload"]
 
 
 def macro_name(*parts: str) -> str:
@@ -207,10 +207,37 @@ def _router(t: Tables, floor: float) -> dict[str, str]:
     return m
 
 
+def _offload(t: Tables, floor: float) -> dict[str, str]:
+    """Per model at its longest context: the replay's TPOT per mode, stall, hit rate, prefetch
+    precision, TTFT; the simulation's median |error|; the largest context each mode fits."""
+    o = t["offload"]
+    replay, sim = o[o["kind"] == "replay"], o[o["kind"] == "simulation"]
+    m = {"kwOffloadGpu": str(replay["source"].iloc[0]).replace("trace-driven replay on ", ""),
+         "kwOffloadSimErrTpot": pct(float(sim["sim_error_tpot"].abs().median())),
+         "kwOffloadSimErrTpotMax": pct(float(sim["sim_error_tpot"].abs().max())),
+         "kwOffloadSimErrTtft": pct(float(sim["sim_error_ttft"].abs().median()))}
+    for model, rows in replay.groupby("model"):
+        top = rows[rows["context"] == rows["context"].max()].set_index("mode")
+        m[macro_name("offload", "context", model)] = f"{int(rows['context'].max()):,}".replace(",", "{,}")
+        for mode in top.index:
+            r = top.loc[mode]
+            m[macro_name("offload", "tpot", mode, model)] = num(float(r["tpot_p50_ms"]) * 1e3) + r"\,	extmu s"
+            m[macro_name("offload", "ttft", mode, model)] = num(float(r["ttft_ms"])) + r"\,ms"
+            m[macro_name("offload", "fits", mode, model)] = f"{int(r['largest_context']):,}".replace(",", "{,}")
+            if mode != "all_gpu":
+                m[macro_name("offload", "stall", mode, model)] = num(float(r["stall_pct"]), 2) + r"\,\%"
+                m[macro_name("offload", "hit", mode, model)] = pct(float(r["hit_rate"]), 3)
+            if mode.startswith("predictive"):
+                m[macro_name("offload", "precision", mode, model)] = pct(float(r["prefetch_precision"]))
+                m[macro_name("offload", "recall", mode, model)] = pct(float(r["predict_recall"]), 3)
+        m[macro_name("offload", "coverage", model)] = pct(float(top["coverage"].iloc[0]), 3)
+    return m
+
+
 SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
     "quality": _quality, "gates": _gates, "cosine_spearman": _spearman, "models": _models,
     "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
-    "link_model": _links, "decision": _decision, "router": _router,
+    "link_model": _links, "decision": _decision, "router": _router, "offload": _offload,
 }
 
 
