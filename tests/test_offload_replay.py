@@ -2,6 +2,7 @@
 compiled with CUDA graphs and streams when a GPU is present)."""
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -153,3 +154,34 @@ def test_stage_replays_and_simulates_the_same_plans(trace, tmp_path):
     base_sim = sim.loc[sim["mode"] == "all_gpu", "tpot_p50_ms"].item()
     base = replay.loc[replay["mode"] == "all_gpu", "tpot_p50_ms"].item()
     assert base_sim == pytest.approx(base, rel=1e-6)
+
+
+def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
+    from kvwire.paper.macros import Tables, _offload
+    from kvwire.paper.offload_figure import offload_latency, offload_pool
+    from kvwire.stages.offload import offload_table
+
+    trace.save(tmp_path / "tr" / "ctx200.npz")
+    write_json(tmp_path / "tr" / "manifest.json", {"traces": [{"context": 200, "file": "ctx200.npz"}]})
+    s = OffloadSettings(contexts=(200,), decode_tokens=8, page_size=16, budget_tokens=48, prefetch_tokens=80,
+                        gpu_tokens=80, repeats=1, modes=("all_gpu", "reactive", "predictive"))
+    manifest = [tmp_path / "tr" / "manifest.json"]
+    gpu_study(manifest, s, tmp_path / "gpu.csv", tmp_path / "cal.json", label="cpu", device="cpu", log=lambda m: None)
+    simulate_study(manifest, s, tmp_path / "cal.json", tmp_path / "sim.csv", log=lambda m: None)
+    table = offload_table(tmp_path / "gpu.csv", tmp_path / "sim.csv", tmp_path / "offload.csv")
+    assert sorted(table["kind"].unique()) == ["replay", "simulation"]
+    sim = table[table["kind"] == "simulation"].set_index("mode")
+    rep = table[table["kind"] == "replay"].set_index("mode")
+    for mode in ("reactive", "predictive"):
+        assert sim.loc[mode, "sim_error_tpot"] == pytest.approx(sim.loc[mode, "tpot_p50_ms"] / rep.loc[mode, "tpot_p50_ms"] - 1)
+    macros = _offload(Tables({"offload": tmp_path / "offload.csv"}), 0.95)
+    assert macros["kwOffloadContextTiny"] == "200"
+    assert macros["kwOffloadHitReactiveTiny"].endswith(r"\,\%")
+    for fn, name in ((offload_latency, "lat"), (offload_pool, "pool")):
+        fn(tmp_path / "offload.csv", tmp_path / f"{name}.pdf", tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG") and (tmp_path / f"{name}.png").stat().st_size > 5000
+        assert (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
+    broken = pd.read_csv(tmp_path / "sim.csv").drop(columns=["tpot_p50_ms"])
+    broken.to_csv(tmp_path / "broken.csv", index=False)
+    with pytest.raises(OffloadError, match="simulation table lacks columns"):
+        offload_table(tmp_path / "gpu.csv", tmp_path / "broken.csv", tmp_path / "x.csv")
