@@ -38,7 +38,29 @@ def test_all_gpu_pays_the_bulk_upload_before_the_first_token_and_a_codec_pays_de
     assert list(sim["step_end_us"]) == pytest.approx([2.0 + 15.0, 32.0])  # 4000 B at 2 GB/s = 2 µs
     cal = Calibration(**{**CAL.to_dict(), "decode_us": 3.0})
     fetch = [LayerEvent(1, 0, needed=(0,), fetches=[(0, 0)]), LayerEvent(2, 0, needed=(0,), hits=1)]
-    assert simulate(fetch, "reactive", cal, layers=1, page_bytes=PAGE, cache_bytes=0)["ttft_us"] == pytest.approx(20.0)
+    assert simulate(fetch, "reactive", cal, layers=1, page_bytes=PAGE, cache_bytes=0,
+                    codec=True)["ttft_us"] == pytest.approx(20.0)
+
+
+def test_the_host_thread_bounds_the_gpu_when_issuing_costs_more_than_computing():
+    cal = Calibration(**{**CAL.to_dict(), "issue_layer_us": 30.0, "issue_copy_us": 4.0})
+    events = [LayerEvent(1, 0, needed=(0,), fetches=[(0, 0)]), LayerEvent(2, 0, needed=(0,), hits=1)]
+    sim = simulate(events, "reactive", cal, layers=1, page_bytes=PAGE, cache_bytes=0)
+    # step 1: host issues layer + copy (34), the GPU then fetches (2) and computes (10): 46; the head's
+    # issue (host 64) comes after: 64 + 5 = 69; step 2: host 94 -> 104, head issued at 124 -> 129
+    assert list(sim["step_end_us"]) == pytest.approx([69.0, 129.0])
+
+
+def test_codec_prefetches_after_the_first_step_decode_in_one_batch_at_the_step_end():
+    cal = Calibration(**{**CAL.to_dict(), "decode_us": 1.0, "decode_launch_us": 4.0})
+    events = [LayerEvent(1, 0, needed=(0,), fetches=[(0, 0)], prefetches=[(1, 1), (2, 2)]),
+              LayerEvent(1, 1, needed=(0,), fetches=[(0, 0)], prefetches=[(3, 1)]),
+              LayerEvent(2, 0, needed=(1,), hits=1), LayerEvent(2, 1, needed=(3,), hits=1)]
+    sim = simulate(events, "predictive", cal, layers=2, page_bytes=PAGE, cache_bytes=0, codec=True)
+    # step 1: fetch 2 + decode 5 + layer 10 = 17, again = 34, head 39; copies of 1, 2 (17 -> 21) and
+    # 3 (34 -> 36) wait for the batch decode, issued with the head (the copy engine does not wait for
+    # the compute stream): 36 + 4 + 3 = 43; step 2 starts at 43: 53, 63, head 68
+    assert list(sim["step_end_us"]) == pytest.approx([39.0, 68.0])
 
 
 def test_calibration_from_dict_names_what_is_wrong():

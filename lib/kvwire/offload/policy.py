@@ -188,3 +188,25 @@ def coverage(page_mass_rows: np.ndarray, tail_mass: np.ndarray, k: int) -> float
             pages = top_pages(page_mass_rows[t, layer], k)
             kept.append(float(page_mass_rows[t, layer, list(pages)].sum()) + float(tail_mass[t, layer]))
     return float(np.mean(kept))
+
+
+def issue_order(events: list[LayerEvent], layers: int, *, lookahead: int = 2) -> list[tuple[str, LayerEvent]]:
+    """The order one decode host thread issues a plan's work, shared by the replay and the
+    simulation: ("compute", e) = wait for e's pages, demand-fetch its misses, run the layer;
+    ("prefetch", e) = queue e's prefetches on the copy stream; ("step_end", e) = the LM head after
+    e, the step's last layer. The first step's seeded prefetches (step 0) go out ``lookahead`` layers
+    ahead of the compute that needs them, so the first layers need not wait for the last ones'."""
+    seeded = {e.layer: e for e in events if e.step == 0}
+    order: list[tuple[str, LayerEvent]] = [("prefetch", seeded[layer]) for layer in range(min(lookahead, layers))
+                                           if layer in seeded]
+    for e in events:
+        if e.step == 0:
+            continue
+        if e.step == 1 and e.layer + lookahead in seeded:
+            order.append(("prefetch", seeded[e.layer + lookahead]))
+        order.append(("compute", e))
+        if e.prefetches:
+            order.append(("prefetch", e))
+        if e.layer == layers - 1:
+            order.append(("step_end", e))
+    return order

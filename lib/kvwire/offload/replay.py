@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ..errors import OffloadError
-from .policy import LayerEvent
+from .policy import LayerEvent, issue_order
 
 CODECS = (None, "int8")
 
@@ -112,10 +112,12 @@ class PagedDecoder:
         self.host_payload = payload.pin_memory() if self.cuda else payload
         self.host_payload = self.host_payload.view(L, P, -1)
         self.payload_bytes = self.host_payload.shape[2]
-        self.stage = {name: torch.empty((self.slots, self.payload_bytes), dtype=torch.uint8, device=self.device)
-                      for name in ("demand", "prefetch")}
-        self.stage_out = {name: torch.empty((self.slots, 2, self.H, self.ps, self.D), dtype=torch.bfloat16,
-                                            device=self.device) for name in ("demand", "prefetch")}
+        rows = {"demand": self.slots, "prefetch": self.slots, "batch": self.slots * L}  # batch: one step, all layers
+        self.stage = {name: torch.empty((n, self.payload_bytes), dtype=torch.uint8, device=self.device)
+                      for name, n in rows.items()}
+        self.stage_out = {name: torch.empty((n, 2, self.H, self.ps, self.D), dtype=torch.bfloat16,
+                                            device=self.device) for name, n in rows.items()}
+        self._layer_of: dict = {}
 
     def wire_bytes_per_page(self) -> int:
         return self.payload_bytes if self.codec else self.page_bytes
@@ -183,25 +185,30 @@ class PagedDecoder:
             self._head()
 
     # ---- copies -----------------------------------------------------------------------------------
-    def _copy_pages(self, step: int, layer: int, pairs: list, which: str) -> None:
-        """Copy ``pairs`` (page, slot) of ``layer`` from the host store into the pool (on the current
-        stream); with a codec: the payloads to a staging buffer, one decode, one scatter into slots."""
-        if not pairs:
+    def _copy_many(self, dsts: list, srcs: list) -> None:
+        """Host -> GPU copies on the current stream; one C++ loop (``_foreach_copy_``) where torch has
+        it, so the host thread's cost per page is a memcpy launch, not a Python call."""
+        if not dsts:
             return
-        nb = self.cuda
-        if not self.codec:
-            for page, slot in pairs:
-                self.pool[layer, slot].copy_(self.host[layer, page], non_blocking=nb)
-            return
+        if self.cuda and self._foreach:
+            try:
+                torch._foreach_copy_(dsts, srcs, non_blocking=True)
+                return
+            except (RuntimeError, TypeError):
+                self._foreach = False
+        for d, s in zip(dsts, srcs):
+            d.copy_(s, non_blocking=self.cuda)
+
+    def _decode_into(self, n: int, stage: str, index: torch.Tensor, flat: bool) -> None:
+        """Decode ``n`` staged payloads with one kernel and scatter them into their slots (one layer's
+        slots, or ``flat`` = (layer x slots) indices across layers)."""
         from .. import kernels
 
-        stage, out = self.stage[which], self.stage_out[which]
-        n = len(pairs)
-        for i, (page, _slot) in enumerate(pairs):
-            stage[i].copy_(self.host_payload[layer, page], non_blocking=nb)
-        kernels.decode_cache(self.codec, stage[:n].view(-1), (n, 2, self.H, self.ps, self.D), torch.bfloat16,
-                             out=out[:n], check=False)
-        self.pool[layer].index_copy_(0, self.slot_index[(step, layer, which)], out[:n])
+        out = self.stage_out[stage][:n]
+        kernels.decode_cache(self.codec, self.stage[stage][:n].view(-1), (n, 2, self.H, self.ps, self.D),
+                             torch.bfloat16, out=out, check=False)
+        target = self.pool.view(self.L * self.slots, *self.pool.shape[2:]) if flat else self.pool[self._layer_of[stage]]
+        target.index_copy_(0, index, out)
 
     def _upload_all(self) -> None:
         """all_gpu: the whole cache in one copy (the pool is every page, slot = page)."""
@@ -209,15 +216,41 @@ class PagedDecoder:
 
     # ---- the run ----------------------------------------------------------------------------------
     def prepare(self, events: list[LayerEvent], mode: str) -> None:
-        """Precompute every (step, layer)'s meta row (and a codec's slot indices), before any timing."""
+        """Precompute, before any timing: every (step, layer)'s meta row, every copy's source and
+        destination views, a codec's staging offsets and slot indices, and the issue order."""
         if self.graphs and self._graphs is None:
             self._capture()
+        if mode == "all_gpu" and self.slots != self.pages:
+            raise OffloadError(f"all_gpu needs a slot per page ({self.pages}), the pool has {self.slots}")
         steps = max(e.step for e in events)
         metas = torch.zeros((steps + 1, self.L, 2 + self.k), dtype=torch.long)
         slot_of: list[dict] = [dict() for _ in range(self.L)]
-        for ev in events:
+        self._foreach = hasattr(torch, "_foreach_copy_")
+        self._ops: dict = {}
+        batch_rows: dict[int, list] = {}
+        for idx, ev in enumerate(events):
             for page, slot in ev.fetches + ev.prefetches:
                 slot_of[ev.layer][page] = slot
+            for which, pairs in (("demand", ev.fetches), ("prefetch", ev.prefetches)):
+                if not pairs:
+                    continue
+                batched = self.codec and which == "prefetch" and ev.step > 0
+                if not self.codec:
+                    dsts = [self.pool[ev.layer, slot] for _, slot in pairs]
+                    srcs = [self.host[ev.layer, page] for page, _ in pairs]
+                elif batched:  # rows of the step's batch, decoded together at the step's end
+                    rows = batch_rows.setdefault(ev.step, [])
+                    start = len(rows)
+                    rows.extend(ev.layer * self.slots + slot for _, slot in pairs)
+                    dsts = [self.stage["batch"][start + i] for i in range(len(pairs))]
+                    srcs = [self.host_payload[ev.layer, page] for page, _ in pairs]
+                else:
+                    stage = "demand" if which == "demand" else "prefetch"
+                    dsts = [self.stage[stage][i] for i in range(len(pairs))]
+                    srcs = [self.host_payload[ev.layer, page] for page, _ in pairs]
+                index = None if not self.codec or batched else torch.tensor(
+                    [slot for _, slot in pairs], dtype=torch.long, device=self.device)
+                self._ops[(idx, which)] = (dsts, srcs, index)
             if ev.step == 0:
                 continue
             if len(ev.needed) > self.k:
@@ -229,16 +262,15 @@ class PagedDecoder:
                 row[2 + i] = page if mode == "all_gpu" else slot_of[ev.layer][page]
         if int(metas[:, :, 1].max()) >= self.tail_cap:
             raise OffloadError(f"tail of {self.tail_cap} tokens cannot hold {steps} decode steps past {self.tail_start}")
-        if mode == "all_gpu" and self.slots != self.pages:
-            raise OffloadError(f"all_gpu needs a slot per page ({self.pages}), the pool has {self.slots}")
-        self.metas = metas.pin_memory() if self.cuda else metas
-        self.slot_index = {}
         if self.codec:
-            for i, ev in enumerate(events):
-                for name, pairs in (("demand", ev.fetches), ("prefetch", ev.prefetches)):
-                    if pairs:
-                        self.slot_index[(ev.step, ev.layer, name)] = torch.tensor(
-                            [s for _, s in pairs], dtype=torch.long, device=self.device)
+            need = max((len(r) for r in batch_rows.values()), default=0)
+            if need > self.stage["batch"].shape[0]:
+                raise OffloadError(f"a step prefetches {need} pages, the staging buffer holds {self.stage['batch'].shape[0]}")
+            self._batch_index = {step: torch.tensor(rows, dtype=torch.long, device=self.device)
+                                 for step, rows in batch_rows.items()}
+        self.metas = metas.pin_memory() if self.cuda else metas
+        self.order = issue_order(events, self.L)
+        self._index_of = {id(ev): i for i, ev in enumerate(events)}
         self.mode = mode
         self.events = events
         self.steps = steps
@@ -249,33 +281,66 @@ class PagedDecoder:
             return self._run_cuda(self.mode)
         return self._run_cpu(self.mode)
 
-    def _issue(self, mode: str, on_layer_done, on_prefetch, wait_prefetch, on_step_end) -> float:
+    def _copy_event(self, ev: LayerEvent, which: str) -> int:
+        """Issue ``ev``'s demand fetches or prefetches on the current stream; bytes moved."""
+        op = self._ops.get((self._index_of[id(ev)], which))
+        if op is None:
+            return 0
+        dsts, srcs, index = op
+        self._copy_many(dsts, srcs)
+        if index is not None:  # a codec's pages outside a step batch: decode this layer's now
+            stage = "demand" if which == "demand" else "prefetch"
+            self._layer_of[stage] = ev.layer
+            self._decode_into(len(dsts), stage, index, flat=False)
+        return len(dsts) * self.wire_bytes_per_page()
+
+    def _flush_batch(self, step: int) -> bool:
+        """Decode step ``step``'s batched (codec) prefetches in one kernel; whether there were any."""
+        index = self._batch_index.get(step) if self.codec else None
+        if index is None:
+            return False
+        self._decode_into(index.numel(), "batch", index, flat=True)
+        return True
+
+    def _issue(self, mode: str, hooks) -> int:
         moved = 0
         if mode == "all_gpu":
             self._upload_all()
             moved += self.host.numel() * 2
-        for ev in self.events:
-            if ev.step > 0:
-                wait_prefetch(ev.layer)
-                self._copy_pages(ev.step, ev.layer, ev.fetches, "demand")
-                moved += len(ev.fetches) * self.wire_bytes_per_page()
+        for kind, ev in self.order:
+            if kind == "compute":
+                hooks.wait_prefetch(ev.layer)
+                moved += self._copy_event(ev, "demand")
                 self.meta[ev.layer].copy_(self.metas[ev.step, ev.layer], non_blocking=self.cuda)
                 self.run_layer(ev.layer)
-                on_layer_done(ev.layer)
-            if ev.prefetches:
-                on_prefetch(ev.step, ev.layer, ev.prefetches)
-                moved += len(ev.prefetches) * self.wire_bytes_per_page()
-            if ev.step > 0 and ev.layer == self.L - 1:
+                hooks.layer_done(ev.layer)
+            elif kind == "prefetch":
+                moved += hooks.prefetch(ev)
+            else:
                 self.run_head()
-                on_step_end(ev.step)
+                hooks.step_end(ev.step)
         return moved
 
     def _run_cpu(self, mode: str) -> RunResult:
         t0 = time.perf_counter()
         ends: list[float] = []
-        moved = self._issue(mode, lambda layer: None,
-                            lambda step, layer, pairs: self._copy_pages(step, layer, pairs, "prefetch"),
-                            lambda layer: None, lambda step: ends.append((time.perf_counter() - t0) * 1e3))
+        dec = self
+
+        class Hooks:
+            def wait_prefetch(self, layer):
+                pass
+
+            def layer_done(self, layer):
+                pass
+
+            def prefetch(self, ev):
+                return dec._copy_event(ev, "prefetch")
+
+            def step_end(self, step):
+                dec._flush_batch(step)
+                ends.append((time.perf_counter() - t0) * 1e3)
+
+        moved = self._issue(mode, Hooks())
         return self._result(ends, moved, peak=float("nan"))
 
     def _run_cuda(self, mode: str) -> RunResult:
@@ -283,36 +348,51 @@ class PagedDecoder:
         compute = torch.cuda.Stream(dev)
         copier = torch.cuda.Stream(dev)
         layer_done = [torch.cuda.Event() for _ in range(self.L)]
-        prefetched = [torch.cuda.Event() for _ in range(self.L)]
-        pending = [False] * self.L
+        pending: list = [None] * self.L  # the event a layer's next compute waits for
+        batched: set = set()  # layers with prefetches in the open step batch
         start = torch.cuda.Event(enable_timing=True)
         step_events: list = []
+        dec = self
         torch.cuda.synchronize(dev)
 
-        def on_layer_done(layer):
-            layer_done[layer].record(compute)
+        class Hooks:
+            def wait_prefetch(self, layer):
+                if pending[layer] is not None:
+                    compute.wait_event(pending[layer])
+                    pending[layer] = None
 
-        def on_prefetch(step, layer, pairs):
-            copier.wait_event(layer_done[layer])  # the slots it overwrites were read by this layer's compute
-            with torch.cuda.stream(copier):
-                self._copy_pages(step, layer, pairs, "prefetch")
-            prefetched[layer].record(copier)
-            pending[layer] = True
+            def layer_done(self, layer):
+                layer_done[layer].record(compute)
 
-        def wait_prefetch(layer):
-            if pending[layer]:
-                compute.wait_event(prefetched[layer])
-                pending[layer] = False
+            def prefetch(self, ev):
+                copier.wait_event(layer_done[ev.layer])  # the slots it overwrites were read by this layer
+                with torch.cuda.stream(copier):
+                    moved = dec._copy_event(ev, "prefetch")
+                if dec.codec and ev.step > 0:
+                    batched.add(ev.layer)
+                else:
+                    done = torch.cuda.Event()
+                    done.record(copier)
+                    pending[ev.layer] = done
+                return moved
 
-        def on_step_end(step):
-            ev = torch.cuda.Event(enable_timing=True)
-            ev.record(compute)
-            step_events.append(ev)
+            def step_end(self, step):
+                ev = torch.cuda.Event(enable_timing=True)
+                ev.record(compute)
+                step_events.append(ev)
+                with torch.cuda.stream(copier):
+                    flushed = dec._flush_batch(step)
+                if flushed:
+                    done = torch.cuda.Event()
+                    done.record(copier)
+                    for layer in batched:
+                        pending[layer] = done
+                    batched.clear()
 
         with torch.cuda.stream(compute):
             start.record(compute)
             copier.wait_event(start)
-            moved = self._issue(mode, on_layer_done, on_prefetch, wait_prefetch, on_step_end)
+            moved = self._issue(mode, Hooks())
         torch.cuda.synchronize(dev)
         ends = [start.elapsed_time(ev) for ev in step_events]
         return self._result(ends, moved, peak=torch.cuda.max_memory_allocated(dev) / 2**20)

@@ -1,13 +1,15 @@
-"""A discrete-event SIMULATION of paged decode: a compute stream and a copy engine, timed from a
-calibration of measured numbers (page-copy latency and bandwidth, per-layer compute, decode of a
-compressed page). It runs anywhere (CI has no GPU) and predicts what the GPU replay measures; every
-table and figure that shows its numbers says "simulation".
+"""A discrete-event SIMULATION of paged decode: the host thread that issues work, a compute stream
+and a copy engine, timed from a calibration of measured numbers (host cost of issuing a layer or a
+page copy, page-copy latency and bandwidth, per-layer and LM-head GPU time, a compressed page's
+decode). It runs anywhere (CI has no GPU) and predicts what the GPU replay measures; every table and
+figure that shows its numbers says "simulation".
 
-Timeline (the GPU replay executes the same plan the same way): time 0 is "the KV is in host
-memory". Per (step, layer): wait for in-flight prefetches of the pages it needs; fetch misses on
-the compute stream (the step stalls for them: latency + bytes / bandwidth each, plus the codec's
-decode); compute; then queue the layer's prefetches on the copy engine (FIFO), which decode on
-arrival. After the last layer, the LM head. ``all_gpu`` first uploads the whole cache in one copy.
+It walks the replay's own issue order (``policy.issue_order``). Time 0 is "the KV is in host
+memory". Nothing starts before the host has issued it. A layer waits for its in-flight prefetches,
+copies its misses on the compute stream (the step stalls: latency + bytes / bandwidth each, plus
+the codec's decode), then computes; its prefetches queue on the copy engine (FIFO) once the layer's
+compute has read the slots they overwrite. With a codec, the first step's prefetches decode per
+layer and later steps' in one batch at the step's end. ``all_gpu`` first uploads the whole cache.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..errors import OffloadError
-from .policy import LayerEvent
+from .policy import LayerEvent, issue_order
 
 
 @dataclass
@@ -25,15 +27,21 @@ class Calibration:
     """Measured costs, microseconds and GB/s; ``source`` says where and how they were measured."""
 
     source: str
-    copy_latency_us: float  # one page copy, fixed part
+    copy_latency_us: float  # one page copy on the GPU's copy engine, fixed part
     copy_gbps: float  # page-sized copies from pinned host memory
     bulk_gbps: float  # one large contiguous copy (all_gpu's upload)
-    layer_us: float  # one layer's compute at the attention budget
+    layer_us: float  # one layer's GPU time at the attention budget
     head_us: float  # final norm + LM head, per step
-    decode_us: float = 0.0  # the codec's decode of one page (0 without a codec)
+    decode_us: float = 0.0  # the codec's decode, per page (0 without a codec)
+    decode_launch_us: float = 0.0  # the codec's decode, per kernel
+    issue_layer_us: float = 0.0  # host time to issue a layer (meta copy + graph launch)
+    issue_copy_us: float = 0.0  # host time to issue one page copy
 
     def copy_us(self, nbytes: int) -> float:
         return self.copy_latency_us + nbytes / (self.copy_gbps * 1e3)
+
+    def decode_batch_us(self, pages: int) -> float:
+        return self.decode_launch_us + pages * self.decode_us if pages else 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -50,30 +58,54 @@ class Calibration:
 
 
 def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: int, page_bytes: int,
-             cache_bytes: int) -> dict:
+             cache_bytes: int, codec: bool = False) -> dict:
     """Step end times (µs from "KV in host memory") for a plan; ``page_bytes``: bytes one page copy
     moves (the compressed payload with a codec); ``cache_bytes``: the whole cache (all_gpu's upload)."""
     if not events:
         raise OffloadError("simulate: the plan has no events")
+    host = 0.0  # when the host thread has issued everything so far
     now = 0.0  # compute stream
     engine = 0.0  # copy engine: when it is next free
-    ready: dict[tuple[int, int], float] = {}  # (layer, page) -> when its prefetch lands
+    ready: dict[tuple[int, int], float] = {}  # (layer, page) -> when its prefetch is usable
+    layer_end: dict[int, float] = {}
+    batch: list[tuple[int, int]] = []
     step_end: dict[int, float] = {}
     stall = 0.0
     if mode == "all_gpu":
         now = cache_bytes / (cal.bulk_gbps * 1e3)
-    fetch_us = cal.copy_us(page_bytes) + cal.decode_us
-    for ev in events:
-        if ev.step > 0:
-            waits = [ready[(ev.layer, p)] for p in ev.needed if (ev.layer, p) in ready]
-            start = max([now, *waits])
-            stall += start - now + len(ev.fetches) * fetch_us
-            now = start + len(ev.fetches) * fetch_us + cal.layer_us
-        for page, _slot in ev.prefetches:
-            engine = max(engine, now) + cal.copy_us(page_bytes)
-            ready[(ev.layer, page)] = engine + cal.decode_us
-        if ev.step > 0 and ev.layer == layers - 1:
-            now += cal.head_us
+    for kind, ev in issue_order(events, layers):
+        if kind == "compute":
+            n = len(ev.fetches)
+            host += cal.issue_layer_us + n * cal.issue_copy_us
+            free = max(now, host)
+            start = max([free, *(ready[(ev.layer, p)] for p in ev.needed if (ev.layer, p) in ready)])
+            fetch = n * cal.copy_us(page_bytes) + (cal.decode_batch_us(n) if codec else 0.0)
+            stall += start - free + fetch
+            now = start + fetch + cal.layer_us
+            layer_end[ev.layer] = now
+        elif kind == "prefetch":
+            n = len(ev.prefetches)
+            host += n * cal.issue_copy_us
+            engine = max(engine, host, layer_end.get(ev.layer, 0.0) if ev.step > 0 else 0.0)
+            for page, _slot in ev.prefetches:
+                engine += cal.copy_us(page_bytes)
+                ready[(ev.layer, page)] = engine
+            if codec and ev.step == 0:
+                engine += cal.decode_batch_us(n)
+                for page, _slot in ev.prefetches:
+                    ready[(ev.layer, page)] = engine
+            elif codec:
+                batch += [(ev.layer, page) for page, _slot in ev.prefetches]
+                for key in batch:
+                    ready[key] = float("inf")  # usable only after the step's batch decode
+        else:
+            host += cal.issue_layer_us
+            now = max(now, host) + cal.head_us
             step_end[ev.step] = now
+            if batch:
+                engine = max(engine, host) + cal.decode_batch_us(len(batch))
+                for key in batch:
+                    ready[key] = engine
+                batch = []
     ends = np.array([step_end[s] for s in sorted(step_end)])
     return {"step_end_us": ends, "ttft_us": float(ends[0]), "tpot_us": np.diff(ends), "stall_us": stall}

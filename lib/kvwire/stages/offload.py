@@ -155,9 +155,25 @@ def _time_us(fn, device, n: int = 50) -> float:
     return statistics.median(times)
 
 
+def _host_us(fn, n: int = 64) -> float:
+    """Host-thread µs per call of ``fn`` (issue cost: the device work is not waited for)."""
+    import torch
+
+    times = []
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        times.append((time.perf_counter() - t) * 1e6 / n)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+    return statistics.median(times)
+
+
 def _calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict) -> None:
     """Measured costs for the simulation: page-copy latency and bandwidth (a least-squares line over
-    copy sizes), the bulk upload rate, per-layer and LM-head compute, a codec page's decode."""
+    copy sizes) and the host's cost of issuing one; per layer: GPU time and issue cost, the LM head,
+    the bulk upload; a codec's decode per page and per kernel."""
     import torch
 
     dev = dec.device
@@ -174,22 +190,35 @@ def _calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict
         n = len(sizes)
         mx, my = sum(sizes) / n, sum(times) / n
         slope = sum((x - mx) * (y - my) for x, y in zip(sizes, times)) / max(1e-30, sum((x - mx) ** 2 for x in sizes))
+        pages = min(dec.pages, dec.slots, 64)
+        dsts = [dec.pool[0, i] for i in range(pages)]
+        srcs = [dec.host[0, i] for i in range(pages)]
+        # on the CPU the "issue" is the copy itself (already in the copy line): no separate host cost
+        issue = _host_us(lambda: dec._copy_many(dsts, srcs), n=16) / pages if nb else 0.0
         calib["copy"] = {"sizes": sizes, "times_us": times, "latency_us": max(0.0, my - slope * mx),
-                         "gbps": 1e-3 / slope if slope > 0 else math.inf}
-    if mode == "all_gpu":  # per context: the cache's size sets the upload, the budget the layer cost
-        head = _time_us(dec.run_head, dev)
+                         "gbps": 1e-3 / slope if slope > 0 else math.inf, "issue_us": issue}
+    if mode == "all_gpu":  # per context: the cache's size sets the upload; layer costs are measured again
+        def layer():
+            dec.meta[0].copy_(dec.metas[1, 0], non_blocking=nb)
+            dec.run_layer(0)
+
         up = _time_us(dec._upload_all, dev, n=3)
         entry.setdefault("contexts", {})[str(trace.context)] = {
-            "head_us": head, "layer_us": max(0.0, (row["tpot_p50_ms"] * 1e3 - head) / trace.layers),
-            "bulk_gbps": dec.host.numel() * 2 / (up * 1e3)}
+            "head_us": _time_us(dec.run_head, dev), "layer_us": _time_us(layer, dev),
+            "issue_layer_us": _host_us(layer) if nb else 0.0, "bulk_gbps": dec.host.numel() * 2 / (up * 1e3),
+            "tpot_us": row["tpot_p50_ms"] * 1e3}
     if codec:
+        def decode(n):
+            stage, out = dec.stage["batch"][:n], dec.stage_out["batch"][:n]
+            shape = (n, 2, dec.H, dec.ps, dec.D)
+            return _time_us(lambda: kernels.decode_cache(codec, stage.reshape(-1), shape, torch.bfloat16, out=out,
+                                                         check=False), dev)
+
         from .. import kernels
 
-        n = min(8, dec.slots)
-        out, stage = dec.stage_out["demand"][:n], dec.stage["demand"][:n]
-        shape = (n, 2, dec.H, dec.ps, dec.D)
-        entry["decode_us"] = _time_us(lambda: kernels.decode_cache(codec, stage.reshape(-1), shape, torch.bfloat16,
-                                                                   out=out, check=False), dev) / n
+        one, many = decode(1), decode(33)
+        entry["decode_us"] = max(0.0, (many - one) / 32)
+        entry["decode_launch_us"] = max(0.0, one - entry["decode_us"])
 
 
 # ---- simulation ------------------------------------------------------------------------------------
@@ -215,11 +244,14 @@ def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, 
                 "source": f"simulation calibrated on {calib.get('device', calib.get('gpu'))}",
                 "copy_latency_us": calib["copy"]["latency_us"], "copy_gbps": calib["copy"]["gbps"],
                 "bulk_gbps": costs["bulk_gbps"], "layer_us": costs["layer_us"], "head_us": costs["head_us"],
-                "decode_us": entry.get("decode_us", 0.0) if codec else 0.0})
+                "issue_layer_us": costs.get("issue_layer_us", 0.0), "issue_copy_us": calib["copy"].get("issue_us", 0.0),
+                "decode_us": entry.get("decode_us", 0.0) if codec else 0.0,
+                "decode_launch_us": entry.get("decode_launch_us", 0.0) if codec else 0.0})
             wire = page_wire_bytes(trace.shape, s.page_size, codec)
             raw = page_wire_bytes(trace.shape, s.page_size, None)
             cache_bytes = trace.prefix_pages(s.page_size) * raw * trace.layers
-            sim = simulate(events, policy, cal, layers=trace.layers, page_bytes=wire, cache_bytes=cache_bytes)
+            sim = simulate(events, policy, cal, layers=trace.layers, page_bytes=wire, cache_bytes=cache_bytes,
+                           codec=codec is not None)
             row = trace_row(trace, mode, s, events)
             tpot = sim["tpot_us"] / 1e3
             row.update({"ttft_ms": sim["ttft_us"] / 1e3, "tpot_p50_ms": float(pd.Series(tpot).quantile(0.5)),
