@@ -8,6 +8,7 @@ uses. ``simulate_study`` (CPU): the same rows from the discrete-event simulation
 
 from __future__ import annotations
 
+import gc
 import math
 import statistics
 import time
@@ -98,17 +99,23 @@ def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_c
         for mode in s.modes:
             events, policy, codec, slots = plan_for(trace, mode, s)
             tail_start = trace.context % s.page_size
+            base = 0
+            if device == "cuda":  # this configuration's own peak: weights, store staging, pool, graphs
+                gc.collect()  # the previous decoder sits in reference cycles (CUDA graphs, hooks)
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                base = torch.cuda.memory_allocated()
             dec = PagedDecoder(trace.shape, prefix_pages=trace.prefix_pages(s.page_size), page_size=s.page_size,
                                slots=slots, k=s.k, tail_cap=tail_start + trace.steps, tail_start=tail_start,
                                device=device, codec=codec, seed=trace.context)
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
             dec.prepare(events, policy)
             dec.run()  # warm-up: first-touch of pinned pages, kernels, graphs
             results = [dec.run() for _ in range(s.repeats)]
             err = dec.check_pool()
             row = trace_row(trace, mode, s, events)
             row.update(median_result(results))
+            if device == "cuda":
+                row["peak_gpu_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
             row["wire_bytes_per_page"] = dec.wire_bytes_per_page()
             row["pool_check_max_abs_err"] = err
             row["largest_context"] = largest_context(trace.shape, policy, s, compression=(
@@ -121,8 +128,6 @@ def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_c
             if mode == "all_gpu" or "copy" not in calib or (codec and "decode_us" not in calib["models"].get(trace.model, {})):
                 _calibrate(dec, trace, mode, codec, calib, row)
             del dec
-            if device == "cuda":
-                torch.cuda.empty_cache()
     stall_columns(rows)
     frame = pd.DataFrame(rows)
     write_csv(out_csv, frame)
