@@ -221,7 +221,7 @@ def _offload(t: Tables, floor: float) -> dict[str, str]:
         m[macro_name("offload", "context", model)] = f"{int(rows['context'].max()):,}".replace(",", "{,}")
         for mode in top.index:
             r = top.loc[mode]
-            m[macro_name("offload", "tpot", mode, model)] = num(float(r["tpot_p50_ms"]) * 1e3) + r"\,	extmu s"
+            m[macro_name("offload", "tpot", mode, model)] = num(float(r["tpot_p50_ms"]), 4) + r"\,ms"
             m[macro_name("offload", "ttft", mode, model)] = num(float(r["ttft_ms"])) + r"\,ms"
             m[macro_name("offload", "fits", mode, model)] = f"{int(r['largest_context']):,}".replace(",", "{,}")
             if mode != "all_gpu":
