@@ -63,6 +63,17 @@ def test_codec_prefetches_after_the_first_step_decode_in_one_batch_at_the_step_e
     assert list(sim["step_end_us"]) == pytest.approx([39.0, 68.0])
 
 
+def test_issuing_a_decode_costs_host_time_before_the_gpu_can_run_it():
+    cal = Calibration(**{**CAL.to_dict(), "decode_us": 1.0, "decode_launch_us": 4.0, "issue_decode_us": 2.0})
+    events = [LayerEvent(1, 0, needed=(0,), fetches=[(0, 0)], prefetches=[(1, 1), (2, 2)]),
+              LayerEvent(1, 1, needed=(0,), fetches=[(0, 0)], prefetches=[(3, 1)]),
+              LayerEvent(2, 0, needed=(1,), hits=1), LayerEvent(2, 1, needed=(3,), hits=1)]
+    sim = simulate(events, "predictive", cal, layers=2, page_bytes=PAGE, cache_bytes=0, codec=True)
+    # as above, but layer 0's demand decode is issued at 2: 2 + 7 + 10 = 19, layer 1 36, head 41; copies
+    # 19 -> 23 and 36 -> 38; the batch decode issued at host 6 runs 38 -> 45; step 2: 55, 65, head 70
+    assert list(sim["step_end_us"]) == pytest.approx([41.0, 70.0])
+
+
 def test_calibration_from_dict_names_what_is_wrong():
     with pytest.raises(OffloadError, match="lacks copy_gbps"):
         Calibration.from_dict({"source": "x", "copy_latency_us": 1, "bulk_gbps": 1, "layer_us": 1, "head_us": 1})

@@ -36,6 +36,7 @@ class Calibration:
     decode_launch_us: float = 0.0  # the codec's decode, per kernel
     issue_layer_us: float = 0.0  # host time to issue a layer (meta copy + graph launch)
     issue_copy_us: float = 0.0  # host time to issue one page copy
+    issue_decode_us: float = 0.0  # host time to issue one codec decode (kernel + scatter)
 
     def copy_us(self, nbytes: int) -> float:
         return self.copy_latency_us + nbytes / (self.copy_gbps * 1e3)
@@ -76,7 +77,7 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
     for kind, ev in issue_order(events, layers):
         if kind == "compute":
             n = len(ev.fetches)
-            host += cal.issue_layer_us + n * cal.issue_copy_us
+            host += cal.issue_layer_us + n * cal.issue_copy_us + (cal.issue_decode_us if codec and n else 0.0)
             free = max(now, host)
             start = max([free, *(ready[(ev.layer, p)] for p in ev.needed if (ev.layer, p) in ready)])
             fetch = n * cal.copy_us(page_bytes) + (cal.decode_batch_us(n) if codec else 0.0)
@@ -91,7 +92,8 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
                 engine += cal.copy_us(page_bytes)
                 ready[(ev.layer, page)] = engine
             if codec and ev.step == 0:
-                engine += cal.decode_batch_us(n)
+                host += cal.issue_decode_us if n else 0.0
+                engine = max(engine, host) + cal.decode_batch_us(n)
                 for page, _slot in ev.prefetches:
                     ready[(ev.layer, page)] = engine
             elif codec:
@@ -103,6 +105,7 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
             now = max(now, host) + cal.head_us
             step_end[ev.step] = now
             if batch:
+                host += cal.issue_decode_us
                 engine = max(engine, host) + cal.decode_batch_us(len(batch))
                 for key in batch:
                     ready[key] = engine

@@ -135,15 +135,42 @@ def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_c
     return frame
 
 
+_SLEEP_CYCLES_PER_US: list[float] = []
+
+
+def _gpu_hold(us: float) -> None:
+    """Keep the current stream busy for about ``us`` µs (``torch.cuda._sleep``, cycles calibrated once)."""
+    import torch
+
+    if not _SLEEP_CYCLES_PER_US:
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(1000)  # first launch outside the timing
+        a.record()
+        torch.cuda._sleep(10**6)
+        b.record()
+        torch.cuda.synchronize()
+        _SLEEP_CYCLES_PER_US.append(10**6 / (a.elapsed_time(b) * 1e3))
+    torch.cuda._sleep(int(us * _SLEEP_CYCLES_PER_US[0]))
+
+
 def _time_us(fn, device, n: int = 50) -> float:
-    """Median µs of ``fn`` (CUDA events on a GPU, perf_counter on the CPU)."""
+    """Median µs of ``fn``: device time on a GPU (CUDA events), perf_counter on the CPU.
+
+    On a GPU the stream is held busy while the host queues the ``n`` calls, so that the events time
+    the device's work and not the host's rate of issuing it (which ``_host_us`` measures apart)."""
     import torch
 
     if device.type == "cuda":
         torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        issue_us = (time.perf_counter() - t) * 1e6  # an upper bound of issuing n calls (the queue may block)
+        torch.cuda.synchronize()
         times = []
         for _ in range(5):
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            _gpu_hold(2 * issue_us + 200)
             a.record()
             for _ in range(n):
                 fn()
@@ -212,18 +239,17 @@ def _calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict
             "head_us": _time_us(dec.run_head, dev), "layer_us": _time_us(layer, dev),
             "issue_layer_us": _host_us(layer) if nb else 0.0, "bulk_gbps": dec.host.numel() * 2 / (up * 1e3),
             "tpot_us": row["tpot_p50_ms"] * 1e3}
-    if codec:
-        def decode(n):
-            stage, out = dec.stage["batch"][:n], dec.stage_out["batch"][:n]
-            shape = (n, 2, dec.H, dec.ps, dec.D)
-            return _time_us(lambda: kernels.decode_cache(codec, stage.reshape(-1), shape, torch.bfloat16, out=out,
-                                                         check=False), dev)
+    if codec:  # what the replay runs: one decode kernel + its scatter into the pool (after the check)
+        def decode_call(n):
+            index = torch.arange(n, device=dev)
+            return lambda: dec._decode_into(n, "batch", index, flat=True)
 
-        from .. import kernels
-
-        one, many = decode(1), decode(33)
-        entry["decode_us"] = max(0.0, (many - one) / 32)
+        n = min(33, dec.stage["batch"].shape[0])  # the staging buffer holds one step's prefetches
+        reps = 50 if nb else 2  # on the CPU the decode runs in Triton's interpreter: slow, and timed only for tests
+        one, many = _time_us(decode_call(1), dev, n=reps), _time_us(decode_call(n), dev, n=reps)
+        entry["decode_us"] = max(0.0, (many - one) / (n - 1)) if n > 1 else 0.0
         entry["decode_launch_us"] = max(0.0, one - entry["decode_us"])
+        entry["issue_decode_us"] = _host_us(decode_call(1)) if nb else 0.0
 
 
 # ---- simulation ------------------------------------------------------------------------------------
@@ -251,7 +277,8 @@ def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, 
                 "bulk_gbps": costs["bulk_gbps"], "layer_us": costs["layer_us"], "head_us": costs["head_us"],
                 "issue_layer_us": costs.get("issue_layer_us", 0.0), "issue_copy_us": calib["copy"].get("issue_us", 0.0),
                 "decode_us": entry.get("decode_us", 0.0) if codec else 0.0,
-                "decode_launch_us": entry.get("decode_launch_us", 0.0) if codec else 0.0})
+                "decode_launch_us": entry.get("decode_launch_us", 0.0) if codec else 0.0,
+                "issue_decode_us": entry.get("issue_decode_us", 0.0) if codec else 0.0})
             wire = page_wire_bytes(trace.shape, s.page_size, codec)
             raw = page_wire_bytes(trace.shape, s.page_size, None)
             cache_bytes = trace.prefix_pages(s.page_size) * raw * trace.layers
