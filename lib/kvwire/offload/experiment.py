@@ -34,7 +34,7 @@ class OffloadSettings:
     prefetch_tokens: int = 1024  # tokens the predictor prefetches per layer (top pages of this step)
     gpu_tokens: int = 2048  # GPU pool per layer, tokens
     modes: tuple = tuple(MODE_SPECS)
-    repeats: int = 3
+    repeats: int = 9
     gpu_kv_mib: float = 1024.0  # the GPU memory a deployment gives one sequence's KV (largest-context column)
     host_kv_mib: float = 65536.0  # pinned host memory for offloaded pages
     chunk: int = 2048  # prefill chunk of the trace recorder
