@@ -94,6 +94,8 @@ def test_replay_leaves_every_slot_holding_its_page(trace, mode, device):
     moved = plan_counts(events)["fetches"] + plan_counts(events)["prefetches"]
     expected = pages * dec.page_bytes * trace.layers if mode == "all_gpu" else moved * dec.page_bytes
     assert result.fetched_mib * 2**20 == pytest.approx(expected)
+    if device == "cuda":  # the host clock of the first step, on the GPU timeline's origin
+        assert 0 < result.host_first_ms < sum(result.tpot_ms) + result.ttft_ms + 1e3
 
 
 def test_replay_detects_a_slot_holding_the_wrong_page(trace):

@@ -35,6 +35,7 @@ class RunResult:
     peak_gpu_mib: float
     kv_gpu_mib: float  # pool + tail bytes the mode keeps on the GPU
     fetched_mib: float  # bytes copied host -> GPU per run (demand + prefetch + upload)
+    host_first_ms: float = float("nan")  # when the host thread had issued the first step (GPU runs)
 
     @property
     def tpot_p50(self) -> float:
@@ -380,6 +381,8 @@ class PagedDecoder:
                 ev = torch.cuda.Event(enable_timing=True)
                 ev.record(compute)
                 step_events.append(ev)
+                if not host_first:  # whether the first token waits on the GPU or on the host issuing it
+                    host_first.append((time.perf_counter() - t0) * 1e3)
                 with torch.cuda.stream(copier):
                     flushed = dec._flush_batch(step)
                 if flushed:
@@ -389,20 +392,22 @@ class PagedDecoder:
                         pending[layer] = done
                     batched.clear()
 
+        host_first: list = []
         with torch.cuda.stream(compute):
             start.record(compute)
+            t0 = time.perf_counter()
             copier.wait_event(start)
             moved = self._issue(mode, Hooks())
         torch.cuda.synchronize(dev)
         ends = [start.elapsed_time(ev) for ev in step_events]
-        return self._result(ends, moved, peak=torch.cuda.max_memory_allocated(dev) / 2**20)
+        return self._result(ends, moved, peak=torch.cuda.max_memory_allocated(dev) / 2**20, host_first=host_first[0])
 
-    def _result(self, ends: list, moved: int, peak: float) -> RunResult:
+    def _result(self, ends: list, moved: int, peak: float, host_first: float = float("nan")) -> RunResult:
         kv_gpu = (self.pool.numel() + self.tail.numel()) * 2
         if self.codec:
             kv_gpu += sum(t.numel() for t in self.stage.values()) + sum(t.numel() * 2 for t in self.stage_out.values())
         return RunResult(step_end_ms=ends, ttft_ms=ends[0], tpot_ms=list(np.diff(ends)), peak_gpu_mib=peak,
-                         kv_gpu_mib=kv_gpu / 2**20, fetched_mib=moved / 2**20)
+                         kv_gpu_mib=kv_gpu / 2**20, fetched_mib=moved / 2**20, host_first_ms=host_first)
 
     # ---- correctness ------------------------------------------------------------------------------
     def check_pool(self) -> float:
@@ -437,6 +442,7 @@ def median_result(results: list[RunResult]) -> dict:
     return {"ttft_ms": statistics.median(r.ttft_ms for r in results),
             # the first token is one host-bound step per run: its spread over repeats is reported with it
             "ttft_min_ms": min(r.ttft_ms for r in results), "ttft_max_ms": max(r.ttft_ms for r in results),
+            "ttft_host_ms": statistics.median(r.host_first_ms for r in results),
             "tpot_p50_ms": statistics.median(r.tpot_p50 for r in results),
             "tpot_p99_ms": statistics.median(r.tpot_p99 for r in results),
             "decode_ms": statistics.median(r.step_end_ms[-1] - r.step_end_ms[0] for r in results),
