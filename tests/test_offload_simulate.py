@@ -49,6 +49,17 @@ def test_the_host_thread_bounds_the_gpu_when_issuing_costs_more_than_computing()
     # step 1: host issues layer + copy (34), the GPU then fetches (2) and computes (10): 46; the head's
     # issue (host 64) comes after: 64 + 5 = 69; step 2: host 94 -> 104, head issued at 124 -> 129
     assert list(sim["step_end_us"]) == pytest.approx([69.0, 129.0])
+    assert sim["host_first_us"] == pytest.approx(64.0)  # the host issued step 1's head at 64
+
+
+def test_a_prefetch_event_costs_the_host_its_fixed_issue_before_its_copies_can_start():
+    cal = Calibration(**{**CAL.to_dict(), "issue_event_us": 7.0, "issue_copy_us": 1.0})
+    events = [LayerEvent(0, 0, prefetches=[(0, 0)]), LayerEvent(1, 0, needed=(0,), hits=1),
+              LayerEvent(2, 0, needed=(0,), hits=1)]
+    sim = simulate(events, "predictive", cal, layers=1, page_bytes=PAGE, cache_bytes=0)
+    # the seeded prefetch is issued at 7 + 1 = 8, copied 8 -> 10; layer 10 -> 20, head 25; step 2: 35, 40
+    assert list(sim["step_end_us"]) == pytest.approx([25.0, 40.0])
+    assert sim["host_first_us"] == pytest.approx(8.0) and sim["stall_us"] == pytest.approx(2.0)
 
 
 def test_codec_prefetches_after_the_first_step_decode_in_one_batch_at_the_step_end():

@@ -37,6 +37,7 @@ class Calibration:
     issue_layer_us: float = 0.0  # host time to issue a layer (meta copy + graph launch)
     issue_copy_us: float = 0.0  # host time to issue one page copy
     issue_decode_us: float = 0.0  # host time to issue one codec decode (kernel + scatter)
+    issue_event_us: float = 0.0  # host time of one prefetch event beyond its copies (stream switch, events)
 
     def copy_us(self, nbytes: int) -> float:
         return self.copy_latency_us + nbytes / (self.copy_gbps * 1e3)
@@ -71,6 +72,7 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
     layer_end: dict[int, float] = {}
     batch: list[tuple[int, int]] = []
     step_end: dict[int, float] = {}
+    host_end: dict[int, float] = {}  # when the host has issued each step (its head)
     stall = 0.0
     if mode == "all_gpu":
         now = cache_bytes / (cal.bulk_gbps * 1e3)
@@ -86,7 +88,7 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
             layer_end[ev.layer] = now
         elif kind == "prefetch":
             n = len(ev.prefetches)
-            host += n * cal.issue_copy_us
+            host += cal.issue_event_us + n * cal.issue_copy_us
             engine = max(engine, host, layer_end.get(ev.layer, 0.0) if ev.step > 0 else 0.0)
             for page, _slot in ev.prefetches:
                 engine += cal.copy_us(page_bytes)
@@ -104,6 +106,7 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
             host += cal.issue_layer_us
             now = max(now, host) + cal.head_us
             step_end[ev.step] = now
+            host_end.setdefault(ev.step, host)
             if batch:
                 host += cal.issue_decode_us
                 engine = max(engine, host) + cal.decode_batch_us(len(batch))
@@ -111,4 +114,5 @@ def simulate(events: list[LayerEvent], mode: str, cal: Calibration, *, layers: i
                     ready[key] = engine
                 batch = []
     ends = np.array([step_end[s] for s in sorted(step_end)])
-    return {"step_end_us": ends, "ttft_us": float(ends[0]), "tpot_us": np.diff(ends), "stall_us": stall}
+    return {"step_end_us": ends, "ttft_us": float(ends[0]), "tpot_us": np.diff(ends), "stall_us": stall,
+            "host_first_us": host_end[min(host_end)]}
