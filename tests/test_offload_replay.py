@@ -187,6 +187,7 @@ def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
     macros = _offload(Tables({"offload": tmp_path / "offload.csv"}), 0.95)
     assert macros["kwOffloadContextTiny"] == "200"
     assert macros["kwOffloadHitReactiveTiny"].endswith(r"\,\%")
+    assert macros["kwOffloadTtfthostReactiveTiny"] == "n/a"  # the CPU replay has no separate host clock
     for fn, name in ((offload_latency, "lat"), (offload_pool, "pool")):
         fn(tmp_path / "offload.csv", tmp_path / f"{name}.pdf", tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG") and (tmp_path / f"{name}.png").stat().st_size > 5000
