@@ -46,6 +46,6 @@ if not manifests:
     sys.exit("no traces under results/offload/traces/ (rule offload_trace records them)")
 frame = gpu_study(manifests, OffloadSettings(repeats=args.repeats), out / f"{args.label}.csv",
                   out / f"{args.label}.calibration.json", label=args.label, log=lambda m: print(m, flush=True))
-cols = ["model", "context", "mode", "ttft_ms", "ttft_min_ms", "ttft_max_ms", "ttft_host_ms", "tpot_p50_ms", "tpot_p99_ms", "hit_rate", "stall_pct",
-        "prefetch_precision", "fetched_mib", "peak_gpu_mib", "pool_check_max_abs_err"]
+cols = ["model", "context", "mode", "ttft_ms", "ttft_min_ms", "ttft_max_ms", "ttft_host_ms", "tpot_p50_ms",
+        "tpot_p99_ms", "hit_rate", "stall_pct", "prefetch_precision", "fetched_mib", "peak_gpu_mib", "pool_check_max_abs_err"]
 print(frame[cols].to_string(index=False))

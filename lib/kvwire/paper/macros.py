@@ -223,8 +223,8 @@ def _offload(t: Tables, floor: float) -> dict[str, str]:
             r = top.loc[mode]
             m[macro_name("offload", "tpot", mode, model)] = num(float(r["tpot_p50_ms"]), 4) + r"\,ms"
             m[macro_name("offload", "ttft", mode, model)] = num(float(r["ttft_ms"])) + r"\,ms"
-            host = float(r.get("ttft_host_ms", float("nan")))  # when the host had issued step 1 (GPU runs)
-            m[macro_name("offload", "ttfthost", mode, model)] = num(host) + r"\,ms" if host == host else "n/a"
+            host = float(r.get("ttft_host_ms", math.nan))  # when the host had issued step 1 (GPU runs only)
+            m[macro_name("offload", "ttfthost", mode, model)] = num(host) + r"\,ms" if math.isfinite(host) else "n/a"
             m[macro_name("offload", "fits", mode, model)] = f"{int(r['largest_context']):,}".replace(",", "{,}")
             if mode != "all_gpu":
                 m[macro_name("offload", "stall", mode, model)] = num(float(r["stall_pct"]), 2) + r"\,\%"

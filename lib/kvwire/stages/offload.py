@@ -8,6 +8,7 @@ uses. ``simulate_study`` (CPU): the same rows from the discrete-event simulation
 
 from __future__ import annotations
 
+import functools
 import gc
 import math
 import statistics
@@ -135,22 +136,24 @@ def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_c
     return frame
 
 
-_SLEEP_CYCLES_PER_US: list[float] = []
+@functools.cache
+def _sleep_cycles_per_us() -> float:
+    import torch
+
+    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    torch.cuda._sleep(1000)  # first launch outside the timing
+    a.record()
+    torch.cuda._sleep(10**6)
+    b.record()
+    torch.cuda.synchronize()
+    return 10**6 / (a.elapsed_time(b) * 1e3)
 
 
 def _gpu_hold(us: float) -> None:
-    """Keep the current stream busy for about ``us`` µs (``torch.cuda._sleep``, cycles calibrated once)."""
+    """Keep the current stream busy for about ``us`` µs (``torch.cuda._sleep``)."""
     import torch
 
-    if not _SLEEP_CYCLES_PER_US:
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(1000)  # first launch outside the timing
-        a.record()
-        torch.cuda._sleep(10**6)
-        b.record()
-        torch.cuda.synchronize()
-        _SLEEP_CYCLES_PER_US.append(10**6 / (a.elapsed_time(b) * 1e3))
-    torch.cuda._sleep(int(us * _SLEEP_CYCLES_PER_US[0]))
+    torch.cuda._sleep(int(us * _sleep_cycles_per_us()))
 
 
 def _time_us(fn, device, n: int = 50) -> float:
@@ -305,7 +308,8 @@ def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, 
                            codec=codec is not None)
             row = trace_row(trace, mode, s, events)
             tpot = sim["tpot_us"] / 1e3
-            row.update({"ttft_ms": sim["ttft_us"] / 1e3, "ttft_host_ms": sim["host_first_us"] / 1e3, "tpot_p50_ms": float(pd.Series(tpot).quantile(0.5)),
+            row.update({"ttft_ms": sim["ttft_us"] / 1e3, "ttft_host_ms": sim["host_first_us"] / 1e3,
+                        "tpot_p50_ms": float(pd.Series(tpot).quantile(0.5)),
                         "tpot_p99_ms": float(pd.Series(tpot).quantile(0.99)),
                         "decode_ms": float(sim["step_end_us"][-1] - sim["step_end_us"][0]) / 1e3,
                         "wire_bytes_per_page": wire,
