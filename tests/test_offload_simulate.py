@@ -83,6 +83,12 @@ def test_issuing_a_decode_costs_host_time_before_the_gpu_can_run_it():
     # as above, but layer 0's demand decode is issued at 2: 2 + 7 + 10 = 19, layer 1 36, head 41; copies
     # 19 -> 23 and 36 -> 38; the batch decode issued at host 6 runs 38 -> 45; step 2: 55, 65, head 70
     assert list(sim["step_end_us"]) == pytest.approx([41.0, 70.0])
+    # a host slower than the copies: the step-end batch decode cannot start before the host issues it
+    slow = Calibration(**{**cal.to_dict(), "issue_decode_us": 50.0})
+    sim = simulate(events, "predictive", slow, layers=2, page_bytes=PAGE, cache_bytes=0, codec=True)
+    # layer 0 issued at 50 -> 67, layer 1 at 100 -> 117, head 122 (host 100); the batch decode is
+    # issued at 150 -> 157, so step 2's layers wait for it: 167, 177, head 182
+    assert list(sim["step_end_us"]) == pytest.approx([122.0, 182.0]) and sim["host_first_us"] == pytest.approx(100.0)
 
 
 def test_calibration_from_dict_names_what_is_wrong():
