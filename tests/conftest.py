@@ -1,4 +1,4 @@
-"""Shared fixtures. Tests are network-free apart from PyPI (model packages) and read ../shared when present."""
+"""Shared fixtures. Tests are network-free apart from PyPI (model packages); their data is the repository's data/."""
 
 import os
 from pathlib import Path
@@ -17,8 +17,10 @@ if not torch.cuda.is_available():  # Triton kernels run in its CPU interpreter (
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
-STORIES = SHARED / "models" / "stories260K-hf"
+DATA = REPO / "data"  # the study inputs carried in the repository (data/SOURCES.md)
+STORIES = DATA / "models" / "stories260K-hf"
+WIKITEXT2 = DATA / "wikitext-2-raw" / "wiki.test.raw"
+GSM8K = DATA / "gsm8k" / "test.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -28,8 +30,6 @@ def repo() -> Path:
 
 @pytest.fixture(scope="session")
 def stories_dir() -> Path:
-    if not (STORIES / "config.json").exists():
-        pytest.skip(f"real tiny Llama not present at {STORIES}")
     return STORIES
 
 
@@ -69,7 +69,7 @@ def pypi_model(tmp_path_factory):
 
 
 def tiny_random_llama():
-    """A randomly initialised GQA Llama built in the test (used when ../shared is absent)."""
+    """A randomly initialised GQA Llama built in the test (peaky attention on purpose)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
@@ -81,12 +81,10 @@ def tiny_random_llama():
 
 @pytest.fixture(scope="session")
 def small_model():
-    """The real stories260K model when present, else a tiny random GQA Llama."""
+    """The real stories260K model (data/models)."""
     from transformers import AutoModelForCausalLM
 
-    if (STORIES / "config.json").exists():
-        return AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
-    return tiny_random_llama()
+    return AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()
 
 
 def random_layers(n_layers=3, heads=2, seq=17, dim=16, dtype=torch.bfloat16, seed=0, outlier=False):
@@ -109,8 +107,6 @@ def smoke_study(repo, tmp_path_factory):
     (work dir, config path, config, env). test_workflow checks it; test_slurm compares against it."""
     from smk import SMOKE_MINUTES, smoke_config, snakemake
 
-    if not (STORIES / "config.json").exists() or not (SHARED / "data").exists():
-        pytest.skip(f"the smoke study reads ../shared (absent at {SHARED})")
     tmp_path = tmp_path_factory.mktemp("smoke")
     work = tmp_path / "work"
     work.mkdir()

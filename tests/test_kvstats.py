@@ -13,7 +13,7 @@ from kvwire.errors import KVError, KvwireError
 from kvwire.kv import KVRecord, prefill, save_kv
 from kvwire.kvstats import STATS, layer_statistics, model_statistics, record_statistics, summarise
 
-STORIES = Path(__file__).parents[2] / "shared/models/stories260K-hf"
+from conftest import STORIES
 
 
 def channel_outliers(n_outliers, heads=4, seq=32, dim=64, scale=10.0, seed=0):
@@ -134,8 +134,6 @@ def test_model_statistics_rejects_files_that_disagree_or_are_missing(tmp_path):
 
 
 def test_statistics_of_a_real_models_cache_are_finite_and_in_range(tmp_path):
-    if not (STORIES / "config.json").exists():
-        pytest.skip(f"real tiny Llama (stories260K) not present at {STORIES}")
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(STORIES, dtype=torch.float32).eval()

@@ -34,9 +34,10 @@ from kvwire.models import (
 
 from conftest import GEMMA_SPEC, SMOLLM2_SPEC  # noqa: E402
 
-STORIES = Path(__file__).resolve().parents[1].parent / "shared" / "models" / "stories260K-hf"
+from conftest import STORIES  # noqa: E402
+
 needs_stories = pytest.mark.skipif(
-    not (STORIES / "config.json").is_file(), reason=f"shared tiny Llama not present at {STORIES}"
+    not (STORIES / "config.json").is_file(), reason=f"the tiny Llama is missing from the checkout: {STORIES}"
 )
 @pytest.fixture(autouse=True)
 def _offline(monkeypatch):

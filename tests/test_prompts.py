@@ -1,6 +1,6 @@
 """Tests for kvwire.prompts: dataset sources -> documents -> token-exact prompts.
 
-Real data comes from ../shared (never copied into the repository); those tests skip when it is absent.
+Real data is the repository's data/ (WikiText-2, GSM8K and the tiny Llama's tokenizer; data/SOURCES.md).
 """
 
 from __future__ import annotations
@@ -28,10 +28,7 @@ from kvwire.prompts import (  # noqa: E402
     write_documents,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WIKITEXT2 = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"
-GSM8K = SHARED / "data" / "gsm8k" / "test.jsonl"
-STORIES = SHARED / "models" / "stories260K-hf"
+from conftest import GSM8K, STORIES, WIKITEXT2  # noqa: E402
 
 PYDOCS = {"source": "builtin:python-docs"}
 
@@ -66,8 +63,6 @@ def _doc_texts(rows: list[dict]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def stories_tokenizer():
-    if not STORIES.is_dir():
-        pytest.skip(f"tiny Llama tokenizer not present at {STORIES} (../shared is optional)")
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(str(STORIES))
@@ -146,7 +141,6 @@ def test_wikitext_concatenates_short_articles_never_mid_article(tmp_path):
     assert rows[0]["id"].endswith("-0") and rows[0]["source"] == spec["source"]
 
 
-@pytest.mark.skipif(not WIKITEXT2.is_file(), reason=f"WikiText-2 raw not present at {WIKITEXT2}")
 def test_wikitext2_real_file():
     spec = {"source": f"file:{WIKITEXT2}", "format": "wikitext"}
     min_chars = min_chars_for(2048 + 64)
@@ -181,7 +175,6 @@ def test_gsm8k_concatenates_problems_few_shot_style(tmp_path):
     assert all(t.count("Question: ") == 3 for t in texts)
 
 
-@pytest.mark.skipif(not GSM8K.is_file(), reason=f"GSM8K test set not present at {GSM8K}")
 def test_gsm8k_real_file():
     min_chars = min_chars_for(2048 + 64)
     rows = build_documents({"source": f"file:{GSM8K}", "format": "gsm8k"}, max_docs=1000,
@@ -364,3 +357,37 @@ def test_select_prompts_too_few_names_dataset_and_bin(stories_tokenizer):
         select_prompts(docs, stories_tokenizer, prefix_tokens=100_000, continuation_tokens=64, count=2)
     message = str(info.value)
     assert "'builtin:python-docs'" in message and "bin 100000" in message and "only 0 of 3" in message
+
+
+# ----------------------------------------------------------------------------- pinned sources
+
+
+def test_a_pinned_file_is_read_only_with_its_checksum(tmp_path):
+    import hashlib
+
+    path = tmp_path / "plain.txt"
+    path.write_text("para one\n\npara two\n", encoding="utf-8")
+    good = hashlib.sha256(path.read_bytes()).hexdigest()
+    spec = {"source": f"file:{path}", "format": "text", "sha256": good}
+    assert len(build_documents(spec, max_docs=5, min_chars=5, seed=0)) == 2
+    path.write_text("para one\n\npara 2\n", encoding="utf-8")  # one character changed
+    with pytest.raises(PromptSourceError, match=f"sha256 of .* is [0-9a-f]{{64}}, the config pins {good}"):
+        build_documents(spec, max_docs=5, min_chars=5, seed=0)
+    with pytest.raises(PromptSourceError, match="not 64 lowercase hex"):
+        build_documents(dict(spec, sha256="ABC"), max_docs=5, min_chars=5, seed=0)
+
+
+def test_the_default_study_reads_its_pinned_copies(repo):
+    """config/config.yaml's datasets are the carried files, pinned by the hashes data/SOURCES.md lists."""
+    import hashlib
+
+    import yaml
+
+    cfg = yaml.safe_load((repo / "config" / "config.yaml").read_text())
+    sources = (repo / "data" / "SOURCES.md").read_text()
+    for name, spec in cfg["datasets"].items():
+        assert isinstance(spec["source"], str) and spec["source"].startswith("file:data/"), name
+        path = repo / spec["source"].removeprefix("file:")
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == spec["sha256"], name
+        assert spec["sha256"] in sources, name
+        assert (path.parent / "LICENSE").is_file(), name

@@ -13,14 +13,13 @@ per-channel int8 passes (0.998). config/config.yaml waives that gate with this r
 
 import pytest
 
-from conftest import SHARED
+from conftest import WIKITEXT2
 from kvwire.gates import evaluate_gates
 from kvwire.prompts import build_documents, min_chars_for, write_documents
 from kvwire.stages.encode import encode_prompts
 from kvwire.stages.extract import extract_kv
 from kvwire.stages.quality import reference_for, score_codec
 
-WIKITEXT = SHARED / "data" / "wikitext-2-raw" / "wiki.test.raw"
 PREFIX, CONTINUATION, PROMPTS, GENERATE = 256, 64, 8, 8
 UNDERSTOOD_FAILURES = {"gemma3-270m": {"int8"}}  # see the module docstring
 CODECS = {"identity": ("identity", {}), "int8": ("int8", {}), "int8_channel": ("int8", {"granularity": "channel"}),
@@ -28,9 +27,7 @@ CODECS = {"identity": ("identity", {}), "int8": ("int8", {}), "int8_channel": ("
 
 
 def _docs(tmp_path):
-    # WikiText-2 when ../shared has it, else CPython's bundled docs (a fresh clone without ../shared)
-    spec = ({"source": f"file:{WIKITEXT}", "format": "wikitext"} if WIKITEXT.is_file()
-            else {"source": "builtin:python-docs"})
+    spec = {"source": f"file:{WIKITEXT2}", "format": "wikitext"}
     path = tmp_path / "docs.jsonl"
     write_documents(path, build_documents(spec, max_docs=24, min_chars=min_chars_for(PREFIX + CONTINUATION), seed=3))
     return path

@@ -31,3 +31,24 @@ def test_readme_has_exactly_two_setup_commands(repo):
     packages = tex[0].split("apt-get install", 1)[1].split()
     ci = (repo / ".ci" / "run").read_text()
     assert all(p in ci for p in packages if not p.startswith("-")), packages
+
+
+def test_nothing_the_study_or_ci_needs_names_the_developers_shared_folder(repo):
+    """A user's clone has no ../shared: no config, rule, script, library module, profile, CI step or
+    test may read from it (the study's inputs are carried in data/)."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=repo, capture_output=True,
+                           text=True, check=True).stdout.split()
+    roots = ("Snakefile", "config/", "workflow/", "scripts/", "lib/", "profiles/", ".ci/", "tests/", "envs/",
+             "bench/", "pyproject.toml", "constraints.txt")
+    pattern = re.compile(r"\.\./shared|parents?\[\d\]\s*(?:\.parent\s*)?/\s*[\"']shared[\"']|parent\s*/\s*[\"']shared[\"']")
+    offenders = []
+    for name in files:
+        path = repo / name
+        if not name.startswith(roots) or not path.is_file() or path.suffix in {".safetensors", ".raw", ".jsonl"}:
+            continue
+        text = path.read_text(errors="replace")
+        offenders += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1)
+                      if pattern.search(line) and "test_repo.py" not in name]
+    assert not offenders, offenders

@@ -1,5 +1,5 @@
 """The smoke study's slice of the tiny real Llama through `--profile slurm` on a real single-node
-SLURM cluster (Debian slurm-wlm + munge, brought up by ../shared/slurm/start-local-slurm.sh and
+SLURM cluster (Debian slurm-wlm + munge, brought up by tests/slurm/start-local-slurm.sh and
 stopped afterwards): every job goes through sbatch, only the GPU rule asks for a GPU, and the
 results equal the local run's."""
 
@@ -14,12 +14,11 @@ import pytest
 
 from smk import SMOKE_MINUTES, job_counts, smoke_config, snakemake
 
-SLURM_DIR = Path(__file__).resolve().parents[2] / "shared" / "slurm"
-START = SLURM_DIR / "start-local-slurm.sh"
+START = Path(__file__).resolve().parent / "slurm" / "start-local-slurm.sh"
 MODEL = "stories260k"
 CODECS = ["identity", "int8", "kivi4"]
 # CI has no slurmdbd: poll with squeue (finished jobs must stay listed: MinJobAge >> poll interval),
-# and poll every 2 s instead of the plugin's 40 s default (../shared/README.md, pitfalls 1 and 2).
+# and poll every 2 s instead of the plugin's 40 s default (docs/OPERATIONS.md).
 CI_FLAGS = ["--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
             "--seconds-between-status-checks", "2"]
 

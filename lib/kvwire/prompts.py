@@ -10,13 +10,14 @@ Two steps, so that the model-independent part is computed once per dataset:
    ``prefix_tokens`` prefix ids (BOS included when used) and ``continuation_tokens`` ids after them.
 
 Sources (``spec["source"]``): ``builtin:python-docs`` (CPython's bundled reference docs, works on any
-offline machine), ``file:PATH`` (relative to the current working directory) and
+offline machine), ``file:PATH`` (relative to the current working directory; ``spec["sha256"]`` pins its bytes) and
 ``hf:PATH[:NAME]:SPLIT`` (``datasets.load_dataset``). Formats (``spec["format"]``): ``wikitext``,
 ``gsm8k``, ``text``, ``jsonl`` (with ``spec["field"]``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import itertools
 import json
@@ -288,6 +289,8 @@ def _file_units(spec: dict, fmt: str, path: Path) -> Iterator[str]:
             f"dataset {source!r}: file {str(path.absolute())!r} does not exist "
             f"(relative paths resolve against the current directory {os.getcwd()!r})"
         )
+    if spec.get("sha256") is not None:
+        _check_sha256(source, path, spec["sha256"])
     if fmt == "wikitext":
         return _wikitext_articles(_read_text(source, path).splitlines())
     if fmt == "text":
@@ -296,6 +299,25 @@ def _file_units(spec: dict, fmt: str, path: Path) -> Iterator[str]:
     if fmt == "gsm8k":
         return _gsm8k_problems(source, rows)
     return _field_values(source, rows, spec["field"])
+
+
+def _check_sha256(source: str, path: Path, expected: str) -> None:
+    """A pinned source must be the very bytes the study was run on (a re-encoded or truncated copy
+    changes documents, prompts and every table silently)."""
+    if not isinstance(expected, str) or not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise PromptSourceError(f"dataset {source!r}: sha256 {expected!r} is not 64 lowercase hex digits")
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        raise PromptSourceError(f"dataset {source!r}: cannot read {str(path)!r}: {exc}") from None
+    if digest.hexdigest() != expected:
+        raise PromptSourceError(
+            f"dataset {source!r}: sha256 of {str(path)!r} is {digest.hexdigest()}, the config pins {expected} "
+            f"(a changed copy: restore it, e.g. `git checkout -- {path.name}`, or update the pin)"
+        )
 
 
 def _read_text(source: str, path: Path) -> str:

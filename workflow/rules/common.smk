@@ -58,7 +58,7 @@ REPO = Path(workflow.basedir)
 
 def _from_repo(source):
     """``file:`` and ``local:`` paths in config files are relative to the repository root (where
-    config/ lives), so ../shared resolves the same whatever the working directory (-d).
+    config/ lives), so data/ resolves the same whatever the working directory (-d).
     """
     scheme, sep, path = source.partition(":")
     if scheme in ("file", "local") and sep and not Path(path).is_absolute():
