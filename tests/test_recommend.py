@@ -2,6 +2,7 @@
 approximation said."""
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -32,13 +33,56 @@ def _tables(tmp_path):
     return CachedTables(tmp_path), raw
 
 
-def test_bandwidth_and_shape_parsing():
-    assert parse_bandwidth("25Gbps") == 25 and parse_bandwidth("100 Mbps") == pytest.approx(0.1)
-    assert parse_bandwidth("1.6Tbps") == pytest.approx(1600) and parse_bandwidth("10") == 10
+ACCEPTED_UNITS = ["bps", "kbps", "Mbps", "Gbps", "Tbps", "b/s", "kb/s", "Mb/s", "Gb/s", "Tb/s", "bit/s", "kbit/s",
+                  "Mbit/s", "Gbit/s", "Tbit/s", "B/s", "kB/s", "MB/s", "GB/s", "TB/s"]
+
+
+@pytest.mark.parametrize("text,gbps", [
+    # the forms accepted before, unchanged
+    ("25Gbps", 25.0), ("400 Gbps", 400.0), ("100Mbps", 0.1), ("100 Mbps", 0.1), ("1.6Tbps", 1600.0), ("25", 25.0),
+    ("10", 10.0), ("0.5", 0.5),
+    # bits per second
+    ("100Gbps", 100.0), ("100Gbit/s", 100.0), ("100Gb/s", 100.0), (" 100 Gb/s ", 100.0), ("2.5Gbit/s", 2.5),
+    ("400Mbit/s", 0.4), ("100Mb/s", 0.1), ("1.6Tb/s", 1600.0), ("1.6Tbit/s", 1600.0), ("100kbps", 1e-4),
+    ("100kbit/s", 1e-4), ("100kb/s", 1e-4), ("5e9bps", 5.0), ("5e9b/s", 5.0), ("5e9bit/s", 5.0),
+    # bytes per second: decimal SI, 1 GB/s = 8 Gbps
+    ("100GB/s", 800.0), ("100 GB/s", 800.0), ("800MB/s", 6.4), ("1.6TB/s", 12800.0), ("125kB/s", 1e-3),
+    ("1e9B/s", 8.0), ("0.5GB/s", 4.0),
+])
+def test_parse_bandwidth(text, gbps):
+    got = parse_bandwidth(text)
+    assert isinstance(got, float) and got == pytest.approx(gbps, rel=1e-12)
+
+
+def test_old_forms_are_bit_for_bit_unchanged():
+    assert [parse_bandwidth(t) for t in ("25Gbps", "400 Gbps", "100Mbps", "1.6Tbps", "25")] == \
+        [25.0, 400.0, 0.1, 1600.0, 25.0]
+    assert parse_bandwidth("100GB/s") == 8 * parse_bandwidth("100Gbps") == 800.0
+
+
+@pytest.mark.parametrize("text,why", [
+    ("100gb", "unknown unit 'gb'"), ("100g", "unknown unit 'g'"), ("100 gigs", "unknown unit 'gigs'"),
+    ("100GB", "unknown unit 'GB'"), ("100Gb", "unknown unit 'Gb'"),
+    ("100 GBps", "bits or bytes"), ("100MBps", "bits or bytes"), ("100Bps", "bits or bytes"),
+    ("100 mbps", "milli-bits"), ("100mb/s", "milli-bits"), ("100mB/s", "milli-bytes"),
+    ("100KB/s", "K is not an SI prefix"), ("100Kbps", "K is not an SI prefix"),
+    ("100gbps", "case-sensitive"), ("100gb/s", "did you mean Gb/s or GB/s"), ("1.6TBPS", "case-sensitive"),
+    ("fast", "not a positive"), ("Gbps", "not a positive"), ("", "not a positive"), ("0Gbps", "not a positive"),
+    ("0", "not a positive"), ("-1", "not a positive"), ("-5GB/s", "not a positive"), ("nan", "not a positive"),
+    ("inf", "not a positive"), ("1e999Gbps", "not a positive"), ("1e999", "not a positive"),
+    ("100 Gbps extra", "unknown unit"), ("1.2.3Gbps", "unknown unit"),
+])
+def test_parse_bandwidth_rejects_ambiguous_and_unknown(text, why):
+    with pytest.raises(KvwireError, match=re.escape(why)) as err:
+        parse_bandwidth(text)
+    message = str(err.value)
+    assert repr(text) in message and "a bare number is Gbps" in message and "1 GB/s = 8 Gbps" in message
+    listed = message.split("accepted units", 1)[1]
+    assert all(re.search(rf"(?<![\w/]){re.escape(u)}(?![\w/])", listed) for u in ACCEPTED_UNITS)
+
+
+def test_shape_parsing():
     assert parse_shape("32x8x128") == Shape(32, 8, 128)
-    for bad in ("fast", "0Gbps", "-1"):
-        with pytest.raises(KvwireError, match="not a positive rate"):
-            parse_bandwidth(bad)
     with pytest.raises(KvwireError, match="LAYERSxKV_HEADSxHEAD_DIM"):
         parse_shape("32x8")
 
@@ -76,8 +120,8 @@ def test_missing_tables_are_named(tmp_path):
         CachedTables(tmp_path)
 
 
-def test_cli_on_the_committed_tables(capsys):
-    tables = str(REPO / "results" / "tables")
+def test_cli_on_the_published_tables(capsys):
+    tables = str(REPO / "paper" / "tables")
     assert main(["recommend", "--model", "smollm2-135m", "--prompt-tokens", "2048", "--bandwidth", "25Gbps",
                  "--gpu", "h200", "--tables", tables, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
@@ -92,3 +136,20 @@ def test_cli_on_the_committed_tables(capsys):
     assert main(["recommend", "--model", "nope", "--prompt-tokens", "10", "--bandwidth", "1Gbps",
                  "--tables", tables]) == 2
     assert "unknown model 'nope'" in capsys.readouterr().err
+
+
+def test_cli_bandwidth_units(tmp_path, capsys):
+    _tables(tmp_path)
+    base = ["recommend", "--model", "m", "--prompt-tokens", "100", "--tables", str(tmp_path), "--json"]
+    assert main(base + ["--bandwidth", "100GB/s"]) == 0
+    assert json.loads(capsys.readouterr().out)["bandwidth_gbps"] == 800.0
+    assert main(base + ["--bandwidth", "100Gbps"]) == 0
+    assert json.loads(capsys.readouterr().out)["bandwidth_gbps"] == 100.0
+    assert main(base + ["--bandwidth", "100gb"]) == 2
+    out = capsys.readouterr()
+    assert out.out == "" and out.err.startswith("kvwire: error: bandwidth '100gb'") and "GB/s" in out.err
+    with pytest.raises(SystemExit):
+        main(["recommend", "--help"])
+    helptext = " ".join(capsys.readouterr().out.split())
+    assert "bits/s as bps, kbps, Mbps, Gbps, Tbps" in helptext and "bytes/s as B/s, kB/s, MB/s, GB/s, TB/s" in helptext
+    assert "a bare number is Gbps" in helptext

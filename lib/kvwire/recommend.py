@@ -20,16 +20,49 @@ from .errors import KvwireError
 from .transfer import CodecCost, baseline_time, pipelined_time
 
 BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
-_BANDWIDTH = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]?)(?:bps|b/s|bit/s)?\s*$", re.I)
-_UNIT = {"": 1.0, "k": 1e-6, "m": 1e-3, "g": 1.0, "t": 1e3}
+_PREFIX_BITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}  # decimal SI
+# every accepted unit, exact and case-sensitive (b = bit, B = byte), -> bits per second
+BANDWIDTH_UNITS: dict[str, int] = {
+    **{f"{p}{u}": n for u in ("bps", "b/s", "bit/s") for p, n in _PREFIX_BITS.items()},
+    **{f"{p}B/s": 8 * n for p, n in _PREFIX_BITS.items()},
+}
+_ACCEPTED = ("accepted units (case-sensitive, decimal SI): bits per second "
+             + ", ".join(u for u in BANDWIDTH_UNITS if "B" not in u)
+             + "; bytes per second " + ", ".join(u for u in BANDWIDTH_UNITS if "B" in u)
+             + " (1 GB/s = 8 Gbps); a bare number is Gbps")
+_RATE = re.compile(r"\s*([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?)\s*(.*?)\s*")
+_BARE = ("bps", "b/s", "bit/s", "B/s", "Bps")
+
+
+def _unit_hint(unit: str) -> str:
+    """Why an unaccepted unit is refused, where it looks like one that is accepted."""
+    if unit[:1] == "m" and unit[1:] in _BARE:
+        return f"{unit!r} would be milli-{'bytes' if 'B' in unit else 'bits'} per second; mega is M"
+    if unit[:1] == "K" and unit[1:] in _BARE:
+        return f"{unit!r}: K is not an SI prefix (1000 or 1024?); kilo is k"
+    if unit[-3:] == "Bps" and unit[:-3] in _PREFIX_BITS:
+        return f"{unit!r}: bits or bytes? write {unit[:-3]}B/s for bytes, {unit[:-3]}bps for bits"
+    same = [u for u in BANDWIDTH_UNITS if u.casefold() == unit.casefold()]
+    if same:
+        return f"{unit!r}: units are case-sensitive (b = bit, B = byte); did you mean {' or '.join(same)}?"
+    return f"unknown unit {unit!r}"
 
 
 def parse_bandwidth(text: str) -> float:
-    """'25Gbps', '400 Gbps', '100Mbps', '1.6Tbps' or a bare number (Gbps) -> Gbps."""
-    m = _BANDWIDTH.match(str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise KvwireError(f"bandwidth {text!r} is not a positive rate like 25Gbps, 100Mbps or 1.6Tbps")
-    return float(m.group(1)) * _UNIT[m.group(2).lower()]
+    """A link rate -> Gbps. Units are exact and case-sensitive, decimal SI (``BANDWIDTH_UNITS``): bits
+    per second as bps, kbps, Mbps, Gbps, Tbps (or b/s, kb/s, ... and bit/s, kbit/s, ...), bytes per second
+    as B/s, kB/s, MB/s, GB/s, TB/s (1 GB/s = 8 Gbps). A bare number is Gbps. Anything else, including forms
+    that could mean bits or bytes (``100gb``, ``GBps``, ``KB/s``) or millibits (``mbps``), and a rate that
+    is not positive and finite, raises ``KvwireError`` listing the accepted units."""
+    m = _RATE.fullmatch(str(text))
+    if not m:
+        raise KvwireError(f"bandwidth {text!r} is not a positive rate like 25Gbps or 100GB/s; {_ACCEPTED}")
+    value, unit = float(m.group(1)), m.group(2)
+    if unit and unit not in BANDWIDTH_UNITS:
+        raise KvwireError(f"bandwidth {text!r}: {_unit_hint(unit)}; {_ACCEPTED}")
+    if not (math.isfinite(value) and value > 0):
+        raise KvwireError(f"bandwidth {text!r} is not a positive, finite rate; {_ACCEPTED}")
+    return value * BANDWIDTH_UNITS[unit] / 1e9 if unit else value
 
 
 @dataclass(frozen=True)
