@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import wire
 from .codecs import build, describe
-from .errors import KvwireError
+from .errors import KvwireError, WireError
 from .io import write_bytes
 from .kv import KVRecord, load_kv, save_kv
 
@@ -43,33 +43,64 @@ def _cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _cmd_decode(args: argparse.Namespace) -> int:
-    data = Path(args.wire).read_bytes()
-    header, layers = wire.decode(data)
+    header, layers = wire.decode(_read_container(args.wire))
     save_kv(args.out, KVRecord(layers=layers, meta=dict(header.meta, codec=header.codec)))
     print(f"{args.out}: {header.n_layers} layers decoded with {header.codec}")
     return 0
 
 
+def _read_container(path: str) -> bytes:
+    """The bytes of a wire container; a missing or unreadable file, or one that is not a kvwire container
+    at all, is a ``KvwireError`` (a truncated or corrupted container is left to the reader to report)."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise KvwireError(f"no such file: {path}") from exc
+    except OSError as exc:
+        raise KvwireError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    if data[:len(wire.MAGIC)] != wire.MAGIC:
+        start = f"starts with {data[:len(wire.MAGIC)]!r}, not {wire.MAGIC!r}" if data else "is empty"
+        raise WireError(f"{path} is not a kvwire container: it {start}")
+    return data
+
+
+def _failed_checks(report: dict) -> list[str]:
+    """Every check of a ``wire.inspect`` report that is not ok: the container's checksum status (header,
+    frames, trailer, trailing bytes) and any frame's own status; a check that is absent counts as failed."""
+    failed = [] if report.get("checksum") == "ok" else [f"checksum: {report.get('checksum', 'not reported')}"]
+    failed += [f"frame {f.get('layer')}: {f['checksum']}" for f in report.get("frames", [])
+               if f.get("checksum", "ok") != "ok"]
+    return failed
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    report = wire.inspect(Path(args.wire).read_bytes())
+    """Print the report; exit 1 when any check in it failed (the report is printed in full first)."""
+    report = wire.inspect(_read_container(args.wire))
+    failed = _failed_checks(report)
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        head = report.get("header", {})
-        print(f"file:      {args.wire} ({report['total_bytes']} bytes)")
+        return 1 if failed else 0
+    print(f"file:      {args.wire} ({report['total_bytes']} bytes)")
+    head = report.get("header")
+    if head:
         print(f"codec:     {head.get('codec')} {json.dumps(head.get('params'))}")
         layout = head.get("layout", {})
         shapes = layout.get("shapes", [])
         print(f"layout:    {len(shapes)} layers, {layout.get('dtype')}, [{layout.get('order')}] "
               f"{shapes[0] if shapes else ''}")
         print(f"meta:      {json.dumps(head.get('meta'))}")
-        print(f"checksum:  {report['checksum']}")
-        if report["checksum"] == "ok":
-            print(f"raw bytes: {report['raw_bytes']}  ratio: {report['ratio']:.4f}  "
-                  f"container overhead: {report['overhead_bytes']} bytes")
-            for frame in report["frames"]:
-                print(f"  frame {frame['layer']:>3}: {frame['bytes']} bytes")
-    return 0 if report["checksum"] == "ok" else 1
+    else:
+        print("header:    unreadable")
+    print(f"checksum:  {report.get('checksum', 'not reported')}")
+    if "raw_bytes" in report:
+        print(f"raw bytes: {report['raw_bytes']}  ratio: {report['ratio']:.4f}  "
+              f"container overhead: {report['overhead_bytes']} bytes")
+    for frame in report.get("frames", []):
+        status = frame.get("checksum", "ok")
+        print(f"  frame {frame['layer']:>3}: {frame['bytes']} bytes" + ("" if status == "ok" else f"  {status}"))
+    if failed:
+        print(f"result:    FAILED ({len(failed)} failed check{'s' if len(failed) > 1 else ''})")
+    return 1 if failed else 0
 
 
 def _cmd_recommend(args: argparse.Namespace) -> int:
@@ -112,12 +143,17 @@ def build_parser() -> argparse.ArgumentParser:
                                          "tables")
     p.add_argument("--model", required=True, help="a model of the cached tables (else give --shape)")
     p.add_argument("--prompt-tokens", type=int, required=True)
-    p.add_argument("--bandwidth", required=True, help="link rate, e.g. 25Gbps, 100Mbps, 1.6Tbps")
+    p.add_argument("--bandwidth", required=True,
+                   help="link rate with an exact, case-sensitive unit (decimal SI): bits/s as bps, kbps, Mbps, "
+                        "Gbps, Tbps (also Gb/s, Gbit/s, likewise for each prefix), bytes/s as B/s, kB/s, MB/s, "
+                        "GB/s, TB/s (1 GB/s = 8 Gbps); a bare number is Gbps. E.g. 25Gbps, 100GB/s, 1.6Tbps")
     p.add_argument("--gpu", help="encode on this GPU (e.g. h200); default: the CPU")
     p.add_argument("--min-token-agreement", type=float, default=0.95)
     p.add_argument("--shape", help="LAYERSxKV_HEADSxHEAD_DIM of a model the tables do not know")
     p.add_argument("--latency-us", type=float, default=0.0, help="one-way link latency")
-    p.add_argument("--tables", default="results/tables", help="the cached tables (default: results/tables)")
+    p.add_argument("--tables", default="paper/tables",
+                   help="the tables to read: the published ones (default: paper/tables) or a run's own "
+                        "(results/tables)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_recommend)
     return parser
