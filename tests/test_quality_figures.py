@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 from kvwire.errors import ConfigError
-from kvwire.plots import (cosine_vs_delta_ce, pareto_per_model, pareto_steps, sensitivity_heatmap,
-                          sensitivity_matrix)
+from kvwire.plots import (LABEL_GID, LEADER_GID, _pareto_figure, _speedup_figure, cosine_vs_delta_ce,
+                          pareto_per_model, pareto_steps, sensitivity_heatmap, sensitivity_matrix,
+                          speedup_matrices, speedup_vs_bandwidth)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -129,3 +130,131 @@ def test_pareto_steps_staircase():
     assert pareto_steps([], [])[0].size == 0
     with pytest.raises(ConfigError):
         pareto_steps([1.0, 2.0], [1.0])
+
+
+def crowded_table() -> pd.DataFrame:
+    """Two models, 14 codecs each, bunched as the real study bunches them: four within 1 % of ratio 2
+    and 0.01 of agreement, four near ratio 3.7, long names; model b shifts every point a little."""
+    codecs = {  # codec: (ratio, token agreement, pareto)
+        "identity": (1.0, 1.0, False), "zstd_lossless": (1.29, 1.0, True),
+        "int8_channel": (1.995, 0.995, True), "fp8_e4m3": (1.984, 0.978, False),
+        "int8": (1.984, 0.974, False), "snapkv_selection": (1.999, 0.972, False),
+        "k8v4": (2.62, 0.957, False), "kivi4": (2.627, 0.961, False),
+        "kvquant4_prerope": (3.5, 0.962, True), "cachegen": (3.67, 0.936, True),
+        "kivi2": (3.673, 0.933, False), "int4_per_token": (3.68, 0.931, False),
+        "int4_channel": (3.965, 0.93, False), "guardband_8x": (8.0, 0.73, True),
+    }
+    rows = []
+    for model, shift in (("model-a", 0.0), ("model-b", 0.004)):
+        for codec, (ratio, agree, pareto) in codecs.items():
+            a = min(1.0, agree + shift * (codec != "identity"))
+            rows.append({"model": model, "codec": codec, "ratio": ratio * (1 + shift), "token_agreement": a,
+                         "token_agreement_ci_lo": a - 0.01, "token_agreement_ci_hi": min(1.0, a + 0.01),
+                         "pareto": pareto})
+    return pd.DataFrame(rows)
+
+
+def test_pareto_labels_never_overlap_when_points_crowd(tmp_path):
+    table = crowded_table()
+    fig = _pareto_figure(table)
+    renderer = fig.canvas.get_renderer()
+    px = fig.dpi / 72.0
+    panels = [ax for ax in fig.axes if any(t.get_gid() == LABEL_GID for t in ax.texts)]
+    assert [ax.get_title() for ax in panels] == ["model-a", "model-b"]
+    boxes = []
+    for ax in panels:
+        sub = table[table.model == ax.get_title()]
+        labels = [t for t in ax.texts if t.get_gid() == LABEL_GID]
+        assert sorted(t.get_text() for t in labels) == sorted(sub.codec)  # every codec, once
+        extents = {t.get_text(): t.get_window_extent(renderer) for t in labels}
+        frame = ax.get_window_extent(renderer)
+        points = dict(zip(sub.codec, ax.transData.transform(sub[["ratio", "token_agreement"]].to_numpy())))
+        # the test means something: some points lie closer than a label is tall
+        gaps = [np.hypot(*(points[a] - points[b])) for a in points for b in points if a < b]
+        assert min(gaps) < min(e.height for e in extents.values())
+        for codec, box in extents.items():
+            assert frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            for other, (x, y) in points.items():  # no label covers another codec's marker (ms 4: 2 pt radius)
+                if other != codec:
+                    near = np.clip([x, y], [box.x0, box.y0], [box.x1, box.y1])
+                    assert np.hypot(x - near[0], y - near[1]) > 2 * px, (codec, other)
+        boxes += [(ax.get_title(), codec, box) for codec, box in extents.items()]
+        # a label moved away from its point is tied to it by a leader line ending in that point
+        for line in (ln for ln in ax.lines if ln.get_gid() == LEADER_GID):
+            end = ax.transData.transform((line.get_xdata()[1], line.get_ydata()[1]))
+            assert min(np.hypot(*(end - q)) for q in points.values()) < 0.5
+    for i, (m1, c1, b1) in enumerate(boxes):
+        for m2, c2, b2 in boxes[i + 1:]:
+            assert not b1.overlaps(b2), f"label {c1} ({m1}) overlaps {c2} ({m2})"
+    assert fig.get_size_inches()[0] == pytest.approx(7.0)  # drawn at the full text width
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    table.to_csv(tmp_path / "crowded.csv", index=False)
+    pareto_per_model(tmp_path / "crowded.csv", tmp_path / "p.pdf", tmp_path / "p.png")
+    assert_figures(tmp_path / "p.pdf", tmp_path / "p.png")
+
+
+def sweep_table() -> pd.DataFrame:
+    """Two models, three codecs, four bandwidths, two length bins, two datasets; sequential speed-up
+    ratio / (1 + c * bandwidth), pipelined a bit better; model b never ran codec 'c' at 100 Gbps."""
+    rows = []
+    for model in ("a", "b"):
+        for dataset, noise in (("d1", 0.9), ("d2", 1.1)):
+            for bin_ in (256, 1024):
+                for codec, ratio, cost in (("int8", 2.0, 0.05), ("int4", 4.0, 0.3), ("c", 1.2, 0.01)):
+                    for bw in (0.1, 1.0, 10.0, 100.0):
+                        if model == "b" and codec == "c" and bw == 100.0:
+                            continue
+                        seq = ratio / (1 + cost * bw * (bin_ / 1024)) * noise
+                        rows.append({"model": model, "dataset": dataset, "bin": bin_, "codec": codec,
+                                     "bandwidth_gbps": bw, "speedup_sequential": seq,
+                                     "speedup_pipelined": 1.5 * seq})
+    return pd.DataFrame(rows)
+
+
+def test_speedup_heatmaps_show_the_pivoted_table(tmp_path):
+    sweep = sweep_table()
+    panels = speedup_matrices(sweep)
+    assert sorted(panels) == [("a", "pipelined"), ("a", "sequential"), ("b", "pipelined"), ("b", "sequential")]
+    longest = sweep[sweep["bin"] == 1024]
+    for (model, mode), m in panels.items():
+        assert list(m.columns) == [0.1, 1.0, 10.0, 100.0]
+        assert list(m.index) == list(panels[("a", "sequential")].index)  # one row order for all panels
+        want = (longest[longest.model == model].groupby(["codec", "bandwidth_gbps"])[f"speedup_{mode}"].mean()
+                .unstack().reindex(index=m.index, columns=m.columns))
+        pd.testing.assert_frame_equal(m, want, check_names=False)
+    assert list(panels[("a", "sequential")].index) == ["int4", "int8", "c"]  # largest gain above 1 first
+    assert np.isnan(panels[("b", "sequential")].loc["c", 100.0])  # never ran: blank, not 1x
+
+    fig = _speedup_figure(sweep)
+    heat = [ax for ax in fig.axes if ax.images]
+    assert len(heat) == 4 and len(fig.axes) == 5  # models x modes; the colour bar is the one other axes
+    assert sum(bool(ax.get_xlabel()) for ax in heat) == 2
+    assert [ax.get_title() for ax in heat] == ["a, sequential", "b, sequential", "a, pipelined", "b, pipelined"]
+    for ax in heat:
+        model, mode = ax.get_title().split(", ")
+        m = panels[(model, mode)]
+        shown = ax.images[0].get_array()
+        np.testing.assert_allclose(shown.filled(np.nan), m.to_numpy(), equal_nan=True)
+        # rows and columns named (shown on the outer panels only: the axes are shared)
+        assert ax.yaxis.get_major_formatter().format_ticks(ax.get_yticks()) == list(m.index)
+        assert ax.xaxis.get_major_formatter().format_ticks(ax.get_xticks()) == ["0.1", "1", "10", "100"]
+        norm = ax.images[0].norm
+        assert norm(1.0) == pytest.approx(0.5)  # the diverging map is centred at 1x
+        # the break-even line separates every cell that pays from a neighbour that does not
+        values = m.to_numpy()
+        flips = sum(int(values[i, j] >= 1) != int(values[i, j + 1] >= 1)
+                    for i in range(values.shape[0]) for j in range(values.shape[1] - 1)
+                    if np.isfinite(values[i, j]) and np.isfinite(values[i, j + 1]))
+        flips += sum(int(values[i, j] >= 1) != int(values[i + 1, j] >= 1)
+                     for i in range(values.shape[0] - 1) for j in range(values.shape[1])
+                     if np.isfinite(values[i, j]) and np.isfinite(values[i + 1, j]))
+        (line,) = [c for c in ax.collections if c.get_gid() == "break-even"]
+        assert len(line.get_segments()) == flips > 0
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    sweep.to_csv(tmp_path / "sweep.csv", index=False)
+    speedup_vs_bandwidth(tmp_path / "sweep.csv", tmp_path / "s.pdf", tmp_path / "s.png")
+    assert_figures(tmp_path / "s.pdf", tmp_path / "s.png")
