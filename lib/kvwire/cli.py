@@ -1,5 +1,5 @@
-"""The ``kvwire`` command: list codecs, encode a KV file to wire bytes, decode, inspect, and recommend a codec
-for a request from the cached tables."""
+"""The ``kvwire`` command: list codecs, encode a KV file to wire bytes, decode, inspect, recommend a codec
+for a request from the published tables, and publish a run's tables as the paper's."""
 
 from __future__ import annotations
 
@@ -119,6 +119,15 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_publish(args: argparse.Namespace) -> int:
+    from .publish import publish
+
+    manifest = publish(args.source, args.dest, config=args.config, note=args.note)
+    print(f"published {len(manifest['tables'])} tables from {args.source} to {args.dest} "
+          f"(cpu: {manifest['cpu'] or 'unknown'}; {args.dest}/PUBLISHED.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kvwire", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -156,6 +165,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(results/tables)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_recommend)
+    p = sub.add_parser("publish", help="make a finished run's tables the paper's: copy results/tables to "
+                                       "paper/tables with a manifest (machine, commit, config)")
+    p.add_argument("--source", default="results/tables")
+    p.add_argument("--dest", default="paper/tables")
+    p.add_argument("--config", help="the run's config file (its sha256 goes into the manifest)")
+    p.add_argument("--note", default="", help="a line for the manifest (what run this is)")
+    p.set_defaults(func=_cmd_publish)
     return parser
 
 

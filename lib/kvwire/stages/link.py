@@ -12,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import netlab
+from ..errors import KvwireError
 from ..io import write_csv
 
 
@@ -40,7 +41,7 @@ def validate_link(kind: str, rate_gbps: float | None, sizes: list[int], repeats:
 def link_summary(model_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
     """Model error per link and size band (<1 MB, 1-100 MB, >=100 MB): max and median."""
     if not model_csvs:
-        raise ValueError("no link measurements to summarise: run link_validation first "
+        raise KvwireError("no link measurements to summarise: run link_validation first "
                          "(as root: snakemake --cores 1 link_validation_all)")
     t = pd.concat([pd.read_csv(p) for p in model_csvs], ignore_index=True)
     bands = pd.cut(t["bytes"], [0, 1 << 20, 100 << 20, float("inf")], right=False,

@@ -13,6 +13,7 @@ from ..io import read_json, write_csv
 from ..kv import load_kv
 from ..timing import time_codec_cpu
 from .extract import kv_files
+from .runtime import cpu_model
 
 
 def time_cpu(kv_manifests: list[str | Path], out_csv: str | Path, *, codec_id: str, codec_name: str,
@@ -26,7 +27,7 @@ def time_cpu(kv_manifests: list[str | Path], out_csv: str | Path, *, codec_id: s
                                          stats=record.stats or None)
         frames.append(pd.DataFrame({
             "model": manifest["model"], "dataset": manifest["dataset"], "bin": manifest["prefix_tokens"],
-            "codec": codec_id, "device": "cpu", "device_name": _cpu_name(), "threads": torch.get_num_threads(),
+            "codec": codec_id, "device": "cpu", "device_name": cpu_model(), "threads": torch.get_num_threads(),
             "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
             "layer": range(len(cost.wire_bytes)), "layer_raw_bytes": [layer.raw_bytes for layer in record.layers],
             "wire_bytes": cost.wire_bytes, "encode_s": cost.encode_s, "decode_s": cost.decode_s,
@@ -34,14 +35,3 @@ def time_cpu(kv_manifests: list[str | Path], out_csv: str | Path, *, codec_id: s
     table = pd.concat(frames, ignore_index=True)
     write_csv(out_csv, table)
     return table
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return os.uname().machine

@@ -1,0 +1,82 @@
+"""Publishing a run's tables as the paper's: results/tables -> paper/tables, with a manifest.
+
+The paper, `kvwire recommend` and the figures in paper/figures read paper/tables: the tables of the
+reference run (machine, date, commit and config in PUBLISHED.json). A study run writes only
+results/tables, so a run on another machine adds its own numbers beside the paper's and never
+changes them; publishing is a deliberate step (`kvwire publish`), never a workflow job (a rule that
+wrote paper/tables would make every paper figure depend on the whole study).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from .errors import KvwireError
+from .io import write_json
+
+MANIFEST = "PUBLISHED.json"
+# A run's tables that the paper, the figures and `recommend` read; resources.csv describes the run.
+REQUIRED = ("quality", "break_even", "transfer_sweep", "models", "codecs")
+
+
+def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tables", *,
+            config: str | Path | None = None, note: str = "") -> dict:
+    """Copy every table of ``source`` into ``dest`` (tables ``dest`` has and ``source`` lacks are
+    removed: the published set is one run's) and write the manifest. Returns the manifest."""
+    source, dest = Path(source), Path(dest)
+    tables = sorted(p for p in source.glob("*") if p.suffix in (".csv", ".tex") and p.is_file())
+    missing = [t for t in REQUIRED if not (source / f"{t}.csv").is_file()]
+    if missing:
+        raise KvwireError(f"{source} is not a finished run: it lacks {', '.join(f'{t}.csv' for t in missing)} "
+                          "(run `snakemake --cores 8 all` first)")
+    dest.mkdir(parents=True, exist_ok=True)
+    for old in dest.glob("*"):
+        if old.suffix in (".csv", ".tex") and not (source / old.name).exists():
+            old.unlink()
+    for table in tables:
+        shutil.copy2(table, dest / table.name)
+    manifest = {
+        "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "source": str(source),
+        "commit": _git_commit(),
+        "config": str(config) if config else None,
+        "config_sha256": hashlib.sha256(Path(config).read_bytes()).hexdigest() if config else None,
+        "cpu": _run_cpu(source),
+        "gpu_timings": sorted(p.stem for p in Path("results/timing/gpu").glob("*.csv")),
+        "note": note,
+        "tables": {t.name: hashlib.sha256(t.read_bytes()).hexdigest() for t in tables},
+    }
+    write_json(dest / MANIFEST, manifest)
+    return manifest
+
+
+def _run_cpu(source: Path) -> str | None:
+    """The CPU the run's jobs measured on, from its resources table (every job logs its host's)."""
+    table = source / "resources.csv"
+    if not table.is_file():
+        return None
+    import pandas as pd
+
+    cpus = sorted(set(pd.read_csv(table)["cpu"].dropna()))
+    return "; ".join(cpus) or None
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def read_manifest(dest: str | Path = "paper/tables") -> dict:
+    path = Path(dest) / MANIFEST
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise KvwireError(f"no readable publication manifest at {path}: {exc}") from None
