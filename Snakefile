@@ -22,6 +22,7 @@ include: "workflow/rules/transfer.smk"
 include: "workflow/rules/aggregate.smk"
 include: "workflow/rules/router.smk"
 include: "workflow/rules/offload.smk"
+include: "workflow/rules/figures.smk"
 include: "workflow/rules/paper.smk"
 
 

@@ -10,5 +10,5 @@ from kvwire.stages.runtime import setup  # noqa: E402
 sm = snakemake  # noqa: F821
 setup(sm.log[0], threads=sm.params.torch_threads)
 codec = sm.params.codec
-encode_prompts(sm.input.kv, sm.output.manifest, codec_id=codec["id"], codec_name=codec["name"],
+encode_prompts(sm.input.kv, Path(sm.output.wire) / "manifest.json", codec_id=codec["id"], codec_name=codec["name"],
                params=codec["params"])

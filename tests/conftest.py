@@ -103,16 +103,17 @@ def random_layers(n_layers=3, heads=2, seq=17, dim=16, dtype=torch.bfloat16, see
 
 @pytest.fixture(scope="session")
 def smoke_study(repo, tmp_path_factory):
-    """The smoke study run once per session by Snakemake in a scratch directory, locally:
-    (work dir, config path, config, env). test_workflow checks it; test_slurm compares against it."""
-    from smk import SMOKE_MINUTES, smoke_config, snakemake
+    """config/smoke.yaml run once per session by Snakemake, `all` to the end, in a fresh clone of this
+    checkout (no ../shared beside it, no network but the package index): (clone, config path,
+    config, env). test_workflow checks it; test_slurm compares against it."""
+    import yaml
 
-    tmp_path = tmp_path_factory.mktemp("smoke")
-    work = tmp_path / "work"
-    work.mkdir()
-    cfg_path, cfg = smoke_config(repo, tmp_path)
-    env = {"KVWIRE_CACHE": os.environ["KVWIRE_TEST_CACHE"], "HF_HUB_OFFLINE": "1"}
-    out = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work),
+    from smk import SMOKE_MINUTES, fresh_clone, snakemake
+
+    clone = fresh_clone(repo, tmp_path_factory.mktemp("smoke") / "clone")
+    cfg_path = clone / "config" / "smoke.yaml"
+    env = {"KVWIRE_CACHE": os.environ["KVWIRE_TEST_CACHE"], "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    out = snakemake(clone, "--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=clone, snakefile=False,
                     timeout=SMOKE_MINUTES * 60, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-5000:]
-    return work, cfg_path, cfg, env
+    return clone, cfg_path, yaml.safe_load(cfg_path.read_text()), env

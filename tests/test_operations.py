@@ -11,24 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from smk import job_counts, planned_jobs, snakemake
-
-
-def fresh_clone(repo: Path, dest: Path) -> Path:
-    """What a clone of this checkout holds: tracked files plus untracked ones git does not ignore (so
-    the test sees the working tree), nothing else (no resources/, no results/ bulk data, no .snakemake)."""
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo, check=True,
-                           capture_output=True, text=True).stdout.split("\0")
-    for f in filter(None, files):
-        src, dst = repo / f, dest / f
-        if not src.exists() and not src.is_symlink():
-            continue  # deleted in the working tree
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            dst.symlink_to(src.readlink())
-        else:
-            shutil.copy2(src, dst)
-    return dest
+from smk import fresh_clone, job_counts, planned_jobs, snakemake
 
 
 # ---------------------------------------------------------------- profiles
@@ -50,8 +33,16 @@ def test_slurm_profile_gives_gpus_to_gpu_rules_only(repo, tmp_path):
     for j in jobs:
         wants_gpu = j["resources"].get("gpu") not in (None, "0")
         assert wants_gpu == (j["rule"] == "extract_kv"), j
-    quality = next(j for j in jobs if j["rule"] == "quality")
-    assert quality["resources"]["mem_mb"] == "8000" and quality["resources"]["runtime"] == "120"
+    # --mem is the rule's own mem_mb, the figure a local run schedules by (before the model's facts
+    # exist, a dry run sizes SmolLM2 by its official card)
+    from kvwire.resources import card_shape, job_mem_mb
+
+    cfg = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    quality = next(j for j in jobs if j["rule"] == "quality" and j["wildcards"].get("model") == "smollm2-135m")
+    expected = job_mem_mb("quality", card_shape(cfg["models"]["smollm2-135m"]["official"]),
+                          tokens=max(cfg["prompts"]["bins"]), batch=cfg["quality"]["batch_size"],
+                          continuation=cfg["prompts"]["continuation"])
+    assert quality["resources"]["mem_mb"] == str(expected) and quality["resources"]["runtime"] == "120"
     timing = next(j for j in jobs if j["rule"] == "time_cpu")
     assert timing["resources"]["cpus_per_task"] == "8" and "--exclusive" in timing["resources"]["slurm_extra"]
 
@@ -104,10 +95,11 @@ def test_slice_manifest_hashes_its_files_and_refuses_another_models(tmp_path):
 
 # ---------------------------------------------------------------- the paper from cached results
 
-def _paper_rules(repo) -> list[str]:
-    text = (repo / "workflow" / "rules" / "common.smk").read_text()
-    block = re.search(r"PAPER_RULES = \[(.*?)\]", text, re.S).group(1)
-    return re.findall(r'"(\w+)"', block)
+PAPER_JOBS = {"figure_", "paper_table", "paper_macros", "paper_pdf", "paper"}
+
+
+def _is_paper_job(rule: str) -> bool:
+    return rule.startswith("figure_") or rule in PAPER_JOBS
 
 
 def _needs_tex():
@@ -132,16 +124,16 @@ def paper_clone(repo, tmp_path_factory):
     return clone, out, time.perf_counter() - t0
 
 
-def test_paper_rebuilds_every_figure_and_table_from_the_cache_alone(repo, paper_clone):
+def test_paper_rebuilds_every_figure_from_the_published_tables_alone(repo, paper_clone):
     clone, out, seconds = paper_clone
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    inner = (clone / "logs" / "paper" / "paper.log").read_text()
-    ran = set(re.findall(r"^(?:local)?rule (\w+):", inner, re.M))
-    assert ran <= set(_paper_rules(repo)), ran - set(_paper_rules(repo))  # nothing of the study
-    assert {"gpu_tables", "break_even_all", "figure_pareto", "paper_decision", "paper_table", "paper_macros",
-            "paper_pdf"} <= ran
-    # nothing of the study ran: no model, no KV cache, no timing
+    log = out.stdout + out.stderr
+    ran = set(re.findall(r"^(?:local)?rule (\w+):", log, re.M))
+    assert all(map(_is_paper_job, ran)), ran  # nothing of the study, and no nested Snakemake
+    assert {"figure_pareto", "figure_decision", "paper_table", "paper_macros", "paper_pdf"} <= ran
+    # nothing of the study ran: no model, no KV cache, no timing, no table of this run
     assert not (clone / "resources").exists() and not (clone / "results" / "kv").exists()
+    assert not (clone / "results" / "tables").exists()
     from kvwire.plots import __name__ as _  # noqa: F401  (plots import matplotlib: the figures are real)
     import matplotlib.image as mpimg
 
@@ -151,12 +143,25 @@ def test_paper_rebuilds_every_figure_and_table_from_the_cache_alone(repo, paper_
         h, w = mpimg.imread(png).shape[:2]
         assert h > 200 and w > 200, png
         assert png.with_suffix(".pdf").read_bytes()[:5] == b"%PDF-"
-    # the derived tables were rebuilt (forced) and equal the committed ones byte for byte
-    for name in ("gpu_kernels", "gpu_break_even", "break_even_shift", "break_even_all", "gpu_transfer_sweep"):
-        assert f"results/tables/{name}.csv" in inner
-        assert (clone / "results" / "tables" / f"{name}.csv").read_bytes() == \
-            (repo / "results" / "tables" / f"{name}.csv").read_bytes(), name
-    assert seconds < 60, f"snakemake paper took {seconds:.0f} s"
+    # the published tables are sources: untouched
+    for table in (repo / "paper" / "tables").glob("*.csv"):
+        assert (clone / "paper" / "tables" / table.name).read_bytes() == table.read_bytes(), table.name
+    # (its wall time, about 45 s on an idle 2-core machine, is in docs/OPERATIONS.md, not asserted:
+    # a loaded CI machine is no benchmark)
+
+
+def test_a_paper_artefact_asked_for_by_its_path_plans_only_paper_jobs(repo, tmp_path):
+    """`snakemake paper/kvwire.pdf` (or one figure) on a fresh clone: the published tables are
+    sources, so the plan holds the figure, table, macro and latexmk jobs and nothing of the study."""
+    clone = fresh_clone(repo, tmp_path / "clone")
+    for target in ("paper/kvwire.pdf", "paper/figures/pareto.png"):
+        out = snakemake(clone, "-n", target, cwd=clone, snakefile=False)
+        assert out.returncode == 0, out.stderr[-3000:]
+        counts = job_counts(out.stdout)
+        assert counts and all(map(_is_paper_job, counts)), counts
+    assert counts == {"figure_pareto": 1}
+    pdf = job_counts(snakemake(clone, "-n", "paper/kvwire.pdf", cwd=clone, snakefile=False).stdout)
+    assert pdf["paper_pdf"] == 1 and pdf["paper_table"] == 4 and sum(pdf.values()) >= 15
 
 
 def test_the_paper_pdf_resolves_every_reference_citation_and_macro(paper_clone):
@@ -181,11 +186,11 @@ def test_the_paper_pdf_resolves_every_reference_citation_and_macro(paper_clone):
 def test_paper_with_a_missing_cached_table_says_so_and_runs_no_experiment(repo, tmp_path):
     _needs_tex()
     clone = fresh_clone(repo, tmp_path / "clone")
-    (clone / "results" / "tables" / "e2e_transfer.csv").unlink()
+    (clone / "paper" / "tables" / "e2e_transfer.csv").unlink()
     out = snakemake(clone, "paper", cwd=clone, snakefile=False, timeout=300)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = " ".join(pdf_text(clone / "paper" / "kvwire.pdf").split())
-    assert "no data: results/tables/e2e_transfer.csv is missing" in text
+    assert "no data: paper/tables/e2e_transfer.csv is missing" in text
     assert "figure e2e_model_vs_measured was not built" in text
     assert not (clone / "paper" / "figures" / "e2e_model_vs_measured.pdf").exists()
     assert (clone / "paper" / "figures" / "pareto.pdf").exists()
@@ -195,7 +200,7 @@ def test_paper_with_a_missing_cached_table_says_so_and_runs_no_experiment(repo, 
 def test_report_captions_every_figure_and_table(repo, paper_clone):
     clone, out, _ = paper_clone
     assert out.returncode == 0
-    rep = snakemake(clone, "--report", "report.html", cwd=clone, snakefile=False, timeout=300)
+    rep = snakemake(clone, "--report", "report.html", "paper", cwd=clone, snakefile=False, timeout=300)
     assert rep.returncode == 0, rep.stderr[-3000:]
     html = (clone / "report.html").read_text()
     rules_dir = repo / "workflow" / "rules"
@@ -209,11 +214,44 @@ def test_report_captions_every_figure_and_table(repo, paper_clone):
     for rule, path, caption in reported:
         text = (repo / "workflow" / "report" / f"{caption}.rst").read_text()
         assert re.search(rf"\b{rule}\b", text), f"caption {caption}.rst does not name its rule {rule}"
-        if (clone / path).exists():
+        if (clone / path.replace("{root}", "paper")).exists():
             assert Path(path).name in html, path
-    # every committed summary table and every paper figure is marked for the report
-    marked = {p for _, p, _ in reported}
-    committed = {f"results/tables/{p.name}" for p in (repo / "results" / "tables").glob("*.csv")}
-    assert committed - marked == set()
+    # every published table is a table some rule writes (and marks for the report), and every paper
+    # figure is marked
+    marked = {p.replace("{root}", "paper") for _, p, _ in reported}
+    made = {Path(p).name for p in marked if p.startswith("results/tables/")}
+    published = {p.name for p in (repo / "paper" / "tables").glob("*.csv")}
+    assert published - made == set()
     figures = {f"paper/figures/{p.name}" for p in (clone / "paper" / "figures").glob("*.png")}
     assert figures - marked == set()
+
+
+def test_the_paper_without_tex_stops_with_the_line_that_installs_it(repo, tmp_path):
+    """latexmk is looked for before it runs: without TeX Live the job fails with the one apt-get
+    line of the README's set-up (not a latexmk 'command not found' in a log)."""
+    import os
+    import sys
+
+    clone = fresh_clone(repo, tmp_path / "clone")
+    plan = snakemake(clone, "-n", "paper/kvwire.pdf", cwd=clone, snakefile=False)
+    job = next(j for j in planned_jobs(plan.stdout) if j["rule"] == "paper_pdf")
+    inputs = re.search(r"rule paper_pdf:\n\s+input: (.*)\n", plan.stdout).group(1).split(", ")
+    for path in inputs:  # what the other paper jobs would make, so that only paper_pdf runs
+        if not (clone / path).exists():
+            (clone / path).parent.mkdir(parents=True, exist_ok=True)
+            (clone / path).write_text("stand-in\n")
+    assert job
+    bare = tmp_path / "bin"  # a PATH with the venv's python and a shell's basics, and no TeX
+    bare.mkdir()
+    for tool in ("bash", "sh", "which", "tee", "cat", "env", "dirname", "mkdir", "rm", "tail", "date", "uname"):
+        if shutil.which(tool):
+            (bare / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": f"{Path(sys.executable).parent}{os.pathsep}{bare}"}
+    out = subprocess.run([sys.executable, "-m", "snakemake", "--cores", "1", "paper/kvwire.pdf",
+                          "--allowed-rules", "paper_pdf"], cwd=clone, capture_output=True, text=True,
+                         timeout=120, env={**os.environ, **env})
+    assert out.returncode != 0
+    readme = (repo / "README.md").read_text()
+    install = re.search(r"(sudo apt-get install -y --no-install-recommends latexmk[^\n]*)", readme).group(1)
+    assert install in out.stdout + out.stderr
+    assert install in (clone / "logs" / "paper" / "latexmk.log").read_text()

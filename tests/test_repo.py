@@ -42,7 +42,8 @@ def test_nothing_the_study_or_ci_needs_names_the_developers_shared_folder(repo):
                            text=True, check=True).stdout.split()
     roots = ("Snakefile", "config/", "workflow/", "scripts/", "lib/", "profiles/", ".ci/", "tests/", "envs/",
              "bench/", "pyproject.toml", "constraints.txt")
-    pattern = re.compile(r"\.\./shared|parents?\[\d\]\s*(?:\.parent\s*)?/\s*[\"']shared[\"']|parent\s*/\s*[\"']shared[\"']")
+    # a path into it: "../shared/..." or `... / "shared" / ...` (a check that it is absent is fine)
+    pattern = re.compile(r"\.\./shared/|/\s*[\"']shared[\"']\s*(?:/|$)")
     offenders = []
     for name in files:
         path = repo / name

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from kvwire import wire
-from smk import E2E_DATASET, SMOKE_MINUTES, job_counts, snakemake
+from smk import E2E_DATASET, SMOKE_MINUTES, fresh_clone, job_counts, snakemake
 
 def test_lint_is_clean(repo):
     out = snakemake(repo, "--lint")
@@ -36,10 +36,13 @@ def _merged(repo, names):
 
 
 @pytest.mark.parametrize("names", [["config.yaml"], ["smoke.yaml"], ["paper.yaml"],
-                                   ["config.yaml", "all-codecs.yaml"]])
+                                   ["config.yaml", "all-codecs.yaml"], ["config.yaml", "offload-long.yaml"]])
 def test_dry_run_plans_the_whole_fan_out(repo, names, tmp_path):
+    """Every config the README lists plans `all` on a fresh clone (the smoke one runs to the end in
+    test_smoke_study_end_to_end, the default one to a quality job in test_fresh_clone.py)."""
     cfg = _merged(repo, names)
-    out = snakemake(repo, "-n", "--configfile", *[str(repo / "config" / n) for n in names], "-d", str(tmp_path))
+    clone = fresh_clone(repo, tmp_path / "clone")
+    out = snakemake(clone, "-n", "--configfile", *[f"config/{n}" for n in names], cwd=clone, snakefile=False)
     assert out.returncode == 0, out.stderr
     counts = job_counts(out.stdout)
     n_models, n_data, n_codecs = len(cfg["models"]), len(cfg["datasets"]), len(cfg["codecs"])
@@ -50,6 +53,13 @@ def test_dry_run_plans_the_whole_fan_out(repo, names, tmp_path):
     assert counts["quality"] == counts["encode"] == n_models * n_codecs
     assert counts["reference"] == n_models  # the baseline runs once per model, not per codec
     assert counts["time_cpu"] == n_models * n_codecs
+    assert counts["resource_usage"] == 1
+    # the offload study is simulated where the committed GPU replay calibrates every model
+    import json
+
+    calibration = cfg.get("offload", {}).get("calibration", "results/offload/gpu/h200.calibration.json")
+    calibrated = set(json.loads((repo / calibration).read_text())["models"])
+    assert counts.get("offload_trace", 0) == (n_models if set(cfg["models"]) <= calibrated else 0)
     if "all-codecs.yaml" in names:
         from kvwire.codecs import known_names
 
@@ -144,12 +154,21 @@ def test_smoke_study_end_to_end(repo, smoke_study):
 
     import matplotlib.image as mpimg
 
-    for fig in ("speedup_vs_bandwidth", "codec_errors"):
-        png = mpimg.imread(work / f"paper/figures/{fig}.png")
+    for fig in ("speedup_vs_bandwidth", "codec_errors", "pareto", "decision_flowchart"):
+        png = mpimg.imread(work / f"results/figures/{fig}.png")
         assert png.shape[0] > 200 and png.shape[1] > 400 and png.std() > 0.05  # a drawn figure, not a blank
 
+    # every model- and cache-loading job's time and exact peak memory, within what it declared
+    usage = pd.read_csv(work / "results/tables/resources.csv")
+    assert {"fetch_model", "extract_kv", "reference", "quality", "encode", "time_cpu"} <= set(usage.rule)
+    assert len(usage[usage.rule == "quality"]) == len(cfg["models"]) * len(cfg["codecs"])
+    loaded = usage[usage.rule.isin(["fetch_model", "extract_kv", "reference", "quality"])]
+    assert (loaded.peak_rss_mb > 100).all() and (loaded.headroom >= 1).all(), loaded.to_string()
+    assert usage.cpu.notna().all()
+
     # a rerun resumes: nothing left to do
-    again = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work), "-n", env=env)
+    again = snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml", "-n", cwd=work,
+                      snakefile=False, env=env)
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
     # resume + determinism: delete one model's quality results and the table; only those jobs
@@ -159,7 +178,7 @@ def test_smoke_study_end_to_end(repo, smoke_study):
     shutil.rmtree(work / "results/quality/stories260k")
     for t in before:
         (work / f"results/tables/{t}.csv").unlink()
-    redo = snakemake(repo, "--cores", "2", "all", "--configfile", str(cfg_path), "-d", str(work),
+    redo = snakemake(work, "--cores", "2", "all", "--configfile", "config/smoke.yaml", cwd=work, snakefile=False,
                      timeout=SMOKE_MINUTES * 60, env=env)
     assert redo.returncode == 0, redo.stderr[-3000:]
     ran = redo.stdout + redo.stderr
@@ -184,6 +203,7 @@ def test_every_smoke_codec_on_real_caches(repo, smoke_study, tmp_path):
 
     work, _, cfg, _ = smoke_study
     full = yaml.safe_load((repo / "config" / "smoke.yaml").read_text())
+    full["codecs"] = yaml.safe_load((repo / "tests" / "smoke_codecs.yaml").read_text())["codecs"]
     # the reference job ran with the config's torch threads; float32 sums in another order would
     # differ from it in the last bit (identity's delta ce 3e-8 instead of 0)
     threads = torch.get_num_threads()

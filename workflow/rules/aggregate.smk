@@ -14,11 +14,13 @@ rule quality_by_bin:
         ),
     log:
         "logs/aggregate/quality_by_bin.log",
+    benchmark:
+        "results/benchmarks/aggregate/quality_by_bin.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/quality_by_bin.py"
@@ -41,11 +43,13 @@ rule break_even_table:
         ),
     log:
         "logs/aggregate/break_even_table.log",
+    benchmark:
+        "results/benchmarks/aggregate/break_even_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/break_even_table.py"
@@ -62,37 +66,16 @@ rule models_table:
         ),
     log:
         "logs/aggregate/models_table.log",
+    benchmark:
+        "results/benchmarks/aggregate/models_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/models_table.py"
-
-
-rule figure_speedup:
-    input:
-        sweep="results/tables/transfer_sweep.csv",
-        break_even="results/tables/break_even.csv",
-    output:
-        pdf="paper/figures/speedup_vs_bandwidth.pdf",
-        png=report(
-            "paper/figures/speedup_vs_bandwidth.png",
-            caption="../report/speedup.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_speedup.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_speedup.py"
 
 
 rule codecs_table:
@@ -106,36 +89,16 @@ rule codecs_table:
         ),
     log:
         "logs/aggregate/codecs_table.log",
+    benchmark:
+        "results/benchmarks/aggregate/codecs_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/codecs_table.py"
-
-
-rule figure_codec_errors:
-    input:
-        codecs="results/tables/codecs.csv",
-    output:
-        pdf="paper/figures/codec_errors.pdf",
-        png=report(
-            "paper/figures/codec_errors.png",
-            caption="../report/codec_errors.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_codec_errors.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_codec_errors.py"
 
 
 # A failed gate stops the study before its main tables exist (see lib/kvwire/gates.py).
@@ -150,11 +113,13 @@ rule sanity_gates:
         ),
     log:
         "logs/aggregate/sanity_gates.log",
+    benchmark:
+        "results/benchmarks/aggregate/sanity_gates.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         floors=config["gates"],
@@ -185,11 +150,13 @@ rule quality_summary:
         ),
     log:
         "logs/aggregate/quality_summary.log",
+    benchmark:
+        "results/benchmarks/aggregate/quality_summary.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         seed=config.get("seed", 0),
@@ -199,16 +166,19 @@ rule quality_summary:
 
 rule kv_statistics:
     input:
+        facts=model_facts,
         kv=kv_manifests_of_model,
     output:
         table="results/kvstats/{model}.csv",
     log:
         "logs/kvstats/{model}.log",
+    benchmark:
+        "results/benchmarks/kvstats/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_cache("kv_statistics"),
         runtime=20,
     params:
         torch_threads=config.get("torch_threads", 2),
@@ -229,83 +199,16 @@ rule sensitivity_table:
         ),
     log:
         "logs/aggregate/sensitivity_table.log",
+    benchmark:
+        "results/benchmarks/aggregate/sensitivity_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/sensitivity_table.py"
-
-
-rule figure_pareto:
-    input:
-        quality="results/tables/quality.csv",
-    output:
-        pdf="paper/figures/pareto.pdf",
-        png=report(
-            "paper/figures/pareto.png",
-            caption="../report/pareto.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_pareto.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_pareto.py"
-
-
-rule figure_cosine_vs_ce:
-    input:
-        quality="results/tables/quality.csv",
-        spearman="results/tables/cosine_spearman.csv",
-    output:
-        pdf="paper/figures/cosine_vs_delta_ce.pdf",
-        png=report(
-            "paper/figures/cosine_vs_delta_ce.png",
-            caption="../report/cosine_vs_delta_ce.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_cosine_vs_ce.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_cosine_vs_ce.py"
-
-
-rule figure_sensitivity:
-    input:
-        quality="results/tables/quality.csv",
-    output:
-        pdf="paper/figures/sensitivity_heatmap.pdf",
-        png=report(
-            "paper/figures/sensitivity_heatmap.png",
-            caption="../report/sensitivity_heatmap.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_sensitivity.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    params:
-        metric="token_agreement",
-    script:
-        "../../scripts/figure_sensitivity.py"
 
 
 # One model's slice of the study, and its manifest: `snakemake --cores 8 results/slices/M.csv`
@@ -317,11 +220,36 @@ rule model_slice:
         manifest="results/slices/{model}.csv",
     log:
         "logs/slices/{model}.log",
+    benchmark:
+        "results/benchmarks/slices/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/model_slice.py"
+
+
+# What every model- and cache-loading job of the run used: time, CPU, the exact peak RSS its log
+# records and Snakemake's sampled one from its benchmark file, against the mem_mb it declared.
+rule resource_usage:
+    input:
+        benchmarks=usage_benchmarks(),
+    output:
+        table=report(
+            "results/tables/resources.csv",
+            caption="../report/resources.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/resource_usage.log",
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=TABLE_MEM_MB,
+        runtime=10,
+    script:
+        "../../scripts/resource_usage.py"

@@ -1,15 +1,18 @@
 rule encode:
     input:
+        facts=model_facts,
         kv=kv_manifests_of_model,
     output:
-        manifest="results/wire/{model}/{codec}/manifest.json",
+        wire=wire_output(),
     log:
         "logs/encode/{model}/{codec}.log",
+    benchmark:
+        "results/benchmarks/encode/{model}/{codec}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_cache("encode"),
         runtime=30,
     params:
         codec=codec_of,

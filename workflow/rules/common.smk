@@ -1,5 +1,6 @@
 # Config validation, wildcard constraints and every input function of the workflow.
 import glob
+import json
 import os
 import re
 import sys
@@ -14,10 +15,50 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 from kvwire.config import check_config, codec_spec, load_schema  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
+from kvwire.resources import (
+    available_mem_mb,
+    card_shape,
+    facts_mem_mb,
+    gpu_visible,
+    job_mem_mb,
+)  # noqa: E402
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
 validate(config, schema=SCHEMA)  # fills defaults
+
+# A local run (--cores) starts no more jobs than this machine's memory holds: their declared mem_mb
+# add up to at most what is available now, unless --resources or a profile sets mem_mb. Cluster runs
+# (--jobs with an executor) leave memory to the scheduler, which gets each job's mem_mb.
+if (
+    "mem_mb" not in workflow.global_resources
+    and workflow.resource_settings.nodes is None
+):
+    workflow.register_resource("mem_mb", available_mem_mb())
+
+# Said once per local run, not once per GPU-tagged job (each job's log still records it).
+ON_GPU_IF_ANY = [
+    step
+    for step, device in (
+        ("extract_kv", config.get("extract", {}).get("device", "auto")),
+        ("reference/quality", config.get("quality", {}).get("device", "cpu")),
+    )
+    if device == "auto"
+]
+if (
+    ON_GPU_IF_ANY
+    and workflow.is_main_process
+    and workflow.resource_settings.nodes is None
+    and not gpu_visible()
+):
+    print(
+        f"kvwire: no GPU visible: {', '.join(ON_GPU_IF_ANY)} run on the CPU",
+        file=sys.stderr,
+    )
+
+# Memory of the jobs that load no model and no cache (tables, figures): see docs/OPERATIONS.md.
+TABLE_MEM_MB = 1000
+FIGURE_MEM_MB = 1000
 
 MODELS = list(config["models"])
 DATASETS = list(config["datasets"])
@@ -43,6 +84,77 @@ wildcard_constraints:
     link="loopback|veth[0-9.]+",
     rate="[0-9.]+",
     table="[a-z_]+",
+    root="results|paper",
+
+
+# ---------------------------------------------------------------- memory (docs/OPERATIONS.md#memory)
+# Every job that loads a model or a cache declares the peak kvwire.resources fits to the study's
+# measured peaks, from the model's shape (facts.json, or its official card before it exists) and
+# the tokens it handles. Snakemake evaluates them once the inputs exist.
+MACHINE_MEM_MB = available_mem_mb()
+
+
+def sized_mem_mb(step, model, facts, **work):
+    """mem_mb of a job of ``model``: from its facts.json once it exists (Snakemake re-evaluates a
+    job's resources before it starts it), until then from its official card (what a dry run shows);
+    a model with neither claims the machine, so that it runs alone."""
+    if facts and Path(facts).exists():
+        return facts_mem_mb(step, facts, **work)
+    official = config["models"][model].get("official")
+    shape = card_shape(official) if official else None
+    return job_mem_mb(step, shape, **work) if shape else MACHINE_MEM_MB
+
+
+def mem_fetch_model(wildcards):
+    return sized_mem_mb("fetch_model", wildcards.model, None)
+
+
+def mem_extract(wildcards, input):
+    ex = config.get("extract", {})
+    return sized_mem_mb(
+        "extract_kv",
+        wildcards.model,
+        input.facts,
+        tokens=int(wildcards.bin),
+        batch=ex.get("batch_size", 4),
+        attention=bool(ex.get("attention_stats")),
+    )
+
+
+def mem_scoring(step):
+    """reference and quality: every bin of the model, scored in quality.batch_size batches."""
+
+    def mem(wildcards, input):
+        return sized_mem_mb(
+            step,
+            wildcards.model,
+            input.facts,
+            tokens=max(bins_of(wildcards.model)),
+            batch=config["quality"].get("batch_size", 8),
+            continuation=config["prompts"]["continuation"],
+        )
+
+    return mem
+
+
+def mem_cache(step):
+    """encode, time_cpu, kv_statistics: one prompt's cache of the model's largest bin at a time."""
+
+    def mem(wildcards, input):
+        return sized_mem_mb(
+            step, wildcards.model, input.facts, tokens=max(bins_of(wildcards.model))
+        )
+
+    return mem
+
+
+def mem_offload_trace(wildcards, input):
+    return sized_mem_mb(
+        "offload_trace",
+        wildcards.model,
+        input.facts,
+        tokens=max(config["offload"]["contexts"]),
+    )
 
 
 def model_dir(wildcards):
@@ -104,8 +216,16 @@ def kv_manifests_of_model(wildcards):
     )
 
 
-def wire_manifest(wildcards):
-    return f"results/wire/{wildcards.model}/{wildcards.codec}/manifest.json"
+def wire_containers(wildcards):
+    return f"results/wire/{wildcards.model}/{wildcards.codec}"
+
+
+def wire_output():
+    """One codec's containers of one model (a folder: manifest.json + one .kvw per prompt). Only the
+    quality job reads them: unless ``storage.keep_wire``, Snakemake deletes them once it has.
+    """
+    out = directory("results/wire/{model}/{codec}")
+    return out if config["storage"]["keep_wire"] else temp(out)
 
 
 def reference_file(wildcards):
@@ -166,8 +286,13 @@ def gpu_timing_tables():
     )
 
 
+def study_figures(*names):
+    """``results/figures/<name>.{pdf,png}``: the study's own figures (the paper's are in paper/figures)."""
+    return expand("results/figures/{f}.{ext}", f=names, ext=["pdf", "png"])
+
+
 def gpu_outputs():
-    """The GPU summaries and figure, where any GPU timing table exists."""
+    """The GPU summaries and figures, where any GPU timing table exists."""
     if not gpu_timing_tables():
         return []
     return [
@@ -176,24 +301,14 @@ def gpu_outputs():
         "results/tables/break_even_shift.csv",
         "results/tables/break_even_all.csv",
         "results/tables/gpu_transfer_sweep.csv",
-        "paper/figures/gpu_kernels.pdf",
-        "paper/figures/gpu_kernels.png",
-        "paper/figures/break_even_shift.pdf",
-        "paper/figures/break_even_shift.png",
-        "paper/figures/speedup_cpu_gpu.pdf",
-        "paper/figures/speedup_cpu_gpu.png",
-    ]
+    ] + study_figures("gpu_kernels", "break_even_shift", "speedup_cpu_gpu")
 
 
 def decision_outputs():
     """The decision table and flowchart: they need the GPU speed-up sweep, so GPU timings."""
     if not gpu_timing_tables():
         return []
-    return [
-        "results/tables/decision.csv",
-        "paper/figures/decision_flowchart.pdf",
-        "paper/figures/decision_flowchart.png",
-    ]
+    return ["results/tables/decision.csv"] + study_figures("decision_flowchart")
 
 
 def first_kv_manifest(wildcards):
@@ -252,9 +367,7 @@ def router_outputs():
     return [
         "results/tables/router.csv",
         "results/tables/router_by_bandwidth.csv",
-        "paper/figures/router_regret.pdf",
-        "paper/figures/router_regret.png",
-    ]
+    ] + study_figures("router_regret")
 
 
 def kv_statistics_all():
@@ -275,20 +388,31 @@ def offload_traces_all():
     return expand("results/offload/traces/{model}/manifest.json", model=MODELS)
 
 
-def offload_outputs():
-    """The offload summary and figures: in `all` where the GPU replay's committed table and the
-    calibration it measured exist (a fresh clone has them; a scratch directory has not).
+def offload_uncalibrated():
+    """Why the offload study cannot be simulated for this config (None if it can): the simulation
+    runs on the costs a GPU replay measured for the same models (offload.calibration).
     """
     off = config["offload"]
     if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
+        return f"no GPU replay at {off['gpu_table']} / {off['calibration']}"
+    with open(off["calibration"]) as fh:
+        measured = set(json.load(fh).get("models", {}))
+    missing = [m for m in MODELS if m not in measured]
+    if missing:
+        return f"{off['calibration']} has no GPU costs for {', '.join(missing)}"
+    return None
+
+
+def offload_outputs():
+    """The offload summary and figures: in `all` where the GPU replay's committed table and the
+    calibration it measured for this config's models exist (a fresh clone of the default study has
+    them; the smoke study's tiny model and a scratch directory have not: rule offload_gpu makes them).
+    """
+    if offload_uncalibrated():
         return []
-    return [
-        "results/tables/offload.csv",
-        "paper/figures/offload_latency.pdf",
-        "paper/figures/offload_latency.png",
-        "paper/figures/offload_pool.pdf",
-        "paper/figures/offload_pool.png",
-    ]
+    return ["results/tables/offload.csv"] + study_figures(
+        "offload_latency", "offload_pool"
+    )
 
 
 def model_facts_all():
@@ -296,24 +420,54 @@ def model_facts_all():
 
 
 def measured_transfer_outputs():
-    """The measured-link and end-to-end tables (made as root, outside `all`) and the e2e figure:
-    in `all` where this working directory has them (the repository's are committed) or has the
-    measurements behind them; a scratch directory (-d) has neither and asks for none."""
+    """The measured-link and end-to-end tables and the e2e figure: in `all` where this working
+    directory has the measurements behind them (made as root, outside `all`: docs/TRANSFER.md).
+    """
     out = []
-    if measured_link_models() or Path("results/tables/link_model.csv").exists():
+    if measured_link_models():
         out.append("results/tables/link_model.csv")
-    if e2e_tables() or Path("results/tables/e2e_transfer.csv").exists():
-        out += [
-            "results/tables/e2e_transfer.csv",
-            "paper/figures/e2e_model_vs_measured.pdf",
-            "paper/figures/e2e_model_vs_measured.png",
-        ]
+    if e2e_tables():
+        out += ["results/tables/e2e_transfer.csv"] + study_figures(
+            "e2e_model_vs_measured"
+        )
     return out
+
+
+def usage_benchmarks():
+    """The benchmark files of every job of `all` that loads a model or a cache (rule resource_usage)."""
+    files = (
+        expand("results/benchmarks/models/{model}.tsv", model=MODELS)
+        + expand("results/benchmarks/prompts/{dataset}.tsv", dataset=DATASETS)
+        + [
+            f"results/benchmarks/extract/{m}/{d}/{n}.tsv"
+            for m in MODELS
+            for d in DATASETS
+            for n in bins_of(m)
+        ]
+        + expand(
+            "results/benchmarks/{step}/{model}.tsv",
+            step=["reference", "kvstats", "transfer"],
+            model=MODELS,
+        )
+        + expand(
+            "results/benchmarks/{step}/{model}/{codec}.tsv",
+            step=["encode", "quality", "timing/cpu"],
+            model=MODELS,
+            codec=CODECS,
+        )
+    )
+    if offload_outputs():
+        files += expand("results/benchmarks/offload/trace_{model}.tsv", model=MODELS)
+        files.append("results/benchmarks/offload/simulate.tsv")
+    if router_outputs():
+        files.append("results/benchmarks/router/router.tsv")
+    return files
 
 
 def all_outputs():
     return (
-        measured_transfer_outputs()
+        ["results/tables/resources.csv"]
+        + measured_transfer_outputs()
         + [
             "results/tables/quality.csv",
             "results/tables/quality_by_bin.csv",
@@ -325,17 +479,14 @@ def all_outputs():
             "results/tables/codecs.csv",
             "results/tables/cosine_spearman.csv",
             "results/tables/attention_retention.csv",
-            "paper/figures/codec_errors.pdf",
-            "paper/figures/codec_errors.png",
-            "paper/figures/speedup_vs_bandwidth.pdf",
-            "paper/figures/speedup_vs_bandwidth.png",
-            "paper/figures/pareto.pdf",
-            "paper/figures/pareto.png",
-            "paper/figures/cosine_vs_delta_ce.pdf",
-            "paper/figures/cosine_vs_delta_ce.png",
-            "paper/figures/sensitivity_heatmap.pdf",
-            "paper/figures/sensitivity_heatmap.png",
         ]
+        + study_figures(
+            "codec_errors",
+            "speedup_vs_bandwidth",
+            "pareto",
+            "cosine_vs_delta_ce",
+            "sensitivity_heatmap",
+        )
         + gpu_outputs()
         + decision_outputs()
         + router_outputs()
@@ -343,41 +494,12 @@ def all_outputs():
     )
 
 
-# `snakemake paper` runs only these rules: each reads committed cached tables (results/tables/,
-# results/timing/gpu/) or another of them, never the study's bulk data, models or GPUs.
-PAPER_RULES = [
-    "paper_artifacts",
-    "gpu_tables",
-    "break_even_shift",
-    "break_even_all",
-    "figure_codec_errors",
-    "figure_speedup",
-    "figure_speedup_cpu_gpu",
-    "figure_pareto",
-    "figure_cosine_vs_ce",
-    "figure_sensitivity",
-    "figure_gpu_kernels",
-    "figure_e2e",
-    "paper_decision",
-    "paper_table",
-    "paper_macros",
-    "paper_pdf",
-    "figure_router",
-    "figure_offload",
-]
-
-# What each of the paper's artifacts is made from. A table named here is cached (committed under
-# results/tables/) unless DERIVED says which tables `snakemake paper` makes it from; "gpu_timing"
-# is the committed results/timing/gpu/*.csv. An artifact whose sources are absent is left out of
-# the paper's run and the PDF says "no data" in its place.
-DERIVED = {
-    "gpu_kernels": ["gpu_timing"],
-    "gpu_break_even": ["gpu_timing"],
-    "break_even_shift": ["break_even", "models", "gpu_break_even"],
-    "break_even_all": ["break_even", "models", "gpu_break_even"],
-    "gpu_transfer_sweep": ["break_even", "models", "gpu_break_even"],
-    "decision": ["transfer_sweep", "gpu_transfer_sweep", "quality"],
-}
+# ---------------------------------------------------------------- the paper (rules/paper.smk)
+# The paper reads the published tables in paper/tables (committed, written by `kvwire publish`,
+# never by a rule), so none of its jobs can pull in the study.
+PAPER_TABLES = "paper/tables"
+# What each figure is drawn from (rules/figures.smk); a paper figure whose tables are not published
+# is left out and the PDF says "no data" in its place.
 FIGURE_SOURCES = {
     "codec_errors": ["codecs"],
     "speedup_vs_bandwidth": ["transfer_sweep", "break_even"],
@@ -401,15 +523,20 @@ LATEX_TABLE_SOURCES = {
 }
 # the tables whose numbers the text quotes (paper_macros): the library's list
 MACRO_TABLES = MACRO_TABLE_NAMES
+TEX_MISSING_MESSAGE = (
+    "TeX Live is not installed (latexmk, pdflatex, bibtex); install it with: "
+    "sudo apt-get install -y --no-install-recommends latexmk texlive-latex-recommended "
+    "texlive-latex-extra texlive-fonts-recommended poppler-utils"
+)
+
+
+def paper_table(table):
+    return f"{PAPER_TABLES}/{table}.csv"
 
 
 def paper_has(table):
-    """Whether `snakemake paper` has ``table``: committed here, or derivable from what is."""
-    if table == "gpu_timing":
-        return bool(gpu_timing_tables())
-    if table in DERIVED:
-        return all(paper_has(t) for t in DERIVED[table])
-    return Path(f"results/tables/{table}.csv").exists()
+    """Whether ``table`` is published in paper/tables."""
+    return Path(paper_table(table)).exists()
 
 
 def _present(sources):
@@ -425,24 +552,18 @@ def paper_latex_tables():
 
 
 def latex_table_sources(wildcards):
-    needs = LATEX_TABLE_SOURCES[wildcards.table]
-    return {t: f"results/tables/{t}.csv" for t in needs}
+    return {t: paper_table(t) for t in LATEX_TABLE_SOURCES[wildcards.table]}
 
 
 def paper_macro_tables():
-    """name -> table, for the macro tables `snakemake paper` has (a missing one reads "no data")."""
-    return {t: f"results/tables/{t}.csv" for t in MACRO_TABLES if paper_has(t)}
+    """name -> table, for the macro tables published (a missing one reads "no data")."""
+    return {t: paper_table(t) for t in MACRO_TABLES if paper_has(t)}
 
 
 def paper_outputs():
-    """Every figure and derived table the paper rebuilds from the cached tables, and the PDF."""
+    """Every paper figure whose tables are published, and the PDF."""
     figures = [f[: -len(".pdf")] for f in paper_figures()]
-    derived = [t for t in DERIVED if paper_has(t)]
-    return (
-        expand("{f}.{ext}", f=figures, ext=["pdf", "png"])
-        + expand("results/tables/{t}.csv", t=derived)
-        + ["paper/kvwire.pdf"]
-    )
+    return expand("{f}.{ext}", f=figures, ext=["pdf", "png"]) + ["paper/kvwire.pdf"]
 
 
 def paper_sources():
@@ -453,9 +574,11 @@ def paper_sources():
     }
 
 
-def paper_config_args():
-    """This run's --configfile, handed to the paper's inner run (none: the default config)."""
-    files = workflow.overwrite_configfiles or []
-    if not files:
-        return ""
-    return "--configfile " + " ".join(f"'{Path(f).resolve()}'" for f in files)
+# Said once per local run: what `all` leaves out, and why.
+if workflow.is_main_process and workflow.resource_settings.nodes is None:
+    _why = offload_uncalibrated() if "offload" in config else None
+    if _why:
+        print(
+            f"kvwire: the offload study is not part of `all` ({_why}; rule offload_gpu on a GPU)",
+            file=sys.stderr,
+        )

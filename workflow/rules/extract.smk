@@ -7,12 +7,14 @@ rule extract_kv:
         manifest="results/kv/{model}/{dataset}/{bin}/manifest.json",
     log:
         "logs/extract/{model}/{dataset}/{bin}.log",
+    benchmark:
+        "results/benchmarks/extract/{model}/{dataset}/{bin}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: config.get("torch_threads", 2)  # the job's torch threads: one-thread jobs run side by side
     resources:
         gpu=1,
-        mem_mb=8000,
+        mem_mb=mem_extract,
         runtime=60,
     params:
         prefix_tokens=lambda wc: int(wc.bin),

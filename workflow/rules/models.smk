@@ -3,11 +3,13 @@ rule fetch_model:
         facts="resources/models/{model}/facts.json",
     log:
         "logs/models/{model}.log",
+    benchmark:
+        "results/benchmarks/models/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=8000,
+        mem_mb=mem_fetch_model,
         runtime=60,
     params:
         spec=model_spec,

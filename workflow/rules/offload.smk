@@ -7,11 +7,13 @@ rule offload_trace:
         manifest="results/offload/traces/{model}/manifest.json",
     log:
         "logs/offload/trace_{model}.log",
+    benchmark:
+        "results/benchmarks/offload/trace_{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
     resources:
-        mem_mb=12000,
+        mem_mb=mem_offload_trace,
         runtime=60,
     params:
         model_dir=model_dir,
@@ -34,6 +36,8 @@ rule offload_gpu:
         calibration="results/offload/gpu/runs/{gpu}.calibration.json",
     log:
         "logs/offload/gpu_{gpu}.log",
+    benchmark:
+        "results/benchmarks/offload/gpu_{gpu}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 4
@@ -56,6 +60,8 @@ rule offload_simulate:
         table="results/offload/sim/offload_sim.csv",
     log:
         "logs/offload/simulate.log",
+    benchmark:
+        "results/benchmarks/offload/simulate.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -80,39 +86,13 @@ rule offload_table:
         ),
     log:
         "logs/offload/table.log",
+    benchmark:
+        "results/benchmarks/offload/table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/offload_table.py"
-
-
-rule figure_offload:
-    input:
-        table="results/tables/offload.csv",
-    output:
-        latency_pdf="paper/figures/offload_latency.pdf",
-        latency_png=report(
-            "paper/figures/offload_latency.png",
-            caption="../report/offload_latency.rst",
-            category="Figures",
-        ),
-        pool_pdf="paper/figures/offload_pool.pdf",
-        pool_png=report(
-            "paper/figures/offload_pool.png",
-            caption="../report/offload_pool.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/offload/figure.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_offload.py"

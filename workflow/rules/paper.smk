@@ -1,34 +1,18 @@
-# `snakemake paper`: every figure and derived table rebuilt from the committed cached tables alone,
-# on a machine with no model, no GPU and none of the study's bulk data. The inner run allows only
-# PAPER_RULES, so a cached table is a source file there and never a reason to rerun the experiments
-# behind it; an artifact whose tables are missing is left out and the PDF says so (common.smk:
-# FIGURE_SOURCES, LATEX_TABLE_SOURCES, DERIVED); --forceall rebuilds every artifact from them.
+# The paper, built from the published tables in paper/tables (committed; `kvwire publish` copies a
+# study's results/tables there). No rule writes paper/tables, so `snakemake paper`, or asking for
+# paper/kvwire.pdf or any paper figure by its path, runs only the figure, LaTeX-table, macro and
+# latexmk jobs below and never the experiments behind the tables. A table missing from paper/tables
+# leaves its artefacts out and the PDF says "no data" in their place (common.smk: FIGURE_SOURCES,
+# LATEX_TABLE_SOURCES, paper_macro_tables).
 rule paper:
-    log:
-        "logs/paper/paper.log",
-    localrule: True
-    conda:
-        "../../envs/analysis.yaml"
-    threads: workflow.cores
-    params:
-        rules=" ".join(PAPER_RULES),
-        config_args=paper_config_args(),
-        snakefile=workflow.main_snakefile,
-    shell:
-        "snakemake --snakefile {params.snakefile} --cores {threads} --forceall"
-        " --allowed-rules {params.rules} {params.config_args} -- paper_artifacts"
-        " > {log} 2>&1"
-        " || {{ tail -n 40 {log}; exit 1; }}"
-
-
-rule paper_artifacts:
     input:
         paper_outputs(),
+    localrule: True
 
 
-# Which codec to send with, by encoder and bandwidth, at the configured quality floor; the flowchart
-# is drawn from that table.
-rule paper_decision:
+# Which codec to send with, by encoder and bandwidth, at the configured quality floor (its flowchart
+# is the figure rule figure_decision).
+rule decision_table:
     input:
         cpu="results/tables/transfer_sweep.csv",
         gpu="results/tables/gpu_transfer_sweep.csv",
@@ -39,24 +23,20 @@ rule paper_decision:
             caption="../report/decision.rst",
             category="Tables",
         ),
-        pdf="paper/figures/decision_flowchart.pdf",
-        png=report(
-            "paper/figures/decision_flowchart.png",
-            caption="../report/decision_flowchart.rst",
-            category="Figures",
-        ),
     log:
-        "logs/paper/paper_decision.log",
+        "logs/aggregate/decision_table.log",
+    benchmark:
+        "results/benchmarks/aggregate/decision_table.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         floor=config["paper"]["quality_floor"],
     script:
-        "../../scripts/paper_decision.py"
+        "../../scripts/decision_table.py"
 
 
 rule paper_table:
@@ -66,11 +46,13 @@ rule paper_table:
         tex="paper/generated/tables/{table}.tex",
     log:
         "logs/paper/paper_table_{table}.log",
+    benchmark:
+        "results/benchmarks/paper/paper_table_{table}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/paper_table.py"
@@ -83,11 +65,13 @@ rule paper_macros:
         macros="paper/generated/macros.tex",
     log:
         "logs/paper/paper_macros.log",
+    benchmark:
+        "results/benchmarks/paper/paper_macros.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         floor=config["paper"]["quality_floor"],
@@ -96,7 +80,8 @@ rule paper_macros:
 
 
 # latexmk in paper/ (TeX Live from Debian, see README): the text and bibliography come from the
-# repository, everything generated from the working directory's paper/.
+# repository, everything generated from the working directory's paper/. Without TeX the job stops
+# before latexmk with the one line that installs it.
 rule paper_pdf:
     input:
         **paper_sources(),
@@ -107,15 +92,20 @@ rule paper_pdf:
         pdf="paper/kvwire.pdf",
     log:
         "logs/paper/latexmk.log",
+    benchmark:
+        "results/benchmarks/paper/latexmk.tsv"
     conda:
         "../../envs/latex.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         src=lambda wildcards, input: str(Path(input.tex).parent),
+        missing_tex=TEX_MISSING_MESSAGE,
     shell:
-        "log=$(pwd)/{log}; cd paper && TEXINPUTS=.:{params.src}: BIBINPUTS={params.src}:"
+        "for tool in latexmk pdflatex bibtex; do command -v $tool >/dev/null ||"
+        " {{ echo {params.missing_tex:q} | tee {log} >&2; exit 1; }}; done;"
+        " log=$(pwd)/{log}; cd paper && TEXINPUTS=.:{params.src}: BIBINPUTS={params.src}:"
         " latexmk -pdf -interaction=nonstopmode -halt-on-error -jobname=kvwire"
         " {input.tex} > $log 2>&1 || {{ tail -n 40 $log; exit 1; }}"

@@ -3,11 +3,13 @@ rule build_prompts:
         docs="resources/prompts/{dataset}.jsonl",
     log:
         "logs/prompts/{dataset}.log",
+    benchmark:
+        "results/benchmarks/prompts/{dataset}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=20,
     params:
         spec=dataset_spec,

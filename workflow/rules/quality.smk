@@ -7,11 +7,13 @@ rule reference:
         reference="results/reference/{model}.safetensors",
     log:
         "logs/reference/{model}.log",
+    benchmark:
+        "results/benchmarks/reference/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: config.get("torch_threads", 2)
     resources:
-        mem_mb=8000,
+        mem_mb=mem_scoring("reference"),
         runtime=60,
     params:
         quality=config.get("quality", {}),
@@ -26,17 +28,19 @@ rule quality:
     input:
         facts=model_facts,
         kv=kv_manifests_of_model,
-        wire=wire_manifest,
+        wire=wire_containers,
         reference=reference_file,
     output:
         quality="results/quality/{model}/{codec}.json",
     log:
         "logs/quality/{model}/{codec}.log",
+    benchmark:
+        "results/benchmarks/quality/{model}/{codec}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: config.get("torch_threads", 2)
     resources:
-        mem_mb=8000,
+        mem_mb=mem_scoring("quality"),
         runtime=60,
     params:
         quality=config.get("quality", {}),

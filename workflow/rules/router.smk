@@ -19,6 +19,8 @@ rule router:
         ),
     log:
         "logs/router/router.log",
+    benchmark:
+        "results/benchmarks/router/router.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 1
@@ -32,25 +34,3 @@ rule router:
         torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/router.py"
-
-
-rule figure_router:
-    input:
-        by_bandwidth="results/tables/router_by_bandwidth.csv",
-    output:
-        pdf="paper/figures/router_regret.pdf",
-        png=report(
-            "paper/figures/router_regret.png",
-            caption="../report/router_regret.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/router/figure_router.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_router.py"

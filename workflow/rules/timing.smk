@@ -1,16 +1,19 @@
 # CPU timing takes every core so that no neighbouring job disturbs the clock.
 rule time_cpu:
     input:
+        facts=model_facts,
         kv=kv_manifests_for_timing,
     output:
         table="results/timing/cpu/{model}/{codec}.csv",
     log:
         "logs/timing/cpu/{model}/{codec}.log",
+    benchmark:
+        "results/benchmarks/timing/cpu/{model}/{codec}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: workflow.cores
     resources:
-        mem_mb=4000,
+        mem_mb=mem_cache("time_cpu"),
         runtime=30,
     params:
         codec=codec_of,
@@ -29,6 +32,8 @@ rule time_gpu:
         table="results/timing/gpu/runs/{gpu}.csv",
     log:
         "logs/timing/gpu/{gpu}.log",
+    benchmark:
+        "results/benchmarks/timing/gpu/{gpu}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: 2
@@ -58,36 +63,16 @@ rule gpu_tables:
         ),
     log:
         "logs/aggregate/gpu_tables.log",
+    benchmark:
+        "results/benchmarks/aggregate/gpu_tables.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/gpu_tables.py"
-
-
-rule figure_gpu_kernels:
-    input:
-        summary="results/tables/gpu_kernels.csv",
-    output:
-        pdf="paper/figures/gpu_kernels.pdf",
-        png=report(
-            "paper/figures/gpu_kernels.png",
-            caption="../report/gpu_kernels_figure.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_gpu_kernels.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_gpu_kernels.py"
 
 
 rule break_even_shift:
@@ -101,19 +86,15 @@ rule break_even_shift:
             caption="../report/break_even_shift.rst",
             category="Tables",
         ),
-        pdf="paper/figures/break_even_shift.pdf",
-        png=report(
-            "paper/figures/break_even_shift.png",
-            caption="../report/break_even_shift_figure.rst",
-            category="Figures",
-        ),
     log:
         "logs/aggregate/break_even_shift.log",
+    benchmark:
+        "results/benchmarks/aggregate/break_even_shift.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
         "../../scripts/break_even_shift.py"
@@ -138,37 +119,16 @@ rule break_even_all:
         ),
     log:
         "logs/aggregate/break_even_all.log",
+    benchmark:
+        "results/benchmarks/aggregate/break_even_all.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         bandwidths=config["transfer"]["gpu_bandwidths_gbps"],
         cpu_dtype=config["extract"]["dtype"],
     script:
         "../../scripts/break_even_all.py"
-
-
-rule figure_speedup_cpu_gpu:
-    input:
-        cpu="results/tables/transfer_sweep.csv",
-        gpu="results/tables/gpu_transfer_sweep.csv",
-    output:
-        pdf="paper/figures/speedup_cpu_gpu.pdf",
-        png=report(
-            "paper/figures/speedup_cpu_gpu.png",
-            caption="../report/speedup_cpu_gpu.rst",
-            category="Figures",
-        ),
-    log:
-        "logs/aggregate/figure_speedup_cpu_gpu.log",
-    conda:
-        "../../envs/analysis.yaml"
-    threads: 1
-    resources:
-        mem_mb=2000,
-        runtime=10,
-    script:
-        "../../scripts/figure_speedup_cpu_gpu.py"

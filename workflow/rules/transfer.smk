@@ -6,11 +6,13 @@ rule transfer_model:
         break_even="results/transfer/{model}/break_even.csv",
     log:
         "logs/transfer/{model}.log",
+    benchmark:
+        "results/benchmarks/transfer/{model}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=1000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
         bandwidths=config["transfer"]["bandwidths_gbps"],
@@ -28,6 +30,8 @@ rule link_validation:
         model="results/transfer/link/{link}/model.csv",
     log:
         "logs/transfer/link/{link}.log",
+    benchmark:
+        "results/benchmarks/transfer/link/{link}.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: workflow.cores
@@ -40,45 +44,29 @@ rule link_validation:
         "../../scripts/link_validation.py"
 
 
-# Made from the link measurements present; where there are none, the committed table is a source.
-if measured_link_models():
-
-    rule link_summary:
-        input:
-            models=measured_link_models(),
-        output:
-            table=report(
-                "results/tables/link_model.csv",
-                caption="../report/link_model.rst",
-                category="Tables",
-            ),
-        log:
-            "logs/transfer/link_summary.log",
-        conda:
-            "../../envs/analysis.yaml"
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=5,
-        script:
-            "../../scripts/link_summary.py"
-
-else:
-
-    # the committed table: a source here (a job only if it is missing, to say how to make it)
-    rule link_summary:
-        output:
-            table=report(
-                "results/tables/link_model.csv",
-                caption="../report/link_model.rst",
-                category="Tables",
-            ),
-        log:
-            "logs/transfer/link_summary.log",
-        conda:
-            "../../envs/analysis.yaml"
-        shell:
-            "echo 'results/tables/link_model.csv is a cached table made from measurements this directory lacks: as root, snakemake --cores 1 link_validation_all, then link_summary' | tee {log} >&2; exit 1"
+# The link measurements present (link_validation needs root and runs first); `all` asks for the table
+# only where some exist (common.smk: measured_transfer_outputs).
+rule link_summary:
+    input:
+        models=measured_link_models(),
+    output:
+        table=report(
+            "results/tables/link_model.csv",
+            caption="../report/link_model.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/transfer/link_summary.log",
+    benchmark:
+        "results/benchmarks/transfer/link_summary.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=TABLE_MEM_MB,
+        runtime=5,
+    script:
+        "../../scripts/link_summary.py"
 
 
 rule link_validation_all:
@@ -95,6 +83,8 @@ rule e2e_transfer:
         table="results/transfer/e2e/{model}/veth{rate}.csv",
     log:
         "logs/transfer/e2e/{model}/veth{rate}.log",
+    benchmark:
+        "results/benchmarks/transfer/e2e/{model}/veth{rate}.tsv"
     conda:
         "../../envs/torch.yaml"
     threads: workflow.cores
@@ -108,66 +98,26 @@ rule e2e_transfer:
         "../../scripts/e2e_transfer.py"
 
 
-# The end-to-end runs present (e.g. results/transfer/e2e/smollm2-135m/veth10.csv) summarised into a
-# cached table the paper reads; run after e2e_transfer: `snakemake --cores 1 e2e_summary`.
-# Made from the end-to-end runs present; where there are none, the committed table is a source.
-if e2e_tables():
-
-    rule e2e_summary:
-        input:
-            tables=e2e_tables(),
-        output:
-            table=report(
-                "results/tables/e2e_transfer.csv",
-                caption="../report/e2e_transfer.rst",
-                category="Tables",
-            ),
-        log:
-            "logs/transfer/e2e_summary.log",
-        conda:
-            "../../envs/analysis.yaml"
-        threads: 1
-        resources:
-            mem_mb=1000,
-            runtime=10,
-        script:
-            "../../scripts/e2e_summary.py"
-
-else:
-
-    # the committed table: a source here (a job only if it is missing, to say how to make it)
-    rule e2e_summary:
-        output:
-            table=report(
-                "results/tables/e2e_transfer.csv",
-                caption="../report/e2e_transfer.rst",
-                category="Tables",
-            ),
-        log:
-            "logs/transfer/e2e_summary.log",
-        conda:
-            "../../envs/analysis.yaml"
-        shell:
-            "echo 'results/tables/e2e_transfer.csv is a cached table made from measurements this directory lacks: as root, snakemake --cores 2 results/transfer/e2e/MODEL/vethRATE.csv, then e2e_summary' | tee {log} >&2; exit 1"
-
-
-rule figure_e2e:
+# The end-to-end runs present (e.g. results/transfer/e2e/smollm2-135m/veth10.csv, made as root by
+# e2e_transfer) summarised: `snakemake --cores 1 results/tables/e2e_transfer.csv`.
+rule e2e_summary:
     input:
-        table="results/tables/e2e_transfer.csv",
+        tables=e2e_tables(),
     output:
-        pdf="paper/figures/e2e_model_vs_measured.pdf",
-        png=report(
-            "paper/figures/e2e_model_vs_measured.png",
-            caption="../report/e2e_model_vs_measured.rst",
-            category="Figures",
+        table=report(
+            "results/tables/e2e_transfer.csv",
+            caption="../report/e2e_transfer.rst",
+            category="Tables",
         ),
     log:
-        "logs/transfer/figure_e2e.log",
+        "logs/transfer/e2e_summary.log",
+    benchmark:
+        "results/benchmarks/transfer/e2e_summary.tsv"
     conda:
         "../../envs/analysis.yaml"
     threads: 1
     resources:
-        mem_mb=2000,
+        mem_mb=TABLE_MEM_MB,
         runtime=10,
     script:
-        "../../scripts/figure_e2e.py"
+        "../../scripts/e2e_summary.py"
