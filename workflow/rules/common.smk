@@ -148,6 +148,19 @@ def mem_cache(step):
     return mem
 
 
+def mem_router(wildcards, input):
+    """The router reads every model's caches, one at a time: the largest model's bin sizes it."""
+    return max(
+        sized_mem_mb(
+            "router",
+            m,
+            f"resources/models/{m}/facts.json",
+            tokens=max(bins_of(m)),
+        )
+        for m in MODELS
+    )
+
+
 def mem_offload_trace(wildcards, input):
     return sized_mem_mb(
         "offload_trace",

@@ -25,7 +25,7 @@ rule router:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=mem_router,
         runtime=30,
     params:
         router=config["router"],
