@@ -80,9 +80,16 @@ def points(run: Path, cfg: dict) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# A process that imports torch and transformers and loads a model holds this much before any work
+# (the smallest peak of a model-loading job: stories260K's fetch, reference and quality, 424-439 MB).
+BASE_MIN = 420.0
+
+
 def envelope_fit(frame: pd.DataFrame) -> tuple[float, float]:
     """base, slope of the line through the largest peak at each distinct estimate (least squares;
-    one distinct estimate: the slope stays 1 and the base takes the rest)."""
+    one distinct estimate: the slope stays 1 and the base takes the rest). The base is at least
+    BASE_MIN: with two points a line may dip below what any such process holds, and it must not
+    promise small jobs less than that (the slope then rises until the line covers every point)."""
     top = frame.groupby(frame.estimate_mb.round(1)).peak_mb.max()
     x, y = top.index.to_numpy(dtype=float), top.to_numpy(dtype=float)
     if len(x) < 2 or np.ptp(x) < 1:
@@ -90,6 +97,9 @@ def envelope_fit(frame: pd.DataFrame) -> tuple[float, float]:
     slope, base = np.polyfit(x, y, 1)
     slope = max(float(slope), 0.0)
     base = float(np.max(y - slope * x))  # shift up: the line covers every envelope point
+    if base < BASE_MIN and frame.peak_mb.min() > BASE_MIN:
+        base = BASE_MIN
+        slope = float(np.max((y - base) / np.maximum(x, 1e-9)))
     return base, slope
 
 

@@ -15,13 +15,13 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
 from kvwire.config import check_config, codec_spec, load_schema  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
-from kvwire.resources import (
+from kvwire.resources import (  # noqa: E402
     available_mem_mb,
     card_shape,
     facts_mem_mb,
     gpu_visible,
     job_mem_mb,
-)  # noqa: E402
+)
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
@@ -30,11 +30,12 @@ validate(config, schema=SCHEMA)  # fills defaults
 # A local run (--cores) starts no more jobs than this machine's memory holds: their declared mem_mb
 # add up to at most what is available now, unless --resources or a profile sets mem_mb. Cluster runs
 # (--jobs with an executor) leave memory to the scheduler, which gets each job's mem_mb.
+MACHINE_MEM_MB = available_mem_mb()
 if (
     "mem_mb" not in workflow.global_resources
     and workflow.resource_settings.nodes is None
 ):
-    workflow.register_resource("mem_mb", available_mem_mb())
+    workflow.register_resource("mem_mb", MACHINE_MEM_MB)
 
 # Said once per local run, not once per GPU-tagged job (each job's log still records it).
 ON_GPU_IF_ANY = [
@@ -91,7 +92,6 @@ wildcard_constraints:
 # Every job that loads a model or a cache declares the peak kvwire.resources fits to the study's
 # measured peaks, from the model's shape (facts.json, or its official card before it exists) and
 # the tokens it handles. Snakemake evaluates them once the inputs exist.
-MACHINE_MEM_MB = available_mem_mb()
 
 
 def sized_mem_mb(step, model, facts, **work):
