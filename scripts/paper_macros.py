@@ -1,4 +1,4 @@
-"""Rule paper_macros: every number the paper quotes, as LaTeX macros from the cached tables present."""
+"""Rule paper_macros: every number the paper quotes, as LaTeX macros from the published tables present."""
 import sys
 from pathlib import Path
 

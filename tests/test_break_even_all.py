@@ -9,7 +9,7 @@ from kvwire.errors import KVError
 from kvwire.stages.break_even import gpu_sweep, unified_break_even
 from kvwire.transfer import break_even_gbps, cost_from_arrays
 
-TABLES = Path(__file__).resolve().parents[1] / "results" / "tables"
+TABLES = Path(__file__).resolve().parents[1] / "paper" / "tables"  # the published tables
 MODELS = pd.DataFrame([{"name": "tiny", "num_layers": 4, "num_kv_heads": 2, "head_dim": 64}])
 
 

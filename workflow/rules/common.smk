@@ -336,8 +336,8 @@ def e2e_tables():
 
 
 def measured_link_models():
-    """The link measurements present (link_validation needs root; it runs first), summarised into
-    the cached table: with none here the committed table stands and nothing reruns."""
+    """The link measurements present (link_validation needs root; it runs first): `all` summarises
+    them where there are any (the published table is paper/tables/link_model.csv)."""
     return sorted(glob.glob("results/transfer/link/*/model.csv"))
 
 
@@ -417,7 +417,7 @@ def offload_uncalibrated():
 
 
 def offload_outputs():
-    """The offload summary and figures: in `all` where the GPU replay's committed table and the
+    """The offload summary and figures: in `all` where the GPU replay's committed results and the
     calibration it measured for this config's models exist (a fresh clone of the default study has
     them; the smoke study's tiny model and a scratch directory have not: rule offload_gpu makes them).
     """

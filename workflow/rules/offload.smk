@@ -66,7 +66,7 @@ rule offload_simulate:
         "../../envs/torch.yaml"
     threads: 1
     resources:
-        mem_mb=4000,
+        mem_mb=TABLE_MEM_MB,  # reads traces and a calibration: it peaked at 357 MB
         runtime=20,
     params:
         offload=config["offload"],
