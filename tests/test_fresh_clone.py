@@ -69,6 +69,12 @@ def test_the_default_study_runs_to_its_prompts_and_a_quality_job(default_clone):
     assert 0.9 <= quality["summary"]["token_agreement"] <= 1.0
     # the wire containers were deleted once the quality job had read them (storage.keep_wire: false)
     assert not (clone / "results/wire/smollm2-135m/int8").exists()
+    # the run's jobs could never claim more memory than the machine had available when it started
+    from kvwire.resources import available_mem_mb
+
+    provided = int(re.search(r'Provided resources: mem_mb=(?:Resource\("mem_mb", )?(\d+)', log).group(1))
+    total_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+    assert 1000 < provided < total_mb and abs(provided - available_mem_mb()) < 0.25 * total_mb
     # the GPU notice came once, from the workflow, not once per extraction job (each job's log has it)
     assert log.count("no GPU visible") == 1
     extract_logs = sorted((clone / "logs/extract/smollm2-135m").rglob("*.log"))

@@ -381,7 +381,12 @@ def test_materialize_local_end_to_end(tmp_path):
     logits = model(ids).logits
     assert logits.shape == (1, ids.shape[1], 512) and torch.isfinite(logits).all()
 
-    materialize("stories260k", {"source": f"local:{STORIES}"}, out, progress=False)  # replaces it
+    assert facts["source"] == f"local:{STORIES}"
+    # the workflow resolves a config's relative path for the job, and facts keep the config's text:
+    # where a checkout lives must not reach the KV files and wire headers (or the ratios) of its model
+    again = materialize("stories260k", {"source": f"local:{STORIES}", "configured_source": "local:data/models/x"},
+                        out, progress=False)  # replaces it
+    assert again["source"] == "local:data/models/x" and again["sha256"] == facts["sha256"]
     assert sorted(p.name for p in out.parent.iterdir()) == ["stories260k"]  # no temp dirs left
 
 

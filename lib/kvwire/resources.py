@@ -131,15 +131,32 @@ def _params_from_shape(s: Mapping, *, tied: bool) -> int:
 
 
 def card_shape(official: str) -> dict | None:
-    """The shape of an embedded official model card (lib/kvwire/model_cards), read without torch:
-    what fetch_model's memory is sized by, before the model exists."""
+    """The shape of an official model card (an embedded one, lib/kvwire/model_cards, by repo id, or
+    a card or config.json path), read without torch: what sizes a model's jobs before it exists."""
     from importlib import resources as importlib_resources
 
-    entry = importlib_resources.files("kvwire") / "model_cards" / (official.replace("/", "__") + ".json")
-    if not official or not entry.is_file():
+    if not official:
         return None
-    card = json.loads(entry.read_text(encoding="utf-8"))
-    return model_shape(card.get("config", card))
+    if official.endswith(".json"):
+        entry = Path(official).expanduser()
+    else:
+        entry = importlib_resources.files("kvwire") / "model_cards" / (official.replace("/", "__") + ".json")
+    if not entry.is_file():
+        return None
+    try:
+        card = json.loads(entry.read_text(encoding="utf-8"))
+        return model_shape(card.get("config", card))
+    except (json.JSONDecodeError, ConfigError, TypeError, ValueError):
+        return None
+
+
+def source_shape(source: str) -> dict | None:
+    """The shape of a ``local:`` model directory from its config.json (None for other sources, or a
+    directory without one): a local model is sized before its facts exist, without loading it."""
+    scheme, _, path = source.partition(":")
+    if scheme != "local":
+        return None
+    return card_shape(str(Path(path) / "config.json")) if Path(path).is_dir() else None
 
 
 def peak_estimate_mb(rule: str, shape: Mapping, *, tokens: int = 0, batch: int = 1, continuation: int = 0,

@@ -21,6 +21,7 @@ from kvwire.resources import (  # noqa: E402
     facts_mem_mb,
     gpu_visible,
     job_mem_mb,
+    source_shape,
 )
 
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
@@ -96,12 +97,16 @@ wildcard_constraints:
 
 def sized_mem_mb(step, model, facts, **work):
     """mem_mb of a job of ``model``: from its facts.json once it exists (Snakemake re-evaluates a
-    job's resources before it starts it), until then from its official card (what a dry run shows);
-    a model with neither claims the machine, so that it runs alone."""
+    job's resources before it starts it), until then from its official card or, for a local model,
+    its config.json (what a dry run shows, and what fetch_model asks for); a model with none of
+    them (a hub id without an official card) claims the machine, so that it runs alone.
+    """
     if facts and Path(facts).exists():
         return facts_mem_mb(step, facts, **work)
-    official = config["models"][model].get("official")
-    shape = card_shape(official) if official else None
+    spec = config["models"][model]
+    shape = card_shape(spec.get("official", "")) or source_shape(
+        _from_repo(spec["source"])
+    )
     return job_mem_mb(step, shape, **work) if shape else MACHINE_MEM_MB
 
 
@@ -192,7 +197,11 @@ def _from_repo(source):
 
 
 def model_spec(wildcards):
+    """The model's config entry, its local path made absolute for the job; facts.json records the
+    source as configured, so that no checkout's location reaches the KV files or the wire bytes.
+    """
     spec = dict(config["models"][wildcards.model])
+    spec["configured_source"] = spec["source"]
     spec["source"] = _from_repo(spec["source"])
     return spec
 
