@@ -5,7 +5,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvwire.analysis import bootstrap_ci, paired_bootstrap_ci, pareto_front, ranks, spearman
+from kvwire.analysis import (bootstrap_ci, cluster_bootstrap_ci, paired_bootstrap_ci, pareto_front, ranks,
+                             significance_signs, spearman)
 from kvwire.errors import KvwireError
 
 
@@ -88,3 +89,57 @@ def test_pareto_front_ratio_tolerance():
     assert list(pareto_front([2.0, 2.1], [0.9, 0.9], ratio_rtol=1e-3)) == [False, True]
     with pytest.raises(KvwireError):
         pareto_front([1.0], [1.0], ratio_rtol=1.0)
+
+
+# ----------------------------------------------------------------------------- cluster bootstrap
+
+
+def test_cluster_bootstrap_with_singleton_clusters_is_the_plain_bootstrap():
+    x = np.random.default_rng(3).normal(size=40)
+    assert cluster_bootstrap_ci(x, [f"d{i}" for i in range(40)], seed=9) == bootstrap_ci(x, seed=9)
+
+
+def test_cluster_bootstrap_known_answer_for_nested_prefixes():
+    # 10 documents x 4 prompts whose values are equal within a document (4 nested prefixes of one text
+    # that behave alike): the independent sample is the 10 documents, so the interval is the bootstrap
+    # interval of the 10 document means -- draw for draw -- and wider than the 40-prompt one.
+    doc_means = np.random.default_rng(5).normal(size=10)
+    values = np.repeat(doc_means, 4)
+    docs = np.repeat([f"doc{i}" for i in range(10)], 4)
+    clustered = cluster_bootstrap_ci(values, list(docs), seed=2, n_boot=4000)
+    assert clustered == pytest.approx(bootstrap_ci(doc_means, seed=2, n_boot=4000))
+    naive = bootstrap_ci(values, seed=2, n_boot=4000)
+    assert (clustered[1] - clustered[0]) > 1.6 * (naive[1] - naive[0])  # sqrt(4) = 2 in expectation
+
+
+def test_cluster_bootstrap_weights_unequal_clusters_by_their_values():
+    # the point estimate a resample targets is the mean over values, not over cluster means
+    values, docs = [0.0, 0.0, 0.0, 1.0], ["a", "a", "a", "b"]
+    lo, hi = cluster_bootstrap_ci(values, docs, seed=0, n_boot=4000)
+    assert lo == 0.0 and hi == 1.0  # resamples: {a,a} -> 0, {b,b} -> 1, {a,b} -> 1/4
+    with pytest.raises(KvwireError, match="4 values but 3 cluster labels"):
+        cluster_bootstrap_ci(values, docs[:3], seed=0)
+
+
+def test_paired_bootstrap_by_document_and_signs():
+    rng = np.random.default_rng(11)
+    base = {f"p{i}": float(v) for i, v in enumerate(rng.normal(size=60))}
+    better = {k: v + 0.5 + 0.1 * rng.normal() for k, v in base.items()}
+    same = {k: v + 0.1 * rng.normal() for k, v in base.items()}
+    docs = {k: f"doc{int(k[1:]) // 3}" for k in base}
+    diff, lo, hi = paired_bootstrap_ci(better, base, seed=1, clusters=docs)
+    assert lo < diff < hi and lo > 0.4
+    with pytest.raises(KvwireError, match="without a document"):
+        paired_bootstrap_ci(better, base, seed=1, clusters={})
+    names, signs = significance_signs({"base": base, "better": better, "same": same}, seed=4, clusters=docs)
+    assert names == ["base", "better", "same"]
+    assert signs[0, 1] == 1 and signs[1, 0] == -1 and signs[2, 1] == 1 and signs[0, 2] == 0
+
+
+def test_pareto_front_counts_only_significant_quality_differences():
+    ratio, quality = [2.0, 4.0], [0.99, 0.98]  # the 4x codec looks a hair worse
+    assert pareto_front(ratio, quality).tolist() == [True, True]
+    tie = np.zeros((2, 2), dtype=int)  # the hair is inside its interval: 4x at equal quality wins
+    assert pareto_front(ratio, quality, quality_signs=tie).tolist() == [False, True]
+    worse = np.array([[0, -1], [1, 0]])  # significantly worse: both stay
+    assert pareto_front(ratio, quality, quality_signs=worse).tolist() == [True, True]

@@ -38,6 +38,11 @@ def test_shipped_configs_are_valid(repo, schema, name):
     (lambda c: c["codecs"]["zstd"]["params"].update(lvl=1), "config key 'codecs.zstd'.*unknown parameter"),
     (lambda c: c.pop("models"), "'models' is a required property"),
     (lambda c: c["models"].update({"bad/name": {"source": "hf:x"}}), "bad/name"),
+    (lambda c: c["quality"].update(pairs=[["int8", "kivi9"]]),
+     "config key 'quality.pairs[0]': ['int8', 'kivi9'] names codec ids not in 'codecs': ['kivi9']"),
+    (lambda c: c["quality"].update(pairs=[["int8", "int8"]]), "compares a codec with itself"),
+    (lambda c: c["quality"].update(pairs=[["int8"]]), "config key 'quality.pairs[0]'"),
+    (lambda c: c["prompts"].update(chars_per_token=0.5), "config key 'prompts.chars_per_token'"),
 ])
 def test_bad_config_names_the_key(schema, default, edit, needle):
     cfg = copy.deepcopy(default)

@@ -29,7 +29,7 @@ def _reduced_default(clone):
     codecs; everything else (datasets, their pins, quality and extraction settings) as shipped."""
     cfg = yaml.safe_load((clone / "config" / "config.yaml").read_text())
     cfg["models"] = {"smollm2-135m": cfg["models"]["smollm2-135m"]}
-    cfg["prompts"].update(bins=[256], per_bin=2, max_docs=8)
+    cfg["prompts"].update(bins=[256], per_bin=2)
     cfg["codecs"] = {"identity": {}, "int8": {}}
     cfg["quality"].update(generate_tokens=8, batch_size=4)
     cfg["offload"]["contexts"] = [1024]

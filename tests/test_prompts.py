@@ -391,3 +391,61 @@ def test_the_default_study_reads_its_pinned_copies(repo):
         assert hashlib.sha256(path.read_bytes()).hexdigest() == spec["sha256"], name
         assert spec["sha256"] in sources, name
         assert (path.parent / "LICENSE").is_file(), name
+
+
+# ----------------------------------------------------------------------------- independent documents per bin
+
+WIKI_SPEC = {"source": f"file:{WIKITEXT2}", "format": "wikitext"}
+GSM_SPEC = {"source": f"file:{GSM8K}", "format": "gsm8k"}
+NEEDS = {b: b + 64 for b in (256, 512, 1024, 2048)}
+
+
+@pytest.mark.parametrize("spec", [WIKI_SPEC, GSM_SPEC], ids=["wikitext2", "gsm8k"])
+def test_bin_documents_share_no_unit(spec):
+    from kvwire.prompts import build_bin_documents
+
+    rows = build_bin_documents(spec, needs=NEEDS, per_bin=13, seed=7, chars_per_token=6)  # config/full.yaml's
+    assert sorted({r["bin"] for r in rows}) == sorted(NEEDS)
+    units = [u for r in rows for u in r["units"]]
+    assert len(units) == len(set(units)), "a unit (article, problem) is in two documents"
+    texts = [r["text"] for r in rows]
+    assert len({r["id"] for r in rows}) == len(rows)
+    for r in rows:  # a document is long enough for its bin, and no prompt's text is inside another's
+        assert r["n_chars"] == len(r["text"]) >= 6 * NEEDS[r["bin"]]
+    smallest = [r["text"][:300] for r in rows if r["bin"] == 256]
+    assert not any(head in other for head in smallest for other in texts if not other.startswith(head))
+    assert sum(1 for r in rows if r["bin"] == 2048) == 13 + max(2, 13 // 5)
+
+
+def test_bin_documents_keep_long_articles_whole_and_are_seeded():
+    from kvwire.prompts import _units_for, build_bin_documents
+
+    units = [u for u in _units_for(WIKI_SPEC)[0] if u]
+    rows = build_bin_documents(WIKI_SPEC, needs=NEEDS, per_bin=4, seed=1)
+    for r in rows:
+        if len(r["units"]) == 1:  # a whole article, exactly
+            assert r["text"] == units[r["units"][0]]
+        else:  # joined only because no unused article was long enough alone
+            assert all(len(units[u]) < 8 * NEEDS[r["bin"]] for u in r["units"])
+    assert build_bin_documents(WIKI_SPEC, needs=NEEDS, per_bin=4, seed=1) == rows
+    assert build_bin_documents(WIKI_SPEC, needs=NEEDS, per_bin=4, seed=2) != rows
+
+
+def test_bin_documents_run_out_with_a_clear_error():
+    from kvwire.prompts import build_bin_documents
+
+    with pytest.raises(PromptSourceError, match=r"bin 2048 needs 40\+8 documents .* only \d+ could be made"):
+        build_bin_documents(WIKI_SPEC, needs=NEEDS, per_bin=40, seed=0)
+
+
+def test_select_prompts_reads_only_its_bins_documents(stories_tokenizer):
+    from kvwire.prompts import build_bin_documents
+
+    rows = build_bin_documents(GSM_SPEC, needs={64: 72, 128: 136}, per_bin=3, seed=0)
+    small = select_prompts(rows, stories_tokenizer, prefix_tokens=64, continuation_tokens=8, count=3)
+    large = select_prompts(rows, stories_tokenizer, prefix_tokens=128, continuation_tokens=8, count=3)
+    by_id = {r["id"]: r for r in rows}
+    assert {by_id[p["prompt_id"]]["bin"] for p in small} == {64}
+    assert {by_id[p["prompt_id"]]["bin"] for p in large} == {128}
+    with pytest.raises(PromptSourceError, match=r"made for bins \[64, 128\], not 256 .* rebuild"):
+        select_prompts(rows, stories_tokenizer, prefix_tokens=256, continuation_tokens=8, count=1)

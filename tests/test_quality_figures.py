@@ -258,3 +258,34 @@ def test_speedup_heatmaps_show_the_pivoted_table(tmp_path):
     sweep.to_csv(tmp_path / "sweep.csv", index=False)
     speedup_vs_bandwidth(tmp_path / "sweep.csv", tmp_path / "s.pdf", tmp_path / "s.png")
     assert_figures(tmp_path / "s.pdf", tmp_path / "s.png")
+
+
+def test_quality_pairs_forest_marks_only_significant_differences(tmp_path, monkeypatch):
+    from kvwire import plots
+
+    rows = []
+    for model, n in (("a", 52), ("b", 48)):
+        for (ca, cb), diff, lo, hi in ((("int8", "int8_channel"), -0.01, -0.03, 0.01),
+                                       (("int4", "int4_channel"), -0.2, -0.25, -0.15)):
+            rows.append({"model": model, "codec_a": ca, "codec_b": cb, "n_documents": n,
+                         "token_agreement_diff": diff, "token_agreement_ci_lo": lo, "token_agreement_ci_hi": hi,
+                         "token_agreement_significant": lo > 0 or hi < 0})
+    pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
+    drawn = {}
+    real_save = plots._save
+
+    def keep(plt, fig, *paths):  # the markers as drawn: (x, hollow?) per point
+        ax = fig.axes[0]
+        drawn["points"] = [(float(line.get_xdata()[0]), line.get_markerfacecolor() == "white")
+                           for line in ax.lines if line.get_marker() == "o" and len(line.get_xdata())]
+        drawn["labels"] = [t.get_text() for t in ax.get_yticklabels()]
+        real_save(plt, fig, *paths)
+
+    monkeypatch.setattr(plots, "_save", keep)
+    plots.quality_pairs_forest(tmp_path / "pairs.csv", tmp_path / "f.pdf", tmp_path / "f.png")
+    assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
+    assert drawn["labels"] == ["int8 − int8_channel", "int4 − int4_channel"]
+    assert sorted(drawn["points"]) == [(-0.2, False), (-0.2, False), (-0.01, True), (-0.01, True)]
+    pd.DataFrame(columns=["model"]).to_csv(tmp_path / "empty.csv", index=False)
+    with pytest.raises(ConfigError, match="no row"):
+        plots.quality_pairs_forest(tmp_path / "empty.csv", tmp_path / "e.pdf", tmp_path / "e.png")

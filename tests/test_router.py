@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kvwire.router import DecisionTree, PROMPT_KEY, best_fixed, evaluate, label_examples, split_by_prompt
+from kvwire.router import DecisionTree, PROMPT_KEY, best_fixed, evaluate, label_examples, split_by_document
 
 
 def test_tree_learns_a_threshold_and_an_interaction():
@@ -20,15 +20,16 @@ def test_tree_learns_a_threshold_and_an_interaction():
     assert set(DecisionTree(max_depth=0).fit(X, y).predict(Xt)) == {pd.Series(y).value_counts().idxmax()}
 
 
-def test_split_keeps_each_prompt_on_one_side_and_is_stable():
-    ex = pd.DataFrame([{"model": "m", "dataset": "d", "bin": 8, "prompt_id": i, "bandwidth_gbps": bw}
-                       for i in range(200) for bw in (1, 10, 100)])
-    test = split_by_prompt(ex, 0.3, seed=1)
-    per_prompt = test.groupby(ex["prompt_id"]).nunique()
-    assert (per_prompt == 1).all()
+def test_split_keeps_each_document_on_one_side_and_is_stable():
+    # every document read by two models, and (as older studies did) cut at two lengths
+    ex = pd.DataFrame([{"model": m, "dataset": "d", "bin": b, "prompt_id": i, "bandwidth_gbps": bw}
+                       for m in ("m1", "m2") for b in (8, 16) for i in range(200) for bw in (1, 10, 100)])
+    test = split_by_document(ex, 0.3, seed=1)
+    per_document = test.groupby(ex["prompt_id"]).nunique()
+    assert (per_document == 1).all()
     assert 0.2 < test.mean() < 0.4
-    assert (split_by_prompt(ex.iloc[::-1], 0.3, seed=1).sort_index() == test).all()  # order-free
-    assert not (split_by_prompt(ex, 0.3, seed=2) == test).all()
+    assert (split_by_document(ex.iloc[::-1], 0.3, seed=1).sort_index() == test).all()  # order-free
+    assert not (split_by_document(ex, 0.3, seed=2) == test).all()
 
 
 def _study():

@@ -9,7 +9,7 @@ import pytest
 
 from kvwire.errors import ConfigError
 from kvwire.stages.tables import (attention_retention_table, codecs_table, cosine_spearman, quality_by_bin,
-                                  quality_by_model)
+                                  quality_by_model, quality_pairs)
 
 
 def write_job(root, model, codec, rows, cpu_seconds=4.0):
@@ -61,6 +61,64 @@ def test_quality_by_model_means_intervals_and_pareto(tmp_path):
     again = quality_by_model(study(tmp_path), tmp_path / "out2.csv", seed=3)
     assert (tmp_path / "out.csv").read_bytes() == (tmp_path / "out2.csv").read_bytes()  # seeded
     assert len(pd.read_csv(tmp_path / "out.csv")) == 3 and len(again) == 3
+    assert table.n_documents.tolist() == [40, 40, 40]  # every prompt its own document
+
+
+def test_prompts_of_one_document_are_resampled_together(tmp_path):
+    # the same 40 rows, but as 10 documents x 4 bins (nested prefixes, ids repeat across bins):
+    # "bad"'s per-prompt spread is shared within a document, so its interval must widen
+    def nested(n, **kw):
+        rows = prompt_rows(n, **kw)
+        for i, r in enumerate(rows):
+            r["prompt_id"], r["bin"] = f"p{i // 4}", 128 * (1 + i % 4)
+        return rows
+
+    def job(root, codec, agreement, wire):
+        return write_job(root, "m", codec, nested(40, agreement=agreement, delta=lambda i, r: 0.0,
+                                                  cos=lambda i, r: 1.0, wire=wire))
+
+    spread = lambda i, r: 0.6 + 0.04 * (i // 4)  # noqa: E731  constant within a document
+    flat = [job(tmp_path / "flat", "identity", lambda i, r: 1.0, 1000),
+            job(tmp_path / "flat", "bad", spread, 250)]
+    clustered = quality_by_model(flat, tmp_path / "c.csv", seed=1).set_index("codec").loc["bad"]
+    assert clustered.n_prompts == 40 and clustered.n_documents == 10
+    single = [write_job(tmp_path / "s", "m", c, prompt_rows(40, agreement=a, delta=lambda i, r: 0.0,
+                                                            cos=lambda i, r: 1.0, wire=w))
+              for c, a, w in (("identity", lambda i, r: 1.0, 1000), ("bad", spread, 250))]
+    plain = quality_by_model(single, tmp_path / "p.csv", seed=1).set_index("codec").loc["bad"]
+    assert plain.token_agreement == pytest.approx(clustered.token_agreement)
+    width = lambda row: row.token_agreement_ci_hi - row.token_agreement_ci_lo  # noqa: E731
+    assert width(clustered) > 1.5 * width(plain)
+
+
+def test_quality_pairs_compares_codecs_on_the_same_documents(tmp_path):
+    files = study(tmp_path)
+    table = quality_pairs(files, tmp_path / "pairs.csv", [["good", "bad"], ["identity", "good"]], seed=0)
+    good_bad = table.set_index(["codec_a", "codec_b"]).loc[("good", "bad")]
+    assert good_bad.n_prompts == 40 and good_bad.n_documents == 40
+    assert good_bad.token_agreement_diff == pytest.approx(0.99 - 0.75)
+    assert good_bad.token_agreement_ci_lo > 0 and good_bad.token_agreement_significant
+    assert good_bad.ratio_a == pytest.approx(2.0) and good_bad.ratio_b == pytest.approx(4.0)
+    ident_good = table.set_index(["codec_a", "codec_b"]).loc[("identity", "good")]
+    assert ident_good.token_agreement_diff == pytest.approx(0.01) and ident_good.token_agreement_significant
+    with pytest.raises(ConfigError, match=r"names codecs no quality record holds: \['kivi9'\]"):
+        quality_pairs(files, tmp_path / "x.csv", [["good", "kivi9"]], seed=0)
+    with pytest.raises(ConfigError, match="not a pair"):
+        quality_pairs(files, tmp_path / "x.csv", [["good", "good"]], seed=0)
+
+
+def test_pareto_needs_a_significant_quality_difference(tmp_path):
+    # "near" matches "good"'s ratio (500 wire bytes, +1 byte) with agreement indistinguishable from it:
+    # it is a tie, so neither puts the other off the front; "worse" (same ratio, clearly lower) is off
+    files = study(tmp_path)
+    noisy = lambda i, r: 0.99 + (0.004 if i % 2 else -0.0039)  # noqa: E731  mean 0.99005, spread +-0.004
+    files.append(write_job(tmp_path, "m", "near", prompt_rows(40, agreement=noisy, delta=lambda i, r: 0.01,
+                                                               cos=lambda i, r: 0.999, wire=500)))
+    files.append(write_job(tmp_path, "m", "worse", prompt_rows(40, agreement=lambda i, r: 0.9, delta=lambda i, r: 0.1,
+                                                                cos=lambda i, r: 0.99, wire=500)))
+    table = quality_by_model(files, tmp_path / "q.csv", seed=0).set_index("codec")
+    assert table.loc["near"].token_agreement > table.loc["good"].token_agreement  # by a hair
+    assert table.loc["good", "pareto"] and table.loc["near", "pareto"] and not table.loc["worse", "pareto"]
 
 
 def test_quality_by_model_needs_identity_and_matching_prompts(tmp_path):

@@ -49,6 +49,7 @@ def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     problems = [_describe(e) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
     if not problems:
         problems += _codec_problems(config.get("codecs", {}))
+        problems += _pair_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -69,4 +70,17 @@ def _codec_problems(codecs: Mapping[str, Any]) -> list[str]:
             build(name, params)
         except KvwireError as exc:
             problems.append(f"config key 'codecs.{codec_id}': {exc}")
+    return problems
+
+
+def _pair_problems(config: Mapping[str, Any]) -> list[str]:
+    """quality.pairs must name two different codec ids of the study (caught at planning, not after it ran)."""
+    codecs = config.get("codecs", {}) or {}
+    problems = []
+    for i, pair in enumerate((config.get("quality") or {}).get("pairs", []) or []):
+        unknown = [c for c in pair if c not in codecs]
+        if unknown:
+            problems.append(f"config key 'quality.pairs[{i}]': {pair!r} names codec ids not in 'codecs': {unknown}")
+        elif pair[0] == pair[1]:
+            problems.append(f"config key 'quality.pairs[{i}]': {pair!r} compares a codec with itself")
     return problems

@@ -531,6 +531,45 @@ def sensitivity_heatmap(by_model_csv: str | Path, pdf: str | Path, png: str | Pa
     _save(plt, fig, pdf, png)
 
 
+def quality_pairs_forest(pairs_csv: str | Path, pdf: str | Path, png: str | Path, *,
+                         metric: str = "token_agreement") -> None:
+    """Forest plot of ``quality_pairs.csv``: one row per codec pair (a - b), one marker per model with its
+    paired, document-resampled interval; filled where the interval excludes 0, hollow where it holds 0."""
+    import seaborn as sns
+
+    plt = _pyplot()
+    t = pd.read_csv(pairs_csv)
+    if t.empty:
+        raise ConfigError("quality pairs figure: quality_pairs.csv has no row (config key quality.pairs is empty?)")
+    sns.set_theme(style="whitegrid", context="paper")
+    labels = list(dict.fromkeys(f"{a} − {b}" for a, b in zip(t.codec_a, t.codec_b)))
+    models = sorted(t.model.unique())
+    palette = dict(zip(models, sns.color_palette("deep", len(models))))
+    fig, ax = plt.subplots(figsize=(6.0, 1.0 + 0.34 * len(labels) * max(1, len(models)) ** 0.5))
+    step = 0.7 / max(len(models), 1)
+    for j, model in enumerate(models):
+        sub = t[t.model == model]
+        for _, row in sub.iterrows():
+            y = labels.index(f"{row.codec_a} − {row.codec_b}") + (j - (len(models) - 1) / 2) * step
+            diff, lo, hi = row[f"{metric}_diff"], row[f"{metric}_ci_lo"], row[f"{metric}_ci_hi"]
+            significant = bool(row[f"{metric}_significant"])
+            ax.plot([lo, hi], [y, y], color=palette[model], lw=1.2)
+            ax.plot([diff], [y], "o", ms=4, color=palette[model],
+                    markerfacecolor=palette[model] if significant else "white")
+    for model in models:
+        ax.plot([], [], "o", color=palette[model], label=f"{model} (n={int(t[t.model == model].n_documents.max())} docs)")
+    ax.axvline(0.0, color="black", lw=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.invert_yaxis()
+    ax.tick_params(labelsize=7)
+    name = {"token_agreement": "token agreement", "delta_ce": "Δ cross-entropy (nats/token)",
+            "greedy_match": "greedy match"}[metric]
+    ax.set_xlabel(f"difference in {name}, a − b (95 % paired bootstrap over documents)")
+    ax.legend(fontsize=6, loc="best")
+    fig.tight_layout()
+    _save(plt, fig, pdf, png)
+
+
 def gpu_kernel_throughput(summary_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
     """Fraction of each GPU's measured copy bandwidth per codec (median over shapes >= 64 MB, bars for
     min..max), encode and decode side by side; one colour per GPU, so GPUs compare codec by codec."""

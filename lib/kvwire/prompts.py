@@ -2,11 +2,14 @@
 
 Two steps, so that the model-independent part is computed once per dataset:
 
-1. :func:`build_documents` turns one ``datasets:`` entry of the config into text documents, each at
-   least ``min_chars`` long (enough for the largest length bin), never cut mid-unit (article,
-   problem, paragraph, topic). Deterministic: documents are grouped in source order, then the
-   document order is shuffled with ``random.Random(seed)``.
-2. :func:`select_prompts` tokenizes documents with one model's tokenizer and cuts exactly
+1. :func:`build_bin_documents` turns one ``datasets:`` entry of the config into text documents for
+   each length bin, never cut mid-unit (article, problem, paragraph, topic), and no unit in two
+   documents: every prompt of a (dataset, model) cell is a different document, so the prompts are
+   independent samples (the 256-token prompt is not the start of the 2048-token one). Every model
+   reads the same documents, so codecs and models are compared on the same text.
+   :func:`build_documents` is the one-bin form (documents of at least ``min_chars``), used by the
+   offload traces. Deterministic: ``random.Random(seed)`` orders documents or units.
+2. :func:`select_prompts` tokenizes one bin's documents with one model's tokenizer and cuts exactly
    ``prefix_tokens`` prefix ids (BOS included when used) and ``continuation_tokens`` ids after them.
 
 Sources (``spec["source"]``): ``builtin:python-docs`` (CPython's bundled reference docs, works on any
@@ -21,6 +24,7 @@ import hashlib
 import inspect
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -103,13 +107,97 @@ def build_documents(spec: dict, *, max_docs: int, min_chars: int, seed: int) -> 
     ]
 
 
-def _first_readable(spec: dict, sources: list[str], **kw) -> list[dict]:
+def build_bin_documents(spec: dict, *, needs: dict[int, int], per_bin: int, seed: int,
+                        spare: int | None = None, chars_per_token: float = CHARS_PER_TOKEN) -> list[dict]:
+    """Disjoint documents for every length bin: ``per_bin + spare`` per bin, no unit used twice.
+
+    ``needs`` maps each bin (its prefix tokens) to the tokens a document must hold (prefix plus
+    continuation); a document gets at least ``chars_per_token`` characters per needed token. Bins are
+    served largest first; for each document the first unused unit (in seeded random order) that is
+    long enough on its own is taken whole (a WikiText article stays one article), else unused units
+    are joined in that order until the document is long enough (GSM8K problems, short articles).
+    ``spare`` documents per bin stand in when a tokenizer packs more characters per token than
+    assumed (default ``max(2, per_bin // 5)``); :func:`select_prompts` skips documents that are
+    too short and errors if fewer than ``per_bin`` remain.
+
+    Rows: ``{"id": "<slug>-<n>", "bin", "text", "source", "n_chars", "units"}``; ``n`` is the
+    source-order index of the document's first unit (unique, as no unit is used twice) and
+    ``units`` lists every unit's index. Raises PromptSourceError naming the bin when the source runs out.
+    """
+    if per_bin <= 0 or not needs or any(int(b) <= 0 or int(n) < int(b) for b, n in needs.items()):
+        raise ValueError(f"need per_bin > 0 and needs {{bin: tokens >= bin}}, got {per_bin}, {needs}")
+    if not 1.0 <= float(chars_per_token) <= 64.0:
+        raise PromptSourceError(f"chars_per_token must be in [1, 64], got {chars_per_token!r}")
+    spare = max(2, per_bin // 5) if spare is None else int(spare)
+    sources = spec.get("source") if isinstance(spec, dict) else None
+    kw = dict(needs=needs, per_bin=per_bin, seed=seed, spare=spare, chars_per_token=chars_per_token)
+    if isinstance(sources, list) and sources and all(isinstance(x, str) for x in sources):
+        return _first_readable(spec, sources, build=build_bin_documents, **kw)
+    if not isinstance(sources, str):
+        raise PromptSourceError(f"dataset spec {spec!r} has no 'source' string (or list of strings)")
+    wanted = {int(b): int(math.ceil(chars_per_token * int(n))) for b, n in needs.items()}
+    budget = (per_bin + spare) * sum(wanted.values())
+    units_iter, row_source = _units_for(spec)
+    units: list[str] = []
+    total = 0
+    for unit in units_iter:  # bounded: streamed corpora (c4) are read only as far as the budget needs
+        if unit:
+            units.append(unit)
+            total += len(unit)
+            if total >= POOL_FACTOR * budget:
+                break
+    order = list(range(len(units)))
+    random.Random(seed).shuffle(order)
+    used = [False] * len(units)
+    separator = _unit_separator(spec)
+    slug = _dataset_slug(spec)
+    rows: list[dict] = []
+    for bin_tokens in sorted(wanted, reverse=True):
+        min_chars = wanted[bin_tokens]
+        for k in range(per_bin + spare):
+            parts = _take_units(units, order, used, min_chars)
+            if parts is None:
+                have = sum(len(units[i]) for i in range(len(units)) if not used[i])
+                raise PromptSourceError(
+                    f"dataset {spec['source']!r}: bin {bin_tokens} needs {per_bin}+{spare} documents of "
+                    f">= {min_chars} chars ({chars_per_token} per token) from units no other prompt uses; "
+                    f"only {k} could be made ({have} unused chars left): lower per_bin or the largest bin, "
+                    f"lower prompts.chars_per_token, or use a longer source"
+                )
+            rows.append({"id": f"{slug}-{min(parts)}", "bin": bin_tokens,
+                         "text": separator.join(units[i] for i in parts), "source": row_source,
+                         "n_chars": sum(len(units[i]) for i in parts) + len(separator) * (len(parts) - 1),
+                         "units": sorted(parts)})
+    return rows
+
+
+def _take_units(units: list[str], order: list[int], used: list[bool], min_chars: int) -> list[int] | None:
+    """Mark and return the units of one document of >= min_chars: one whole unit if any is long
+    enough, else unused units joined in ``order``; None when the unused units are too short in all."""
+    for i in order:
+        if not used[i] and len(units[i]) >= min_chars:
+            used[i] = True
+            return [i]
+    parts, size = [], 0
+    for i in order:
+        if not used[i]:
+            parts.append(i)
+            size += len(units[i])
+            if size >= min_chars:
+                for j in parts:
+                    used[j] = True
+                return parts
+    return None
+
+
+def _first_readable(spec: dict, sources: list[str], build=None, **kw) -> list[dict]:
     """Documents from the first of ``sources`` that can be read (a local copy, then the hub, say);
     if none can, one error that gives every source's reason."""
+    build = build or build_documents
     reasons = []
     for source in sources:
         try:
-            return build_documents(dict(spec, source=source), **kw)
+            return build(dict(spec, source=source), **kw)
         except PromptSourceError as exc:
             reasons.append(f"  {source}: {exc}")
     raise PromptSourceError("no source of this dataset could be read:\n" + "\n".join(reasons))
@@ -145,9 +233,11 @@ def select_prompts(
 ) -> list[dict]:
     """Cut ``count`` prompts of exactly ``prefix_tokens`` + ``continuation_tokens`` ids.
 
-    Takes the first ``count`` documents (in the given order) whose token count reaches the total.
-    Text is always tokenized without special tokens; BOS is then prepended explicitly when
-    :func:`uses_bos` says so, and counts towards ``prefix_tokens``.
+    Takes the first ``count`` documents (in the given order) whose token count reaches the total;
+    documents made for bins (rows with a ``bin``, :func:`build_bin_documents`) are taken from this
+    bin's only, so no two prompts of a study share text. Text is always tokenized without special
+    tokens; BOS is then prepended explicitly when :func:`uses_bos` says so, and counts towards
+    ``prefix_tokens``.
     """
     if prefix_tokens <= 0 or continuation_tokens < 0 or count < 0:
         raise ValueError(
@@ -156,6 +246,15 @@ def select_prompts(
         )
     bos_ids = [tokenizer.bos_token_id] if uses_bos(tokenizer, add_bos) else []
     needed = prefix_tokens + continuation_tokens
+    if any("bin" in doc for doc in docs):
+        binned = [doc for doc in docs if doc.get("bin") == prefix_tokens]
+        if not binned:
+            bins = sorted({doc.get("bin") for doc in docs if "bin" in doc})
+            raise PromptSourceError(
+                f"dataset {_docs_dataset(docs)}: the documents were made for bins {bins}, not {prefix_tokens} "
+                f"(the config's bins changed: rebuild them, rule build_prompts)"
+            )
+        docs = binned
     prompts: list[dict] = []
     for doc in docs:
         if len(prompts) == count:
@@ -172,7 +271,7 @@ def select_prompts(
         raise PromptSourceError(
             f"dataset {_docs_dataset(docs)}: bin {prefix_tokens} needs {count} documents of >= "
             f"{prefix_tokens}+{continuation_tokens}={needed} tokens, only {len(prompts)} of "
-            f"{len(docs)} qualify (raise max_docs, lower per_bin, or use a longer source)"
+            f"{len(docs)} qualify (lower per_bin or prompts.chars_per_token, or use a longer source)"
         )
     return prompts
 

@@ -38,6 +38,9 @@ FEATURE_SETS = {
                 "value_dynamic_range", "key_kurtosis"],
 }
 PROMPT_KEY = ["model", "dataset", "bin", "prompt_id"]
+# the independent unit: a prompt's id is its document's, and every model reads the same documents, so
+# a document goes wholly to one side of the split (no test prompt shares text with a training prompt)
+DOCUMENT_KEY = ["dataset", "prompt_id"]
 
 
 # ---------------------------------------------------------------- data
@@ -121,14 +124,15 @@ def label_examples(quality: pd.DataFrame, features: pd.DataFrame, timings: pd.Da
     return pd.DataFrame(out)
 
 
-def split_by_prompt(examples: pd.DataFrame, test_fraction: float = 0.3, seed: int = 0) -> pd.Series:
-    """True for test rows: each prompt goes wholly to one side, chosen by a seeded hash of its key
-    (stable across runs and machines, independent of row order)."""
+def split_by_document(examples: pd.DataFrame, test_fraction: float = 0.3, seed: int = 0) -> pd.Series:
+    """True for test rows: each document (with every prompt cut from it, on every model) goes wholly
+    to one side, chosen by a seeded hash of its key (stable across runs and machines, independent of
+    row order)."""
     def is_test(key) -> bool:
         h = hashlib.sha256(f"{seed}:{'/'.join(map(str, key))}".encode()).digest()
         return int.from_bytes(h[:8], "big") / 2**64 < test_fraction
 
-    keys = examples[PROMPT_KEY].astype(str).agg("/".join, axis=1)
+    keys = examples[DOCUMENT_KEY].astype(str).agg("/".join, axis=1)
     decided = {k: is_test(k.split("/")) for k in keys.unique()}
     return keys.map(decided)
 
@@ -219,8 +223,8 @@ def best_fixed(train: pd.DataFrame, test: pd.DataFrame) -> np.ndarray:
 
 def evaluate(examples: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 0, max_depth: int = 6,
              min_leaf: int = 5) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(summary per router, regret per router and bandwidth) on the held-out prompts."""
-    is_test = split_by_prompt(examples, test_fraction, seed)
+    """(summary per router, regret per router and bandwidth) on the prompts of held-out documents."""
+    is_test = split_by_document(examples, test_fraction, seed)
     train, test = examples[~is_test].reset_index(drop=True), examples[is_test].reset_index(drop=True)
     if train.empty or test.empty:
         raise ValueError(f"the split left {len(train)} training and {len(test)} test examples: too few prompts")
@@ -230,9 +234,14 @@ def evaluate(examples: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 
         choices[f"tree_{name}"] = tree.predict(test[cols].to_numpy(float))
     n_train = train[PROMPT_KEY].drop_duplicates().shape[0]
     n_test = test[PROMPT_KEY].drop_duplicates().shape[0]
+    shared = set(map(tuple, train[DOCUMENT_KEY].to_numpy())) & set(map(tuple, test[DOCUMENT_KEY].to_numpy()))
+    assert not shared, f"documents on both sides of the router's split: {sorted(shared)[:3]}"
     fixed = choices["best_fixed"]
     summary = pd.DataFrame([{"router": name, **_score(test, c, fixed), "test_examples": len(test),
-                             "train_prompts": n_train, "test_prompts": n_test} for name, c in choices.items()])
+                             "train_prompts": n_train, "test_prompts": n_test,
+                             "train_documents": train[DOCUMENT_KEY].drop_duplicates().shape[0],
+                             "test_documents": test[DOCUMENT_KEY].drop_duplicates().shape[0]}
+                            for name, c in choices.items()])
     per_bw = []
     for name, c in choices.items():
         for (enc, bw), g in test.groupby(["encoder", "bandwidth_gbps"]):

@@ -164,6 +164,32 @@ rule quality_summary:
         "../../scripts/quality_summary.py"
 
 
+rule quality_pairs:
+    input:
+        quality=quality_files(),
+    output:
+        table=report(
+            "results/tables/quality_pairs.csv",
+            caption="../report/quality_pairs.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/quality_pairs.log",
+    benchmark:
+        "results/benchmarks/aggregate/quality_pairs.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=TABLE_MEM_MB,
+        runtime=10,
+    params:
+        pairs=config["quality"].get("pairs", []),
+        seed=config.get("seed", 0),
+    script:
+        "../../scripts/quality_pairs.py"
+
+
 rule kv_statistics:
     input:
         facts=model_facts,

@@ -492,6 +492,7 @@ def all_outputs():
         + measured_transfer_outputs()
         + [
             "results/tables/quality.csv",
+            "results/tables/quality_pairs.csv",
             "results/tables/quality_by_bin.csv",
             "results/tables/gates.csv",
             "results/tables/sensitivity.csv",
@@ -508,6 +509,7 @@ def all_outputs():
             "pareto",
             "cosine_vs_delta_ce",
             "sensitivity_heatmap",
+            "quality_pairs",
         )
         + gpu_outputs()
         + decision_outputs()
@@ -529,6 +531,7 @@ FIGURE_SOURCES = {
     "pareto": ["quality"],
     "cosine_vs_delta_ce": ["quality", "cosine_spearman"],
     "sensitivity_heatmap": ["quality"],
+    "quality_pairs": ["quality_pairs"],
     "gpu_kernels": ["gpu_kernels"],
     "break_even_shift": ["break_even_shift"],
     "e2e_model_vs_measured": ["e2e_transfer"],

@@ -301,3 +301,27 @@ rule figure_offload:
         runtime=10,
     script:
         "../../scripts/figure_offload.py"
+
+
+rule figure_quality_pairs:
+    input:
+        pairs="{root}/tables/quality_pairs.csv",
+    output:
+        pdf="{root}/figures/quality_pairs.pdf",
+        png=report(
+            "{root}/figures/quality_pairs.png",
+            caption="../report/quality_pairs_figure.rst",
+            category="Figures",
+        ),
+    log:
+        "logs/{root}/figures/quality_pairs.log",
+    benchmark:
+        "results/benchmarks/{root}/figures/quality_pairs.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=FIGURE_MEM_MB,
+        runtime=10,
+    script:
+        "../../scripts/figure_quality_pairs.py"

@@ -13,8 +13,9 @@ rule build_prompts:
         runtime=20,
     params:
         spec=dataset_spec,
-        max_docs=config["prompts"].get("max_docs", 64),
-        max_tokens=max(BINS) + config["prompts"]["continuation"],
+        needs={b: b + config["prompts"]["continuation"] for b in BINS},
+        per_bin=config["prompts"]["per_bin"],
+        chars_per_token=config["prompts"].get("chars_per_token", 8),
         seed=config.get("seed", 0),
     script:
         "../../scripts/build_prompts.py"

@@ -14,7 +14,7 @@ import pandas as pd
 from ..io import atomic_path
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
-TABLES = ["quality", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
+TABLES = ["quality", "quality_by_bin", "quality_pairs", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
           "e2e_transfer", "link_model", "decision", "router", "offload"]
 
 
@@ -81,6 +81,10 @@ def _quality(t: Tables, floor: float) -> dict[str, str]:
         m[macro_name("agree", "hi", r.codec, r.model)] = num(r.token_agreement_ci_hi)
         m[macro_name("greedy", r.codec, r.model)] = num(r.greedy_match)
         m[macro_name("dce", r.codec, r.model)] = num(r.delta_ce, 2)
+    # documents: the independent unit (tables made before document-level sampling lack the column)
+    m["kwSampledByDocument"] = "1" if "n_documents" in q.columns else "0"
+    if "n_documents" in q.columns:
+        m["kwNumDocuments"] = str(int(q["n_documents"].min()))
     for model, g in q[q["codec"] != "identity"].groupby("model"):
         ok = g[g["token_agreement"] >= floor]
         best = ok.loc[ok["ratio"].idxmax()] if len(ok) else None
@@ -90,6 +94,34 @@ def _quality(t: Tables, floor: float) -> dict[str, str]:
         m[macro_name("max", "ratio", model)] = num(top["ratio"])
         m[macro_name("max", "ratio", "codec", model)] = tt(top["codec"])
         m[macro_name("num", "pareto", model)] = str(int(g["pareto"].astype(str).eq("True").sum()))
+    return m
+
+
+def _sample(t: Tables, floor: float) -> dict[str, str]:
+    """What the sample is: datasets, length bins, prompts per (model, dataset, bin)."""
+    b = t["quality_by_bin"]
+    b = b[b["codec"] == "identity"] if (b["codec"] == "identity").any() else b
+    bins = sorted(int(x) for x in b["bin"].unique())
+    listed = ", ".join(f"{x:,}".replace(",", "{,}") for x in bins)
+    listed = listed.rsplit(", ", 1)[0] + " and " + listed.rsplit(", ", 1)[1] if len(bins) > 1 else listed
+    per_cell = b.groupby(["model", "dataset"])["n_prompts"].sum()
+    return {"kwNumDatasets": str(b["dataset"].nunique()), "kwBinsList": listed,
+            "kwPromptsPerBin": str(int(b["n_prompts"].min())),
+            "kwPromptsPerDataset": str(int(per_cell.min()))}
+
+
+def _pairs(t: Tables, floor: float) -> dict[str, str]:
+    """Each configured codec pair on each model: the agreement difference a - b and its interval."""
+    p = t["quality_pairs"]
+    m = {}
+    for r in p.itertuples():
+        key = ("pair", r.codec_a, "vs", r.codec_b, r.model)
+        m[macro_name(*key)] = num(r.token_agreement_diff, 2)
+        m[macro_name(*key[:-1], "lo", r.model)] = num(r.token_agreement_ci_lo, 2)
+        m[macro_name(*key[:-1], "hi", r.model)] = num(r.token_agreement_ci_hi, 2)
+    significant = p["token_agreement_significant"].astype(str).eq("True")
+    m["kwPairsTotal"] = str(len(p))
+    m["kwPairsSignificant"] = str(int(significant.sum()))
     return m
 
 
@@ -237,7 +269,8 @@ def _offload(t: Tables, floor: float) -> dict[str, str]:
 
 
 SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
-    "quality": _quality, "gates": _gates, "cosine_spearman": _spearman, "models": _models,
+    "quality": _quality, "quality_by_bin": _sample, "quality_pairs": _pairs, "gates": _gates,
+    "cosine_spearman": _spearman, "models": _models,
     "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
     "link_model": _links, "decision": _decision, "router": _router, "offload": _offload,
 }

@@ -64,8 +64,15 @@ def _prompt_rows(quality_jsons: list[str | Path]) -> pd.DataFrame:
         model = path.parts[-2]
         for r in result["rows"]:
             rows.append({"model": model, "codec": result["codec_id"], "codec_name": result["codec"],
-                         "prompt": f"{r['dataset']}/{r['bin']}/{r['prompt_id']}", **r})
+                         "prompt": f"{r['dataset']}/{r['bin']}/{r['prompt_id']}",
+                         "document": f"{r['dataset']}/{r['prompt_id']}", **r})
     return pd.DataFrame(rows)
+
+
+def _documents(rows: pd.DataFrame) -> dict[str, str]:
+    """prompt -> document: the independent unit the bootstrap resamples. A prompt id is its
+    document's id, so prompts cut from one document (older studies' nested prefixes) share one."""
+    return dict(zip(rows.prompt, rows.document))
 
 
 SUMMARY_METRICS = ("token_agreement", "delta_ce", "greedy_match")
@@ -81,11 +88,12 @@ def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, se
 
     Ratio from bytes (total raw / total wire); means of token agreement, delta cross-entropy
     (nats/token) and greedy match with 95 % paired bootstrap intervals against identity (the same
-    prompts through the identity codec: differences per prompt, resampled over prompts); the
-    perplexity ratio exp(mean delta_ce) with the interval mapped through exp; and whether the codec
-    is on the model's Pareto front of ratio x token agreement.
+    prompts through the identity codec: differences per prompt, resampled by document, the
+    independent unit); the perplexity ratio exp(mean delta_ce) with the interval mapped through exp;
+    and whether the codec is on the model's Pareto front of ratio x token agreement, where an
+    agreement difference counts only if its paired interval excludes 0.
     """
-    from ..analysis import paired_bootstrap_ci, pareto_front
+    from ..analysis import paired_bootstrap_ci, pareto_front, significance_signs
     from ..errors import ConfigError
 
     rows = _prompt_rows(quality_jsons)
@@ -96,12 +104,13 @@ def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, se
             raise ConfigError(f"model {model!r}: the paired intervals need the identity codec in the study "
                               f"(config key 'codecs.identity')")
         base = {m: dict(zip(ident.prompt, ident[m])) for m in SUMMARY_METRICS}
+        documents = _documents(per_model)
         for i, (codec, g) in enumerate(per_model.groupby("codec", sort=True)):
-            row = {"model": model, "codec": codec, "n_prompts": len(g),
+            row = {"model": model, "codec": codec, "n_prompts": len(g), "n_documents": g.document.nunique(),
                    "ratio": g.raw_bytes.sum() / g.wire_bytes.sum()}
             for m in SUMMARY_METRICS:
                 diff, lo, hi = paired_bootstrap_ci(dict(zip(g.prompt, g[m])), base[m], seed=seed + i,
-                                                   n_boot=n_boot)
+                                                   n_boot=n_boot, clusters=documents)
                 ref = sum(base[m].values()) / len(base[m])
                 row[m], row[f"{m}_ci_lo"], row[f"{m}_ci_hi"] = ref + diff, ref + lo, ref + hi
             row["ppl_ratio"] = float(np.exp(row["delta_ce"]))
@@ -116,8 +125,59 @@ def quality_by_model(quality_jsons: list[str | Path], out_csv: str | Path, *, se
     table["pareto"] = False
     for model, idx in table.groupby("model").groups.items():
         sub = table.loc[idx]
+        per_model = rows[rows.model == model]
+        samples = {c: dict(zip(g.prompt, g.token_agreement)) for c, g in per_model.groupby("codec")}
+        names, signs = significance_signs(samples, seed=seed, clusters=_documents(per_model), n_boot=n_boot)
+        order = [names.index(c) for c in sub.codec]
         table.loc[idx, "pareto"] = pareto_front(sub.ratio.values, sub.token_agreement.values,
-                                                    ratio_rtol=PARETO_RATIO_RTOL)
+                                                ratio_rtol=PARETO_RATIO_RTOL,
+                                                quality_signs=signs[np.ix_(order, order)])
+    write_csv(out_csv, table)
+    return table
+
+
+PAIR_METRICS = ("token_agreement", "delta_ce", "greedy_match")
+
+
+def quality_pairs(quality_jsons: list[str | Path], out_csv: str | Path, pairs: list[list[str]], *, seed: int,
+                  n_boot: int = 2000) -> pd.DataFrame:
+    """Codec against codec on the same documents (``quality_pairs.csv``): for each model and each
+    configured pair (a, b) both ran on, the mean of a and of b and the mean difference a - b with its
+    95 % paired bootstrap interval (resampled by document), and whether it excludes 0."""
+    from ..analysis import paired_bootstrap_ci
+    from ..errors import ConfigError
+
+    rows = _prompt_rows(quality_jsons)
+    codecs = set(rows.codec)
+    for pair in pairs:
+        if len(pair) != 2 or pair[0] == pair[1]:
+            raise ConfigError(f"quality.pairs: {pair!r} is not a pair of two different codec ids")
+        missing = [c for c in pair if c not in codecs]
+        if missing:
+            raise ConfigError(f"quality.pairs: {pair!r} names codecs no quality record holds: {missing}")
+    out = []
+    for model, per_model in rows.groupby("model", sort=True):
+        documents = _documents(per_model)
+        by_codec = {c: g for c, g in per_model.groupby("codec")}
+        for k, (a, b) in enumerate(pairs):
+            if a not in by_codec or b not in by_codec:
+                continue  # not run on this model (a model slice); the table says which pairs it has
+            ga, gb = by_codec[a], by_codec[b]
+            common = sorted(set(ga.prompt) & set(gb.prompt))
+            row = {"model": model, "codec_a": a, "codec_b": b, "n_prompts": len(common),
+                   "n_documents": len({documents[p] for p in common}),
+                   "ratio_a": ga.raw_bytes.sum() / ga.wire_bytes.sum(),
+                   "ratio_b": gb.raw_bytes.sum() / gb.wire_bytes.sum()}
+            for m in PAIR_METRICS:
+                va = dict(zip(ga.prompt, ga[m]))
+                vb = dict(zip(gb.prompt, gb[m]))
+                va, vb = {p: va[p] for p in common}, {p: vb[p] for p in common}
+                diff, lo, hi = paired_bootstrap_ci(va, vb, seed=seed + k, n_boot=n_boot, clusters=documents)
+                row.update({f"{m}_a": float(np.mean(list(va.values()))), f"{m}_b": float(np.mean(list(vb.values()))),
+                            f"{m}_diff": diff, f"{m}_ci_lo": lo, f"{m}_ci_hi": hi,
+                            f"{m}_significant": bool(lo > 0 or hi < 0)})
+            out.append(row)
+    table = pd.DataFrame(out)
     write_csv(out_csv, table)
     return table
 
