@@ -431,6 +431,15 @@ def test_bin_documents_keep_long_articles_whole_and_are_seeded():
     assert build_bin_documents(WIKI_SPEC, needs=NEEDS, per_bin=4, seed=2) != rows
 
 
+def test_bin_documents_for_a_short_bin_use_whole_articles_until_enough():
+    # long articles exceed a 128-token bin's budget many times over: reading a pool by characters
+    # alone stopped after 4 articles (smoke config: 4 + 2 documents of one bin)
+    from kvwire.prompts import build_bin_documents
+
+    rows = build_bin_documents(WIKI_SPEC, needs={128: 160}, per_bin=4, seed=7)
+    assert len(rows) == 6 and all(len(r["units"]) == 1 for r in rows)
+
+
 def test_bin_documents_run_out_with_a_clear_error():
     from kvwire.prompts import build_bin_documents
 

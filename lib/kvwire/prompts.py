@@ -137,6 +137,7 @@ def build_bin_documents(spec: dict, *, needs: dict[int, int], per_bin: int, seed
         raise PromptSourceError(f"dataset spec {spec!r} has no 'source' string (or list of strings)")
     wanted = {int(b): int(math.ceil(chars_per_token * int(n))) for b, n in needs.items()}
     budget = (per_bin + spare) * sum(wanted.values())
+    n_docs = (per_bin + spare) * len(wanted)
     units_iter, row_source = _units_for(spec)
     units: list[str] = []
     total = 0
@@ -144,7 +145,8 @@ def build_bin_documents(spec: dict, *, needs: dict[int, int], per_bin: int, seed
         if unit:
             units.append(unit)
             total += len(unit)
-            if total >= POOL_FACTOR * budget:
+            # both bounds: a whole long article serves one document, however many chars it holds
+            if total >= POOL_FACTOR * budget and len(units) >= POOL_FACTOR * n_docs:
                 break
     order = list(range(len(units)))
     random.Random(seed).shuffle(order)
