@@ -62,8 +62,11 @@ def test_the_default_study_runs_to_its_prompts_and_a_quality_job(default_clone):
     # the prompts come from the carried, pinned copies
     for name in cfg["datasets"]:
         rows = [json.loads(line) for line in (clone / f"resources/prompts/{name}.jsonl").read_text().splitlines()]
-        assert len(rows) == 8 and all(r["source"].endswith(cfg["datasets"][name]["source"].removeprefix("file:"))
-                                      for r in rows), name
+        # per_bin documents and two spares for the one bin, none sharing an article or problem
+        assert len(rows) == 2 + 2 and all(r["source"].endswith(cfg["datasets"][name]["source"].removeprefix("file:"))
+                                          for r in rows), name
+        units = [u for r in rows for u in r["units"]]
+        assert len(units) == len(set(units)) and {r["bin"] for r in rows} == {256}, name
     quality = json.loads((clone / target).read_text())
     assert quality["n_prompts"] == 2 * len(cfg["datasets"]) and quality["ratio"] > 1.9
     assert 0.9 <= quality["summary"]["token_agreement"] <= 1.0

@@ -410,19 +410,40 @@ def offload_traces_all():
     return expand("results/offload/traces/{model}/manifest.json", model=MODELS)
 
 
+def _offload_calibrated():
+    """The config's models whose GPU costs the committed calibration holds (None: no GPU replay)."""
+    off = config["offload"]
+    if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
+        return None
+    with open(off["calibration"]) as fh:
+        measured = set(json.load(fh).get("models", {}))
+    return [m for m in MODELS if m in measured]
+
+
 def offload_uncalibrated():
     """Why the offload study cannot be simulated for this config (None if it can): the simulation
     runs on the costs a GPU replay measured for the same models (offload.calibration).
     """
     off = config["offload"]
-    if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
+    calibrated = _offload_calibrated()
+    if calibrated is None:
         return f"no GPU replay at {off['gpu_table']} / {off['calibration']}"
-    with open(off["calibration"]) as fh:
-        measured = set(json.load(fh).get("models", {}))
-    missing = [m for m in MODELS if m not in measured]
-    if missing:
-        return f"{off['calibration']} has no GPU costs for {', '.join(missing)}"
+    if not calibrated:
+        return f"{off['calibration']} has no GPU costs for {', '.join(MODELS)}"
     return None
+
+
+def offload_models():
+    """The models the offload study simulates: those the GPU replay calibrated (a model added
+    later, such as a Qwen model, waits for rule offload_gpu on a GPU; said once per run).
+    """
+    return _offload_calibrated() or []
+
+
+def offload_simulated_traces():
+    return expand(
+        "results/offload/traces/{model}/manifest.json", model=offload_models()
+    )
 
 
 def offload_outputs():
@@ -479,7 +500,9 @@ def usage_benchmarks():
         )
     )
     if offload_outputs():
-        files += expand("results/benchmarks/offload/trace_{model}.tsv", model=MODELS)
+        files += expand(
+            "results/benchmarks/offload/trace_{model}.tsv", model=offload_models()
+        )
         files.append("results/benchmarks/offload/simulate.tsv")
     if router_outputs():
         files.append("results/benchmarks/router/router.tsv")
@@ -605,5 +628,12 @@ if workflow.is_main_process and workflow.resource_settings.nodes is None:
     if _why:
         print(
             f"kvwire: the offload study is not part of `all` ({_why}; rule offload_gpu on a GPU)",
+            file=sys.stderr,
+        )
+    elif "offload" in config and len(offload_models()) < len(MODELS):
+        print(
+            f"kvwire: the offload study leaves out "
+            f"{', '.join(m for m in MODELS if m not in offload_models())} "
+            f"({config['offload']['calibration']} has no GPU costs for it; rule offload_gpu on a GPU)",
             file=sys.stderr,
         )

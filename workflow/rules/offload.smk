@@ -54,7 +54,7 @@ rule offload_gpu:
 
 rule offload_simulate:
     input:
-        traces=offload_traces_all(),
+        traces=offload_simulated_traces(),
         calibration=config["offload"]["calibration"],
     output:
         table="results/offload/sim/offload_sim.csv",
