@@ -14,12 +14,28 @@ A KV file (safetensors) holds one prompt's prefix cache:
   queries, summed over the query heads sharing the kv head) and ``layer.{i}.obs_attn``
   [kv_heads, obs, seq] (attention of the last ``obs`` prefix queries to every prefix token);
   loaded into ``KVRecord.stats`` and handed to the codecs (H2O, SnapKV, PyramidKV read them);
-- metadata: format tag, model name/source, dataset, prompt id, dtype, layer types.
+- metadata: format tag, model name/source, dataset, prompt id, dtype, layer types, and
+  ``window_starts`` when a sliding-window layer was trimmed (below).
 
-Prefill uses ``DynamicCache()`` *without* a config so sliding-window layers (Gemma 3) keep
-every token; injection rebuilds ``DynamicCache(ddp_cache_data=...)`` the same way. The
-other route (a config-built cache whose sliding layers keep ``window - 1`` tokens) silently
-shifts positions when rebuilt -- see ``tests/test_kv.py`` for the round trip that guards this.
+Sliding-window layers (Gemma 3: 15 of 18 layers, window 512) are trimmed at extraction to the
+tokens decode can read (``window_starts``, ``trim_layers``): a layer whose first decode query, at
+position P, sees the prefix positions ``p`` with ``P - p < window`` (transformers' mask:
+``kv_idx > q_idx - window``) keeps exactly those ``window - 1`` tokens, positions ``P - window + 1
+.. P - 1``; later decode steps read fewer of them, never an earlier one. A trimmed layer is stored
+dense ([kv_heads, n, head_dim], no ``positions``), so codecs see only the kept tokens and need not
+know; ``meta["window_starts"]`` (one int per layer: the position of its first stored token, 0 for
+an untrimmed layer) says where it starts, and the wire header carries it on (``KVRecord.meta``).
+A record's layer ``positions``, as a token-selection codec returns them, index the STORED tokens;
+``KVRecord.placed_layers`` adds the layer's start, giving the original positions that re-injection
+needs. Records without a trimmed layer (models without sliding windows, prefixes shorter than the
+window) have no ``window_starts`` key and are byte-identical to untrimmed extraction.
+
+Prefill uses ``DynamicCache()`` *without* a config so the prefill itself sees every token and
+returns them all; the trimming is ours, by position. The other route (a config-built cache whose
+sliding layers keep ``window - 1`` tokens and a ``cumulative_length``) silently shifts positions by
+one when rebuilt with ``DynamicCache(ddp_cache_data=...)``; injection here never does that: it
+places every token by its original position (``_position_masks``) -- ``tests/test_kv.py`` and
+``tests/test_sliding_window.py`` guard both routes.
 
 A decoded cache whose layers carry ``positions`` (a token-selection codec dropped tokens) is
 re-injected with per-layer attention masks built from the kept tokens' original positions
@@ -71,11 +87,45 @@ class KVRecord:
         """Length of the original prefix (the position the next token takes)."""
         if self.prefix_ids is not None:
             return int(self.prefix_ids.numel())
-        return int(self.meta.get("prefix_len", self.layers[0].k.shape[1]))
+        if "prefix_len" in self.meta:
+            return int(self.meta["prefix_len"])
+        return self.window_starts[0] + int(self.layers[0].k.shape[1])  # a dense layer ends at the prefix's end
 
     @property
     def raw_bytes(self) -> int:
+        """Bytes of the stored K/V: a trimmed sliding-window layer counts only the tokens it keeps."""
         return sum(layer.raw_bytes for layer in self.layers)
+
+    @property
+    def window_starts(self) -> list[int]:
+        """Per layer, the original position of its first stored token (all 0 when nothing was trimmed)."""
+        starts = self.meta.get("window_starts")
+        return [0] * len(self.layers) if starts is None else [int(s) for s in starts]
+
+    def placed_layers(self, layers: Sequence[LayerKV] | None = None) -> list[LayerKV]:
+        """The record's layers -- or a codec's decoding of them -- with their tokens' ORIGINAL positions,
+        as re-injection (``continue_logits``, ``greedy_generate``, ...) needs them. The identity on a
+        record without trimmed layers."""
+        return place_layers(self.layers if layers is None else layers, self.window_starts)
+
+    def check_windows(self, where: str) -> None:
+        """``window_starts`` fits the layers: one start per layer inside the prefix, a dense trimmed layer
+        ends at the prefix's end, and kept positions (a token-selected layer) index stored tokens."""
+        if "window_starts" not in self.meta:
+            return
+        starts, P = self.meta["window_starts"], self.seq_len
+        if not isinstance(starts, list) or len(starts) != len(self.layers):
+            raise KVError(f"{where}: window_starts {starts!r} is not one start per layer ({len(self.layers)})")
+        for i, (layer, s) in enumerate(zip(self.layers, starts)):
+            if not isinstance(s, int) or not 0 <= s < P:
+                raise KVError(f"{where}: layer {i} window start {s!r} outside the {P}-token prefix")
+            n = layer.k.shape[1]
+            if layer.positions is None and n != P - s:
+                raise KVError(f"{where}: layer {i} stores {n} tokens from position {s}, "
+                              f"expected {P - s} (to the end of the {P}-token prefix)")
+            if layer.positions is not None and n and int(layer.positions.max()) >= P - s:
+                raise KVError(f"{where}: layer {i} keeps stored token {int(layer.positions.max())} "
+                              f"of the {P - s} stored from position {s}")
 
     def require_scoring_inputs(self, where: str) -> None:
         if self.prefix_ids is None or self.continuation_ids is None or self.first_token is None:
@@ -104,6 +154,7 @@ def save_kv(path: str | Path, record: KVRecord) -> None:
         tensors["continuation_ids"] = record.continuation_ids.to(torch.int64).contiguous()
     if record.first_token is not None:
         tensors["first_token"] = torch.tensor([record.first_token], dtype=torch.int64)
+    record.check_windows(str(path))
     meta = {"format": FORMAT, "n_layers": str(len(record.layers)),
             "dtype": str(record.layers[0].k.dtype).removeprefix("torch."),
             "meta": json.dumps(record.meta, sort_keys=True)}
@@ -152,7 +203,24 @@ def load_kv(path: str | Path, *, check_finite: bool = True) -> KVRecord:
     validate_layers(record.layers, str(path), check_finite=check_finite)
     if positions is not None and positions.numel() != record.seq_len:
         raise KVError(f"{path}: {positions.numel()} positions for a {record.seq_len}-token prefix")
+    record.check_windows(str(path))
     return record
+
+
+def place_layers(layers: Sequence[LayerKV], starts: Sequence[int]) -> list[LayerKV]:
+    """Layers whose stored tokens start at ``starts[i]`` (a window-trimmed layer), with every token's
+    original position: ``start + position`` of a kept token, ``start .. start + n - 1`` for a dense
+    layer. Layers that start at 0 are returned as they are (a dense one stays dense)."""
+    if len(starts) != len(layers):
+        raise KVError(f"{len(starts)} window starts for {len(layers)} layers")
+    out = []
+    for layer, start in zip(layers, starts):
+        if start == 0:
+            out.append(layer)
+            continue
+        rel = layer.positions if layer.positions is not None else torch.arange(layer.k.shape[1])
+        out.append(LayerKV(layer.k, layer.v, rel.to(torch.int64) + int(start)))
+    return out
 
 
 def validate_layers(layers: Sequence[LayerKV], where: str, *, check_finite: bool = True) -> None:
@@ -222,6 +290,69 @@ def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None, sums: bool
                       f"(model {type(model).__name__} does not route attention through transformers' interface?)")
     stats = [[{name: t[b].clone() for name, t in collected[i].items()} for i in range(n_layers)] for b in range(B)]
     return per_prompt, first, stats
+
+
+# sliding-window layers: keep only what decode reads --------------------------------------------
+
+_TOKEN_STATS = ("attn_sum", "obs_attn")  # attention statistics with one entry per prefix token (last dim)
+
+
+def sliding_windows(model) -> list[int | None]:
+    """Per layer, the sliding window its attention masks with (None: full attention), read off the
+    attention modules as ``_position_masks`` reads it at re-injection."""
+    attn = _attention_modules(model)
+    return [int(getattr(attn[i], "sliding_window", None) or 0) or None for i in range(len(attn))]
+
+
+def decode_window_start(window: int | None, prefix_len: int) -> int:
+    """The first prefix position that a decode query can read on a layer with this sliding window.
+
+    The first decode token sits at ``prefix_len`` and reads the prefix positions transformers' own
+    sliding-window mask allows (``sliding_window_overlay``: ``kv_idx > q_idx - window``), i.e. the
+    last ``window - 1`` tokens; every later query reads a subset of those. So a window of 512 keeps
+    511 tokens, not 512 (the 512th slot is the query's own token). 0 for a full-attention layer or a
+    prefix inside the window."""
+    if not window:
+        return 0
+    from transformers.masking_utils import sliding_window_overlay
+
+    read = torch.as_tensor(sliding_window_overlay(int(window))(0, 0, torch.tensor(prefix_len),
+                                                               torch.arange(prefix_len)), dtype=torch.bool)
+    if not bool(read.any()):
+        raise KVError(f"a sliding window of {window} lets decode read no prefix token")
+    start = int(read.to(torch.int8).argmax())
+    if not bool(read[start:].all()) or start != max(0, prefix_len - int(window) + 1):
+        # re-injection masks by ``query_pos - key_pos < window`` (``_position_masks``): both must agree
+        raise KVError(f"transformers' sliding-window mask (window {window}) reads prefix positions other than "
+                      f"{max(0, prefix_len - int(window) + 1)}..{prefix_len - 1}: kvwire's window logic needs updating")
+    return start
+
+
+def window_starts(model, prefix_len: int) -> list[int]:
+    """Per layer, the first prefix position any decode step reads (``decode_window_start``)."""
+    return [decode_window_start(w, prefix_len) for w in sliding_windows(model)]
+
+
+def trim_layers(layers: Sequence[LayerKV], starts: Sequence[int]) -> list[LayerKV]:
+    """Keep each layer's tokens from ``starts[i]`` on (compact copies); layers starting at 0 unchanged."""
+    if len(starts) != len(layers):
+        raise KVError(f"{len(starts)} window starts for {len(layers)} layers")
+    out = []
+    for i, (layer, start) in enumerate(zip(layers, starts)):
+        if layer.positions is not None:
+            raise KVError(f"layer {i}: trim a full prefix cache, not a token subset")
+        out.append(layer if start == 0 else
+                   LayerKV(layer.k[:, start:].clone(), layer.v[:, start:].clone()))
+    return out
+
+
+def trim_stats(stats: Sequence[dict[str, torch.Tensor]], starts: Sequence[int]) -> list[dict[str, torch.Tensor]]:
+    """The per-token attention statistics (``attn_sum``, ``obs_attn``: last dim = prefix tokens) cut to
+    the same tokens as ``trim_layers``; other statistics pass unchanged."""
+    if len(starts) != len(stats):
+        raise KVError(f"{len(starts)} window starts for statistics of {len(stats)} layers")
+    return [{name: (t[..., start:].clone() if start and name in _TOKEN_STATS else t) for name, t in layer.items()}
+            for layer, start in zip(stats, starts)]
 
 
 # attention statistics: a wrapper attention function that runs the model's own implementation
@@ -324,18 +455,24 @@ def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor
 @torch.inference_mode()
 def continue_attention(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int,
                        input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``continue_logits`` plus where the continuation's queries look: ``mass`` [B, layers, P'] float32,
+    """``continue_logits`` plus where the continuation's queries look: ``mass`` [B, layers, P] float32,
     the attention each cached token receives from all continuation queries, summed over heads, as the
-    model computes it (the forward is unchanged, see ``prefill_stats``). P' = the cache's length."""
+    model computes it (the forward is unchanged, see ``prefill_stats``), at the token's original
+    position (P = ``prefix_len``); positions a layer does not hold (outside a trimmed sliding window,
+    dropped by a codec) get 0."""
     collected: dict[int, dict[str, torch.Tensor]] = {}
     logits = _continue(model, batch_layers, prefix_len, input_ids, collected)
     n_layers = len(batch_layers[0])
     if sorted(collected) != list(range(n_layers)):
         raise KVError(f"attention came back for layers {sorted(collected)}, expected 0..{n_layers - 1}")
-    cached = [batch_layers[0][i].k.shape[1] for i in range(n_layers)]
-    if len(set(cached)) != 1:
-        raise KVError("continue_attention needs equal cache lengths in every layer (the full cache)")
-    mass = torch.stack([collected[i]["attn_sum"].sum(dim=1)[:, :cached[0]] for i in range(n_layers)], dim=1)
+    kept = _kept_positions(batch_layers, "cpu", prefix_len)
+    mass = torch.zeros(len(batch_layers), n_layers, prefix_len, dtype=torch.float32)
+    for i in range(n_layers):
+        received = collected[i]["attn_sum"].sum(dim=1)[:, :batch_layers[0][i].k.shape[1]].float()  # [B, cached]
+        if kept is None:
+            mass[:, i] = received
+        else:
+            mass[:, i].scatter_(1, kept[i], received)
     return logits, mass
 
 
@@ -405,8 +542,21 @@ def _positions(batch_layers: Sequence[Sequence[LayerKV]], prefix_len: int, steps
     return (prefix_len + torch.arange(steps, device=device)).unsqueeze(0).expand(len(batch_layers), steps)
 
 
-def _kept_positions(batch_layers: Sequence[Sequence[LayerKV]], device) -> list[torch.Tensor] | None:
-    """Per layer, the original positions [B, n_kept] of the cached tokens; None for a dense cache."""
+def _kept_positions(batch_layers: Sequence[Sequence[LayerKV]], device, prefix_len: int) -> list[torch.Tensor] | None:
+    """Per layer, the original positions [B, n_kept] of the cached tokens; None for a dense cache.
+
+    A layer without positions must hold the whole prefix: a window-trimmed layer (or a codec's decoding
+    of one) re-enters only with its original positions (``KVRecord.placed_layers``), never as if it
+    started at position 0 -- that would be silently wrong, so it is refused here."""
+    for b, layers in enumerate(batch_layers):
+        for i, layer in enumerate(layers):
+            n = layer.k.shape[1]
+            if layer.positions is None and n != prefix_len:
+                raise KVError(f"prompt {b}, layer {i}: {n} cached tokens without positions for a {prefix_len}-token "
+                              f"prefix (a window-trimmed layer? re-inject KVRecord.placed_layers())")
+            if layer.positions is not None and n and int(layer.positions.max()) >= prefix_len:
+                raise KVError(f"prompt {b}, layer {i}: kept position {int(layer.positions.max())} is outside "
+                              f"the {prefix_len}-token prefix")
     if all(layer.positions is None for layers in batch_layers for layer in layers):
         return None
     out = []
@@ -420,6 +570,12 @@ def _kept_positions(batch_layers: Sequence[Sequence[LayerKV]], device) -> list[t
             rows.append(pos.to(torch.int64))
         out.append(torch.stack(rows).to(device))
     return out
+
+
+def _attention_modules(model) -> dict[int, torch.nn.Module]:
+    """The model's attention modules by layer index."""
+    return {m.layer_idx: m for name, m in model.named_modules()
+            if name.rsplit(".", 1)[-1] == "self_attn" and isinstance(getattr(m, "layer_idx", None), int)}
 
 
 @contextmanager
@@ -437,8 +593,7 @@ def _position_masks(model, kept: list[torch.Tensor] | None, prefix_len: int):
     impl = model.config._attn_implementation
     if impl not in ("sdpa", "eager"):
         raise KVError(f"a token-selected cache needs sdpa or eager attention to re-inject; the model uses {impl!r}")
-    attn = {m.layer_idx: m for name, m in model.named_modules()
-            if name.rsplit(".", 1)[-1] == "self_attn" and isinstance(getattr(m, "layer_idx", None), int)}
+    attn = _attention_modules(model)
     if sorted(attn) != list(range(len(kept))):
         raise KVError(f"found attention modules for layers {sorted(attn)}, but the cache has {len(kept)} layers")
 
@@ -485,7 +640,7 @@ def _continue(model, batch_layers, prefix_len, input_ids, collected=None) -> tor
     device, dtype = _device_dtype(model)
     cache = build_cache(batch_layers, device, dtype=dtype)
     T = input_ids.shape[1]
-    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len), \
+    with _position_masks(model, _kept_positions(batch_layers, device, prefix_len), prefix_len), \
             _attention_stats(model, collected, None if collected is None else 1):
         out = model(input_ids=input_ids.to(device), past_key_values=cache, use_cache=True,
                     position_ids=_positions(batch_layers, prefix_len, T, device))
@@ -500,7 +655,7 @@ def greedy_generate(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len
     cache = build_cache(batch_layers, device, dtype=dtype, spare=steps)
     token = first_tokens.view(-1, 1).to(device)
     out_tokens = []
-    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+    with _position_masks(model, _kept_positions(batch_layers, device, prefix_len), prefix_len):
         for step in range(steps):
             pos = (prefix_len + step) * torch.ones_like(token)
             logits = model(input_ids=token, past_key_values=cache, use_cache=True, position_ids=pos).logits
@@ -528,7 +683,7 @@ def greedy_against(model, batch_layers: Sequence[Sequence[LayerKV]], prefix_len:
     first = first_tokens.view(-1, 1).to(device)
     draft = draft.to(device)
     cache = build_cache(batch_layers, device, dtype=dtype, spare=S)
-    with _position_masks(model, _kept_positions(batch_layers, device), prefix_len):
+    with _position_masks(model, _kept_positions(batch_layers, device, prefix_len), prefix_len):
         inputs = torch.cat([first, draft[:, :-1]], dim=1)
         pos = prefix_len + torch.arange(S, device=device).expand(B, S)
         pred = model(input_ids=inputs, past_key_values=cache, use_cache=True, position_ids=pos).logits.argmax(-1)

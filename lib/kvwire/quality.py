@@ -12,6 +12,12 @@ true continuation (nats/token) and its delta, greedy match rate and first diverg
 key/value cosine similarity and relative MSE between original and decoded tensors, and (when
 the reference recorded it) attention retention: per layer, the share of the attention the
 continuation's queries paid to the ORIGINAL cache that falls on the tokens the decoded cache kept.
+
+Window-trimmed sliding-window layers (``kvwire.kv``: a record's ``window_starts``): the original
+cache IS the trimmed one (what a serving system sends), the codecs saw only its tokens, and both
+caches re-enter the model at their tokens' original positions (``KVRecord.placed_layers``). Error
+metrics compare stored tokens with stored tokens; ``decoded`` layers are taken as a codec returns
+them (positions, if any, index the stored tokens).
 """
 
 from __future__ import annotations
@@ -96,17 +102,22 @@ def reference_batch(model, records: Sequence[KVRecord], steps: int, *, attention
     """Run the original caches of ``records`` (one batch) and keep what scoring needs; ``attention``
     also records where the continuation's queries look (for ``attention_retention``)."""
     prefix_len, cont, first = _inputs(records)
-    arg, ce, gen, mass = _scores(model, [r.layers for r in records], prefix_len, cont, first, steps, attention)
+    arg, ce, gen, mass = _scores(model, [r.placed_layers() for r in records], prefix_len, cont, first, steps,
+                                 attention)
     return [Reference(arg[b].clone(), ce[b].float().clone(), gen[b].clone(),
                       None if mass is None else mass[b, :, :prefix_len].clone()) for b in range(len(records))]
 
 
-def attention_retention(mass: torch.Tensor, decoded: Sequence[LayerKV]) -> list[float]:
+def attention_retention(mass: torch.Tensor, decoded: Sequence[LayerKV],
+                        starts: Sequence[int] | None = None) -> list[float]:
     """Per layer: the share of the full cache's attention mass (from the continuation's queries,
-    ``Reference.attention``) that falls on the tokens the decoded cache kept. 1.0 for a dense layer.
+    ``Reference.attention``, indexed by original position) that falls on the tokens the decoded cache
+    kept. 1.0 for a dense layer. ``starts``: the record's window starts, when the decoded layers'
+    positions index a trimmed layer's stored tokens.
 
     Measured on the ORIGINAL cache's attention: it says how much of what the model would have
     looked at survived, independent of how the pruned cache's attention redistributes."""
+    starts = [0] * len(decoded) if starts is None else list(starts)
     out = []
     for i, layer in enumerate(decoded):
         row = mass[i].double()
@@ -114,7 +125,7 @@ def attention_retention(mass: torch.Tensor, decoded: Sequence[LayerKV]) -> list[
         if layer.positions is None or total <= 0:
             out.append(1.0)
         else:
-            out.append(float(row.index_select(0, layer.positions.long()).sum()) / total)
+            out.append(float(row.index_select(0, layer.positions.long() + starts[i]).sum()) / total)
     return out
 
 
@@ -152,7 +163,8 @@ def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[L
         dec_ce = torch.stack([r.ce for r in references])
         dec_gen = draft if steps else torch.empty(len(records), 0, dtype=torch.long)
     else:
-        dec_arg, dec_ce, dec_gen, _ = _scores(model, decoded, prefix_len, cont, first, steps, draft=draft)
+        placed = [r.placed_layers(d) for r, d in zip(records, decoded)]
+        dec_arg, dec_ce, dec_gen, _ = _scores(model, placed, prefix_len, cont, first, steps, draft=draft)
     rows = []
     for b, (record, ref) in enumerate(zip(records, references)):
         match = dec_gen[b] == ref.greedy
@@ -167,7 +179,7 @@ def score_batch(model, records: Sequence[KVRecord], decoded: Sequence[Sequence[L
         }
         row["delta_ce"] = row["ce"] - row["ce_ref"]
         if ref.attention is not None:
-            per_layer = attention_retention(ref.attention, decoded[b])
+            per_layer = attention_retention(ref.attention, decoded[b], record.window_starts)
             row["attention_retention"] = sum(per_layer) / len(per_layer)
             row["attention_retention_min"] = min(per_layer)
             row["attention_retention_layers"] = per_layer

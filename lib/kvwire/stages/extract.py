@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ..errors import KVError
 from ..io import read_json, write_json
-from ..kv import KVRecord, prefill, prefill_stats, save_kv
+from ..kv import KVRecord, prefill, prefill_stats, save_kv, trim_layers, trim_stats, window_starts
 from ..models import load_model
 from ..prompts import read_documents, select_prompts
 from ..rope import rope_tables
@@ -22,10 +22,15 @@ from .runtime import LOG
 def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str | Path, *,
                prefix_tokens: int, continuation: int, count: int, dtype: str = "bfloat16",
                device: str = "auto", batch_size: int = 4, attention_stats: bool | str = False,
-               obs_window: int = 32) -> dict:
+               obs_window: int = 32, trim_windows: bool = True) -> dict:
     """Prefill every prompt and save its KV file; ``attention_stats`` also stores the per-layer attention
     statistics (``attn_sum``, ``obs_attn`` over the last ``obs_window`` queries) that H2O, SnapKV and
-    PyramidKV need (``attention_stats="window"``: ``obs_attn`` only, enough for SnapKV and PyramidKV) -- the KV itself is bit-identical either way (see ``kvwire.kv.prefill_stats``)."""
+    PyramidKV need (``attention_stats="window"``: ``obs_attn`` only, enough for SnapKV and PyramidKV) -- the KV itself is bit-identical either way (see ``kvwire.kv.prefill_stats``).
+
+    Sliding-window layers keep only the tokens decode reads (``trim_windows``; ``kvwire.kv.window_starts``:
+    the last ``window - 1`` prefix tokens), with their statistics; each record's meta and the manifest
+    say where every layer starts (``window_starts``), and ``raw_bytes`` counts the kept tokens.
+    ``trim_windows=False`` stores the whole prefix on every layer (for before/after comparisons)."""
     facts = read_json(facts_path)
     model_dir = Path(facts_path).parent
     out_dir = Path(manifest_path).parent
@@ -43,6 +48,13 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
         LOG.warning("%s: no invertible RoPE found; pre-RoPE codecs will refuse its caches", facts.get("name"))
     prompts = select_prompts(read_documents(docs_path), tokenizer, prefix_tokens=prefix_tokens,
                              continuation_tokens=continuation, count=count)
+    # the first prefix position any decode step reads, per layer (0 on full-attention layers)
+    starts = window_starts(model, prefix_tokens) if trim_windows else None
+    if starts is not None and not any(starts):
+        starts = None  # nothing to trim: records and manifest exactly as without trimming
+    if starts is not None:
+        LOG.info("sliding-window layers keep %s of %d prefix tokens", sorted({prefix_tokens - s for s in starts}),
+                 prefix_tokens)
     files = []
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(prompts), batch_size), desc=f"prefill {prefix_tokens}", unit="batch"):
@@ -55,15 +67,20 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
             (layers, first), stats = prefill(model, ids.to(model.device)), None
         for j, prompt in enumerate(batch):
             name = f"{Path(docs_path).stem}-b{prefix_tokens}-p{start + j:04d}.safetensors"  # unique in a study
-            record = KVRecord(layers=layers[j], prefix_ids=ids[j],
+            kept, attention = layers[j], stats[j] if stats else None
+            meta = {"model": facts.get("name"), "source": facts.get("source"),
+                    "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem}
+            if starts is not None:
+                kept = trim_layers(kept, starts)
+                attention = trim_stats(attention, starts) if attention else None
+                meta["window_starts"] = list(starts)
+            record = KVRecord(layers=kept, prefix_ids=ids[j],
                               continuation_ids=torch.tensor(prompt["continuation_ids"]),
-                              first_token=int(first[j]),
-                              meta={"model": facts.get("name"), "source": facts.get("source"),
-                                    "prompt_id": prompt["prompt_id"], "dataset": Path(docs_path).stem},
-                              stats=_layer_stats(stats[j] if stats else None, rope, len(layers[j])))
+                              first_token=int(first[j]), meta=meta,
+                              stats=_layer_stats(attention, rope, len(kept)))
             save_kv(out_dir / name, record)
             files.append({"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes})
-    shape = list(layers[0][0].k.shape)
+    shape = list(layers[0][0].k.shape)  # a whole-prefix layer (before any trimming)
     manifest = {
         "model": facts.get("name"), "dataset": Path(docs_path).stem, "prefix_tokens": prefix_tokens,
         "continuation_tokens": continuation, "dtype": dtype, "device": str(dev),
@@ -73,6 +90,8 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
                             if attention_stats else None),
         "rope_stats": rope is not None,
     }
+    if starts is not None:  # absent when no layer was trimmed: the manifest is as before
+        manifest["window_starts"] = list(starts)
     write_json(manifest_path, manifest)  # written last: its presence means every KV file is complete
     return manifest
 
