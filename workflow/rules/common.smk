@@ -416,8 +416,14 @@ def _offload_calibrated():
     if not (Path(off["gpu_table"]).exists() and Path(off["calibration"]).exists()):
         return None
     with open(off["calibration"]) as fh:
-        measured = set(json.load(fh).get("models", {}))
-    return [m for m in MODELS if m in measured]
+        measured = json.load(fh).get("models", {})
+
+    def covered(model):
+        # a context beyond the model's own is traced at the longest it holds (SmolLM2: 8160)
+        have = [int(c) for c in measured.get(model, {}).get("contexts", {})]
+        return bool(have) and all(c in have or c > max(have) for c in off["contexts"])
+
+    return [m for m in MODELS if covered(m)]
 
 
 def offload_uncalibrated():
@@ -429,7 +435,10 @@ def offload_uncalibrated():
     if calibrated is None:
         return f"no GPU replay at {off['gpu_table']} / {off['calibration']}"
     if not calibrated:
-        return f"{off['calibration']} has no GPU costs for {', '.join(MODELS)}"
+        return (
+            f"{off['calibration']} has no GPU costs for {', '.join(MODELS)} "
+            f"at contexts {off['contexts']}"
+        )
     return None
 
 
@@ -634,6 +643,7 @@ if workflow.is_main_process and workflow.resource_settings.nodes is None:
         print(
             f"kvwire: the offload study leaves out "
             f"{', '.join(m for m in MODELS if m not in offload_models())} "
-            f"({config['offload']['calibration']} has no GPU costs for it; rule offload_gpu on a GPU)",
+            f"({config['offload']['calibration']} has no GPU costs for it at contexts "
+            f"{config['offload']['contexts']}; rule offload_gpu on a GPU)",
             file=sys.stderr,
         )
