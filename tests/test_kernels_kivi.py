@@ -47,13 +47,17 @@ def check(name, params, shape, dtype, seed=0):
 
 
 KIVI_CASES = [  # (name, params, (layers, heads, seq, head_dim), dtype)
-    ("kivi4", {}, (2, 3, 200, 64), torch.bfloat16),  # defaults: 64 key tokens quantized, 72 value tokens
+    ("kivi4", {}, (2, 3, 200, 64), torch.bfloat16),  # defaults: 64 key tokens quantized, 72 value tokens, 2 value groups
     ("kivi2", {}, (2, 3, 201, 96), torch.float16),  # odd seq: a partial key group in the residual
     ("kivi4", {"residual": 32}, (2, 2, 101, 128), torch.float16),  # prune_quant's setting
     ("kivi2", {}, (2, 2, 100, 64), torch.bfloat16),  # seq <= residual: nothing quantized
     ("kivi4", {"group_size": 24, "residual": 5, "value_group_size": 32}, (2, 2, 77, 96), torch.float32),
     ("kivi2", {"group_size": 16, "residual": 0, "scale_dtype": "bfloat16"}, (2, 3, 50, 8), torch.bfloat16),
     ("kivi4", {"residual": 3, "value_group_size": 16, "scale_dtype": "float32"}, (2, 3, 45, 64), torch.float16),
+    ("kivi2", {}, (2, 2, 160, 128), torch.bfloat16),  # defaults at head_dim 128: 4 value groups of 32
+    ("kivi4", {}, (1, 2, 140, 256), torch.float16),  # defaults at head_dim 256 (Gemma-3): 8 value groups
+    ("kivi4", {"value_group_size": 0}, (2, 3, 200, 64), torch.bfloat16),  # kivi4_tokenwise: one value group
+    ("kivi2", {"value_group_size": 24, "residual": 9}, (1, 2, 50, 64), torch.float16),  # falls back to 16
 ]
 
 
@@ -143,8 +147,9 @@ def test_registry_and_unsupported_parameters():
     kv = random_cache(layers=1, heads=1, seq=12, dim=12)
     with pytest.raises(CodecError, match="head_dim divisible by 8"):
         kernel_for("kivi2").encode(kv)
-    with pytest.raises(CodecError, match="value_group_size=24 does not divide head_dim=64"):
-        kernel_for("kivi4", {"value_group_size": 24}).encode(random_cache(layers=1, seq=12))
+    lay = kernel_for("kivi4", {"value_group_size": 24}).layout((1, 2, 3, 12, 64), torch.bfloat16)
+    assert lay.value_group == 16  # the CPU codec's fallback: the largest divisor of head_dim not above 24
+    assert kernel_for("kivi4").layout((1, 2, 3, 12, 8), torch.bfloat16).value_group == 8  # stories260K: one group
     with pytest.raises(CodecError, match="key_group_size"):
         kernel_for("k8v4", {"key_granularity": "group", "key_group_size": 48}).encode(random_cache(layers=1, seq=12))
 
@@ -278,7 +283,8 @@ def _layer(kv, i):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not GPU, reason="needs a CUDA device")
-@pytest.mark.parametrize("name,params", [("kivi2", {}), ("kivi4", {}), ("kivi4", {"residual": 32}), ("k8v4", {})])
+@pytest.mark.parametrize("name,params", [("kivi2", {}), ("kivi4", {}), ("kivi4", {"residual": 32}),
+                                         ("kivi4", {"value_group_size": 0}), ("k8v4", {})])
 def test_compiled_kernels_on_the_gpu(name, params):
     """4 layers x 8 heads x 4096 tokens x 128, bf16 and fp16: the first and last layer against the
     CPU codec, every layer against the eager baseline (and against the CPU codec wherever the eager

@@ -60,6 +60,9 @@ def test_selection_kernels_write_the_cpu_codecs_bytes(name, seq, dim, dtype):
     ("h2o", {"recent_ratio": 0.0, "keep": 11}), ("h2o", {"budget": 1.0}),
     ("snapkv", {"obs_window": 17, "kernel_size": 4, "pooling": "max"}), ("snapkv", {"kernel_size": 1, "budget": 0.8}),
     ("pyramidkv", {"budget": 0.3, "beta": 4}), ("keynorm", {"keep": 1}),
+    ("keynorm", {"skip_layers": 0, "budget": 0.3}),  # every layer compressed (kvpress; the previous default)
+    ("keynorm", {"order": "highest", "skip_layers": 1}),  # the naive top-norm baseline
+    ("keynorm", {"skip_layers": 9}),  # more skipped layers than the cache has: every token kept
 ])
 def test_selection_parameters(name, params):
     check(kernel_for(name, params), random_cache(layers=4, seq=64, heads=2, seed=len(str(params))))
@@ -76,7 +79,8 @@ def _cpu_scores(kernel, kv, stats):
         if kernel.name == "h2o":
             sc = stat(ctx, "attn_sum", "h2o").sum(dim=0)
         elif kernel.name == "keynorm":
-            sc = -host[i, 0].float().norm(dim=-1).sum(dim=0)
+            norms = host[i, 0].float().norm(dim=-1).sum(dim=0)
+            sc = -norms if kernel.params["order"] == "lowest" else norms
         else:
             p = kernel.params
             sc = torch.cat([snap_scores(ctx, kernel.name, p["obs_window"], p["kernel_size"], p["pooling"]),
@@ -85,7 +89,8 @@ def _cpu_scores(kernel, kv, stats):
     return torch.stack(rows)
 
 
-@pytest.mark.parametrize("name,params", [("h2o", None), ("keynorm", None), ("snapkv", None),
+@pytest.mark.parametrize("name,params", [("h2o", None), ("keynorm", None), ("keynorm", {"order": "highest"}),
+                                         ("snapkv", None),
                                          ("snapkv", {"pooling": "max", "kernel_size": 4, "obs_window": 20})])
 def test_scores_are_the_cpus_bit_for_bit(name, params):
     """Float32 scores in the CPU's exact operation order: 5 and 17 kv heads (one and two 16-row
@@ -106,7 +111,7 @@ def test_scores_are_the_cpus_bit_for_bit(name, params):
 def test_ties_go_to_the_earlier_token_as_on_the_cpu():
     kv = random_cache(layers=2, heads=4, seq=50, seed=9)
     kv[:, 0, :, 10:40] = kv[:, 0, :, 5:6]  # 30 keys with one norm per head: keynorm ties
-    check(kernel_for("keynorm"), kv)
+    check(kernel_for("keynorm", {"skip_layers": 0}), kv)  # both layers compressed: the ties decide
     ties = [{"attn_sum": torch.randint(0, 3, (4, 50)).float().to(DEVICE)} for _ in range(2)]  # many equal sums
     check(kernel_for("h2o", {"recent_ratio": 0.2}), kv, ties)
 

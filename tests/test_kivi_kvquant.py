@@ -12,7 +12,7 @@ from conftest import random_layers
 from kvwire import wire
 from kvwire.codecs import LayerKV, build, known_names
 from kvwire.codecs.bitpack import packed_size
-from kvwire.codecs.kivi import split_points
+from kvwire.codecs.kivi import split_points, value_group
 from kvwire.codecs.kvquant import kmeans_1d, n_outliers, nf_codes, nf_levels, select_outliers
 from kvwire.errors import CodecError, KVError, WireError
 
@@ -55,7 +55,7 @@ def kivi_bound(k, v, name, params):
     bits, q = bits_of(name), 2 ** bits_of(name) - 1
     g = params.get("group_size", 32)
     n_k, n_v = split_points(s, g, params.get("residual", 128))
-    vg = params.get("value_group_size", 0) or d
+    vg = value_group(d, params.get("value_group_size", 32))
     bounds = []
     for t, n_q, shape, dim in ((k, n_k, (h, n_k // g, g, d), 2), (v, n_v, (h, n_v, d // vg, vg), 3)):
         tf = t.float()
@@ -174,9 +174,26 @@ def test_scale_overflow_is_a_clear_error(name):
     assert torch.isfinite(out.k).all()
 
 
-def test_value_group_must_divide_head_dim():
-    with pytest.raises(CodecError, match="value_group_size=5 does not divide head_dim=16"):
-        wire.encode(build("kivi2", {"value_group_size": 5}), random_layers(n_layers=1))
+@pytest.mark.parametrize("head_dim,asked,group", [
+    (64, 32, 32), (128, 32, 32), (256, 32, 32), (96, 32, 32),  # KIVI's 32 divides every head_dim we run
+    (8, 32, 8), (16, 32, 16),  # head_dim below the group size: one group, the whole vector (stories260K)
+    (80, 32, 20), (16, 5, 4), (64, 24, 16), (7, 3, 1),  # no divisor: the largest divisor below it
+    (64, 0, 64), (64, 64, 64), (64, 1, 1),  # 0: the previous default, one scale per token
+])
+def test_value_group_is_the_largest_divisor_not_above_the_asked_size(head_dim, asked, group):
+    assert value_group(head_dim, asked) == group
+
+
+def test_value_group_fallback_gives_the_divisors_bytes():
+    """value_group_size=5 on head_dim 16 quantizes in groups of 4: the same frames as asking for 4."""
+    layers = random_layers(n_layers=2, seq=70, dim=16)
+    five = wire.decode(wire.encode(build("kivi2", {**KIVI_SMALL, "value_group_size": 5}), layers))
+    four = wire.decode(wire.encode(build("kivi2", {**KIVI_SMALL, "value_group_size": 4}), layers))
+    for a, b in zip(five[1], four[1]):
+        assert torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+    c5, c4 = build("kivi2", {**KIVI_SMALL, "value_group_size": 5}), build("kivi2", {**KIVI_SMALL, "value_group_size": 4})
+    ctx = wire.make_header(c5, layers).context(0)
+    assert c5.encode_layer(layers[0], ctx) == c4.encode_layer(layers[0], ctx)
 
 
 @pytest.mark.parametrize("name", ["kivi2", "kivi4", "kvquant2", "kvquant3", "kvquant4"])
@@ -224,7 +241,7 @@ def test_property_round_trip(heads, seq, dim, dtype, scale, data):
     name = data.draw(st.sampled_from(["kivi2", "kivi4", "kvquant2", "kvquant3", "kvquant4"]))
     if name.startswith("kivi"):
         params = {"group_size": data.draw(st.integers(1, 32)), "residual": data.draw(st.integers(0, 80)),
-                  "value_group_size": data.draw(st.sampled_from([0, 4, 8]))}
+                  "value_group_size": data.draw(st.sampled_from([0, 4, 8, 32, 5]))}
     else:
         params = {"levels": data.draw(st.sampled_from(["nf", "kmeans"])),
                   "outlier_fraction": data.draw(st.sampled_from([0.0, 0.01, 0.1])),
@@ -255,16 +272,17 @@ def test_kivi_residual_tokens_are_bit_exact(name):
 
 
 @pytest.mark.parametrize("name,bits", [("kivi2", 2), ("kivi4", 4)])
-def test_kivi_ratio_matches_analytical_size(name, bits):
+@pytest.mark.parametrize("params,groups", [({}, 2), ({"value_group_size": 0}, 1)])  # KIVI's 32 channels; tokenwise
+def test_kivi_ratio_matches_analytical_size(name, bits, params, groups):
     h, s, d = 3, 1024, 64
     layers = random_layers(n_layers=2, heads=h, seq=s, dim=d, dtype=torch.bfloat16)
-    data = wire.encode(build(name), layers)
+    data = wire.encode(build(name, params), layers)
     g, r = 32, 128
     n_k = (s - r) // g * g  # 896: 28 whole groups
     n_v = s - r
     expected = (
         n_k * h * d * bits // 8 + 2 * (h * (n_k // g) * d) * 2 + h * (s - n_k) * d * 2  # key codes, scale+zero, residual
-        + n_v * h * d * bits // 8 + 2 * (h * n_v) * 2 + h * (s - n_v) * d * 2  # value codes, scale+zero, residual
+        + n_v * h * d * bits // 8 + 2 * (h * n_v * groups) * 2 + h * (s - n_v) * d * 2  # value codes, scale+zero, residual
     )
     section_table = 4 + 8 * 8
     info = wire.inspect(data)
@@ -273,6 +291,31 @@ def test_kivi_ratio_matches_analytical_size(name, bits):
     assert info["ratio"] == raw / len(data)
     assert info["overhead_bytes"] < 600  # container header + frame heads + trailer
     assert abs(info["ratio"] - raw / (2 * expected)) / info["ratio"] < 0.005
+
+
+def test_kivi_value_scales_are_per_token_per_32_channels_known_answer():
+    """Hand-made values: channels 0-31 of every token span [0, 15], channels 32-63 span [-1.5, 0]. With
+    KIVI's 32-channel groups each half gets its own scale and zero point (1 and 0; 0.1 and -1.5 at
+    4 bits), read back from the payload's value sections; the old tokenwise setting spans [-1.5, 15]."""
+    h, s, d, r = 1, 4, 64, 0
+    ramp = torch.arange(32, dtype=torch.float32) % 16  # 0..15 twice: the min and max of the group
+    low = -(torch.arange(32, dtype=torch.float32) % 16) / 10.0  # 0 .. -1.5, every multiple of -0.1
+    v = torch.cat([ramp, low]).repeat(h, s, 1)
+    layer = LayerKV(torch.zeros(h, s, d), v)
+    codec = build("kivi4", {"residual": r})
+    ctx = wire.make_header(codec, [layer]).context(0)
+    from kvwire.codecs.base import tensor_from, unpack_sections
+    sections = unpack_sections(codec.encode_layer(layer, ctx), 8, "kivi4")
+    scales = tensor_from(sections[5], torch.float16, (h, s, 2, 1)).float().flatten()
+    zeros = tensor_from(sections[6], torch.float16, (h, s, 2, 1)).float().flatten()
+    assert torch.equal(scales, torch.tensor([1.0, 0.1], dtype=torch.float16).float().repeat(s))
+    assert torch.equal(zeros, torch.tensor([0.0, -1.5]).repeat(s))
+    _, (out,) = roundtrip("kivi4", {"residual": r}, [layer])
+    assert torch.equal(out.v[..., :32], v[..., :32])  # integers 0..15 on a step of 1: exact
+    assert (out.v[..., 32:] - v[..., 32:]).abs().max() < 1e-3  # a step of 0.1 (fp16 scale)
+    _, (tokenwise,) = roundtrip("kivi4", {"residual": r, "value_group_size": 0}, [layer])
+    step = 16.5 / 15  # one range [-1.5, 15] over the whole token
+    assert (tokenwise.v[..., 32:] - v[..., 32:]).abs().max() > 0.3 * step  # the small half loses its precision
 
 
 def test_kivi_keys_per_channel_beat_per_token_on_outlier_channel():

@@ -18,6 +18,9 @@ from kvwire.quality import kv_errors, score_batch
 SELECTORS = ["streaming_llm", "h2o", "snapkv", "pyramidkv", "keynorm"]
 NEEDS_STATS = {"h2o", "snapkv", "pyramidkv"}
 DTYPES = [torch.float16, torch.bfloat16, torch.float32]
+# the rules every selector shares are checked with every layer compressed: keynorm's default keeps its
+# first two layers whole (the paper's skip_layers), which its own tests below check
+EVERY_LAYER = {"keynorm": {"skip_layers": 0}}
 
 
 def fake_stats(layers, obs=32, seed=0):
@@ -34,7 +37,7 @@ def fake_stats(layers, obs=32, seed=0):
 def encode(name, layers, params=None, stats="auto"):
     if stats == "auto":
         stats = fake_stats(layers) if name in NEEDS_STATS else None
-    return wire.encode(build(name, params or {}), layers, stats=stats)
+    return wire.encode(build(name, {**EVERY_LAYER.get(name, {}), **(params or {})}), layers, stats=stats)
 
 
 def ctx_for(layer, stats=None, index=0, n_layers=1):
@@ -43,6 +46,7 @@ def ctx_for(layer, stats=None, index=0, n_layers=1):
 
 def kept(name, layer, params, stats=None):
     """Positions the codec keeps for a single layer (through real bytes)."""
+    params = {**EVERY_LAYER.get(name, {}), **params}
     _, (out,) = wire.decode(wire.encode(build(name, params), [layer], stats=[stats] if stats else None))
     return out.positions.tolist()
 
@@ -112,7 +116,7 @@ def test_nan_inf_is_refused(name, bad):
 
 @pytest.mark.parametrize("name", SELECTORS)
 def test_truncated_and_garbled_payload_raise_wire_error(name):
-    codec = build(name, {"budget": 0.5})
+    codec = build(name, {"budget": 0.5, **EVERY_LAYER.get(name, {})})
     layer = random_layers(n_layers=1, seq=21)[0]
     ctx = ctx_for(layer, fake_stats([layer])[0])
     payload = codec.encode_layer(layer, ctx)
@@ -125,7 +129,7 @@ def test_truncated_and_garbled_payload_raise_wire_error(name):
                 payload[:mask_at] + b"\x00\x00\x00" + payload[mask_at + 3:]):  # keeps nothing
         with pytest.raises(WireError):
             codec.decode_layer(bad, decode_ctx)
-    data = bytearray(wire.encode(build(name), [layer], stats=[ctx.stats]))
+    data = bytearray(wire.encode(build(name, EVERY_LAYER.get(name, {})), [layer], stats=[ctx.stats]))
     data[len(data) // 2] ^= 0xFF
     with pytest.raises(WireError):
         wire.decode(bytes(data))
@@ -134,7 +138,8 @@ def test_truncated_and_garbled_payload_raise_wire_error(name):
 def test_bad_params_name_the_problem():
     for name, params, match in [("snapkv", {"pooling": "median"}, "must be one of"),
                                 ("h2o", {"budget": 1.5}, "<= 1.0"), ("pyramidkv", {"beta": 0}, ">= 1"),
-                                ("streaming_llm", {"keep": -1}, ">= 0"), ("keynorm", {"window": 3}, "unknown")]:
+                                ("streaming_llm", {"keep": -1}, ">= 0"), ("keynorm", {"window": 3}, "unknown"),
+                                ("keynorm", {"order": "middle"}, "must be one of"), ("keynorm", {"skip_layers": -1}, ">= 0")]:
         with pytest.raises(CodecError, match=match):
             build(name, params)
 
@@ -207,6 +212,41 @@ def test_keynorm_keeps_lowest_norm_keys():
     layer = LayerKV(k, torch.randn(2, 12, 8))
     assert kept("keynorm", layer, {"keep": 3}) == [3, 8, 10]
     assert kept("keynorm", layer, {"keep": 4}) == [3, 5, 8, 10]
+    assert kept("keynorm", layer, {"keep": 3, "order": "highest"}) == [0, 1, 2]  # the ties: earliest first
+
+
+def test_keynorm_highest_order_keeps_the_other_end():
+    """Known answer: token t's key is (t + 1) * ones in both heads; the lowest norms are the first tokens,
+    the highest the last ones, and the two halves of an even budget split the layer exactly."""
+    k = (torch.arange(12, dtype=torch.float32) + 1)[None, :, None].expand(2, 12, 8).contiguous()
+    layer = LayerKV(k, torch.randn(2, 12, 8))
+    assert kept("keynorm", layer, {"keep": 3}) == [0, 1, 2]
+    assert kept("keynorm", layer, {"keep": 3, "order": "highest"}) == [9, 10, 11]
+    low, high = kept("keynorm", layer, {"budget": 0.5}), kept("keynorm", layer, {"budget": 0.5, "order": "highest"})
+    assert sorted(low + high) == list(range(12))
+
+
+def test_keynorm_leaves_the_first_layers_whole_by_default():
+    """The paper's skip_layers: by default layers 0 and 1 keep every token (bit-exact), the others the budget;
+    the ratio measured from the bytes says what the two whole layers cost."""
+    layers = random_layers(n_layers=5, heads=2, seq=40, dim=16, outlier=True)
+    data = wire.encode(build("keynorm", {"budget": 0.5}), layers)
+    header, out = wire.decode(data)
+    assert header.params["skip_layers"] == 2 and header.params["order"] == "lowest"
+    assert [layer.k.shape[1] for layer in out] == [40, 40, 20, 20, 20]
+    for a, b in zip(layers[:2], out[:2]):
+        assert b.positions.tolist() == list(range(40)) and torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+    check_decoded(layers, out)
+    every = wire.encode(build("keynorm", {"budget": 0.5, "skip_layers": 0}), layers)
+    _, out0 = wire.decode(every)
+    assert [layer.k.shape[1] for layer in out0] == [20] * 5
+    for i in (2, 3, 4):  # the compressed layers choose the same tokens either way
+        assert torch.equal(out[i].positions, out0[i].positions)
+    # frame = section table (4 + 3 * 8) + 5-byte keep mask + kept tokens x (K and V) x 2 heads x 16 x 2 bytes
+    assert [f["bytes"] for f in wire.inspect(data)["frames"]] == [28 + 5 + 40 * 128] * 2 + [28 + 5 + 20 * 128] * 3
+    assert [f["bytes"] for f in wire.inspect(every)["frames"]] == [28 + 5 + 20 * 128] * 5
+    _, out9 = wire.decode(wire.encode(build("keynorm", {"budget": 0.5, "skip_layers": 9}), layers))
+    assert all(layer.k.shape[1] == 40 for layer in out9)  # more skipped layers than the cache has: nothing dropped
 
 
 def test_missing_or_malformed_statistics_are_clear_errors():
@@ -246,18 +286,23 @@ def test_pyramid_budgets_shrink_with_depth_and_sum_to_uniform_total():
 @given(heads=st.integers(1, 4), seq=st.integers(1, 70), dim=st.sampled_from([8, 16, 64, 96, 128, 256]),
        n_layers=st.integers(1, 3), dtype=st.sampled_from(DTYPES), name=st.sampled_from(SELECTORS),
        budget=st.floats(0.0, 1.0), keep=st.sampled_from([0, 0, 1, 5, 100]), obs=st.integers(1, 40),
-       kernel=st.integers(1, 9), seed=st.integers(0, 1000))
-def test_property_round_trip(heads, seq, dim, n_layers, dtype, name, budget, keep, obs, kernel, seed):
+       kernel=st.integers(1, 9), seed=st.integers(0, 1000), skip=st.sampled_from([0, 1, 2, 5]))
+def test_property_round_trip(heads, seq, dim, n_layers, dtype, name, budget, keep, obs, kernel, seed, skip):
     layers = random_layers(n_layers=n_layers, heads=heads, seq=seq, dim=dim, dtype=dtype, seed=seed)
     params = {"budget": budget, "keep": keep}
     if name in ("snapkv", "pyramidkv"):
         params.update(obs_window=obs, kernel_size=kernel)
+    if name == "keynorm":
+        params.update(skip_layers=skip)
     data = encode(name, layers, params, stats=fake_stats(layers, obs=40, seed=seed))
     header, out = wire.decode(data)
     assert wire.inspect(data)["ratio"] == header.raw_bytes / len(data)
     check_decoded(layers, out)
     n = n_keep(seq, budget, keep)
     counts = [layer.k.shape[1] for layer in out]
+    if name == "keynorm":
+        assert counts == [seq if i < skip else n for i in range(n_layers)]
+        return
     assert sum(counts) == n_layers * n and all(1 <= c <= seq for c in counts)
     if name != "pyramidkv":
         assert counts == [n] * n_layers

@@ -1,18 +1,32 @@
 """kivi2 / kivi4: KIVI's asymmetric 2- and 4-bit KV quantization with a full-precision residual.
 
 Follows Liu, Yuan, Jin, Zhong, Xu, Braverman, Chen, Hu: "KIVI: A Tuning-Free Asymmetric 2bit
-Quantization for KV Cache", ICML 2024, arXiv:2402.02750.
+Quantization for KV Cache", ICML 2024, arXiv:2402.02750, and its released code (github.com/jy-yuan/KIVI:
+``models/llama_kivi.py``, ``quant/new_pack.py``).
 
-What is faithful:
+What follows KIVI's code:
 
 - keys are quantized PER CHANNEL: the quantized key prefix is cut into groups of ``group_size`` (G)
   consecutive tokens and every (head, channel) of every group gets its own asymmetric min/max
-  scale and zero point (``scale = (max - min) / (2**bits - 1)``, ``zero = min``);
-- values are quantized PER TOKEN, asymmetric, in groups of ``value_group_size`` channels along
-  head_dim (0, the default, means the whole head_dim vector: one scale per token and head);
-- the ``residual`` (R) most recent tokens stay in the cache's own dtype, bit-exact;
-- scales and zero points are stored in float16 (``scale_dtype``), codes are bit-packed
-  (4 per byte at 2 bits, 2 per byte at 4 bits). Defaults G=32, R=128 are the paper's settings.
+  scale and zero point (``scale = (max - min) / (2**bits - 1)``, ``zero = min``; codes
+  ``round(clamp((x - min) / scale, 0, 2**bits - 1))``);
+- values are quantized PER TOKEN, asymmetric, in groups of ``value_group_size`` consecutive channels
+  along head_dim: one scale and zero point per (head, token, channel group). KIVI's code uses its one
+  ``group_size`` for both (``triton_quantize_and_pack_along_last_dim(values, group_size, bits)``), so
+  the default is 32 for both, as in the paper's experiments and the code's ``example.py`` (the
+  argument default of its evaluation scripts, ``utils/process_args.py``, is 128);
+- the ``residual`` (R) most recent tokens stay in the cache's own dtype, bit-exact; R = 128 as in
+  the paper's experiments and the scripts' ``buffer_length`` default (``example.py`` uses 32);
+- scales and zero points are stored in float16 (``scale_dtype``; KIVI keeps ``scale`` and ``mn`` in
+  the cache's fp16), codes are bit-packed (4 per byte at 2 bits, 2 per byte at 4 bits; KIVI packs
+  them into int32 words, which changes the byte order only).
+
+Value groups when ``value_group_size`` does not divide head_dim: KIVI's code asserts that it does.
+Here the group is the LARGEST DIVISOR of head_dim not above ``value_group_size`` (``value_group``),
+so every group has the same size and none is larger than asked: head_dim 64, 96, 128 and 256 give
+32; head_dim 8 (stories260K) gives 8, the whole vector; head_dim 80 gives 20. ``value_group_size=0``
+is the previous default, one scale over the whole head_dim per token (registered in
+``config/all-codecs.yaml`` as ``kivi4_tokenwise`` / ``kivi2_tokenwise``); it is not KIVI's.
 
 Which tokens are quantized (``S`` = sequence length):
 
@@ -24,18 +38,21 @@ Which tokens are quantized (``S`` = sequence length):
   token groups); the R most recent stay in full precision.
   If ``S <= R`` nothing is quantized and the layer crosses the wire uncompressed.
 
-What differs: kvwire compresses a finished prefill cache once, so there is no streaming
-residual that fills and flushes during decoding. KIVI's released code, at prefill, keeps
-``S mod R`` key tokens (0..R-1) and exactly R value tokens in full precision and quantizes keys
-in multiples of R; we keep the R most recent tokens for both and quantize keys in multiples of
-G, as the paper describes. Zero points are stored as the group minimum in float16 (KIVI keeps
-``mn`` in fp16 too). The error bound of every quantized element is half a step,
-``scale / 2``, plus the float16 rounding of the stored scale/zero point (see ``codecs/quant``).
+What differs from KIVI's code: kvwire compresses a finished prefill cache once, so there is no
+streaming residual that fills and flushes during decoding. KIVI's prefill keeps ``S mod R`` key
+tokens (0..R-1) and exactly R value tokens in full precision and quantizes keys in multiples of R;
+we keep the R most recent tokens for both and quantize keys in multiples of G, as the paper
+describes. KIVI computes min, max and scale in fp16; we compute them in float32 and round the
+stored scale and zero point to float16 (decode reads the same rounded values the encoder used).
+One ``bits`` for keys and values (KIVI's code has ``k_bits`` and ``v_bits``). The error bound of
+every quantized element is half a step, ``scale / 2``, plus the float16 rounding of the stored
+scale/zero point (see ``codecs/quant``).
 
 Payload: 8 length-prefixed sections, in this order: key codes (packed), key scales
 [H, n_k/G, 1, D], key zero points (same), key residual [H, S-n_k, D] in the cache dtype; value
-codes (packed), value scales [H, n_v, D/value_group_size, 1], value zero points (same), value
-residual [H, S-n_v, D]. Section sizes follow from the layer shape and params; decode checks them.
+codes (packed), value scales [H, n_v, D/VG, 1] (VG = ``value_group(D, value_group_size)``), value
+zero points (same), value residual [H, S-n_v, D]. Section sizes follow from the layer shape and
+params; decode checks them.
 """
 
 from __future__ import annotations
@@ -56,26 +73,29 @@ def split_points(seq: int, group_size: int, residual: int) -> tuple[int, int]:
     return (n_v // group_size) * group_size, n_v
 
 
+def value_group(head_dim: int, value_group_size: int) -> int:
+    """Channels per value group: the largest divisor of ``head_dim`` not above ``value_group_size``
+    (0: the whole head_dim). 32 -> 32 for head_dim 64/96/128/256, 8 for head_dim 8, 20 for 80."""
+    if value_group_size <= 0 or value_group_size >= head_dim:
+        return head_dim
+    return next(g for g in range(value_group_size, 0, -1) if head_dim % g == 0)
+
+
 class _Kivi(TensorCodec):
     bits: int = 2
     PARAMS = {
         "group_size": Param(int, 32, "tokens per key quantization group (per-channel scales within each group)",
                             minimum=1),
         "residual": Param(int, 128, "most recent tokens kept in full precision (keys and values)", minimum=0),
-        "value_group_size": Param(int, 0, "channels per value quantization group along head_dim; "
+        "value_group_size": Param(int, 32, "channels per value quantization group along head_dim (KIVI's code: 32); "
+                                  "the largest divisor of head_dim not above it when it does not divide; "
                                   "0 = whole head_dim (one scale per token)", minimum=0),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",
                              choices=tuple(SCALE_DTYPES)),
     }
 
     def _value_group(self, head_dim: int) -> int:
-        vg = self.params["value_group_size"] or head_dim
-        if head_dim % vg:
-            raise CodecError(
-                f"codec {self.name!r}: value_group_size={vg} does not divide head_dim={head_dim}; "
-                f"use a divisor of {head_dim} or 0 (whole head_dim)"
-            )
-        return vg
+        return value_group(head_dim, self.params["value_group_size"])
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
         check_layer(kv, ctx)
@@ -124,11 +144,11 @@ class _Kivi(TensorCodec):
 class Kivi2(_Kivi):
     name = "kivi2"
     bits = 2
-    summary = "KIVI 2-bit: keys per-channel in token groups, values per-token, fp residual window"
+    summary = "KIVI 2-bit: keys per-channel in token groups, values per-token in channel groups, fp residual window"
 
 
 @register
 class Kivi4(_Kivi):
     name = "kivi4"
     bits = 4
-    summary = "KIVI 4-bit: keys per-channel in token groups, values per-token, fp residual window"
+    summary = "KIVI 4-bit: keys per-channel in token groups, values per-token in channel groups, fp residual window"

@@ -16,9 +16,11 @@ Exact, for the reasons in ``token_quant.py``: correctly rounded divisions, round
 contraction, scales rounded to their dtype as torch does (-0.0 made +0.0 like ``codecs/quant.py``),
 decode products ``code * scale`` exact in float32 for float16/bfloat16 scales (and not contracted for
 float32 ones). Residual tokens are moved as raw bits. Parameters: any ``group_size`` up to
-``MAX_GROUP``, any ``residual``, any ``value_group_size`` dividing head_dim, any ``scale_dtype``;
-head_dim must be a multiple of 8 (a row's codes then start on a byte). Differs: nothing in the bytes;
-a value group count above 1 costs one masked pass per group (the defaults use one).
+``MAX_GROUP``, any ``residual``, any ``value_group_size`` (the group is the CPU codec's
+``value_group``: the largest divisor of head_dim not above it), any ``scale_dtype``; head_dim must be
+a multiple of 8 (a row's codes then start on a byte). Differs: nothing in the bytes; a value group
+count above 1 costs one masked pass per group: the default 32-channel groups (KIVI's) make 2 at
+head_dim 64, 4 at 128 and 8 at 256; ``value_group_size=0`` (``kivi4_tokenwise``) makes one.
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ class KiviLayout(SectionTable):
     bits: int
     group: int  # tokens per key group
     residual: int
-    value_group: int  # channels per value group (head_dim when the param is 0)
+    value_group: int  # channels per value group (``codecs.kivi.value_group``: head_dim when the param is 0)
     item: int  # bytes per cache element
     scale_item: int  # bytes per scale / zero point
 

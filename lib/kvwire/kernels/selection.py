@@ -6,7 +6,8 @@ Encode, for a whole cache ``[layers, 2, kv_heads, seq, head_dim]``:
 1. scoring (policies that rank tokens): Triton kernels compute every layer's token scores
    ``[layers, seq]`` in float32 -- H2O: ``attn_sum`` summed over kv heads; SnapKV/PyramidKV: the
    observation window's votes (``obs_attn`` summed over its last ``w`` query rows), pooled, summed
-   over kv heads; key norm: minus the sum over kv heads of each key's L2 norm -- with the tokens
+   over kv heads; key norm: minus the sum over kv heads of each key's L2 norm (the sum itself with
+   ``order="highest"``; layers below ``skip_layers`` keep every token) -- with the tokens
    the policy always keeps (sinks, recent window, observation window) set to ``-inf``;
 2. ``torch.sort(stable=True)`` of each layer's scores (glue): its ``free``-th entry (value ``v*``,
    token ``i*``) is where the CPU's ``argsort(descending, stable)[:free]`` stops, so a token is kept
@@ -490,7 +491,7 @@ class TokenSelectionKernel(KernelCodec):
             block = _block(128)
             _key_norms_kernel[(triton.cdiv(s, block), n_layers * h)](kv, src, s, h, D=d, BLOCK=block,
                                                                     LANES=NORM_LANES, **_launch(4))
-            cols, negate = s, True
+            cols, negate = s, self.params["order"] == "lowest"  # keep the lowest norms (or the highest)
         else:  # snapkv / pyramidkv: votes of the observation window, pooled
             p = self.params
             obs = self._stat(stats, "obs_attn", tuple(kv.shape), check)
