@@ -184,7 +184,7 @@ rule quality_pairs:
         mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
-        pairs=config["quality"].get("pairs", []),
+        pairs=STUDY_PAIRS,
         seed=config.get("seed", 0),
     script:
         "../../scripts/quality_pairs.py"

@@ -13,7 +13,12 @@ from snakemake.utils import validate
 
 # The workflow uses the repository's own library, installed or not.
 sys.path.insert(0, str(Path(workflow.basedir) / "lib"))
-from kvwire.config import check_config, codec_spec, load_schema  # noqa: E402
+from kvwire.config import (
+    check_config,
+    codec_spec,
+    load_schema,
+    study_pairs,
+)  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
 from kvwire.resources import (  # noqa: E402
     available_mem_mb,
@@ -69,6 +74,8 @@ ALL_BINS = sorted(
     {int(b) for m in config["models"].values() for b in m.get("bins", BINS)}
 )
 CODECS = list(config["codecs"])
+# the configured codec pairs (quality_pairs.csv) whose two codecs this study runs
+STUDY_PAIRS, PAIRS_LEFT_OUT = study_pairs(config)
 
 
 def _alternatives(names):
@@ -518,13 +525,19 @@ def usage_benchmarks():
     return files
 
 
+def pairs_outputs():
+    """The codec-pair table and figure, where the study runs both codecs of a configured pair."""
+    if not STUDY_PAIRS:
+        return []
+    return ["results/tables/quality_pairs.csv"] + study_figures("quality_pairs")
+
+
 def all_outputs():
     return (
         ["results/tables/resources.csv"]
         + measured_transfer_outputs()
         + [
             "results/tables/quality.csv",
-            "results/tables/quality_pairs.csv",
             "results/tables/quality_by_bin.csv",
             "results/tables/gates.csv",
             "results/tables/sensitivity.csv",
@@ -541,8 +554,8 @@ def all_outputs():
             "pareto",
             "cosine_vs_delta_ce",
             "sensitivity_heatmap",
-            "quality_pairs",
         )
+        + pairs_outputs()
         + gpu_outputs()
         + decision_outputs()
         + router_outputs()
@@ -633,6 +646,11 @@ def paper_sources():
 
 # Said once per local run: what `all` leaves out, and why.
 if workflow.is_main_process and workflow.resource_settings.nodes is None:
+    if PAIRS_LEFT_OUT:
+        print(
+            f"kvwire: quality_pairs leaves out {PAIRS_LEFT_OUT} (codecs not in this study)",
+            file=sys.stderr,
+        )
     _why = offload_uncalibrated() if "offload" in config else None
     if _why:
         print(
@@ -643,7 +661,7 @@ if workflow.is_main_process and workflow.resource_settings.nodes is None:
         print(
             f"kvwire: the offload study leaves out "
             f"{', '.join(m for m in MODELS if m not in offload_models())} "
-            f"({config['offload']['calibration']} has no GPU costs for it at contexts "
+            f"({config['offload']['calibration']} has no GPU costs for them at contexts "
             f"{config['offload']['contexts']}; rule offload_gpu on a GPU)",
             file=sys.stderr,
         )
