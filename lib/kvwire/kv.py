@@ -62,6 +62,7 @@ from safetensors.torch import save_file
 from .codecs import LayerKV
 from .errors import KVError
 from .io import atomic_path
+from .windows import window_start
 
 FORMAT = "kvwire-kv/1"
 _LAYER_TENSORS = ("k", "v", "positions")  # per-layer names that are not statistics
@@ -321,10 +322,11 @@ def decode_window_start(window: int | None, prefix_len: int) -> int:
     if not bool(read.any()):
         raise KVError(f"a sliding window of {window} lets decode read no prefix token")
     start = int(read.to(torch.int8).argmax())
-    if not bool(read[start:].all()) or start != max(0, prefix_len - int(window) + 1):
-        # re-injection masks by ``query_pos - key_pos < window`` (``_position_masks``): both must agree
+    if not bool(read[start:].all()) or start != window_start(window, prefix_len):
+        # re-injection masks by ``query_pos - key_pos < window`` (``_position_masks``), and everything that
+        # sizes a cache from a model's shape counts ``kvwire.windows.kept_tokens``: all must agree
         raise KVError(f"transformers' sliding-window mask (window {window}) reads prefix positions other than "
-                      f"{max(0, prefix_len - int(window) + 1)}..{prefix_len - 1}: kvwire's window logic needs updating")
+                      f"{window_start(window, prefix_len)}..{prefix_len - 1}: kvwire's window logic needs updating")
     return start
 
 

@@ -5,6 +5,13 @@ model shape, length and encoder; quality.csv: token agreement per model and code
 Nothing is invented silently: a model, GPU or length that was not measured is mapped to the nearest
 measured one, times and sizes are scaled linearly in the bytes processed, and every such step is
 returned as a note that the command prints.
+
+Raw bytes count what is sent: a sliding-window layer keeps ``min(tokens, window - 1)`` tokens
+(``kvwire.windows.kept_tokens``, as extraction keeps them; Gemma-3). A model's layout comes from
+``models.csv`` beside the tables (``sliding_window`` and ``layer_types``), from the packaged model card
+of its shape and window where ``models.csv`` has no ``layer_types`` (tables published before it), or
+from the GPU bench's shapes (``kvwire.windows.BENCH_LAYOUTS``). Timings taken on the whole prefix of a
+sliding-window model (before extraction trimmed it) are scaled to the kept bytes, and a note says so.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import pandas as pd
 
 from .errors import KvwireError
 from .transfer import CodecCost, baseline_time, pipelined_time
+from .windows import bench_layout, is_sliding, kept_tokens, kv_bytes, layout_of, pattern_layer_types
 
 BYTES_PER_ELEMENT = {"bfloat16": 2, "float16": 2, "float32": 4}
 _PREFIX_BITS = {"": 1, "k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}  # decimal SI
@@ -70,16 +78,39 @@ class Shape:
     layers: int
     kv_heads: int
     head_dim: int
+    # sliding-window layout (``kvwire.windows``): None = every layer attends to the whole prefix
+    sliding_window: int | None = field(default=None, compare=False)
+    layer_types: tuple[str, ...] | None = field(default=None, compare=False)
 
     def distance(self, other: "Shape") -> float:
         return sum(abs(math.log(a / b)) for a, b in ((self.layers, other.layers), (self.kv_heads, other.kv_heads),
                                                      (self.head_dim, other.head_dim)))
 
     def bytes_per_token(self, dtype: str = "bfloat16") -> int:
+        """Bytes per token of a layer-complete cache (every layer keeps the token)."""
         return 2 * self.layers * self.kv_heads * self.head_dim * BYTES_PER_ELEMENT[dtype]
 
+    def kept_tokens(self, tokens: int) -> list[int]:
+        """Per layer, the tokens a ``tokens``-token prefix keeps (``kvwire.windows.kept_tokens``)."""
+        if not self.sliding_window:
+            return [int(tokens)] * self.layers
+        return kept_tokens(self.layer_types, self.sliding_window, tokens, n_layers=self.layers)
+
+    def raw_bytes(self, tokens: int, dtype: str = "bfloat16") -> int:
+        """Raw bytes of a ``tokens``-token prefix's cache as sent: sliding layers count their kept tokens."""
+        return kv_bytes(self.kept_tokens(tokens), self.kv_heads, self.head_dim, BYTES_PER_ELEMENT[dtype])
+
+    def with_layout(self, types, window) -> "Shape":
+        if not window:
+            return Shape(self.layers, self.kv_heads, self.head_dim)
+        return Shape(self.layers, self.kv_heads, self.head_dim, int(window), None if types is None else tuple(types))
+
     def __str__(self) -> str:
-        return f"{self.layers} layers x {self.kv_heads} KV heads x {self.head_dim}"
+        text = f"{self.layers} layers x {self.kv_heads} KV heads x {self.head_dim}"
+        if self.sliding_window:
+            n = self.layers if self.layer_types is None else sum(map(is_sliding, self.layer_types))
+            text += f", {n} sliding-window layers of {self.sliding_window}"
+        return text
 
 
 def parse_shape(text: str) -> Shape:
@@ -132,8 +163,55 @@ class CachedTables:
         return self.frames["quality"]
 
     def shapes(self) -> dict[str, Shape]:
+        """Every timed model's shape, with its sliding-window layout (``layouts``)."""
         t = self.timings.drop_duplicates("model")
-        return {r.model: Shape(int(r.layers), int(r.kv_heads), int(r.head_dim)) for r in t.itertuples()}
+        layouts = self.layouts()
+        out = {}
+        for r in t.itertuples():
+            shape = Shape(int(r.layers), int(r.kv_heads), int(r.head_dim))
+            types, window = layouts.get(r.model) or bench_layout(r.model, shape.layers)
+            out[r.model] = shape.with_layout(types, window)
+        return out
+
+    def layouts(self) -> dict[str, tuple[list[str] | None, int | None]]:
+        """(layer_types, sliding_window) of the models ``models.csv`` beside the tables describes (none
+        without it); a window without ``layer_types`` (tables published before that column) takes the
+        layer types of the packaged model card with the same shape and window."""
+        path = self.dir / "models.csv"
+        if not path.exists():
+            return {}
+        out = {}
+        for r in pd.read_csv(path).to_dict("records"):
+            types, window = layout_of(r)
+            if window and types is None:
+                types = card_layer_types(r.get("num_layers"), r.get("num_kv_heads"), r.get("head_dim"), window)
+            out[r["name"]] = (types, window)
+        return out
+
+
+def card_layer_types(layers, kv_heads, head_dim, window) -> list[str] | None:
+    """The layer types of the packaged model card (``kvwire/model_cards``) with this shape and sliding
+    window, or None when no card has them."""
+    import json
+    from importlib import resources as importlib_resources
+
+    want = (layers, kv_heads, head_dim, window)
+    for entry in sorted((importlib_resources.files("kvwire") / "model_cards").iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".json"):
+            continue
+        try:
+            cfg = json.loads(entry.read_text(encoding="utf-8")).get("config", {})
+        except (json.JSONDecodeError, AttributeError):
+            continue
+        heads = cfg.get("num_attention_heads")
+        dim = cfg.get("head_dim") or (cfg["hidden_size"] // heads if heads and cfg.get("hidden_size") else None)
+        got = (cfg.get("num_hidden_layers"), cfg.get("num_key_value_heads", heads), dim, cfg.get("sliding_window"))
+        if all(a is not None and b is not None and int(a) == int(b) for a, b in zip(want, got)):
+            types, _ = layout_of({**cfg, "num_layers": cfg.get("num_hidden_layers")})
+            if types is None and cfg.get("sliding_window_pattern"):
+                types = pattern_layer_types(int(layers), int(cfg["sliding_window_pattern"]))
+            return types
+    return None
 
 
 def _nearest(shape: Shape, candidates: dict[str, Shape]) -> str:
@@ -154,7 +232,7 @@ def recommend(tables: CachedTables, model: str, prompt_tokens: int, bandwidth_gb
     if model in shapes:
         if shape and shape != shapes[model]:
             notes.append(f"--shape {shape} given for {model}, whose measured shape is {shapes[model]}: using --shape")
-        shape = shape or shapes[model]
+        shape = shapes[model] if shape is None or shape == shapes[model] else shape  # (with its window layout)
     elif shape is None:
         raise KvwireError(f"unknown model {model!r}: known are {', '.join(sorted(shapes))}; "
                           f"for another model pass --shape LAYERSxKV_HEADSxHEAD_DIM")
@@ -202,17 +280,30 @@ def recommend(tables: CachedTables, model: str, prompt_tokens: int, bandwidth_gb
         raise KvwireError("the quality table names no model with a known shape")
     agreement = q[q["model"] == quality_model].set_index("codec")["token_agreement"]
 
-    raw_bytes = shape.bytes_per_token(dtype) * prompt_tokens
+    raw_bytes = shape.raw_bytes(prompt_tokens, dtype)  # a sliding-window layer counts only its kept tokens
     timed_raw = float(rows["raw_bytes"].iloc[0])
+    timed_shape = timed[timed_model]
+    full_raw = timed_shape.bytes_per_token(dtype) * seq
+    if timed_shape.raw_bytes(seq, dtype) != full_raw and math.isclose(timed_raw, full_raw, rel_tol=1e-4):
+        notes.append(f"the {seq}-token {encoder} timings of {timed_model} were taken on the whole prefix of every "
+                     f"layer, before sliding-window layers were trimmed to their window: scaled to the kept bytes")
     scale = raw_bytes / timed_raw  # bytes processed: times and sizes scale with them
     raw_s = baseline_time(raw_bytes, bandwidth_gbps, latency_s)
+    kept = shape.kept_tokens(prompt_tokens)  # the per-layer split of the pipelined model: by layer tokens
+    share = [t / sum(kept) for t in kept]
     out = []
     for r in rows.itertuples():
         if r.codec not in agreement.index or r.codec == "identity":
             continue
-        n = shape.layers
-        cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale / n] * n,
-                         encode_s=[r.encode_ms * 1e-3 * scale / n] * n, decode_s=[r.decode_ms * 1e-3 * scale / n] * n)
+        if len(set(kept)) == 1:  # equal layers: the even split (bit for bit as before)
+            n = shape.layers
+            cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale / n] * n,
+                             encode_s=[r.encode_ms * 1e-3 * scale / n] * n,
+                             decode_s=[r.decode_ms * 1e-3 * scale / n] * n)
+        else:
+            cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale * f for f in share],
+                             encode_s=[r.encode_ms * 1e-3 * scale * f for f in share],
+                             decode_s=[r.decode_ms * 1e-3 * scale * f for f in share])
         expected = pipelined_time(cost, bandwidth_gbps, latency_s)
         out.append({"codec": r.codec, "ratio": raw_bytes / cost.total_wire_bytes,
                     "token_agreement": float(agreement[r.codec]), "meets_floor": bool(agreement[r.codec] >= floor),

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .errors import ConfigError
+from .windows import kept_tokens, layout_of
 
 # Left to the OS, Snakemake itself and page cache when the global limit is set from MemAvailable.
 RESERVE_MB = 1024
@@ -117,6 +118,9 @@ def model_shape(facts: Mapping) -> dict:
         # a trace longer than the model's positions is cut to fit (kvwire.offload.trace)
         "positions": num("max_position_embeddings", default=2**31),
     }
+    # sliding-window layout (kvwire.windows): extracted caches keep min(tokens, window - 1) tokens there
+    types, window = layout_of(facts)
+    shape["sliding_window"], shape["layer_types"] = window, types
     params = facts.get("num_parameters")
     # transformers' default ties the embeddings (a card that does not say so, Gemma-3's, does tie them)
     tied = facts.get("tie_word_embeddings")
@@ -167,17 +171,22 @@ def peak_estimate_mb(rule: str, shape: Mapping, *, tokens: int = 0, batch: int =
     p, v, layers = shape["params"], shape["vocab"], shape["layers"]
     kv_dim = shape["kv_heads"] * shape["head_dim"]
     width = 4 * shape["hidden"] + 3 * shape["intermediate"]  # a layer's widest activations per token
-    cache_bf16 = layers * 2 * kv_dim * tokens * 2  # one prompt's cache as extracted
+    # tokens over all layers of one prompt's cache as extracted: a sliding-window layer keeps only
+    # min(tokens, window - 1) (kvwire.windows.kept_tokens); the prefill itself still holds every token
+    kept = sum(kept_tokens(shape.get("layer_types"), shape.get("sliding_window"), tokens, n_layers=layers)) \
+        if shape.get("sliding_window") else layers * tokens
+    cache_bf16 = 2 * kv_dim * kept * 2  # one prompt's cache as extracted
+    full_bf16 = layers * 2 * kv_dim * tokens * 2  # ... and as the prefill holds it
     if rule == "fetch_model":  # GGUF dequantized to float32, then the dense bf16 copy
         est = 4 * p + 2 * p
     elif rule == "extract_kv":  # bf16 model and activations; logits of the last position only;
         # attention probabilities recomputed in blocks of at most 256 MB when kept (kv.prefill_stats)
-        est = 2 * p + batch * (cache_bf16 + tokens * width * 2)
+        est = 2 * p + batch * (full_bf16 + tokens * width * 2)
         if attention:
             est += min(2**28, batch * shape["heads"] * tokens * tokens * 4)
     elif rule in ("reference", "quality"):  # float32 model and caches; the continuation's logits
         t = tokens + continuation
-        est = 4 * p + batch * (layers * 2 * kv_dim * t * 4 + continuation * (v + width) * 4
+        est = 4 * p + batch * (2 * kv_dim * (kept + layers * continuation) * 4 + continuation * (v + width) * 4
                                + shape["heads"] * continuation * t * 4)
     elif rule in ("encode", "time_cpu", "kv_statistics"):  # one prompt's cache, its decoded copy, the bytes
         est = 3 * cache_bf16

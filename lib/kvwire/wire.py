@@ -77,8 +77,23 @@ class WireHeader:
             raise WireError(f"wire header is malformed: {exc!r}") from exc
 
     def context(self, layer: int, stats: dict[str, torch.Tensor] | None = None) -> LayerContext:
-        return LayerContext(layer=layer, n_layers=self.n_layers, dtype=self.dtype,
-                            shape=self.shapes[layer], stats=stats or {})
+        """Layer ``layer``'s codec context: its shape, every layer's shape and its window start (the
+        meta's ``window_starts``, 0 when absent)."""
+        return LayerContext(layer=layer, n_layers=self.n_layers, dtype=self.dtype, shape=self.shapes[layer],
+                            stats=stats or {}, shapes=tuple(self.shapes), start=self.window_starts[layer])
+
+    @property
+    def window_starts(self) -> list[int]:
+        """Per layer, the original position of its first stored token (``meta["window_starts"]``, which
+        extraction writes for window-trimmed sliding layers; all 0 when absent)."""
+        starts = self.meta.get("window_starts")
+        if starts is None:
+            return [0] * self.n_layers
+        if (not isinstance(starts, list) or len(starts) != self.n_layers
+                or any(not isinstance(s, int) or isinstance(s, bool) or s < 0 for s in starts)):
+            raise WireError(f"wire header meta window_starts {starts!r} is not one non-negative int per layer "
+                            f"({self.n_layers})")
+        return list(starts)
 
     @property
     def raw_bytes(self) -> int:

@@ -43,13 +43,38 @@ class LayerKV:
 
 @dataclass(frozen=True)
 class LayerContext:
-    """What a codec may know about the layer besides its tensors."""
+    """What a codec may know about the layer besides its tensors.
+
+    ``shapes`` holds every layer's (kv_heads, seq, head_dim) of the cache this layer belongs to -- the
+    wire header's -- so a codec that plans over the whole cache (guardband, pyramidkv) sees layers of
+    different lengths (window-trimmed sliding layers, ``kvwire.kv``); empty means every layer has
+    ``shape`` (``cache_shapes``). ``start`` is the original position of the layer's first stored token
+    (its ``window_starts`` entry: 0 unless the layer was trimmed to its sliding window); a codec that
+    depends on positions (KVQuant's pre-RoPE keys) adds it.
+    """
 
     layer: int
     n_layers: int
     dtype: torch.dtype
     shape: tuple[int, int, int]  # (kv_heads, seq, head_dim) of the original layer
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
+    shapes: tuple[tuple[int, int, int], ...] = ()
+    start: int = 0
+
+    def __post_init__(self) -> None:
+        if self.shapes and (len(self.shapes) != self.n_layers or not 0 <= self.layer < self.n_layers
+                            or tuple(self.shapes[self.layer]) != tuple(self.shape)):
+            raise KVError(f"layer {self.layer}: context shape {list(self.shape)} does not match the cache's "
+                          f"{len(self.shapes)} layer shapes (n_layers {self.n_layers})")
+        if self.start < 0:
+            raise KVError(f"layer {self.layer}: negative window start {self.start}")
+
+    @property
+    def cache_shapes(self) -> tuple[tuple[int, int, int], ...]:
+        """Every layer's shape: ``shapes``, or ``shape`` repeated when the context does not say."""
+        if self.shapes:
+            return tuple(tuple(int(x) for x in s) for s in self.shapes)
+        return (tuple(int(x) for x in self.shape),) * self.n_layers
 
 
 @dataclass(frozen=True)

@@ -39,10 +39,12 @@ decoder uses exactly what the encoder did), re-implemented in place on one float
 a segment's keys and values, with rounding as ``floor(x / scale + 1/2)`` (ties up, not to even;
 same bound) and numpy bit packing -- see ``pack_codes`` -- for speed.
 
-The plan (``plan_cache``) is a pure function of (n_layers, layer shape, dtype, params), so every
-layer's ``encode_layer`` computes the same whole-cache plan from its own ``LayerContext`` and
-takes its row; the plan assumes every layer has this layer's shape (true for kvwire's
-extraction: sliding-window layers keep the full prefix). Byte costs are exact (the same
+The plan (``plan_cache``) is a pure function of (every layer's shape, dtype, params), so every
+layer's ``encode_layer`` computes the same whole-cache plan from its own ``LayerContext`` -- whose
+``cache_shapes`` are the wire header's per-layer shapes -- and takes its row. Layers may differ in
+length: kvwire's extraction trims a sliding-window layer to its last ``window - 1`` tokens (Gemma-3 at
+2048 tokens: 15 layers of 511 and 3 of 2048), and every layer's sinks, recent tokens, body and byte
+cost are its own. Byte costs are exact (the same
 arithmetic as the encoder; the tests check every payload length against it), plus the container:
 12 + 4 + 12 bytes of preamble, header CRC and trailer, 24 bytes per frame and the JSON header,
 estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (1024) bytes. With B the
@@ -58,7 +60,9 @@ estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (1024) bytes.
    DROPPED (removed, never zero-filled) at that step. On real SmolLM2 caches at 5x-12x,
    ``min_body_bits=4`` (drop tokens rather than quantize the body below 4 bits) raised token
    agreement from ~0.68 to ~0.80-0.89, so the study's config uses it: every body layer keeps the same ``n`` body tokens, the remainder one token each to
-   the lowest body layers, as many as fit. Which tokens: the ``n`` lowest summed key L2 norms
+   the lowest body layers, as many as fit. With layers of different lengths every body layer keeps the
+   same share of its body: ``floor(k * body_i / body_max)`` tokens, ``k`` as large as fits (equal
+   layers: ``n = k`` as before), then the remainder as above. Which tokens: the ``n`` lowest summed key L2 norms
    (Devoto et al., EMNLP 2024, arXiv:2406.11430, as ``keynorm``) or, with ``score="attn_sum"`` or
    ``score="auto"`` when ``ctx.stats`` holds it, the highest accumulated attention (``attn_sum``,
    H2O, arXiv:2306.14048), summed over the kv heads (one token set per layer, see ``selection``).
@@ -70,11 +74,14 @@ estimated by rebuilding it with empty ``meta`` plus ``META_SLACK`` (1024) bytes.
    ``sinks = recent = 0`` every layer still keeps one body token (a layer is never empty). With
    ``strict=True`` encoding raises ``CodecError`` naming the reachable ratio and what to lower.
    Highest reachable ratios with the defaults (bf16): SmolLM2-135M (30 layers, 3 x 64) 8.9 at
-   seq 256, 13.4 at 512, 17.8 at 1024; Gemma-3-270M (18 layers, 1 x 256) 7.5 at 256, 10.2 at 512,
-   12.5 at 1024. ``recent=16`` (Gemma: 9.8 / 12.1 / 13.8) or ``guard_bits=4`` (13.5 / 18.3 / 22.4)
-   reach further.
+   seq 256, 13.4 at 512, 17.8 at 1024; Gemma-3-270M (18 layers, 1 x 256, 15 of them trimmed to their
+   511-token window) 7.4 at 256, 10.1 at 512, 9.0 at 1024, 7.8 at 2048 -- its last layer, a guard
+   layer, attends to the whole prefix, so its share grows with the prefix while the sliding layers'
+   stays fixed. ``recent=16`` (Gemma: 9.6 / 12.0 / 10.2 / 8.5; the study's ``guardband_8x``
+   becomes unreachable from about 2500 tokens) or ``guard_bits=4`` (13.1 / 18.0 / 16.0 / 13.9) reach
+   further.
 
-Guarantee: for a reachable target, equal layer shapes and ``meta`` of at most ~1 KB of JSON,
+Guarantee: for a reachable target, any layer shapes and ``meta`` of at most ~1 KB of JSON,
 the measured container ratio is >= ``target_ratio``. Overshoot: when mixing, the container lies
 within one layer's step difference below the budget; when dropping, within one body token per
 body layer (plus the header slack); at the top step (target below what 8-bit bodies give) the
@@ -113,7 +120,7 @@ import struct
 from dataclasses import dataclass
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -213,86 +220,122 @@ class CachePlan:
         return [lp.kept for lp in self.layers]
 
 
-def header_estimate(name: str, params: dict[str, Any], n_layers: int, shape: tuple[int, int, int],
+def header_estimate(name: str, params: dict[str, Any], shapes: Sequence[tuple[int, int, int]],
                     dtype: torch.dtype) -> int:
-    """Length of the wire header JSON ``wire.header_bytes`` writes for this cache with empty meta."""
+    """Length of the wire header JSON ``wire.header_bytes`` writes for a cache of these layer shapes
+    with empty meta."""
     obj = {"codec": name, "params": params,
            "layout": {"order": "kv_heads,seq,head_dim", "dtype": _DTYPE_NAMES[dtype],
-                      "shapes": [list(shape)] * n_layers},
+                      "shapes": [list(s) for s in shapes]},
            "meta": {}}
     return len(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode())
 
 
+def _shapes(shapes: Any) -> tuple[tuple[int, int, int], ...]:
+    """``shapes`` as a hashable tuple of (kv_heads, seq, head_dim) triples (the plan cache's key)."""
+    out = tuple(tuple(int(x) for x in sh) for sh in shapes)
+    if not out or any(len(sh) != 3 for sh in out):
+        raise CodecError(f"a guardband plan needs one (kv_heads, seq, head_dim) per layer, got {list(shapes)!r}")
+    return out
+
+
+def plan_cache(name: str, params_items: tuple[tuple[str, Any], ...], shapes: Sequence[tuple[int, int, int]],
+               dtype: torch.dtype) -> CachePlan:
+    """The deterministic plan for a cache whose layers have ``shapes`` (see the module docstring)."""
+    return _plan_cache(name, params_items, _shapes(shapes), dtype)
+
+
 @lru_cache(maxsize=256)
-def plan_cache(name: str, params_items: tuple[tuple[str, Any], ...], n_layers: int,
-               shape: tuple[int, int, int], dtype: torch.dtype) -> CachePlan:
-    """The deterministic plan for ``n_layers`` layers of ``shape`` (see the module docstring)."""
+def _plan_cache(name: str, params_items: tuple[tuple[str, Any], ...], shapes: tuple[tuple[int, int, int], ...],
+                dtype: torch.dtype) -> CachePlan:
     p = dict(params_items)
-    h, s, d = shape
-    group = effective_group(d, p["group_size"])
-    if group is None:
-        raise CodecError(f"codec {name!r}: head_dim {d} is not a multiple of group_size {p['group_size']}; "
-                         f"set group_size to a divisor of {d}")
+    n_layers = len(shapes)
     ssz = torch.empty((), dtype=SCALE_DTYPES[p["scale_dtype"]]).element_size()
     elt = torch.empty((), dtype=dtype).element_size()
+    groups = []
+    for h, s, d in shapes:
+        group = effective_group(d, p["group_size"])
+        if group is None:
+            raise CodecError(f"codec {name!r}: head_dim {d} is not a multiple of group_size {p['group_size']}; "
+                             f"set group_size to a divisor of {d}")
+        groups.append(group)
     gb = p["guard_bits"]
-    sinks = min(p["sinks"], s)
-    recent = min(p["recent"], s - sinks)
-    body = s - sinks - recent
+    sinks = [min(p["sinks"], s) for _, s, _ in shapes]
+    recent = [min(p["recent"], s - k) for (_, s, _), k in zip(shapes, sinks)]
+    body = [s - k - r for (_, s, _), k, r in zip(shapes, sinks, recent)]
     ladder = tuple(b for b in LADDER if p["min_body_bits"] <= b <= gb) or (min(gb, p["min_body_bits"]),)
     guard = [i < p["guard_layers_first"] or i >= n_layers - p["guard_layers_last"] for i in range(n_layers)]
     body_idx = [i for i in range(n_layers) if not guard[i]]
     nb = len(body_idx)
 
-    raw = 2 * h * s * d * elt * n_layers
+    raw = sum(2 * h * s * d * elt for h, s, d in shapes)
     budget = math.floor(Fraction(raw) / Fraction(p["target_ratio"]))
-    container = CONTAINER_FIXED + header_estimate(name, p, n_layers, shape, dtype) + FRAME_BYTES * n_layers
+    container = CONTAINER_FIXED + header_estimate(name, p, shapes, dtype) + FRAME_BYTES * n_layers
 
-    def lp(is_guard: bool, bits: int, kept: int, drop: bool) -> LayerPlan:
-        return LayerPlan(is_guard, gb, bits, sinks, recent, body, kept, drop)
+    def lp(i: int, is_guard: bool, bits: int, kept: int, drop: bool) -> LayerPlan:
+        return LayerPlan(is_guard, gb, bits, sinks[i], recent[i], body[i], kept, drop)
 
-    def cost(plan: LayerPlan) -> int:
-        return plan.payload_bytes(shape, group, ssz, elt, p["key_scale"])
+    def cost(i: int, plan: LayerPlan) -> int:
+        return plan.payload_bytes(shapes[i], groups[i], ssz, elt, p["key_scale"])
 
-    guard_plan = lp(True, gb, body, False)
-    base = container + sum(cost(guard_plan) for g in guard if g)
+    guard_plans = {i: lp(i, True, gb, body[i], False) for i in range(n_layers) if guard[i]}
+    base = container + sum(cost(i, x) for i, x in guard_plans.items())
     avail = budget - META_SLACK - base  # bytes left for the body layers' payloads
 
     def finish(body_plans: list[LayerPlan], regime: str) -> CachePlan:
         it = iter(body_plans)
-        layers = tuple(guard_plan if guard[i] else next(it) for i in range(n_layers))
-        total = container + sum(cost(x) for x in layers)
+        layers = tuple(guard_plans[i] if guard[i] else next(it) for i in range(n_layers))
+        total = container + sum(cost(i, x) for i, x in enumerate(layers))
         feasible = total + META_SLACK <= budget
         return CachePlan(layers, raw, budget, total, feasible, regime if feasible else "unreachable")
 
-    if nb == 0 or body == 0:  # nothing left to plan: the guard bands are the whole cache
-        return finish([lp(False, ladder[0], body, False)] * nb, "guard-only")
-    full = {b: cost(lp(False, b, body, False)) for b in ladder}
-    if nb * full[ladder[0]] <= avail:
-        return finish([lp(False, ladder[0], body, False)] * nb, "top")
+    # a body layer whose tokens are all guard tokens has no body to plan: it is sent whole, never drops
+    if nb == 0 or not any(body[i] for i in body_idx):  # nothing left to plan: the guard bands are the whole cache
+        return finish([lp(i, False, ladder[0], body[i], False) for i in body_idx], "guard-only")
+
+    def body_bytes(plans: list[LayerPlan]) -> int:
+        return sum(cost(i, x) for i, x in zip(body_idx, plans))
+
+    full = {b: [lp(i, False, b, body[i], False) for i in body_idx] for b in ladder}
+    full_cost = {b: [cost(i, x) for i, x in zip(body_idx, full[b])] for b in ladder}
+    if sum(full_cost[ladder[0]]) <= avail:
+        return finish(full[ladder[0]], "top")
     for hi, lo in zip(ladder, ladder[1:]):
-        if nb * full[lo] <= avail:
-            m = min(nb - 1, (avail - nb * full[lo]) // (full[hi] - full[lo]))
-            return finish([lp(False, hi if j < m else lo, body, False) for j in range(nb)], "mix")
+        if sum(full_cost[lo]) <= avail:
+            # the first m body layers (lowest depth first) at the higher step: m as large as fits
+            m, spent = 0, sum(full_cost[lo])
+            while m < nb - 1 and spent + full_cost[hi][m] - full_cost[lo][m] <= avail:
+                spent += full_cost[hi][m] - full_cost[lo][m]
+                m += 1
+            return finish([full[hi][j] if j < m else full[lo][j] for j in range(nb)], "mix")
     low = ladder[-1]
-    least = 0 if sinks + recent else 1  # a layer never ends up empty
-    if nb * cost(lp(False, low, least, True)) > avail:  # the guard bands alone exceed the budget: keep only them
-        return finish([lp(False, low, least, True)] * nb, "drop")
-    lo_n, hi_n = least, body  # largest n with nb * cost(n) <= avail (cost(body) with a mask exceeds it)
-    while lo_n < hi_n:
-        mid = (lo_n + hi_n + 1) // 2
-        if nb * cost(lp(False, low, mid, True)) <= avail:
-            lo_n = mid
+    least = 0 if p["sinks"] + p["recent"] else 1  # a layer never ends up empty
+    top = max(body[i] for i in body_idx)
+
+    def dropped(k: int) -> list[LayerPlan]:
+        """Every body layer keeps the same share k / top of its body tokens (at least ``least``): equal
+        layers keep k tokens each; a window-trimmed layer keeps the same fraction of its shorter body."""
+        return [lp(i, False, low, min(body[i], max(least, k * body[i] // top)), True) if body[i] else
+                lp(i, False, low, 0, False) for i in body_idx]
+
+    if body_bytes(dropped(0)) > avail:  # the guard bands alone exceed the budget: keep only them
+        return finish(dropped(0), "drop")
+    lo_k, hi_k = 0, top  # largest k with body_bytes(dropped(k)) <= avail (every body kept, with masks, exceeds it)
+    while lo_k < hi_k:
+        mid = (lo_k + hi_k + 1) // 2
+        if body_bytes(dropped(mid)) <= avail:
+            lo_k = mid
         else:
-            hi_n = mid - 1
-    n = lo_n
-    left = avail - nb * cost(lp(False, low, n, True))
-    step = cost(lp(False, low, min(n + 1, body), True)) - cost(lp(False, low, n, True))
-    plans = []
-    for _ in range(nb):  # the remainder: one more token each to the lowest body layers
-        extra = 1 if n < body and 0 < step <= left else 0
-        left -= extra * step
-        plans.append(lp(False, low, n + extra, True))
+            hi_k = mid - 1
+    plans = dropped(lo_k)
+    left = avail - body_bytes(plans)
+    for j, i in enumerate(body_idx):  # the remainder: one more token each to the lowest body layers with room
+        x = plans[j]
+        if x.drop and x.kept < body[i]:
+            step = cost(i, lp(i, False, low, x.kept + 1, True)) - cost(i, x)
+            if 0 < step <= left:
+                left -= step
+                plans[j] = lp(i, False, low, x.kept + 1, True)
     return finish(plans, "drop")
 
 
@@ -434,14 +477,17 @@ class GuardBand(TensorCodec):
     }
 
     def plan(self, ctx: LayerContext) -> CachePlan:
-        """The whole-cache plan for the cache ``ctx`` belongs to (cached; pure function of shapes and params)."""
-        return plan_cache(self.name, tuple(sorted(self._params.items())), ctx.n_layers, tuple(ctx.shape),
-                          ctx.dtype)
+        """The whole-cache plan for the cache ``ctx`` belongs to, over every layer's shape
+        (``ctx.cache_shapes``: the wire header's; cached, a pure function of shapes and params)."""
+        return plan_cache(self.name, tuple(sorted(self._params.items())), ctx.cache_shapes, ctx.dtype)
 
     def _unreachable(self, plan: CachePlan, ctx: LayerContext) -> str:
         p = self._params
+        seqs = sorted({sh[1] for sh in ctx.cache_shapes})
+        shape = (f"shape {list(ctx.shape)}" if len(seqs) == 1 else
+                 f"shape [{ctx.shape[0]}, {'|'.join(map(str, seqs))}, {ctx.shape[2]}]")
         return (f"codec {self.name!r}: target_ratio {p['target_ratio']} is unreachable for {ctx.n_layers} "
-                f"layers of shape {list(ctx.shape)} {_DTYPE_NAMES[ctx.dtype]}: the guard bands alone "
+                f"layers of {shape} {_DTYPE_NAMES[ctx.dtype]}: the guard bands alone "
                 f"(guard_layers_first={p['guard_layers_first']}, guard_layers_last={p['guard_layers_last']}, "
                 f"sinks={p['sinks']}, recent={p['recent']} at guard_bits={p['guard_bits']}) allow at most "
                 f"{plan.ratio:.3f}; lower target_ratio, guard_bits, sinks/recent or the guard layers, or set "

@@ -25,7 +25,11 @@ What differs (plainly):
   ``pre_rope=True`` this codec takes them back before RoPE (``kvwire.rope``: the per-layer
   frequencies extraction stores as ``rope_inv_freq`` / ``rope_scaling`` statistics; checked against
   the keys the model projected, ``tests/test_rope.py``), quantizes the pre-RoPE keys, sends the
-  frequencies (a few hundred bytes per layer) and rotates back after decoding. The rotation runs
+  frequencies (a few hundred bytes per layer) and rotates back after decoding. A window-trimmed
+  sliding layer (``kvwire.kv``: its stored tokens start at ``window_starts[i]``, in the wire header's
+  meta) is un-rotated at its tokens' ORIGINAL positions, ``ctx.start + 0 .. n - 1``: the wire header
+  gives encoder and decoder the same start, so the round trip stays an exact inverse, and a layer that
+  starts at 0 (every layer of a model without windows) gets the bytes it got before. The rotation runs
   in float32, so key outliers come back exact in the pre-RoPE domain but not bit-exact after the
   rotation, and a cache without the statistics is refused. ``pre_rope=False`` (the default, which
   needs no statistics) quantizes post-RoPE keys, whose per-channel structure the rotation smears.
@@ -229,12 +233,18 @@ class _KVQuant(TensorCodec):
         keys, tail = kv.k, []
         if self.params["pre_rope"]:
             inv_freq, scaling = self._rope(kv, ctx)
-            keys = rope.rotate(kv.k, torch.arange(kv.k.shape[1]), inv_freq, scaling, inverse=True)
+            keys = rope.rotate(kv.k, self._positions(ctx, kv.k.shape[1]), inv_freq, scaling, inverse=True)
             tail = [tensor_bytes(torch.cat([inv_freq.float(), torch.tensor([scaling])]))]
         sections: list[bytes] = []
         for label, x in (("keys", keys), ("values", kv.v)):
             sections += self._encode_tensor(x, self._REDUCE[label], label, ctx)
         return pack_sections(sections + tail)
+
+    @staticmethod
+    def _positions(ctx: LayerContext, seq: int) -> torch.Tensor:
+        """The stored tokens' original positions: ``ctx.start`` on (a window-trimmed sliding layer
+        starts at its window start, ``kvwire.kv``; every other layer at 0)."""
+        return torch.arange(seq) + int(ctx.start) if ctx.start else torch.arange(seq)
 
     def _rope(self, kv: LayerKV, ctx: LayerContext) -> tuple[torch.Tensor, float]:
         missing = [n for n in ("rope_inv_freq", "rope_scaling") if n not in ctx.stats]
@@ -311,7 +321,8 @@ class _KVQuant(TensorCodec):
             if not torch.isfinite(table).all() or not table[-1] > 0:
                 raise WireError(f"codec {self.name!r}: non-finite RoPE table or non-positive scaling in the payload")
             limit = torch.finfo(ctx.dtype).max
-            k = rope.rotate(k, torch.arange(s), table[:-1], float(table[-1])).clamp_(-limit, limit).to(ctx.dtype)
+            k = rope.rotate(k, self._positions(ctx, s), table[:-1], float(table[-1])).clamp_(-limit, limit)
+            k = k.to(ctx.dtype)
         return LayerKV(k, v)
 
     def _decode_tensor(self, parts, red: int, ctx: LayerContext, out_dtype: torch.dtype) -> torch.Tensor:

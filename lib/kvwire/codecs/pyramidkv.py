@@ -20,11 +20,19 @@ smallest budget is below the window size); here the pyramid always applies, the 
 in every layer on top of its share. (3) If ``n <= w`` every layer keeps its last ``n`` tokens.
 Layers keep different numbers of tokens; re-injection masks each layer by its own kept positions
 (``kvwire.kv``), which the tests check against a manual attention computation.
+
+Layers of different lengths (window-trimmed sliding layers, ``kvwire.kv``: Gemma-3 at 2048 tokens
+has 15 layers of 511 tokens and 3 of 2048): the schedule above needs one ``seq`` and one uniform
+budget ``n``, so it runs within each group of layers of one shape (``shape_groups``), over that
+group's layers in depth order -- each group keeps exactly its uniform total, lower layers of a group
+get more than higher ones, and no layer's budget exceeds its length. With one shape (every model
+without sliding windows) that is the whole cache, as before.
 """
 
 from __future__ import annotations
 
 from fractions import Fraction
+from typing import Sequence
 
 import torch
 
@@ -58,6 +66,14 @@ def pyramid_budgets(n_layers: int, seq: int, n: int, window: int, beta: int) -> 
     return out
 
 
+def shape_groups(shapes: Sequence[tuple[int, int, int]]) -> dict[tuple[int, int, int], list[int]]:
+    """The layers of each shape, in depth order (``{shape: [layer, ...]}``)."""
+    groups: dict[tuple[int, int, int], list[int]] = {}
+    for i, shape in enumerate(shapes):
+        groups.setdefault(tuple(int(x) for x in shape), []).append(i)
+    return groups
+
+
 @register
 class PyramidKV(TokenSelectionCodec):
     name = "pyramidkv"
@@ -69,10 +85,12 @@ class PyramidKV(TokenSelectionCodec):
     }
 
     def budget_for(self, ctx: LayerContext) -> int:
+        """Layer ``ctx.layer``'s budget: the pyramid over the layers of its length (``shape_groups``)."""
         p = self.params
         seq = ctx.shape[1]
         n = n_keep(seq, p["budget"], p["keep"])
-        return pyramid_budgets(ctx.n_layers, seq, n, p["obs_window"], p["beta"])[ctx.layer]
+        group = shape_groups(ctx.cache_shapes)[tuple(ctx.shape)]
+        return pyramid_budgets(len(group), seq, n, p["obs_window"], p["beta"])[group.index(ctx.layer)]
 
     def select(self, kv: LayerKV, ctx: LayerContext, n: int) -> torch.Tensor:
         p = self.params

@@ -16,12 +16,23 @@ quantization step on fewer than ``1e-4`` of the elements (issue 5's rule).
 
 Adding a GPU codec = one module under ``kernels/`` with a ``@register_kernel`` class, its name in
 ``KERNEL_MODULES`` and its tests.
+
+Caches whose layers differ in length (window-trimmed sliding layers, ``kvwire.kv``: Gemma-3 at 2048
+tokens has 15 layers of 511 tokens and 3 of 2048) do not fit one ``[layers, 2, heads, seq, head_dim]``
+tensor. They are encoded one GROUP of equal-shaped layers at a time (``split_groups``), each group
+inside ``with cache_group(CacheGroup(...))``, which tells the kernel which layers of which cache the
+stack holds: ``layer_contexts`` then returns those layers' real ``LayerContext`` (layer index, every
+layer's shape, window start), so a codec whose payload depends on the whole cache (guardband's plan,
+pyramidkv's budgets, CacheGen's depth tiers) or on positions (KVQuant's pre-RoPE keys) writes, for each
+layer, the bytes the CPU codec writes inside the wire container. ``conformance`` checks exactly that.
 """
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 from abc import ABC, abstractmethod
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -221,9 +232,84 @@ def check_cache(kv: torch.Tensor, what: str = "GPU codecs") -> tuple[int, int, i
     return n, h, s, d
 
 
+@dataclass(frozen=True)
+class CacheGroup:
+    """Layers ``layers`` (indices, ascending) of a cache whose layers have ``shapes`` (kv_heads, seq,
+    head_dim) and window ``starts`` (empty: all 0): the equal-shaped layers one kernel call handles."""
+
+    shapes: tuple[tuple[int, int, int], ...]
+    layers: tuple[int, ...]
+    starts: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.layers or len({tuple(self.shapes[i]) for i in self.layers}) != 1:
+            raise KVError(f"a cache group holds layers of one shape, got layers {list(self.layers)} of "
+                          f"{sorted({tuple(self.shapes[i]) for i in self.layers})}")
+        if self.starts and len(self.starts) != len(self.shapes):
+            raise KVError(f"{len(self.starts)} window starts for {len(self.shapes)} layers")
+
+    @property
+    def n_layers(self) -> int:
+        """Layers of the whole cache."""
+        return len(self.shapes)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(self.shapes[self.layers[0]])
+
+    def start(self, layer: int) -> int:
+        return int(self.starts[layer]) if self.starts else 0
+
+    def context(self, j: int, dtype: torch.dtype, stats: Mapping[str, torch.Tensor] | None = None) -> LayerContext:
+        """The wire container's ``LayerContext`` of the group's ``j``-th layer."""
+        i = self.layers[j]
+        return LayerContext(i, self.n_layers, dtype, self.shape, dict(stats or {}), shapes=self.shapes,
+                            start=self.start(i))
+
+
+_GROUP: contextvars.ContextVar[CacheGroup | None] = contextvars.ContextVar("kvwire_cache_group", default=None)
+
+
+@contextmanager
+def cache_group(group: CacheGroup | None):
+    """Kernel calls inside handle ``group``'s layers of a larger cache (see the module docstring)."""
+    token = _GROUP.set(group)
+    try:
+        yield group
+    finally:
+        _GROUP.reset(token)
+
+
+def current_group(n: int, shape: Sequence[int]) -> CacheGroup | None:
+    """The ``cache_group`` a call on ``n`` layers of ``shape`` (kv_heads, seq, head_dim) runs in, or
+    None (the stack is the whole cache); a ``KVError`` when the stack is not that group's."""
+    group = _GROUP.get()
+    if group is None:
+        return None
+    if len(group.layers) != n or group.shape != tuple(int(x) for x in shape):
+        raise KVError(f"a kernel call on {n} layers of shape {list(shape)} inside a cache group of "
+                      f"{len(group.layers)} layers of shape {list(group.shape)}")
+    return group
+
+
+def split_groups(shapes: Sequence[Sequence[int]], starts: Sequence[int] | None = None) -> list[CacheGroup]:
+    """A cache's layers, grouped by shape (groups in order of their first layer): one ``CacheGroup``
+    per shape; a single group for a cache of equal layers."""
+    shapes = tuple(tuple(int(x) for x in s) for s in shapes)
+    by_shape: dict[tuple[int, int, int], list[int]] = {}
+    for i, s in enumerate(shapes):
+        by_shape.setdefault(s, []).append(i)
+    st = tuple(int(x) for x in starts) if starts is not None and any(starts) else ()
+    return [CacheGroup(shapes, tuple(idx), st) for idx in by_shape.values()]
+
+
 def layer_contexts(shape: tuple[int, ...], dtype: torch.dtype, stats: Stats = None) -> list[LayerContext]:
-    """The CPU codec's ``LayerContext`` of every layer of a cache of ``shape``."""
+    """The CPU codec's ``LayerContext`` of every layer of a cache of ``shape`` -- inside a
+    ``cache_group``, of the group's layers within the whole cache."""
     n, _, h, s, d = shape
+    group = current_group(n, (h, s, d))
+    if group is not None:
+        return [group.context(j, dtype, stats[j] if stats else None) for j in range(n)]
     return [LayerContext(i, n, dtype, (h, s, d), dict(stats[i]) if stats else {}) for i in range(n)]
 
 

@@ -8,10 +8,23 @@ CPU codec again wherever those two disagree. Then it times encode and decode wit
 (``triton.testing.do_bench``: median, L2 flushed between runs). When a cache is smaller than 4x the
 L2, inputs rotate over up to 16 buffers. Bytes moved are input read + output written. The copy
 bandwidth is measured in the same run (``dst.copy_(src)``, 2 GiB, read + write).
+
+Sliding-window models (``kvwire.windows.BENCH_LAYOUTS``: Gemma-3's 15 of 18 layers keep ``window - 1``
+= 511 tokens, as extraction keeps them) are timed on the cache that is really sent: layers of different
+lengths do not stack into one tensor, so the cache is split into groups of equal layers
+(``kernels.base.split_groups``; Gemma-3 at 2048 tokens: 15 x 511 and 3 x 2048), each group is encoded
+by one kernel call inside ``cache_group`` (which gives codecs that plan over the whole cache -- guardband,
+pyramidkv, CacheGen's tiers -- and KVQuant's pre-RoPE positions the real layer contexts), and ONE timed
+call runs every group in turn: the time is the whole cache's, launches of every group included, and
+nothing is padded (padding would time tokens that are never sent). Raw bytes count the kept tokens;
+the conformance checks run per group against the CPU codec with the wire container's contexts.
+Columns ``sliding_window`` and ``layer_tokens`` (e.g. ``15x511+3x2048``) say what was timed; models
+without windows, and lengths inside the window, are timed exactly as before (one group).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -32,6 +45,22 @@ MODEL_SHAPES = {  # layers, kv_heads, head_dim
 }
 SEQS = (512, 2048, 8192, 32768)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def layer_tokens(model: str, layers: int, seq: int) -> list[int]:
+    """Per layer, the tokens a ``seq``-token cache of bench shape ``model`` keeps (``kvwire.windows``)."""
+    from ..windows import bench_layout, kept_tokens
+
+    types, window = bench_layout(model, layers)
+    return kept_tokens(types, window, seq, n_layers=layers)
+
+
+def describe_tokens(tokens: Sequence[int]) -> str:
+    """``15x511+3x2048``: the layers of each length, in order of first appearance."""
+    counts: dict[int, int] = {}
+    for t in tokens:
+        counts[int(t)] = counts.get(int(t), 0) + 1
+    return "+".join(f"{c}x{t}" for t, c in counts.items())
 
 
 def require_gpu(label: str | None = None) -> str:
@@ -94,27 +123,51 @@ def _decoded_bytes(decoded) -> int:
     return sum(x.k.numel() * x.k.element_size() * 2 for x in as_layers(decoded))
 
 
-def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None) -> list[str]:
+def stack_groups(layers, starts: Sequence[int] | None = None, stats=None, device="cuda"):
+    """A cache's layers (``LayerKV``) as kernel inputs: ``[(group, kv [n, 2, heads, seq, head_dim], stats)]``
+    with one entry per group of equal layers (``kernels.base.split_groups``; ``starts``: the layers' window
+    starts). A cache of equal layers is one entry whose group is None (the plain whole-cache call)."""
+    from .base import split_groups
+
+    groups = split_groups([tuple(layer.k.shape) for layer in layers], starts)
+    out = []
+    for g in groups:
+        kv = torch.stack([torch.stack([layers[i].k, layers[i].v]) for i in g.layers]).to(device)
+        st = [{k: v.to(device) for k, v in (stats[i] or {}).items()} for i in g.layers] if stats else None
+        out.append((None if len(groups) == 1 and not g.starts else g, kv, st))
+    return out
+
+
+def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None,
+                      device: str = "cuda") -> list[str]:
     """Every layer of real kvwire KV files through every kernel against the CPU codec (with the
-    file's own statistics); a line per (file, codec); ``KVError`` at the first failure."""
+    file's own statistics and, for window-trimmed caches, one kernel call per group of equal layers
+    with the wire container's layer contexts); a line per (file, codec); ``KVError`` at the first failure."""
     from ..kv import load_kv
+    from .base import cache_group
     from .reference import conformance
 
     lines = []
     for path in paths:
         rec = load_kv(path)
-        kv = torch.stack([torch.stack([layer.k, layer.v]) for layer in rec.layers]).cuda()
-        stats = [{k: v.cuda() for k, v in (s or {}).items()} for s in _file_stats(rec)]
+        parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), device)
+        what = describe_tokens([layer.k.shape[1] for layer in rec.layers])
         for label, kernel in bench_kernels(codecs):
-            missing = [k for k in kernel.needs_stats if k not in stats[0]]
+            missing = [k for k in kernel.needs_stats if k not in parts[0][2][0]]
             if missing:
                 lines.append(f"real KV {Path(path).name} {label}: skipped, the file has no {missing}")
                 continue
-            c = conformance(kernel, kv, stats)
-            lines.append(f"real KV {Path(path).name} {list(kv.shape)} {label}: payload identical {c.identical}, "
-                         f"within tolerance {c.within_tolerance} ({c.differing}/{c.elements} differ, "
-                         f"max {c.max_steps} steps), decode identical {c.decode_identical}")
-            if not c.ok:
+            cs = []
+            for group, kv, stats in parts:
+                with cache_group(group):
+                    cs.append(conformance(kernel, kv, stats))
+            ok = all(c.ok for c in cs)
+            lines.append(f"real KV {Path(path).name} {len(rec.layers)} layers of {what} tokens {label}: payload "
+                         f"identical {all(c.identical for c in cs)}, within tolerance "
+                         f"{all(c.within_tolerance for c in cs)} ({sum(c.differing for c in cs)}/"
+                         f"{sum(c.elements for c in cs)} differ, max {max(c.max_steps for c in cs)} steps), "
+                         f"decode identical {all(c.decode_identical for c in cs)}")
+            if not ok:
                 raise KVError(lines[-1])
     return lines
 
@@ -123,84 +176,147 @@ def _file_stats(rec) -> list[dict]:
     return [dict(s) for s in rec.stats] if rec.stats else [{} for _ in rec.layers]
 
 
-def _random_caches(shape: tuple[int, ...], dtype: torch.dtype, n: int, seed: int) -> list[torch.Tensor]:
+def _random_caches(shape: tuple[int, ...], dtype: torch.dtype, n: int, seed: int,
+                   device: str = "cuda") -> list[torch.Tensor]:
     """Rows of very different magnitudes (what per-token scales meet in real caches), never zeros."""
-    g = torch.Generator(device="cuda").manual_seed(seed)
-    return [(torch.randn(shape, device="cuda", generator=g) *
-             torch.rand(shape[:-1] + (1,), device="cuda", generator=g) * 4).to(dtype) for _ in range(n)]
+    g = torch.Generator(device=device).manual_seed(seed)
+    return [(torch.randn(shape, device=device, generator=g) *
+             torch.rand(shape[:-1] + (1,), device=device, generator=g) * 4).to(dtype) for _ in range(n)]
 
 
 def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                codecs: Sequence[tuple[str, "KernelCodec"]], *, gpu: str, copy_gbps: float, l2_bytes: int,
                rep_ms: int = 100, cpu_check_seq: int = 2048, cpu_check_elems: int = 1 << 24,
-               log: Callable[[str], None] = print) -> list[dict]:
+               log: Callable[[str], None] = print, tokens: Sequence[int] | None = None,
+               device: str = "cuda") -> list[dict]:
     """Check and time every (label, kernel) on one cache shape [layers, 2, kv_heads, seq, head_dim]:
     a row per (codec, implementation, op).
+
+    ``tokens``: per layer, the tokens the cache keeps (``layer_tokens``: a sliding-window layer keeps
+    ``window - 1``); default ``seq`` everywhere. Layers of different lengths are split into groups of
+    equal layers, each encoded by its own kernel call in its ``cache_group``, and one timed call runs
+    every group (the module docstring).
 
     Checks: the whole cache against the eager baseline (exact kernels), the first and last layer
     against the CPU codec where seq <= ``cpu_check_seq``, the first layer otherwise while a layer has
     at most ``cpu_check_elems`` elements (the CPU codec on a 32k-token Phi-3.5 layer takes minutes),
-    and the first few layers where eager and Triton disagree. A kernel with a host stage (CacheGen's rANS) is timed on its
-    device part (``impl`` triton) and its host part separately (``impl`` host, wall clock)."""
+    and the first few layers where eager and Triton disagree -- per group of equal layers. A kernel
+    with a host stage (CacheGen's rANS) is timed on its device part (``impl`` triton) and its host
+    part separately (``impl`` host, wall clock). ``device``: "cuda" (the tests run the logic on "cpu",
+    in Triton's interpreter, with ``_time`` / ``_wall_ms`` replaced)."""
+    from .base import cache_group, split_groups
     from .reference import conformance
 
     layers, _, heads, seq, dim = shape
-    raw = math.prod(shape) * 2
+    tokens = [seq] * layers if tokens is None else [int(t) for t in tokens]
+    if len(tokens) != layers or not all(0 < t <= seq for t in tokens):
+        raise KVError(f"{model}: {len(tokens)} layer lengths {sorted(set(tokens))} for {layers} layers of at most {seq}")
+    starts = [seq - t for t in tokens]
+    groups = split_groups([(heads, t, dim) for t in tokens], starts)
+    windowed = len(groups) > 1 or any(starts)
+    ctx = [g if windowed else None for g in groups]  # a cache of equal, untrimmed layers: the plain call
+    part_shapes = [(len(g.layers), 2, heads, g.shape[1], dim) for g in groups]
+    elt = torch.empty((), dtype=dtype).element_size()
+    raw = sum(math.prod(ps) for ps in part_shapes) * elt
     n_buf = max(1, min(16, math.ceil(4 * l2_bytes / raw)))
-    bufs = _random_caches(shape, dtype, n_buf, seed=seq + dim)
+    bufs = [_random_caches(ps, dtype, n_buf, seed=seq + dim + 7919 * j, device=device)
+            for j, ps in enumerate(part_shapes)]
+    parts = range(len(groups))
+
+    def each(fn) -> list:
+        """``fn(j)`` for every group j, inside its cache group."""
+        out = []
+        for j in parts:
+            with cache_group(ctx[j]):
+                out.append(fn(j))
+        return out
+
     rows = []
     for label, kernel in codecs:
-        g = torch.Generator(device="cuda").manual_seed(seq)
-        stats = kernel.bench_stats(shape, g)
-        payload = kernel.encode(bufs[0], stats)
-        per_layer = 2 * heads * seq * dim
-        check_layers = sorted({0, layers - 1}) if seq <= cpu_check_seq else [0] if per_layer <= cpu_check_elems else []
-        eager = kernel.encode_eager(bufs[0], stats)
-        eager_same = kernel.exact and eager.offsets == payload.offsets and torch.equal(eager.data, payload.data)
-        if kernel.exact and not eager_same:  # who is wrong? the CPU codec on the layers that differ
-            bad = [i for i in range(layers) if eager.offsets[i + 1] - eager.offsets[i] != payload.offsets[i + 1]
-                   - payload.offsets[i] or not torch.equal(eager.layer(i), payload.layer(i))]
-            check_layers = sorted(set(check_layers) | set(bad[:4]))
-            log(f"  {model} {seq} {dtype} {label}: eager and Triton differ in layers {bad}")
-        conf = conformance(kernel, bufs[0], stats, check_layers, payload) if check_layers else None
+        g = torch.Generator(device=device).manual_seed(seq)
+        stats = [kernel.bench_stats(ps, g) for ps in part_shapes]
+        payload = each(lambda j: kernel.encode(bufs[j][0], stats[j]))
+        eager = each(lambda j: kernel.encode_eager(bufs[j][0], stats[j]))
+        confs, eager_same = [], True
+        for j, grp in enumerate(groups):
+            n_j, seq_j = part_shapes[j][0], part_shapes[j][3]
+            per_layer = 2 * heads * seq_j * dim
+            check_layers = (sorted({0, n_j - 1}) if seq_j <= cpu_check_seq else
+                            [0] if per_layer <= cpu_check_elems else [])
+            same = kernel.exact and eager[j].offsets == payload[j].offsets and torch.equal(eager[j].data,
+                                                                                           payload[j].data)
+            eager_same &= bool(same)
+            if kernel.exact and not same:  # who is wrong? the CPU codec on the layers that differ
+                e, p = eager[j], payload[j]
+                bad = [i for i in range(n_j) if e.offsets[i + 1] - e.offsets[i] != p.offsets[i + 1] - p.offsets[i]
+                       or not torch.equal(e.layer(i), p.layer(i))]
+                check_layers = sorted(set(check_layers) | set(bad[:4]))
+                log(f"  {model} {seq} {dtype} {label}: eager and Triton differ in layers "
+                    f"{[grp.layers[i] for i in bad]}")
+            if check_layers:
+                with cache_group(ctx[j]):
+                    c = conformance(kernel, bufs[j][0], stats[j], check_layers, payload[j])
+                confs.append(dataclasses.replace(c, layers=tuple(grp.layers[i] for i in c.layers)))
         eager_ok = eager_same if kernel.exact else None
-        if conf is None:  # too large for the CPU codec: the eager baseline (same bytes) is the check
+        if len(confs) == len(groups):  # every group checked against the CPU codec
+            conf = confs[0] if len(confs) == 1 else _Combined(confs)
+        elif confs:  # some groups too large for the CPU codec: those rest on the eager baseline's bytes
+            conf = _Combined(confs)
+            if kernel.exact and not eager_same:
+                conf.ok = conf.identical = False
+        else:  # too large for the CPU codec: the eager baseline (same bytes) is the check
             conf = _EagerOnly(eager_same if kernel.exact else None)
         if conf.ok is False:
-            log(f"  {model} {seq} {dtype} {label}: NOT conformant on layers {check_layers}: {conf}")
-        payloads = [kernel.encode(b, stats) for b in bufs]
-        dec_bytes = _decoded_bytes(kernel.decode(payload, shape, dtype))
+            log(f"  {model} {seq} {dtype} {label}: NOT conformant on layers {list(conf.layers)}: {conf}")
+        payloads = each(lambda j: [kernel.encode(b, stats[j]) for b in bufs[j]])
+        dec_bytes = sum(each(lambda j: _decoded_bytes(kernel.decode(payload[j], part_shapes[j], dtype))))
         turn = {"i": 0}
 
         def nxt() -> int:
             turn["i"] = (turn["i"] + 1) % n_buf
             return turn["i"]
 
+        def over(op):
+            """One timed call: ``op(j, i)`` for every group j on rotation buffer i (the plain call for a
+            cache of one group, as before)."""
+            if len(groups) == 1 and ctx[0] is None:
+                return lambda: op(0, nxt())
+
+            def run():
+                i = nxt()
+                for j in parts:
+                    with cache_group(ctx[j]):
+                        op(j, i)
+            return run
+
         host_stage = getattr(kernel, "host_stage", None)
         if host_stage:  # the device stage alone (vs its eager twin); the host stage timed apart below
-            symbols = [kernel.encode_symbols(b) for b in bufs]
+            symbols = each(lambda j: [kernel.encode_symbols(b) for b in bufs[j]])
             timed = {
-                ("triton", "encode"): lambda: kernel.encode_symbols(bufs[nxt()]),
-                ("triton", "decode"): lambda: kernel.decode_symbols(symbols[nxt()], dtype),
-                ("eager", "encode"): lambda: kernel.encode_symbols_eager(bufs[nxt()]),
-                ("eager", "decode"): lambda: kernel.decode_symbols_eager(symbols[nxt()], dtype),
+                ("triton", "encode"): over(lambda j, i: kernel.encode_symbols(bufs[j][i])),
+                ("triton", "decode"): over(lambda j, i: kernel.decode_symbols(symbols[j][i], dtype)),
+                ("eager", "encode"): over(lambda j, i: kernel.encode_symbols_eager(bufs[j][i])),
+                ("eager", "decode"): over(lambda j, i: kernel.decode_symbols_eager(symbols[j][i], dtype)),
             }
-            device_bytes = symbols[0].nbytes
+            device_bytes = sum(sym[0].nbytes for sym in symbols)
         else:
             timed = {
-                ("triton", "encode"): lambda: kernel.encode(bufs[nxt()], stats, check=False),
-                ("triton", "decode"): lambda: kernel.decode(payloads[nxt()], shape, dtype, check=False),
-                ("eager", "encode"): lambda: kernel.encode_eager(bufs[nxt()], stats),
-                ("eager", "decode"): lambda: kernel.decode_eager(payloads[nxt()], shape, dtype),
+                ("triton", "encode"): over(lambda j, i: kernel.encode(bufs[j][i], stats[j], check=False)),
+                ("triton", "decode"): over(lambda j, i: kernel.decode(payloads[j][i], part_shapes[j], dtype,
+                                                                      check=False)),
+                ("eager", "encode"): over(lambda j, i: kernel.encode_eager(bufs[j][i], stats[j])),
+                ("eager", "decode"): over(lambda j, i: kernel.decode_eager(payloads[j][i], part_shapes[j], dtype)),
             }
-            device_bytes = payload.nbytes
+            device_bytes = sum(p.nbytes for p in payload)
         ms = {k: _time(do_bench, f, rep_ms) for k, f in timed.items()}
         if host_stage:
-            ms[("host", "encode")] = _wall_ms(lambda: kernel.host_encode(symbols[0]))
-            ms[("host", "decode")] = _wall_ms(lambda: kernel.host_decode(payloads[0], shape))
-        pay = payload.nbytes
+            ms[("host", "encode")] = _wall_ms(lambda: each(lambda j: kernel.host_encode(symbols[j][0])))
+            ms[("host", "decode")] = _wall_ms(lambda: each(lambda j: kernel.host_decode(payload[j],
+                                                                                          part_shapes[j])))
+        pay = sum(p.nbytes for p in payload)
         # what each op really reads: token selection reads only the kept rows (plus its statistics)
-        enc_read = kernel.encode_bytes_read(raw, pay, stats)
+        enc_read = sum(kernel.encode_bytes_read(math.prod(ps) * elt, p.nbytes, st)
+                       for ps, p, st in zip(part_shapes, payload, stats))
         for (impl, op), t in ms.items():
             if impl == "host":
                 moved = device_bytes + pay
@@ -217,13 +333,28 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                 "conformant": conf.ok if impl != "eager" else eager_ok,
                 "checked_layers": " ".join(map(str, conf.layers)),
                 "host_stage": host_stage if impl == "host" else "",
+                "layer_tokens": describe_tokens(tokens),
             })
         del payloads, eager, payload
         if host_stage:
             del symbols
     del bufs
-    torch.cuda.empty_cache()
+    if device == "cuda":
+        torch.cuda.empty_cache()
     return rows
+
+
+class _Combined:
+    """Conformance over several groups of equal layers: identical / ok where every group is."""
+
+    def __init__(self, confs) -> None:
+        self.layers = tuple(sorted(i for c in confs for i in c.layers))
+        self.identical = all(c.identical for c in confs)
+        self.ok = all(c.ok for c in confs)
+        self.parts = confs
+
+    def __repr__(self) -> str:
+        return f"groups({', '.join(map(repr, self.parts))})"
 
 
 class _EagerOnly:
@@ -302,7 +433,8 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
         for seq in seqs:
             for dtype in dtypes:
                 rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
-                                   copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log)
+                                   copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
+                                   tokens=layer_tokens(model, layers, seq))
                 write_csv(out_csv, pd.DataFrame(rows))  # after every shape: a run cut short keeps them
         log(f"  {model} done ({time.time() - t0:.0f} s)")
     return pd.DataFrame(rows)
@@ -349,15 +481,29 @@ def time_nvcomp(do_bench, kv_files: Sequence[str | Path], codecs: Sequence[str] 
     rows = []
     algorithms = tuple(algorithms or ALGORITHMS)
     log(f"nvCOMP {version()}: {', '.join(algorithms)}")
+    from .base import cache_group
+
     for path in kv_files:
         rec = load_kv(path)
-        kv = torch.stack([torch.stack([layer.k, layer.v]) for layer in rec.layers]).cuda()
-        stats = [{k: v.cuda() for k, v in s.items()} for s in _file_stats(rec)]
-        raw = kv.numel() * kv.element_size()
+        parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), "cuda")  # window-trimmed: groups
+        kv = parts[0][1]
+        raw = sum(p[1].numel() for p in parts) * kv.element_size()
+        tokens = describe_tokens([layer.k.shape[1] for layer in rec.layers])
+
+        def encoded(kernel) -> torch.Tensor:
+            """The cache's payload bytes: every group's, in group order (one buffer, as nvCOMP sees it)."""
+            if kernel is None:
+                return torch.cat([p[1].reshape(-1).view(torch.uint8) for p in parts])
+            out = []
+            for group, x, st in parts:
+                with cache_group(group):
+                    out.append(kernel.encode(x, st).data)
+            return out[0] if len(out) == 1 else torch.cat(out)
+
         for label, kernel in [("identity", None)] + bench_kernels(codecs):
-            if kernel is not None and any(k not in stats[0] for k in kernel.needs_stats):
+            if kernel is not None and any(k not in (parts[0][2] or [{}])[0] for k in kernel.needs_stats):
                 continue
-            payload = kv.reshape(-1).view(torch.uint8) if kernel is None else kernel.encode(kv, stats).data
+            payload = encoded(kernel)
             tiled = payload.repeat(max(1, math.ceil(min_bytes / max(payload.numel(), 1))))
             for algo in algorithms:
                 try:
@@ -372,8 +518,9 @@ def time_nvcomp(do_bench, kv_files: Sequence[str | Path], codecs: Sequence[str] 
                     log(f"  nvCOMP {algo} on {label} ({Path(path).name}): {type(exc).__name__}: {exc}")
                     continue
                 rows.append({
-                    "gpu": gpu, "source": Path(path).name, "layers": kv.shape[0], "kv_heads": kv.shape[2],
-                    "seq": kv.shape[3], "head_dim": kv.shape[4], "dtype": str(kv.dtype).split(".")[-1],
+                    "gpu": gpu, "source": Path(path).name, "layers": len(rec.layers), "kv_heads": kv.shape[2],
+                    "seq": rec.seq_len, "head_dim": kv.shape[4], "dtype": str(kv.dtype).split(".")[-1],
+                    "layer_tokens": tokens,
                     "codec": label, "algorithm": algo, "raw_bytes": raw, "payload_bytes": payload.numel(),
                     "compressed_bytes": comp.numel(), "codec_ratio": raw / payload.numel(),
                     "stage_ratio": payload.numel() / comp.numel(), "total_ratio": raw / comp.numel(),

@@ -50,7 +50,7 @@ from ..codecs.bitpack import packed_size
 from ..codecs.cachegen import _MODE_PACKED, layer_tier
 from ..errors import CodecError, KVError, WireError
 from . import interpreted
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .base import GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
 from .packbits import code_at, load_f16_bytes, pack_blocks_rt, store_f16_bytes
 from .token_quant import _bf16_bits, _rint
 
@@ -151,15 +151,17 @@ def delta_range_kernel(x_ptr, a_scale_ptr, a_zero_ptr, a_codes_ptr, amax_ptr, ou
 
 
 @triton.jit
-def _delta_bits(t, H: tl.constexpr, N_LAYERS, B0, B1, B2):
-    """Delta bits of tensor-head ``t``'s layer: ``layer_tier``'s thirds (``bits_early/mid/late``)."""
-    tier = tl.minimum((3 * (t // (2 * H))) // N_LAYERS, 2)
+def _delta_bits(t, H: tl.constexpr, C1, C2, B0, B1, B2):
+    """Delta bits of tensor-head ``t``'s layer: ``layer_tier``'s thirds (``bits_early/mid/late``), given as
+    the first layers of the stack in the middle (``C1``) and the last (``C2``) third (``_tier_cuts``)."""
+    layer = t // (2 * H)
+    tier = (layer >= C1).to(tl.int32) + (layer >= C2).to(tl.int32)
     return tl.where(tier == 0, B0, tl.where(tier == 1, B1, B2))
 
 
 @triton.jit
 def delta_codes_kernel(x_ptr, a_scale_ptr, a_zero_ptr, amax_ptr, codes_ptr, d_scale_ptr, out_ptr, sec_ptr,
-                       S, ND, T0, N_LAYERS, B0, B1, B2,
+                       S, ND, T0, C1, C2, B0, B1, B2,
                        H: tl.constexpr, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, TPB: tl.constexpr,
                        QA: tl.constexpr, PAYLOAD: tl.constexpr):
     """Delta positions [program_id(0) * 8 TPB, ...) of tensor-head ``T0 + program_id(1)``, every channel:
@@ -169,7 +171,7 @@ def delta_codes_kernel(x_ptr, a_scale_ptr, a_zero_ptr, amax_ptr, codes_ptr, d_sc
     to ``d_scale`` (and the payload) from the first position block's programs."""
     t = T0 + tl.program_id(1)
     base = t.to(tl.int64) * S * D
-    bits = _delta_bits(t, H, N_LAYERS, B0, B1, B2)
+    bits = _delta_bits(t, H, C1, C2, B0, B1, B2)
     qf = ((1 << (bits - 1)) - 1).to(tl.float32)
     col = tl.arange(0, DP)
     cm = col < D
@@ -230,14 +232,14 @@ def pack_stream_kernel(src_ptr, dst_ptr, streams_ptr, BLOCKS: tl.constexpr):
 
 @triton.jit
 def decode_kernel(a_src_ptr, d_src_ptr, a_scale_ptr, a_zero_ptr, d_scale_ptr, y_ptr, sec_ptr, flag_ptr,
-                  S, NC, ND, T0, N_LAYERS, B0, B1, B2, LIMIT,
+                  S, NC, ND, T0, C1, C2, B0, B1, B2, LIMIT,
                   H: tl.constexpr, C: tl.constexpr, D: tl.constexpr, DP: tl.constexpr, BLOCK_T: tl.constexpr,
                   AB: tl.constexpr, PACKED: tl.constexpr, OUT_KIND: tl.constexpr, CHECK: tl.constexpr):
     """Tokens [program_id(0) * BLOCK_T, ...) of tensor-head ``T0 + program_id(1)``: decoded anchor, plus
     the dequantized delta for the chunk's other tokens. Codes come from the symbol tensors or, with
     ``PACKED``, straight from the payload's bit-packed streams (offsets in ``sec_ptr``)."""
     t = T0 + tl.program_id(1)
-    bits = _delta_bits(t, H, N_LAYERS, B0, B1, B2)
+    bits = _delta_bits(t, H, C1, C2, B0, B1, B2)
     q = (1 << (bits - 1)) - 1
     col = tl.arange(0, DP)
     cm = col < D
@@ -313,15 +315,17 @@ class PackedLayout:
 
 
 @lru_cache(maxsize=64)
-def packed_layout(params_items: tuple, shape: tuple[int, ...]) -> PackedLayout:
+def packed_layout(params_items: tuple, shape: tuple[int, ...], tiers: tuple[int, ...] | None = None) -> PackedLayout:
+    """``tiers``: each layer's ``layer_tier`` (default: of a whole cache of ``shape``; ``CacheGenKernel._tiers``)."""
     p = dict(params_items)
     n, _, h, s, d = shape
+    tiers = tiers if tiers is not None else tuple(layer_tier(i, n) for i in range(n))
     c = p["chunk_size"]
     nc = -(-s // c)
     nd = s - nc
     offsets, secs, at_list, byte_list = [0], [], [], []
     for i in range(n):
-        bits = p[("bits_early", "bits_mid", "bits_late")[layer_tier(i, n)]]
+        bits = p[("bits_early", "bits_mid", "bits_late")[tiers[i]]]
         ab = p["anchor_bits"]
         a_stream = 1 + (h * nc * d if ab == 8 else packed_size(h * nc * d, ab))
         d_stream = 1 + (0 if nd == 0 else h * d * nd if bits == 8 else packed_size(h * d * nd, bits))
@@ -373,6 +377,24 @@ class CacheGenKernel(KernelCodec):
     def _bits(self, tier: int) -> int:
         return self.params[("bits_early", "bits_mid", "bits_late")[tier]]
 
+    def _tiers(self, shape) -> tuple[int, ...]:
+        """Each stacked layer's depth tier (``layer_tier``): of its index in the whole cache -- inside a
+        ``kernels.base.cache_group``, the group's layers' indices in the group's cache."""
+        n, _, h, s, d = shape
+        group = current_group(n, (h, s, d))
+        if group is None:
+            return tuple(layer_tier(i, n) for i in range(n))
+        return tuple(layer_tier(i, group.n_layers) for i in group.layers)
+
+    @staticmethod
+    def _tier_cuts(tiers: tuple[int, ...]) -> tuple[int, int]:
+        """(first stacked layer of tier >= 1, of tier 2): the kernels' ``C1``, ``C2`` (tiers never decrease)."""
+        n = len(tiers)
+        return next((i for i, t in enumerate(tiers) if t >= 1), n), next((i for i, t in enumerate(tiers) if t >= 2), n)
+
+    def _layout(self, shape) -> PackedLayout:
+        return packed_layout(tuple(sorted(self.params.items())), tuple(shape), self._tiers(tuple(shape)))
+
     # -- encode: the device part --
     def encode_symbols(self, kv: torch.Tensor, *, check: bool = False) -> CacheGenSymbols:
         """The quantized symbols of ``kv`` on its device: a memset and three launches, no host sync
@@ -406,6 +428,8 @@ class CacheGenKernel(KernelCodec):
         anchors_in_place = payload is not None and self.params["anchor_bits"] == 8
         tpb = 64 if interpreted() else max(1, TUNING["tile"] // (8 * dp))
         bits = self._tier_bits()
+        tiers = self._tiers(tuple(kv.shape))
+        cuts = self._tier_cuts(tiers)
         direct = payload is not None and nd % 8 == 0  # every (head, channel) row starts an 8-code block
         for t0, t1 in self._groups(th, s * d * kv.element_size()):
             # the deltas' range, then their codes, group by group of tensor-heads: a group small enough
@@ -420,12 +444,12 @@ class CacheGenKernel(KernelCodec):
                 D=d, DP=dp, BLOCK_C=block_r, QA=qa, PAYLOAD=anchors_in_place, **_launch(TUNING["warps"]))
             if nd:
                 delta_codes_kernel[(triton.cdiv(nd, 8 * tpb), t1 - t0)](
-                    kv, a_scale, a_zero, amax.view(torch.int32), d_codes, d_scale, out, sec_t, s, nd, t0, n, *bits,
+                    kv, a_scale, a_zero, amax.view(torch.int32), d_codes, d_scale, out, sec_t, s, nd, t0, *cuts, *bits,
                     H=h, C=c, D=d, DP=dp, TPB=tpb, QA=qa, PAYLOAD=direct, **_launch(TUNING["warps"]))
         if not nd:
             d_scale.zero_()
         elif payload is not None and not direct:  # rows straddle 8-code blocks: pack the symbols after
-            self._pack_streams(d_codes, out, sec, h * d * nd, 4, [self._bits(layer_tier(i, n)) for i in range(n)])
+            self._pack_streams(d_codes, out, sec, h * d * nd, 4, [self._bits(t) for t in tiers])
             per = h * d * 2
             starts = sec[:, [3, 8]].reshape(-1)
             out[(starts[:, None] + torch.arange(per, device=dev)[None, :]).reshape(-1)] = \
@@ -474,8 +498,9 @@ class CacheGenKernel(KernelCodec):
         a_codes, a_scale, a_zero = sym.anchor_codes.cpu(), sym.anchor_scale.cpu(), sym.anchor_zero.cpu()
         d_codes, d_scale = sym.delta_codes.cpu(), sym.delta_scale.cpu()
         layers = []
+        tiers = self._tiers(sym.shape)
         for i in range(n):
-            bits = self._bits(layer_tier(i, n))
+            bits = self._bits(tiers[i])
             sections = []
             for j in range(2):
                 sections += [tensor_bytes(a_scale[i, j]), tensor_bytes(a_zero[i, j]),
@@ -497,7 +522,7 @@ class CacheGenKernel(KernelCodec):
     def encode_packed(self, kv: torch.Tensor, *, check: bool = True) -> GpuPayloads:
         """The ``entropy="none"`` payloads, built entirely on the device (the streams' bit-packed form,
         which is also what ``rans`` falls back to for streams it cannot shrink)."""
-        lay = packed_layout(tuple(sorted(self.params.items())), tuple(kv.shape))
+        lay = self._layout(tuple(kv.shape))
         out = torch.empty(lay.offsets[-1], dtype=torch.uint8, device=kv.device)
         tabs = _device_tables(lay, str(kv.device))
         out[tabs["header_at"]] = tabs["header_bytes"]
@@ -523,8 +548,8 @@ class CacheGenKernel(KernelCodec):
         block_t = 128 if interpreted() else max(1, TUNING["decode_tile"] // dp)
         sec_t = sec if sec is not None else a_scale  # (unused for symbols)
         decode_kernel[(triton.cdiv(s, block_t), n * 2 * h)](
-            sources[0], sources[1], a_scale, a_zero, d_scale, target, sec_t, flag, s, nc, nd, 0, n,
-            *self._tier_bits(), torch.finfo(dtype).max, H=h, C=c, D=d, DP=dp, BLOCK_T=block_t,
+            sources[0], sources[1], a_scale, a_zero, d_scale, target, sec_t, flag, s, nc, nd, 0,
+            *self._tier_cuts(self._tiers(tuple(shape))), *self._tier_bits(), torch.finfo(dtype).max, H=h, C=c, D=d, DP=dp, BLOCK_T=block_t,
             AB=self.params["anchor_bits"], PACKED=sec is not None, OUT_KIND=OUT_KINDS[dtype], CHECK=check,
             **_launch(TUNING["decode_warps"]))
         if check and int(flag.item()):
@@ -542,8 +567,9 @@ class CacheGenKernel(KernelCodec):
         a_codes = torch.empty((n, 2, h, nc, d), dtype=torch.uint8)
         d_codes = torch.empty((n, 2, h, d, nd), dtype=torch.uint8)
         scales = torch.empty((3, n, 2, h, d), dtype=torch.float16)
+        tiers = self._tiers(tuple(shape))
         for i, data in enumerate(payloads.to_bytes()):
-            bits = self._bits(layer_tier(i, n))
+            bits = self._bits(tiers[i])
             secs = unpack_sections(data, N_SECTIONS, self.name)
             for j in range(2):
                 a_scale, a_zero, a_stream, d_scale, d_stream = secs[5 * j:5 * j + 5]
@@ -566,7 +592,7 @@ class CacheGenKernel(KernelCodec):
 
     def decode(self, payloads: GpuPayloads, shape, dtype, *, check: bool = True) -> torch.Tensor:
         shape = tuple(shape)
-        lay = packed_layout(tuple(sorted(self.params.items())), shape)
+        lay = self._layout(shape)
         if tuple(payloads.offsets) == lay.offsets and self._packed_headers(payloads, lay, check):
             return self.decode_packed(payloads, shape, dtype, check=check)
         return self.decode_symbols(self.host_decode(payloads, shape), dtype, check=check)
@@ -581,7 +607,7 @@ class CacheGenKernel(KernelCodec):
 
     def decode_packed(self, payloads: GpuPayloads, shape, dtype, *, check: bool = True) -> torch.Tensor:
         """Decode bit-packed payloads (``entropy="none"``) on the device, reading the streams in place."""
-        lay = packed_layout(tuple(sorted(self.params.items())), tuple(shape))
+        lay = self._layout(tuple(shape))
         data = payloads.data
         sec = _device_tables(lay, str(data.device))["sections"]
         return self._decode(tuple(shape), dtype, (data, data), data, data, data, sec, check)

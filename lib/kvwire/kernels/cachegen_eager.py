@@ -11,7 +11,7 @@ import torch
 
 from ..codecs import quant
 from ..codecs.base import section_header
-from ..codecs.cachegen import _MODE_PACKED, layer_tier
+from ..codecs.cachegen import _MODE_PACKED
 from .base import GpuPayloads
 from .guardband_eager import pack, unpack
 
@@ -26,8 +26,9 @@ def encode_symbols_eager(kernel, kv: torch.Tensor):
     a_codes = torch.empty((n, 2, h, nc, d), dtype=torch.uint8, device=dev)
     d_codes = torch.empty((n, 2, h, d, nd), dtype=torch.uint8, device=dev)
     scales = torch.zeros((3, n, 2, h, d), dtype=sdt, device=dev)
+    tiers = kernel._tiers(tuple(kv.shape))
     for i in range(n):
-        bits = kernel._bits(layer_tier(i, n))
+        bits = kernel._bits(tiers[i])
         for j in range(2):
             x = torch.nn.functional.pad(kv[i, j].float(), (0, 0, 0, nc * c - s)).view(h, nc, c, d)
             anchors = quant.quantize(x[:, :, 0, :], p["anchor_bits"], dim=1, symmetric=False, scale_dtype=sdt)
@@ -55,8 +56,9 @@ def encode_packed_eager(kernel, kv: torch.Tensor) -> GpuPayloads:
     dev = kv.device
     mode = torch.tensor([_MODE_PACKED], dtype=torch.uint8, device=dev)
     layers = []
+    tiers = kernel._tiers(tuple(kv.shape))
     for i in range(n):
-        bits = kernel._bits(layer_tier(i, n))
+        bits = kernel._bits(tiers[i])
         sections = []
         for j in range(2):
             sections += [sym.anchor_scale[i, j].reshape(-1).view(torch.uint8),
@@ -81,8 +83,9 @@ def decode_symbols_eager(kernel, sym, dtype: torch.dtype) -> torch.Tensor:
     p = kernel.params
     limit = torch.finfo(dtype).max
     out = torch.empty(sym.shape, dtype=dtype, device=sym.anchor_codes.device)
+    tiers = kernel._tiers(sym.shape)
     for i in range(n):
-        bits = kernel._bits(layer_tier(i, n))
+        bits = kernel._bits(tiers[i])
         qmax = quant.levels(bits, True)
         for j in range(2):
             anchors = quant.Quantized(sym.anchor_codes[i, j], sym.anchor_scale[i, j].view(h, 1, d),
@@ -103,17 +106,18 @@ def decode_symbols_eager(kernel, sym, dtype: torch.dtype) -> torch.Tensor:
 
 def decode_packed_eager(kernel, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``entropy="none"`` payloads: streams unpacked by device torch ops, then ``decode_symbols_eager``."""
-    from .cachegen import CacheGenSymbols, packed_layout
+    from .cachegen import CacheGenSymbols
 
     n, h, _, d, _, nc, nd = kernel._dims(shape)
-    lay = packed_layout(tuple(sorted(kernel.params.items())), shape)
+    lay = kernel._layout(shape)
     data = payloads.data
     dev = data.device
     a_codes = torch.empty((n, 2, h, nc, d), dtype=torch.uint8, device=dev)
     d_codes = torch.empty((n, 2, h, d, nd), dtype=torch.uint8, device=dev)
     scales = torch.zeros((3, n, 2, h, d), dtype=torch.float16, device=dev)
+    tiers = kernel._tiers(shape)
     for i in range(n):
-        bits = kernel._bits(layer_tier(i, n))
+        bits = kernel._bits(tiers[i])
         row = lay.sections[i]
         ends = list(row[1:]) + [lay.offsets[i + 1]]
         for j in range(2):

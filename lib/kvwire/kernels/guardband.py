@@ -2,7 +2,8 @@
 bands, written straight into the CPU codec's wire payload bytes.
 
 The plan (``plan_cache``) is a pure function of the cache's shapes and the parameters, so the host
-computes it once per shape and turns it into byte offsets: every layer's section table, plan header,
+computes it once per shape (inside a ``kernels.base.cache_group``: over the whole cache's unequal
+layer shapes, laid out for the group's layers) and turns it into byte offsets: every layer's section table, plan header,
 keep mask, guard and body segments and key channel scales (``GuardBandLayout``). The device then runs
 
 1. ``key_stats_kernel`` (one launch): every key channel's absmax over the layer (the equalization
@@ -42,6 +43,7 @@ float16, head_dim or group sizes that are not multiples of 8.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -58,7 +60,7 @@ from ..codecs.bitpack import packed_size
 from ..codecs.guardband import _PLAN, RAW_BITS, CachePlan, effective_group, plan_cache
 from ..errors import CodecError, KVError, WireError
 from . import interpreted
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .base import CacheGroup, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
 from .packbits import (
     byte_lanes,
     load_f16_bytes,
@@ -366,11 +368,19 @@ def _segment_sizes(h: int, n: int, d: int, bits: int, group: int) -> tuple[int, 
 
 
 @lru_cache(maxsize=64)
-def build_layout(params_items: tuple, n: int, shape: tuple[int, int, int], dtype: torch.dtype) -> GuardBandLayout:
-    """The layout of a cache of ``n`` layers of ``shape``; ``CodecError`` where the kernels cannot do it."""
+def build_layout(params_items: tuple, n: int, shape: tuple[int, int, int], dtype: torch.dtype,
+                 group: CacheGroup | None = None) -> GuardBandLayout:
+    """The layout of a cache of ``n`` layers of ``shape`` -- or, with ``group``, of those ``n`` layers of
+    a larger cache of unequal layers, from the WHOLE cache's plan (its ``plan`` then lists the group's
+    layer plans, with the whole cache's budget, size and feasibility); ``CodecError`` where the kernels
+    cannot do it."""
     p = dict(params_items)
     h, s, d = shape
-    plan = plan_cache("guardband", params_items, n, shape, dtype)
+    if group is None:
+        plan = plan_cache("guardband", params_items, (tuple(shape),) * n, dtype)
+    else:
+        whole = plan_cache("guardband", params_items, group.shapes, dtype)
+        plan = dataclasses.replace(whole, layers=tuple(whole.layers[i] for i in group.layers))
     group = effective_group(d, p["group_size"])
     if d % 8 or group % 8:
         raise CodecError(f"the guardband GPU kernel packs 8-code blocks per group: head_dim ({d}) and the "
@@ -452,10 +462,14 @@ class GuardBandKernel(KernelCodec):
                 "and group size multiples of 8; every plan regime (top, mix, drop) and score")
 
     def layout(self, n: int, shape: tuple[int, int, int], dtype: torch.dtype) -> GuardBandLayout:
-        return build_layout(tuple(sorted(self.params.items())), n, tuple(shape), dtype)
+        """The payload layout of ``n`` layers of ``shape``: the whole cache, or inside a ``cache_group``
+        those layers of the group's cache (planned over every layer's shape, as the CPU codec)."""
+        return build_layout(tuple(sorted(self.params.items())), n, tuple(shape), dtype,
+                            current_group(n, tuple(shape)))
 
     def _ctx(self, n: int, shape, dtype) -> LayerContext:
-        return LayerContext(0, n, dtype, tuple(shape))
+        group = current_group(n, tuple(shape))
+        return LayerContext(0, n, dtype, tuple(shape)) if group is None else group.context(0, dtype)
 
     # -- encode --
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:

@@ -61,7 +61,7 @@ def encode_eager(kernel, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
     lay = kernel.layout(n, (h, s, d), kv.dtype)
     codec = kernel.codec.tensor
     if not lay.plan.feasible and kernel.params["strict"]:
-        raise CodecError(codec._unreachable(lay.plan, LayerContext(0, n, kv.dtype, (h, s, d))))
+        raise CodecError(codec._unreachable(lay.plan, kernel._ctx(n, (h, s, d), kv.dtype)))
     parts = []
     for i in range(n):
         ctx = LayerContext(i, n, kv.dtype, (h, s, d), dict(stats[i]) if stats else {})

@@ -8,7 +8,9 @@ What is exact: the z-scores (torch's CPU sum order reproduced), hence the outlie
 ties; offsets and ranges (with the sign of zero torch's ``amin``/``amax`` return for all-zero
 vectors); codes, packing, outlier values and indices; the decode (outliers scattered bit-exact,
 RoPE rotation in float32 with cos/sin tables computed on the host by ``kvwire.rope``'s own torch
-ops, as the CPU codec does). What may differ: when several entries share the k-th largest
+ops, as the CPU codec does, at each layer's original positions: a window-trimmed sliding layer's
+start comes from the ``kernels.base.cache_group`` the call runs in, as the CPU codec's from the wire
+header). What may differ: when several entries share the k-th largest
 z-score exactly and only some fit the budget, the CPU codec keeps the ones ``torch.topk``
 happens to return (libstdc++'s heap/introselect order), the kernel the LOWEST flat indices. In
 ordinary layers such ties are equal values in one vector (same offset and range either way): a
@@ -30,7 +32,7 @@ import functools
 import math
 import weakref
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -43,7 +45,7 @@ from ..errors import CodecError, KVError, WireError
 from . import interpreted
 from . import kvquant_jit as jit
 from . import kvquant_select as topk
-from .base import UNKNOWN_STEPS, GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from .base import UNKNOWN_STEPS, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
 
 ROPE_STATS = ("rope_inv_freq", "rope_scaling")
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
@@ -131,17 +133,22 @@ _PLANS: dict = {}  # statistics identity or table bytes -> (the statistics, thei
 _DECODED: dict = {}  # payload tensor identity -> (a weak reference to it, its RopePlan)
 
 
-def _tables(inv_freqs: list[torch.Tensor], scalings: list[float], seq: int, device) -> RopePlan:
+def _tables(inv_freqs: list[torch.Tensor], scalings: list[float], seq: int, device,
+            starts: Sequence[int] | None = None) -> RopePlan:
+    """The plan's tables: one cos/sin table per distinct (frequencies, scaling, window start), at the
+    stored tokens' original positions ``start + 0 .. seq - 1`` (``starts``: per layer, default 0)."""
+    starts = [0] * len(inv_freqs) if starts is None else [int(x) for x in starts]
     keys, first = [], {}
-    for f, sc in zip(inv_freqs, scalings):
-        key = (f.numpy().tobytes(), sc)
+    for f, sc, st in zip(inv_freqs, scalings, starts):
+        key = (f.numpy().tobytes(), sc, st)
         first.setdefault(key, len(first))
         keys.append(first[key])
     n_freq = inv_freqs[0].numel()
     cos, sin = [], []
     for key in first:
         f = torch.frombuffer(bytearray(key[0]), dtype=torch.float32)
-        c, s = rope._cos_sin(torch.arange(seq), f, key[1])  # the CPU codec's own torch ops
+        pos = torch.arange(seq) + key[2] if key[2] else torch.arange(seq)
+        c, s = rope._cos_sin(pos, f, key[1])  # the CPU codec's own torch ops
         cos.append(c[:, :n_freq].contiguous())
         sin.append(s[:, :n_freq].contiguous())
     meta = torch.tensor([[n_freq, k] for k in keys], dtype=torch.int32)
@@ -200,16 +207,19 @@ class KVQuantKernel(KernelCodec):
         inv_freq = 1.0 / (500000.0 ** (torch.arange(0, d, 2, dtype=torch.float32) / d))
         return [{"rope_inv_freq": inv_freq.clone(), "rope_scaling": torch.ones(1)} for _ in range(n_layers)]
 
-    def _rope_plan(self, stats: Stats, n_layers: int, seq: int, dim: int, device) -> RopePlan:
+    def _rope_plan(self, stats: Stats, n_layers: int, seq: int, dim: int, device,
+                   starts: Sequence[int] | None = None) -> RopePlan:
         """The CPU codec's checks of the RoPE statistics, then their device tables (cached by the
-        statistics' identity, so a repeated encode pays no host work or copy)."""
+        statistics' identity, so a repeated encode pays no host work or copy); ``starts``: each layer's
+        window start (``_starts``)."""
+        starts = tuple(int(x) for x in starts) if starts is not None else (0,) * n_layers
         if stats is None or len(stats) < n_layers:
             missing = list(ROPE_STATS) if stats is None else ["(layers)"]
             raise CodecError(f"codec {self.name!r} with pre_rope=True needs the RoPE statistics {missing} for "
                              f"layer 0; re-extract the cache (extraction stores them for RoPE models) or "
                              f"set pre_rope=False")
         ident = tuple((id(stats[i][k]), stats[i][k]._version) for i in range(n_layers) for k in ROPE_STATS
-                      if k in stats[i]) + (seq, dim, str(device))
+                      if k in stats[i]) + (seq, dim, str(device), starts)
         hit = _PLANS.get(ident)
         if hit is not None:
             return hit[1]
@@ -230,11 +240,19 @@ class KVQuantKernel(KernelCodec):
         if len({f.numel() for f in inv_freqs}) != 1:
             raise CodecError(f"the GPU kernel for {self.name!r} needs one RoPE frequency count across layers, got "
                              f"{sorted({f.numel() for f in inv_freqs})}")
-        plan = _tables(inv_freqs, scalings, seq, device)
+        plan = _tables(inv_freqs, scalings, seq, device, starts)
         if len(_PLANS) > 8:
             _PLANS.clear()
         _PLANS[ident] = ([stats[i][k] for i in range(n_layers) for k in ROPE_STATS], plan)  # refs keep ids alive
         return plan
+
+    @staticmethod
+    def _starts(shape: Sequence[int]) -> tuple[int, ...]:
+        """Each layer's window start (the original position of its first stored token): from the
+        ``cache_group`` the call runs in, else all 0 -- as the CPU codec's ``LayerContext.start``."""
+        n, _, h, s, d = shape
+        group = current_group(n, (h, s, d))
+        return tuple(group.start(i) for i in group.layers) if group is not None else (0,) * n
 
     # -- layout --
 
@@ -265,7 +283,7 @@ class KVQuantKernel(KernelCodec):
         n_layers, h, s, d = check_cache(kv, f"{self.name} GPU kernel")
         self.layout(tuple(kv.shape), kv.dtype)  # shape checks before the statistics'
         pre = bool(self.params["pre_rope"])
-        plan = self._rope_plan(stats, n_layers, s, d, kv.device) if pre else None
+        plan = self._rope_plan(stats, n_layers, s, d, kv.device, self._starts(kv.shape)) if pre else None
         lay = self.layout(tuple(kv.shape), kv.dtype, plan.n_freq if pre else 0)
         kv = kv.contiguous()
         out = torch.empty(n_layers * lay.layer_bytes, dtype=torch.uint8, device=kv.device)
@@ -351,7 +369,8 @@ class KVQuantKernel(KernelCodec):
         """The kernels' per-vector means and 1/var (keys per channel [L, H, D], in the pre-RoPE
         domain with pre_rope; values per token [L, H, S]): the CPU codec's, bit for bit."""
         n_layers, h, s, d = check_cache(kv, f"{self.name} GPU kernel")
-        plan = self._rope_plan(stats, n_layers, s, d, kv.device) if self.params["pre_rope"] else None
+        plan = (self._rope_plan(stats, n_layers, s, d, kv.device, self._starts(kv.shape))
+                if self.params["pre_rope"] else None)
         lay = self.layout(tuple(kv.shape), kv.dtype, plan.n_freq if plan else 0)
         kv = kv.contiguous()
         f32 = dict(dtype=torch.float32, device=kv.device)
@@ -463,7 +482,7 @@ class KVQuantKernel(KernelCodec):
         if check:
             self._check_payload(per, lay, dtype)
         pre = bool(self.params["pre_rope"])
-        plan = self._payload_plan(data, per, lay, s, check) if pre else None
+        plan = self._payload_plan(data, per, lay, s, check, self._starts(shape)) if pre else None
         g = self._geometry(lay)
         W, R, NRB = g["W"], g["BLOCK_R"], g["NRB"]
         bits_view = out.view(torch.int32 if dtype == torch.float32 else torch.int16)
@@ -515,22 +534,25 @@ class KVQuantKernel(KernelCodec):
         if not ok[5:].all():
             raise WireError(f"codec {self.name!r}: outlier indices out of range or not increasing")
 
-    def _payload_plan(self, data: torch.Tensor, per: torch.Tensor, lay: Layout, seq: int, check: bool) -> RopePlan:
+    def _payload_plan(self, data: torch.Tensor, per: torch.Tensor, lay: Layout, seq: int, check: bool,
+                      starts: tuple[int, ...] | None = None) -> RopePlan:
         """The payloads' RoPE tables (one small copy to the host: a sync), checked as the CPU decoder
         does, then cos/sin from them by ``rope._cos_sin`` (cached by the tables' bytes). Unchecked
         (``check=False``), a payload tensor decoded before -- same storage, unchanged since by torch
         (its version counter) -- reuses its tables without the copy."""
-        ident = (id(data), data.data_ptr(), data._version, seq)
+        starts = tuple(starts) if starts is not None else (0,) * per.shape[0]
+        ident = (id(data), data.data_ptr(), data._version, seq, starts)
         seen = _DECODED.get(ident)
         if not check and seen is not None and seen[0]() is data:
             return seen[1]
         tables = per[:, lay.offsets["table"]:].clone(memory_format=torch.contiguous_format).view(torch.float32).cpu()
         if not torch.isfinite(tables).all() or not (tables[:, -1] > 0).all():
             raise WireError(f"codec {self.name!r}: non-finite RoPE table or non-positive scaling in the payload")
-        key = (tables.numpy().tobytes(), seq, str(data.device))
+        key = (tables.numpy().tobytes(), seq, str(data.device), starts)
         hit = _PLANS.get(key)
         if hit is None:
-            plan = _tables([t[:-1].clone() for t in tables], [float(t[-1]) for t in tables], seq, data.device)
+            plan = _tables([t[:-1].clone() for t in tables], [float(t[-1]) for t in tables], seq, data.device,
+                           starts)
             if len(_PLANS) > 8:
                 _PLANS.clear()
             hit = _PLANS[key] = (None, plan)

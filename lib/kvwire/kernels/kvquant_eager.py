@@ -84,7 +84,8 @@ def encode_eager(kernel, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
     params, bits = kernel.params, kernel.bits
     n_layers, _, h, s, d = kv.shape
     dev = kv.device
-    plan = kernel._rope_plan(stats, n_layers, s, d, "cpu") if params["pre_rope"] else None
+    starts = kernel._starts(kv.shape)
+    plan = kernel._rope_plan(stats, n_layers, s, d, "cpu", starts) if params["pre_rope"] else None
     lay = kernel.layout(tuple(kv.shape), kv.dtype, plan.n_freq if plan else 0)
     header = _header(lay.header, str(dev))
     layers = []
@@ -92,8 +93,8 @@ def encode_eager(kernel, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
         keys, tail = kv[i, 0], []
         if plan is not None:
             table = plan.table_bytes[i].view(torch.float32)  # on the host (the plan was made for "cpu")
-            keys = rope.rotate(kv[i, 0], torch.arange(s, device=dev), table[:-1].to(dev), float(table[-1]),
-                               inverse=True)
+            keys = rope.rotate(kv[i, 0], torch.arange(s, device=dev) + starts[i], table[:-1].to(dev),
+                               float(table[-1]), inverse=True)
             tail = [_raw(table.to(dev))]
         parts = [header] + _encode_tensor(keys, 1, bits, params, kv.dtype) + \
             _encode_tensor(kv[i, 1], 2, bits, params, kv.dtype) + tail
@@ -127,6 +128,7 @@ def decode_eager(kernel, payloads: GpuPayloads, shape: tuple[int, ...], dtype: t
     n_layers, _, h, s, d = shape
     sdt = SCALE_DTYPES[kernel.params["scale_dtype"]]
     pre = bool(kernel.params["pre_rope"])
+    starts = kernel._starts(shape)
     out = torch.empty(shape, dtype=dtype, device=payloads.data.device)
     for i in range(n_layers):
         p = payloads.layer(i)
@@ -134,7 +136,8 @@ def decode_eager(kernel, payloads: GpuPayloads, shape: tuple[int, ...], dtype: t
         if pre:
             table = p[lay.offsets["table"]:].clone().view(torch.float32)
             limit = torch.finfo(dtype).max
-            k = rope.rotate(k, torch.arange(s, device=p.device), table[:-1], float(table[-1])).clamp_(-limit, limit)
+            k = rope.rotate(k, torch.arange(s, device=p.device) + starts[i], table[:-1],
+                            float(table[-1])).clamp_(-limit, limit)
         out[i, 0] = k.to(dtype)
         out[i, 1] = _decode_tensor(p, lay, "v", 2, kernel.bits, sdt, dtype, dtype)
     return out

@@ -4,7 +4,8 @@ GPU's speed-up curves.
 - **CPU rows** come from the study's measured CPU codec timings (``break_even.csv``: per-layer
   encode and decode times of real caches, median over datasets).
 - **GPU rows** come from the cached kernel timings (``gpu_break_even.csv``, rule ``gpu_tables``:
-  whole-cache times, split evenly over the layers).
+  whole-cache times, split over the layers by the tokens each sends -- evenly where all layers are
+  equal; a sliding-window layer sends ``min(seq, window - 1)``, ``kvwire.windows``).
 
 Both are solved continuously by ``transfer.break_even_gbps``. A GPU shape with the study model's
 (layers, kv heads, head dim) carries that model's name, so the two devices line up row for row.
@@ -19,7 +20,7 @@ import pandas as pd
 
 from ..errors import KVError
 from ..io import write_csv
-from ..transfer import cost_from_arrays, sweep
+from ..transfer import sweep
 
 COLUMNS = ["device", "device_name", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype", "codec",
            "raw_bytes", "wire_bytes", "ratio", "encode_ms", "decode_ms", "break_even_gbps_sequential",
@@ -72,15 +73,18 @@ def unified_break_even(cpu_break_even: pd.DataFrame, models: pd.DataFrame, gpu_b
 def gpu_sweep(gpu_break_even: pd.DataFrame, models: pd.DataFrame, bandwidths_gbps: Sequence[float], *,
               dtype: str = "bfloat16") -> pd.DataFrame:
     """Speed-up over raw transfer at every bandwidth of every GPU row of ``dtype`` (both modes), from
-    the same even split of the cache's kernel time over its layers as its break-even."""
+    the same split of the cache's kernel time over its layers as its break-even (by layer tokens:
+    even where every layer keeps the same tokens)."""
     if not len(bandwidths_gbps):
         raise KVError("the GPU speed-up sweep needs at least one bandwidth (transfer.gpu_bandwidths_gbps)")
+    from .gpu_tables import sent_tokens, split_cost
+
     g = gpu_rows(gpu_break_even[gpu_break_even["dtype"] == dtype], models)
     rows = []
     for r in g.itertuples(index=False):
-        n = int(r.layers)
-        cost = cost_from_arrays(int(r.raw_bytes), [r.wire_bytes / n] * n, [r.encode_ms / 1e3 / n] * n,
-                                [r.decode_ms / 1e3 / n] * n)
+        # split by layer tokens as gpu_break_even's own break-evens (a sliding-window layer sends fewer)
+        cost = split_cost(int(r.raw_bytes), r.wire_bytes, r.encode_ms / 1e3, r.decode_ms / 1e3,
+                          sent_tokens(r.shape, int(r.layers), int(r.seq)))
         for s in sweep(cost, bandwidths_gbps):
             rows.append({"device": "gpu", "device_name": r.device_name, "model": r.model, "shape": r.shape,
                          "seq": int(r.seq), "dtype": dtype, "codec": r.codec, "ratio": r.ratio, **s})

@@ -3,13 +3,22 @@ GPUs by the rule ``time_gpu``): kernel throughput per (GPU, codec, op), and brea
 (GPU, model shape, sequence length, dtype, codec) from the measured kernel times.
 
 The GPU kernels encode a whole cache in one launch, so a per-layer time does not exist; the
-pipelined break-even splits the cache's time evenly over its layers (all layers have one shape) and
-says so in its ``per_layer_time`` column. A codec with a host stage (CacheGen's CPU rANS) adds the
-host time to the device time.
+pipelined break-even splits the cache's time and payload over its layers in proportion to the tokens
+each keeps -- evenly where all layers have one shape -- and says so in its ``per_layer_time`` column.
+A codec with a host stage (CacheGen's CPU rANS) adds the host time to the device time.
+
+Sliding-window shapes (``kvwire.windows.BENCH_LAYOUTS``: Gemma-3) send only ``min(seq, window - 1)``
+tokens of a sliding layer (``kvwire.windows.kept_tokens``, as extraction keeps them): raw bytes count
+those. Timing rows taken on that cache (``layer_tokens`` says what was timed, ``kvwire.kernels.bench``)
+are used as they are; rows timed before the trimming, on the whole prefix of every layer, have their
+times and payload scaled linearly to the kept tokens (the bytes the kernels would process; kernels
+at these sizes are not purely bandwidth-bound, so that is an estimate) and say so in
+``per_layer_time``, with ``timed_raw_bytes`` the bytes that were timed.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -17,7 +26,8 @@ import pandas as pd
 
 from ..errors import KVError
 from ..io import write_csv
-from ..transfer import break_even_gbps, cost_from_arrays
+from ..transfer import CodecCost, break_even_gbps, cost_from_arrays
+from ..windows import bench_layout, kept_tokens
 
 LARGE_BYTES = 64 * 2**20  # issue 5's "at >= 64 MB of KV"
 SHAPE = ["gpu", "model", "layers", "kv_heads", "seq", "head_dim", "dtype", "codec"]
@@ -68,9 +78,37 @@ def _checked(col: pd.Series) -> pd.Series:
     return col.dropna().map(lambda v: v if isinstance(v, bool) else str(v) == "True")
 
 
+def sent_tokens(model: str, layers: int, seq: int) -> list[int]:
+    """Per layer, the tokens a ``seq``-token cache of GPU bench shape ``model`` sends (sliding layers:
+    ``min(seq, window - 1)``, ``kvwire.windows``)."""
+    types, window = bench_layout(str(model), int(layers))
+    return kept_tokens(types, window, int(seq), n_layers=int(layers))
+
+
+def timed_tokens(described, layers: int, seq: int) -> int:
+    """Tokens over all layers of the cache a timing row was taken on: its ``layer_tokens``
+    (``15x511+3x2048``) or, in rows from before that column, ``seq`` on every layer."""
+    if described is None or (isinstance(described, float) and math.isnan(described)) or described == "":
+        return int(layers) * int(seq)
+    total = 0
+    for part in str(described).split("+"):
+        count, _, tokens = part.partition("x")
+        total += int(count) * int(tokens)
+    return total
+
+
+def split_cost(raw: int, wire: float, encode_s: float, decode_s: float, tokens: Sequence[int]) -> CodecCost:
+    """A whole-cache GPU time and payload split over its layers in proportion to each layer's tokens
+    (evenly for equal layers): the per-layer costs the pipelined model needs."""
+    total = sum(tokens)
+    return cost_from_arrays(raw, [wire * t / total for t in tokens], [encode_s * t / total for t in tokens],
+                            [decode_s * t / total for t in tokens])
+
+
 def break_even(table: pd.DataFrame) -> pd.DataFrame:
     """Break-even bandwidth (Gbps) of every timed (GPU, shape, dtype, codec): sequential and
-    pipelined, from the Triton times (plus a host stage's, where there is one)."""
+    pipelined, from the Triton times (plus a host stage's, where there is one), for the tokens the
+    shape's cache sends (module docstring)."""
     rows = []
     timed = table[table.impl.isin(["triton", "host"])]
     for key, g in timed.groupby(SHAPE, sort=True):
@@ -78,12 +116,22 @@ def break_even(table: pd.DataFrame) -> pd.DataFrame:
         if not {"encode", "decode"} <= set(ms.index):
             continue
         base = dict(zip(SHAPE, key))
-        n = int(base["layers"])
+        n, seq = int(base["layers"]), int(base["seq"])
         raw, pay = int(g.raw_bytes.iloc[0]), int(g.payload_bytes.iloc[0])
-        cost = cost_from_arrays(raw, [pay / n] * n, [ms["encode"] / 1e3 / n] * n, [ms["decode"] / 1e3 / n] * n)
+        enc, dec = float(ms["encode"]), float(ms["decode"])
+        tokens = sent_tokens(base["model"], n, seq)
+        had = timed_tokens(g["layer_tokens"].iloc[0] if "layer_tokens" in g else None, n, seq)
+        how = "cache time / layers" if len(set(tokens)) == 1 else "cache time split by layer tokens"
+        timed_raw = raw
+        if had != sum(tokens):  # timed on more (or other) tokens than the cache sends: scale to what it sends
+            f = sum(tokens) / had
+            raw, pay, enc, dec = round(raw * f), pay * f, enc * f, dec * f
+            how += f"; timed on {had} layer-tokens, scaled to the {sum(tokens)} kept"
+        cost = split_cost(raw, pay, enc / 1e3, dec / 1e3, tokens)
         rows.append({**base, "raw_bytes": raw, "wire_bytes": pay, "ratio": raw / pay,
-                     "encode_ms": ms["encode"], "decode_ms": ms["decode"],
-                     "host_stage": bool((g.impl == "host").any()), "per_layer_time": "cache time / layers",
+                     "encode_ms": enc, "decode_ms": dec,
+                     "host_stage": bool((g.impl == "host").any()), "per_layer_time": how,
+                     "timed_raw_bytes": timed_raw,
                      "break_even_gbps_sequential": break_even_gbps(cost, "sequential"),
                      "break_even_gbps_pipelined": break_even_gbps(cost, "pipelined")})
     return pd.DataFrame(rows)

@@ -310,9 +310,18 @@ def break_even_table(break_even_csvs: list[str | Path], sweep_csvs: list[str | P
 
 
 def models_table(facts_jsons: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    """One row per model from its facts.json; ``layer_types`` is the sliding-window layout as one letter
+    per layer (S: sliding, F: full attention; empty without a window), which ``kvwire.windows`` reads to
+    count what a cache of any length keeps (``kvwire recommend``)."""
+    from ..windows import layer_letters, layout_of
+
     keys = ["name", "architecture", "num_layers", "num_heads", "num_kv_heads", "head_dim", "hidden_size",
             "vocab_size", "rope_theta", "sliding_window", "source", "sha256"]
-    rows = [{k: read_json(p).get(k) for k in keys} for p in facts_jsons]
+    rows = []
+    for p in facts_jsons:
+        facts = read_json(p)
+        types, window = layout_of(facts)
+        rows.append({**{k: facts.get(k) for k in keys}, "layer_types": layer_letters(types) if window else ""})
     table = pd.DataFrame(rows)
     write_csv(out_csv, table)
     return table
