@@ -9,10 +9,8 @@ running that test once with ``KVWIRE_QWEN_DOWNLOAD=1``.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
-import zipfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports huggingface_hub
@@ -24,6 +22,8 @@ from kvwire.config import check_config, load_schema
 from kvwire.errors import ConfigError, ModelSourceError
 from kvwire.models import canonical_config, chunk_number, load_model_card, materialize, parse_source
 from kvwire.resources import card_shape
+
+from test_models import _wheel  # noqa: E402  one fake-wheel builder (RECORD included) for both files
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,19 +38,6 @@ QWEN05_SPEC = {
 
 # --------------------------------------------------------------------------------------------
 # fake wheels holding unnamed chunks, as the Qwen packages do
-
-
-def _record_hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
-
-
-def _wheel(path: Path, files: dict[str, bytes]) -> None:
-    pkg = path.name.split("-")[0]
-    rows = [f"{name},{_record_hash(data)},{len(data)}" for name, data in files.items()]
-    with zipfile.ZipFile(path, "w") as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-        zf.writestr(f"{pkg}-1.0.dist-info/RECORD", "\n".join(rows + [f"{pkg}-1.0.dist-info/RECORD,,"]) + "\n")
 
 
 def _unnamed_chunks(cache: Path, numbers: list[int], *, width: int = 0, first: bytes = b"GGUF") -> tuple[str, bytes]:
