@@ -44,6 +44,10 @@ def test_macros_are_computed_from_the_tables(tmp_path):
     assert m["kwBestAtFloorGemmaThree"] == macros.tt(ok.loc[ok.ratio.idxmax(), "codec"])
     gates = pd.read_csv(TABLES / "gates.csv")
     assert m["kwGatesPassed"] == str(int(gates.passed.sum()))
+    waived = gates[(gates.passed.astype(str) != "True") & gates.waived.fillna("").astype(str).ne("")]
+    for r in waived.itertuples():  # the list names every waived (gate, model), and only those
+        assert f"{macros.tt(r.gate)} on {macros.tt(r.model)}" in m["kwGatesWaivedList"]
+    assert m["kwGatesWaivedList"].count(" on ") == len(waived) or (len(waived) == 0 and m["kwGatesWaivedList"] == "none")
     assert all(re.fullmatch(r"kw[A-Za-z]+", k) for k in m)
     assert not any("nan" in v.lower() for v in m.values())
 

@@ -11,7 +11,7 @@ rule offload_trace:
         "results/benchmarks/offload/trace_{model}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: 2
+    threads: config.get("torch_threads", 2)  # the job's torch threads, as extract_kv: one-thread jobs run side by side
     resources:
         mem_mb=mem_offload_trace,
         runtime=60,

@@ -42,6 +42,8 @@ MODEL_SHAPES = {  # layers, kv_heads, head_dim
     "phi-3.5-mini": (32, 32, 96),
     "gemma-3-270m": (18, 1, 256),
     "smollm2-135m": (30, 3, 64),
+    "qwen2.5-coder-0.5b": (24, 2, 64),  # the study's Qwen2 models (biased keys, 2 KV heads)
+    "qwen2.5-coder-1.5b": (28, 2, 128),
 }
 SEQS = (512, 2048, 8192, 32768)
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}

@@ -129,7 +129,11 @@ def _gates(t: Tables, floor: float) -> dict[str, str]:
     g = t["gates"]
     passed = g["passed"].astype(str).eq("True")
     waived = g["waived"].notna() & g["waived"].astype(str).str.len().gt(0) & ~passed
-    return {"kwGatesTotal": str(len(g)), "kwGatesPassed": str(int(passed.sum())), "kwGatesWaived": str(int(waived.sum()))}
+    # which gates are waived, for the sentence that counts them ("int8 on gemma3-270m and ...")
+    names = [f"{tt(r.gate)} on {tt(r.model)}" for r in g[waived].sort_values(["model", "gate"]).itertuples()]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1] if names else "none"
+    return {"kwGatesTotal": str(len(g)), "kwGatesPassed": str(int(passed.sum())), "kwGatesWaived": str(int(waived.sum())),
+            "kwGatesWaivedList": listed}
 
 
 def _spearman(t: Tables, floor: float) -> dict[str, str]:
