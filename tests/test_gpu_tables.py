@@ -44,6 +44,9 @@ def test_summary_counts_only_large_shapes_and_any_nonconformant_row():
     assert s.loc["encode", "frac_copy_median"] == pytest.approx(0.7)
     assert s.loc["encode", "frac_copy_min"] == pytest.approx(0.6)
     assert bool(s.loc["encode", "conformant"])
+    # the small shapes have their own columns, and never enter the large ones
+    assert s.loc["encode", "small_shapes"] == 1 and s.loc["encode", "frac_copy_small_median"] == pytest.approx(0.1)
+    assert s.loc["decode", "frac_copy_small_max"] == pytest.approx(0.05)
     t.loc[(t.impl == "triton") & (t.op == "decode") & (t.seq == 16384), "conformant"] = False
     s = kernel_summary(t).set_index("op")
     assert not bool(s.loc["decode", "conformant"]) and bool(s.loc["encode", "conformant"])

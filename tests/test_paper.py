@@ -52,6 +52,25 @@ def test_macros_are_computed_from_the_tables(tmp_path):
     assert not any("nan" in v.lower() for v in m.values())
 
 
+def test_quoted_numbers_are_the_ones_the_sentences_mean(tmp_path):
+    m, _ = macros.build_macros(committed(tmp_path), 0.95)
+    be = pd.read_csv(TABLES / "break_even_all.csv")
+    n = int(m["kwBreakEvenTokens"])
+    gpu = be[(be.device == "gpu") & (be.codec == "int8") & (be.seq == n) & be.model.isin(pd.read_csv(TABLES / "quality.csv").model)]
+    assert set(gpu.dtype) > {"bfloat16"}  # the table has fp16 rows too: the macro must not mix them in
+    assert m["kwBeGpuIntEight"] == macros.num(gpu[gpu.dtype == "bfloat16"].break_even_gbps_pipelined.median())
+    # "keeps paying up to": the last bandwidth a codec wins, below the first where raw wins
+    d = pd.read_csv(tmp_path / "decision.csv")
+    gpu_d = d[d.encoder == "GPU"]
+    assert float(m["kwPaysUpToGPU"]) == gpu_d[gpu_d.choice != "raw"].to_gbps.max() < float(m["kwRawFromGPU"])
+    # raw as measured through the connector, not the model's raw time
+    e = pd.read_csv(TABLES / "e2e_transfer.csv")
+    raw = e[(e.model == "smollm2-135m") & (e.codec == "identity") & (e["mode"] == "pipelined") & (e.rate_gbps == e.rate_gbps.min())]
+    assert m["kwERawSSmollmTwo"] == macros.num(float(raw.measured_s.iloc[0]), 2) != macros.num(float(raw.raw_transfer_model_s.iloc[0]), 2)
+    cpu = be[(be.device == "cpu") & (be.seq == n)].assign(ms=lambda x: x.encode_ms + x.decode_ms).set_index(["model", "codec"]).ms
+    assert m["kwZstdCpuOverIntEight"] == macros.num((cpu.xs("zstd", level="codec") / cpu.xs("int8", level="codec")).median(), 2)
+
+
 def test_a_missing_table_turns_its_flag_off_and_defines_none_of_its_numbers(tmp_path):
     m, missing = macros.build_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95)
     assert "e2e_transfer" in missing and m["kwHaveETwoETransfer"] == "0" and m["kwHaveQuality"] == "1"

@@ -140,6 +140,26 @@ def test_cosine_spearman_and_codecs_table(tmp_path):
     assert codecs.loc["bad", "ratio"] == 4.0 and codecs.loc["identity", "key_rel_mse"] == 0.0
 
 
+def test_cosine_spearman_without_token_dropping_codecs(tmp_path):
+    # a dropping codec: exact kept tokens (cosine 1) yet a large delta CE -- the blind spot; without it
+    # the dense codecs' cosine ranks delta CE perfectly, with it the correlation weakens
+    def rows(agree, delta, cos, retention):
+        out = prompt_rows(20, agreement=agree, delta=delta, cos=cos)
+        for r in out:
+            r.update(attention_retention=retention, attention_retention_min=retention)
+        return out
+
+    files = [write_job(tmp_path, "m", "identity", rows(lambda i, r: 1.0, lambda i, r: 0.0, lambda i, r: 1.0, 1.0)),
+             write_job(tmp_path, "m", "q", rows(lambda i, r: 0.99, lambda i, r: 0.01 + 0.001 * i,
+                                                lambda i, r: 0.999 - 0.0001 * i, 1.0)),
+             write_job(tmp_path, "m", "drop", rows(lambda i, r: 0.8, lambda i, r: 0.5 + 0.01 * i,
+                                                   lambda i, r: 1.0, 0.6))]
+    sp = cosine_spearman(files, tmp_path / "sp.csv").iloc[0]
+    assert sp.n_codecs == 2 and sp.n_codecs_dense == 1
+    assert sp.rho_key_cosine_vs_delta_ce_dense == pytest.approx(-1.0)
+    assert sp.rho_key_cosine_vs_delta_ce > -0.2  # the dropping codec's exact cosines sit with the worst delta CE
+
+
 def test_attention_retention_per_layer_for_codecs_that_drop_tokens(tmp_path):
     def with_retention(rows, per_layer):
         for i, r in enumerate(rows):

@@ -142,6 +142,8 @@ def _spearman(t: Tables, floor: float) -> dict[str, str]:
     for r in s.itertuples():
         m[macro_name("rho", "key", "ce", r.model)] = num(r.rho_key_cosine_vs_delta_ce, 2)
         m[macro_name("rho", "key", "agree", r.model)] = num(r.rho_key_cosine_vs_token_agreement, 2)
+        if "rho_key_cosine_vs_delta_ce_dense" in s.columns:  # without the token-dropping codecs
+            m[macro_name("rho", "key", "ce", "dense", r.model)] = num(r.rho_key_cosine_vs_delta_ce_dense, 2)
     return m
 
 
@@ -158,12 +160,19 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
     b = t["break_even_all"]
     study = set(t["quality"]["model"]) if t.has("quality") else set(b["model"])
     b = b[b["model"].isin(study)]
+    # one cache dtype on both encoders: the study's (the CPU rows'); the GPU table also has fp16 rows
+    dtype = b[b.device == "cpu"]["dtype"].mode().iloc[0]
+    b = b[b["dtype"] == dtype]
     n = int(max(set(b[b.device == "cpu"]["seq"]) & set(b[b.device == "gpu"]["seq"])))
     b = b[b["seq"] == n]
-    m = {"kwBreakEvenTokens": str(n)}
+    m = {"kwBreakEvenTokens": str(n), "kwBreakEvenDtype": tt(dtype)}
     for (device, codec), g in b.groupby(["device", "codec"]):
         m[macro_name("be", device, codec)] = num(g["break_even_gbps_pipelined"].median())
         m[macro_name("be", "seq", device, codec)] = num(g["break_even_gbps_sequential"].median())
+    cpu = b[b.device == "cpu"].assign(codec_ms=lambda x: x.encode_ms + x.decode_ms).set_index(["model", "codec"])
+    if {"zstd", "int8"} <= set(cpu.index.get_level_values("codec")):  # what a lossless stage costs
+        ratio = (cpu.xs("zstd", level="codec")["codec_ms"] / cpu.xs("int8", level="codec")["codec_ms"]).dropna()
+        m["kwZstdCpuOverIntEight"] = num(ratio.median(), 2)
     return m
 
 
@@ -186,7 +195,18 @@ def _kernels(t: Tables, floor: float) -> dict[str, str]:
             "kwKernelFracMax": pct(best["frac_copy_median"]), "kwKernelFracMaxCodec": tt(best["codec"]),
             "kwKernelFracMaxOp": str(best["op"]),
             "kwEagerSpeedupMedian": num(k["speedup_vs_eager_median"].median(), 2),
-            "kwKernelsConformant": str(int(k["conformant"].astype(str).eq("True").sum()))}
+            "kwKernelsConformant": str(int(k["conformant"].astype(str).eq("True").sum())),
+            **_small_kernels(k)}
+
+
+def _small_kernels(k: pd.DataFrame) -> dict[str, str]:
+    """Below 64 MB (the study's own caches): the median kernel's fraction of copy, and the range of
+    the per-kernel medians; none when the table predates the columns."""
+    if "frac_copy_small_median" not in k.columns or k["frac_copy_small_median"].isna().all():
+        return {}
+    med = k["frac_copy_small_median"].dropna()
+    return {"kwKernelFracSmallMedian": pct(med.median()), "kwKernelFracSmallLo": pct(med.min()),
+            "kwKernelFracSmallHi": pct(med.max())}
 
 
 def _e2e(t: Tables, floor: float) -> dict[str, str]:
@@ -196,10 +216,15 @@ def _e2e(t: Tables, floor: float) -> dict[str, str]:
          "kwEtoEErrMax": pct(e["rel_error"].max()), "kwEtoERates": ", ".join(f"{r:g}" for r in sorted(e.rate_gbps.unique()))}
     low = e[(e["rate_gbps"] == e["rate_gbps"].min()) & (e["mode"] == "pipelined")]
     for model, g in low.groupby("model"):
-        best = g.loc[g["measured_s"].idxmin()]
+        lossy = g[g["codec"] != "identity"]
+        best = lossy.loc[lossy["measured_s"].idxmin()]
         m[macro_name("e", "best", model)] = tt(best["codec"])
         m[macro_name("e", "best", "s", model)] = num(best["measured_s"], 2)
-        m[macro_name("e", "raw", "s", model)] = num(best["raw_transfer_model_s"], 2)
+        # raw as measured: identity through the same connector on the same link (the model's raw time
+        # leaves out the connector's own cost, so quoting it would flatter every codec)
+        raw = g[g["codec"] == "identity"]
+        if len(raw):
+            m[macro_name("e", "raw", "s", model)] = num(float(raw["measured_s"].iloc[0]), 2)
     return m
 
 
@@ -219,7 +244,10 @@ def _decision(t: Tables, floor: float) -> dict[str, str]:
     for encoder, g in d.groupby("encoder"):
         g = g.sort_values("from_gbps")
         raw = g[g["choice"] == "raw"]
-        m[macro_name("raw", "from", encoder)] = num(raw["from_gbps"].min(), 4) if len(raw) else "never"
+        # swept bandwidths are grid points (0.1 ... 12800 Gbps): quoted as they are
+        m[macro_name("raw", "from", encoder)] = f"{raw['from_gbps'].min():g}" if len(raw) else "never"
+        pays = g[g["choice"] != "raw"]  # the last swept bandwidth where a codec still beats raw
+        m[macro_name("pays", "up", "to", encoder)] = f"{pays['to_gbps'].max():g}" if len(pays) else "none"
         m[macro_name("first", "choice", encoder)] = tt(g["choice"].iloc[0])
         m[macro_name("first", "speedup", encoder)] = num(g["speedup_max"].iloc[0])
         m[macro_name("num", "regimes", encoder)] = str(len(g))

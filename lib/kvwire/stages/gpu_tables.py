@@ -54,7 +54,10 @@ def read_gpu_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 def kernel_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (GPU, codec, op), over the shapes with at least 64 MB of KV: fraction of copy bandwidth
-    (median, min, max), median GB/s, speed-up over eager (median, min), and conformance."""
+    (median, min, max), median GB/s, speed-up over eager (median, min), and conformance; and the
+    fraction of copy bandwidth over the smaller shapes (``frac_copy_small_*``: the study's own caches
+    of a few MB, where launch and tail costs weigh; NaN where none was timed)."""
+    small = table[(table.impl == "triton") & (table.raw_bytes < LARGE_BYTES)]
     dev = table[(table.impl == "triton") & (table.raw_bytes >= LARGE_BYTES)]
     eager = table[(table.impl == "eager") & (table.raw_bytes >= LARGE_BYTES)]
     rows = []
@@ -71,6 +74,9 @@ def kernel_summary(table: pd.DataFrame) -> pd.DataFrame:
             "conformant": bool(_checked(g.conformant).all()), "unchecked_shapes": int(g.conformant.isna().sum()),
             "ratio_median": g.ratio.median(),
         })
+        sm = small[(small.gpu == gpu) & (small.codec == codec) & (small.op == op)].frac_copy
+        rows[-1].update(small_shapes=len(sm), frac_copy_small_median=sm.median(), frac_copy_small_min=sm.min(),
+                        frac_copy_small_max=sm.max())
     return pd.DataFrame(rows)
 
 

@@ -208,18 +208,24 @@ def cosine_spearman(quality_jsons: list[str | Path], out_csv: str | Path) -> pd.
     prompt) pair: cosine vs delta cross-entropy and vs token agreement (a good predictor has a
     strongly negative rho with delta_ce and a positive one with agreement). Token-selection codecs
     count as lossy: their kept tokens are exact (cosine 1 over what they send), which is exactly
-    the blind spot of cosine as a predictor, so they stay in."""
+    the blind spot of cosine as a predictor, so they stay in. The ``_dense`` columns leave out every
+    codec that dropped a token of some prompt (attention retention below 1), whose cosine says
+    nothing about what it dropped: the correlation among codecs that keep every token."""
     from ..analysis import spearman
 
     rows = _prompt_rows(quality_jsons)
     changed = (rows.key_rel_mse > 0) | (rows.value_rel_mse > 0) | (rows.delta_ce != 0) | (rows.token_agreement < 1)
     lossy = rows[rows.codec.isin(set(rows.codec[changed]))]
+    dropping = set(rows.codec[rows.attention_retention_min < 1]) if "attention_retention_min" in rows else set()
     out = []
     for model, g in lossy.groupby("model", sort=True):
-        rec = {"model": model, "n_pairs": len(g), "n_codecs": g.codec.nunique()}
+        dense = g[~g.codec.isin(dropping)]
+        rec = {"model": model, "n_pairs": len(g), "n_codecs": g.codec.nunique(),
+               "n_codecs_dense": dense.codec.nunique()}
         for cos in ("key_cosine", "value_cosine"):
             rec[f"rho_{cos}_vs_delta_ce"] = spearman(g[cos].values, g.delta_ce.values)
             rec[f"rho_{cos}_vs_token_agreement"] = spearman(g[cos].values, g.token_agreement.values)
+            rec[f"rho_{cos}_vs_delta_ce_dense"] = spearman(dense[cos].values, dense.delta_ce.values)
         out.append(rec)
     table = pd.DataFrame(out)
     write_csv(out_csv, table)
