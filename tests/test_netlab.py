@@ -76,3 +76,23 @@ def test_fit_is_relative_and_never_returns_a_negative_latency():
         return sum(e["rel_error"] ** 2 for e in netlab.model_error(rows, 0.0, rate))
 
     assert sq(fit.rate_gbps) < min(sq(fit.rate_gbps * 0.97), sq(fit.rate_gbps * 1.03), sq(5.0), sq(8.0))
+
+
+def test_heldout_error_scores_only_sizes_the_fit_did_not_see():
+    from kvwire.stages.link import heldout_errors
+
+    sizes = [1 << 10, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28]
+    # a straight link except the two sizes the held-out fit does not see (4 MB, 64 MB), 20 % slower:
+    # the fit on 1, 16 and 256 MB is exact, so the held-out error is exactly those 20 %
+    slow = {1 << 22, 1 << 26}
+    rows = [{"bytes": n, "seconds": 1e-4 + 8 * n / 10e9 * (1.2 if n in slow else 1.0)} for n in sizes]
+    err = heldout_errors(rows)
+    assert np.isnan(err[1]) and np.isnan(err[3]) and np.isnan(err[5])  # fitted on: not scored
+    t = 8 * (1 << 22) / 10e9  # 4 MB's link time; measured 1e-4 + 1.2 t, modelled 1e-4 + t
+    assert err[2] == pytest.approx(0.2 * t / (1e-4 + 1.2 * t), rel=1e-6)
+    assert err[4] > 0.15 and err[0] >= 0  # below 1 MB: scored too (held out by size)
+    # the fit over every size hides most of that error: it was fitted on the slow sizes too
+    fit = netlab.fit_link(rows)
+    fitted = {e["bytes"]: e["rel_error"] for e in netlab.model_error(rows, fit.latency_s, fit.rate_gbps)}
+    assert fitted[1 << 26] < err[4]
+    assert all(np.isnan(e) for e in heldout_errors(rows[:4]))  # three sizes >= 1 MB: too few to split

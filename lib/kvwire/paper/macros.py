@@ -235,6 +235,9 @@ def _links(t: Tables, floor: float) -> dict[str, str]:
         key = "loopback" if r.link == "loopback" else f"veth{int(r.rate_gbps)}"
         m[macro_name("link", "err", key)] = pct(r.rel_error_fitted_median)
         m[macro_name("link", "rate", key)] = num(r.fitted_rate_gbps_first)
+        heldout = getattr(r, "rel_error_heldout_median", float("nan"))
+        if isinstance(heldout, float) and math.isfinite(heldout):  # fitted on half the sizes, scored on the rest
+            m[macro_name("link", "err", "heldout", key)] = pct(heldout)
     return m
 
 

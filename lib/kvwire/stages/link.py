@@ -2,7 +2,9 @@
 
 For one link: timed transfers of every size (``netlab.measure``), the fitted latency and effective
 rate (sizes >= 1 MB), and per size the model's error twice: with the fitted terms and with the
-nominal ones (the shaped rate, zero latency: what the analytical sweep assumes).
+nominal ones (the shaped rate, zero latency: what the analytical sweep assumes). The fitted error is
+on the fitting data; ``rel_error_heldout`` is the honest one: the line fitted on every other size
+(>= 1 MB) and scored on the sizes it did not see (NaN on the sizes it was fitted on).
 """
 
 from __future__ import annotations
@@ -30,12 +32,27 @@ def validate_link(kind: str, rate_gbps: float | None, sizes: list[int], repeats:
         nominal = pd.DataFrame(netlab.model_error(rows, 0.0, rate_gbps))
         out["model_nominal_s"] = nominal["model_s"]
         out["rel_error_nominal"] = nominal["rel_error"]
+    out["rel_error_heldout"] = heldout_errors(rows)
     out.insert(0, "link", kind)
     out.insert(1, "rate_gbps", rate_gbps)
     out["fitted_latency_s"] = fit.latency_s
     out["fitted_rate_gbps"] = fit.rate_gbps
     write_csv(model_csv, out)
     return out
+
+
+def heldout_errors(rows: list[dict], *, min_bytes: int = 1 << 20) -> list[float]:
+    """Per measured size (ascending): the relative error of a line fitted on every other size of at
+    least ``min_bytes`` (the 1st, 3rd, ...), at the sizes it was not fitted on; NaN at the fitted
+    sizes, and everywhere when fewer than four sizes qualify (two to fit, two to test)."""
+    sizes = sorted({int(r["bytes"]) for r in rows})
+    big = [n for n in sizes if n >= min_bytes]
+    if len(big) < 4:
+        return [float("nan")] * len(sizes)
+    fit_sizes = set(big[::2])
+    fit = netlab.fit_link([r for r in rows if int(r["bytes"]) in fit_sizes], min_bytes=min_bytes)
+    errors = netlab.model_error(rows, fit.latency_s, fit.rate_gbps)
+    return [float("nan") if e["bytes"] in fit_sizes else e["rel_error"] for e in errors]
 
 
 def link_summary(model_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFrame:
@@ -50,6 +67,8 @@ def link_summary(model_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFr
     agg = {"rel_error_fitted": ["median", "max"], "fitted_rate_gbps": "first", "fitted_latency_s": "first"}
     if "rel_error_nominal" in t.columns:
         agg["rel_error_nominal"] = ["median", "max"]
+    if "rel_error_heldout" in t.columns:  # measurements from before the held-out fit lack it
+        agg["rel_error_heldout"] = ["median", "max"]
     s = t.groupby(["link", "rate_gbps", "band"], dropna=False, observed=True).agg(agg)
     s.columns = ["_".join(c) for c in s.columns]
     s = s.reset_index()
