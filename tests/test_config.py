@@ -74,3 +74,23 @@ def test_pairs_outside_the_study_are_left_out(default):
     kept, left_out = study_pairs(cfg)
     assert kept == [["int8", "int8_channel"]]
     assert ["int4", "int4_channel"] in left_out and len(kept) + len(left_out) == len(default["quality"]["pairs"])
+
+
+def test_only_codecs_narrows_the_codec_set_and_its_pairs(schema, default):
+    from kvwire.config import narrow_codecs, study_pairs
+
+    cfg = copy.deepcopy(default)
+    cfg["only_codecs"] = ["identity", "int8", "int8_channel", "kivi4"]
+    check_config(cfg, schema)
+    dropped = narrow_codecs(cfg)
+    assert list(cfg["codecs"]) == ["identity", "int8", "int8_channel", "kivi4"]  # the config's order
+    assert set(dropped) == set(default["codecs"]) - set(cfg["codecs"])
+    assert study_pairs(cfg)[0] == [["int8", "int8_channel"]]
+    assert narrow_codecs(copy.deepcopy(default)) == []  # no key: every codec runs
+    bad = copy.deepcopy(default)
+    bad["only_codecs"] = ["int8", "int9"]
+    with pytest.raises(ConfigError, match=r"only_codecs.*\['int9'\] not defined"):
+        narrow_codecs(bad)
+    bad["only_codecs"] = []
+    with pytest.raises(ConfigError, match="only_codecs"):
+        check_config(bad, schema)

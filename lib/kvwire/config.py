@@ -83,6 +83,24 @@ def _pair_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
+def narrow_codecs(config: dict[str, Any]) -> list[str]:
+    """Apply ``only_codecs``: drop every other entry of ``config["codecs"]`` (in place, before anything
+    reads the codec set) and return the dropped ids. A config file layered on another can narrow its
+    codec set this way (Snakemake merges mappings key by key, so it cannot remove a codec otherwise).
+    An id that ``codecs`` does not define is a ConfigError."""
+    only = config.get("only_codecs")
+    if not only:
+        return []
+    codecs = config.get("codecs", {}) or {}
+    unknown = [c for c in only if c not in codecs]
+    if unknown:
+        raise ConfigError(f"config key 'only_codecs': {unknown} not defined under 'codecs' "
+                          f"(defined: {', '.join(codecs)})")
+    dropped = [c for c in codecs if c not in only]
+    config["codecs"] = {c: codecs[c] for c in codecs if c in only}
+    return dropped
+
+
 def study_pairs(config: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
     """(the configured codec pairs this study runs both codecs of, those it does not): a config that
     narrows ``codecs`` (a slice, a test, a smaller study) keeps the default's pairs list valid."""

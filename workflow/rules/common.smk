@@ -17,6 +17,7 @@ from kvwire.config import (
     check_config,
     codec_spec,
     load_schema,
+    narrow_codecs,
     study_pairs,
 )  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
@@ -32,6 +33,7 @@ from kvwire.resources import (  # noqa: E402
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
 validate(config, schema=SCHEMA)  # fills defaults
+CODECS_LEFT_OUT = narrow_codecs(config)  # only_codecs: a layered config narrows the codec set
 
 # A local run (--cores) starts no more jobs than this machine's memory holds: their declared mem_mb
 # add up to at most what is available now, unless --resources or a profile sets mem_mb. Cluster runs
@@ -646,6 +648,11 @@ def paper_sources():
 
 # Said once per local run: what `all` leaves out, and why.
 if workflow.is_main_process and workflow.resource_settings.nodes is None:
+    if CODECS_LEFT_OUT:
+        print(
+            f"kvwire: only_codecs runs {CODECS}, not {CODECS_LEFT_OUT}",
+            file=sys.stderr,
+        )
     if PAIRS_LEFT_OUT:
         print(
             f"kvwire: quality_pairs leaves out {PAIRS_LEFT_OUT} (codecs not in this study)",
