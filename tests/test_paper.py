@@ -184,3 +184,22 @@ def test_decision_without_an_eligible_codec_or_a_shared_length_still_decides():
     quality["token_agreement"] = 0.99
     table = decision.regimes(decision.choices(cpu, gpu, quality, 0.95))
     assert list(table.choice) == ["c", "c"] and list(table.speedup_max) == [3.0, 5.0]
+
+
+def test_the_separately_published_large_model_run_adds_only_its_own_models(tmp_path):
+    q = pd.read_csv(TABLES / "quality.csv")
+    main_model = q.model.iloc[0]
+    extra = q[q.model == main_model].copy()
+    extra["token_agreement"] = 0.5  # the main model's rows in the other run must not override the main study's
+    big = q[q.model == main_model].assign(model="qwen2.5-coder-1.5b", token_agreement=0.777, n_documents=104)
+    (tmp_path / "qwen1.5b").mkdir()
+    pd.concat([extra, big]).to_csv(tmp_path / "qwen1.5b" / "quality.csv", index=False)
+    paths = {n: TABLES / f"{n}.csv" for n in macros.TABLES if not n.startswith("qwen1.5b/") and n != "decision"}
+    paths["qwen1.5b/quality"] = tmp_path / "qwen1.5b" / "quality.csv"
+    m, missing = macros.build_macros(macros.Tables(paths), 0.95)
+    codec = big.codec.iloc[1]
+    assert m[macros.macro_name("agree", codec, "qwen2.5-coder-1.5b")] == "0.777"
+    main_row = q[(q.model == main_model) & (q.codec == codec)].iloc[0]
+    assert m[macros.macro_name("agree", codec, main_model)] == macros.num(main_row.token_agreement)
+    assert m["kwLargeNumDocuments"] == "104" and m["kwHaveQwenOneFiveBQuality"] == "1"
+    assert "qwen1.5b/quality_pairs" in missing and m["kwHaveQwenOneFiveBQualityPairs"] == "0"

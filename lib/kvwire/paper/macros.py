@@ -15,7 +15,9 @@ from ..io import atomic_path
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 TABLES = ["quality", "quality_by_bin", "quality_pairs", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
-          "e2e_transfer", "link_model", "decision", "router", "offload"]
+          "e2e_transfer", "link_model", "decision", "router", "offload",
+          # config/qwen1.5b.yaml's run (four models, fewer codecs), published apart: its largest model's rows
+          "qwen1.5b/quality", "qwen1.5b/quality_pairs"]
 
 
 def macro_name(*parts: str) -> str:
@@ -73,14 +75,7 @@ class Tables:
 def _quality(t: Tables, floor: float) -> dict[str, str]:
     q = t["quality"]
     m = {"kwNumModels": str(q["model"].nunique()), "kwNumCodecs": str(q["codec"].nunique()),
-         "kwNumPrompts": str(int(q["n_prompts"].min())), "kwFloor": f"{floor:g}"}
-    for r in q.itertuples():
-        m[macro_name("ratio", r.codec, r.model)] = num(r.ratio)
-        m[macro_name("agree", r.codec, r.model)] = num(r.token_agreement)
-        m[macro_name("agree", "lo", r.codec, r.model)] = num(r.token_agreement_ci_lo)
-        m[macro_name("agree", "hi", r.codec, r.model)] = num(r.token_agreement_ci_hi)
-        m[macro_name("greedy", r.codec, r.model)] = num(r.greedy_match)
-        m[macro_name("dce", r.codec, r.model)] = num(r.delta_ce, 2)
+         "kwNumPrompts": str(int(q["n_prompts"].min())), "kwFloor": f"{floor:g}", **_codec_rows(q)}
     # documents: the independent unit (tables made before document-level sampling lack the column)
     m["kwSampledByDocument"] = "1" if "n_documents" in q.columns else "0"
     if "n_documents" in q.columns:
@@ -94,6 +89,19 @@ def _quality(t: Tables, floor: float) -> dict[str, str]:
         m[macro_name("max", "ratio", model)] = num(top["ratio"])
         m[macro_name("max", "ratio", "codec", model)] = tt(top["codec"])
         m[macro_name("num", "pareto", model)] = str(int(g["pareto"].astype(str).eq("True").sum()))
+    return m
+
+
+def _codec_rows(q: pd.DataFrame) -> dict[str, str]:
+    """Per (codec, model) row of a quality table: ratio, agreement with its interval, greedy, delta CE."""
+    m = {}
+    for r in q.itertuples():
+        m[macro_name("ratio", r.codec, r.model)] = num(r.ratio)
+        m[macro_name("agree", r.codec, r.model)] = num(r.token_agreement)
+        m[macro_name("agree", "lo", r.codec, r.model)] = num(r.token_agreement_ci_lo)
+        m[macro_name("agree", "hi", r.codec, r.model)] = num(r.token_agreement_ci_hi)
+        m[macro_name("greedy", r.codec, r.model)] = num(r.greedy_match)
+        m[macro_name("dce", r.codec, r.model)] = num(r.delta_ce, 2)
     return m
 
 
@@ -113,16 +121,44 @@ def _sample(t: Tables, floor: float) -> dict[str, str]:
 def _pairs(t: Tables, floor: float) -> dict[str, str]:
     """Each configured codec pair on each model: the agreement difference a - b and its interval."""
     p = t["quality_pairs"]
+    m = _pair_rows(p)
+    significant = p["token_agreement_significant"].astype(str).eq("True")
+    m["kwPairsTotal"] = str(len(p))
+    m["kwPairsSignificant"] = str(int(significant.sum()))
+    return m
+
+
+def _pair_rows(p: pd.DataFrame) -> dict[str, str]:
     m = {}
     for r in p.itertuples():
         key = ("pair", r.codec_a, "vs", r.codec_b, r.model)
         m[macro_name(*key)] = num(r.token_agreement_diff, 2)
         m[macro_name(*key[:-1], "lo", r.model)] = num(r.token_agreement_ci_lo, 2)
         m[macro_name(*key[:-1], "hi", r.model)] = num(r.token_agreement_ci_hi, 2)
-    significant = p["token_agreement_significant"].astype(str).eq("True")
-    m["kwPairsTotal"] = str(len(p))
-    m["kwPairsSignificant"] = str(int(significant.sum()))
     return m
+
+
+def _beyond_main(t: Tables, table: str) -> pd.DataFrame:
+    """The rows of a separately published run's table whose models the main study does not have (the
+    main study's own numbers always come from its own tables)."""
+    extra = t[table]
+    main = set(t["quality"]["model"]) if t.has("quality") else set()
+    return extra[~extra["model"].isin(main)]
+
+
+def _large_quality(t: Tables, floor: float) -> dict[str, str]:
+    """config/qwen1.5b.yaml's run: every codec row of its extra model(s), and its sample size."""
+    q = _beyond_main(t, "qwen1.5b/quality")
+    m = _codec_rows(q)
+    if len(q):
+        m["kwLargeNumCodecs"] = str(q["codec"].nunique())
+        if "n_documents" in q.columns:
+            m["kwLargeNumDocuments"] = str(int(q["n_documents"].min()))
+    return m
+
+
+def _large_pairs(t: Tables, floor: float) -> dict[str, str]:
+    return _pair_rows(_beyond_main(t, "qwen1.5b/quality_pairs"))
 
 
 def _gates(t: Tables, floor: float) -> dict[str, str]:
@@ -308,6 +344,7 @@ SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
     "cosine_spearman": _spearman, "models": _models,
     "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
     "link_model": _links, "decision": _decision, "router": _router, "offload": _offload,
+    "qwen1.5b/quality": _large_quality, "qwen1.5b/quality_pairs": _large_pairs,
 }
 
 
