@@ -187,6 +187,12 @@ def test_publish_copies_one_runs_tables_with_its_manifest(tmp_path):
     assert manifest["cpu"] == "Test CPU" and manifest["note"] == "test run" and len(manifest["config_sha256"]) == 64
     assert set(manifest["tables"]) == {p.name for p in src.glob("*.csv")}
     assert read_manifest(dest) == json.loads((dest / MANIFEST).read_text()) == manifest
+    full = tmp_path / "full.yaml"
+    full.write_text("prompts: {per_bin: 13}\n")
+    layered = publish(src, dest, config=[config, full])  # a layered run names every file, in order
+    assert layered["config"] == [str(config), str(full)] and len(set(layered["config_sha256"])) == 2
+    with pytest.raises(KvwireError, match="does not exist"):
+        publish(src, dest, config=tmp_path / "missing.yaml")
     (src / "quality.csv").unlink()
     with pytest.raises(KvwireError, match="not a finished run: it lacks quality.csv"):
         publish(src, dest)

@@ -122,7 +122,7 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 def _cmd_publish(args: argparse.Namespace) -> int:
     from .publish import publish
 
-    manifest = publish(args.source, args.dest, config=args.config, note=args.note)
+    manifest = publish(args.source, args.dest, config=args.config or None, note=args.note)
     print(f"published {len(manifest['tables'])} tables from {args.source} to {args.dest} "
           f"(cpu: {manifest['cpu'] or 'unknown'}; {args.dest}/PUBLISHED.json)")
     return 0
@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "paper/tables with a manifest (machine, commit, config)")
     p.add_argument("--source", default="results/tables")
     p.add_argument("--dest", default="paper/tables")
-    p.add_argument("--config", help="the run's config file (its sha256 goes into the manifest)")
+    p.add_argument("--config", nargs="*", default=[],
+                   help="the run's config file(s), in the order given to Snakemake (their sha256 go into the manifest)")
     p.add_argument("--note", default="", help="a line for the manifest (what run this is)")
     p.set_defaults(func=_cmd_publish)
     return parser

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Sequence
 
 from .errors import KvwireError
 from .io import write_json
@@ -25,10 +26,16 @@ REQUIRED = ("quality", "break_even", "transfer_sweep", "models", "codecs")
 
 
 def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tables", *,
-            config: str | Path | None = None, note: str = "") -> dict:
+            config: str | Path | Sequence[str | Path] | None = None, note: str = "") -> dict:
     """Copy every table of ``source`` into ``dest`` (tables ``dest`` has and ``source`` lacks are
-    removed: the published set is one run's) and write the manifest. Returns the manifest."""
+    removed: the published set is one run's) and write the manifest. Returns the manifest.
+    ``config``: the run's config file, or its layered files in order (``config`` and ``config_sha256``
+    are then lists)."""
     source, dest = Path(source), Path(dest)
+    configs = [] if config is None else [Path(config)] if isinstance(config, (str, Path)) else [Path(c) for c in config]
+    for c in configs:
+        if not c.is_file():
+            raise KvwireError(f"config file {c} does not exist")
     tables = sorted(p for p in source.glob("*") if p.suffix in (".csv", ".tex") and p.is_file())
     missing = [t for t in REQUIRED if not (source / f"{t}.csv").is_file()]
     if missing:
@@ -44,8 +51,9 @@ def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tab
         "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(source),
         "commit": _git_commit(),
-        "config": str(config) if config else None,
-        "config_sha256": hashlib.sha256(Path(config).read_bytes()).hexdigest() if config else None,
+        "config": (str(configs[0]) if len(configs) == 1 else [str(c) for c in configs]) if configs else None,
+        "config_sha256": ((lambda h: h[0] if len(h) == 1 else h)([hashlib.sha256(c.read_bytes()).hexdigest()
+                                                                  for c in configs]) if configs else None),
         "cpu": _run_cpu(source),
         "gpu_timings": sorted(p.stem for p in Path("results/timing/gpu").glob("*.csv")),
         "note": note,
