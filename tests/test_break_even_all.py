@@ -39,6 +39,12 @@ def test_cpu_rows_are_the_median_over_datasets_and_gpu_shapes_take_the_study_nam
     gpu = t[t.device == "gpu"].set_index("shape")
     assert gpu.loc["tiny-gpu-name", "model"] == "tiny"  # matched by (layers, kv heads, head dim)
     assert gpu.loc["big", "model"] == "big"  # no study model of that shape: keeps its own name
+    assert pd.isna(cpu.threads) and gpu.threads.isna().all()  # a timing table without threads: unknown
+    # the CPU's thread count travels with its times; two thread counts are two rows, never one median
+    two = pd.concat([cpu_table().assign(threads=1), cpu_table().assign(threads=16, encode_s=0.001)])
+    rows = unified_break_even(two, MODELS, gpu_table())
+    rows = rows[rows.device == "cpu"].set_index("threads")
+    assert sorted(rows.index) == [1, 16] and rows.loc[1, "encode_ms"] == pytest.approx(20.0)
 
 
 def test_unknown_study_model_is_an_error_naming_it():

@@ -202,6 +202,13 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
     n = int(max(set(b[b.device == "cpu"]["seq"]) & set(b[b.device == "gpu"]["seq"])))
     b = b[b["seq"] == n]
     m = {"kwBreakEvenTokens": str(n), "kwBreakEvenDtype": tt(dtype)}
+    cpu_rows = b[b.device == "cpu"]
+    m["kwCpuName"] = " / ".join(sorted(set(cpu_rows["device_name"].astype(str))))  # beside every CPU time
+    if "threads" in b.columns and cpu_rows["threads"].notna().all():
+        counts = sorted({int(x) for x in cpu_rows["threads"]})
+        m["kwCpuThreads"] = " or ".join(str(c) for c in counts)
+        m["kwCpuThreadsWord"] = ({1: "one thread"}.get(counts[0], f"{counts[0]} threads")
+                                 if len(counts) == 1 else f"{m['kwCpuThreads']} threads")
     for (device, codec), g in b.groupby(["device", "codec"]):
         m[macro_name("be", device, codec)] = num(g["break_even_gbps_pipelined"].median())
         m[macro_name("be", "seq", device, codec)] = num(g["break_even_gbps_sequential"].median())

@@ -22,7 +22,7 @@ from ..errors import KVError
 from ..io import write_csv
 from ..transfer import sweep
 
-COLUMNS = ["device", "device_name", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype", "codec",
+COLUMNS = ["device", "device_name", "threads", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype", "codec",
            "raw_bytes", "wire_bytes", "ratio", "encode_ms", "decode_ms", "break_even_gbps_sequential",
            "break_even_gbps_pipelined", "per_layer_time", "source"]
 MODES = ("sequential", "pipelined")
@@ -40,9 +40,12 @@ def cpu_rows(cpu_break_even: pd.DataFrame, models: pd.DataFrame, *, dtype: str) 
         raise KVError(f"break_even.csv has models that models.csv does not describe: {missing}")
     num = ["raw_bytes", "wire_bytes", "ratio", "encode_s", "decode_s",
            "break_even_gbps_sequential", "break_even_gbps_pipelined"]
-    t = cpu_break_even.groupby(["model", "bin", "codec", "device_name"], as_index=False)[num].median()
+    # the CPU's threads (timing tables before the column: unknown, empty)
+    cpu = cpu_break_even if "threads" in cpu_break_even.columns else cpu_break_even.assign(threads=pd.NA)
+    t = cpu.groupby(["model", "bin", "codec", "device_name", "threads"], as_index=False, dropna=False)[num].median()
     out = pd.DataFrame({
-        "device": "cpu", "device_name": t["device_name"], "model": t["model"], "shape": t["model"],
+        "device": "cpu", "device_name": t["device_name"], "threads": t["threads"], "model": t["model"],
+        "shape": t["model"],
         "layers": t["model"].map(facts["num_layers"]), "kv_heads": t["model"].map(facts["num_kv_heads"]),
         "head_dim": t["model"].map(facts["head_dim"]), "seq": t["bin"], "dtype": dtype, "codec": t["codec"],
         "raw_bytes": t["raw_bytes"], "wire_bytes": t["wire_bytes"], "ratio": t["ratio"],
@@ -58,7 +61,7 @@ def gpu_rows(gpu_break_even: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame
     shapes = _study_shapes(models)
     g = gpu_break_even
     study = [shapes.get((int(a), int(b), int(c))) for a, b, c in zip(g.layers, g.kv_heads, g.head_dim)]
-    out = g.assign(device="gpu", device_name=g["gpu"], shape=g["model"],
+    out = g.assign(device="gpu", device_name=g["gpu"], threads=pd.NA, shape=g["model"],
                    model=[s or m for s, m in zip(study, g["model"])], source="gpu_break_even.csv")
     return out[COLUMNS]
 
