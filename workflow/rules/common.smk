@@ -33,7 +33,8 @@ from kvwire.resources import (  # noqa: E402
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
 validate(config, schema=SCHEMA)  # fills defaults
-CODECS_LEFT_OUT = narrow_codecs(config)  # only_codecs: a layered config narrows the codec set
+# only_codecs: a layered config narrows the codec set
+CODECS_LEFT_OUT = narrow_codecs(config)
 
 # A local run (--cores) starts no more jobs than this machine's memory holds: their declared mem_mb
 # add up to at most what is available now, unless --resources or a profile sets mem_mb. Cluster runs
