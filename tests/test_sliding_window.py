@@ -307,6 +307,11 @@ def test_extraction_trims_sliding_layers_and_identity_stays_exact(tmp_path):
     kv, manifest = _extract(tmp_path, model_dir, "kv", prefix_tokens=24, attention_stats="window")
     starts = [24 - WINDOW + 1 if t == "sliding_attention" else 0 for t in TYPES]
     assert manifest["window_starts"] == starts and manifest["layer_shape"] == [2, 24, 16]
+    # what the statistics cost is in the manifest (per prompt and in all), never in the records' meta,
+    # which travels in the wire header and must not vary from run to run
+    assert manifest["attention_stats"]["seconds"] > 0 and manifest["attention_stats"]["threads"] >= 1
+    assert sum(r["stats_seconds"] for r in manifest["prompts"]) == pytest.approx(manifest["attention_stats"]["seconds"])
+    assert "stats_seconds" not in load_kv(kv.parent / manifest["prompts"][0]["file"]).meta
     full_kv, full_manifest = _extract(tmp_path, model_dir, "kv-full", prefix_tokens=24, attention_stats="window",
                                       trim_windows=False)
     assert "window_starts" not in full_manifest

@@ -50,6 +50,7 @@ import contextvars
 import functools
 import json
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -247,7 +248,8 @@ def prefill(model, prefix_ids: torch.Tensor) -> tuple[list[list[LayerKV]], torch
 
 
 @torch.inference_mode()
-def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32, sums: bool = True
+def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32, sums: bool = True,
+                  timings: dict[str, float] | None = None
                   ) -> tuple[list[list[LayerKV]], torch.Tensor, list[list[dict[str, torch.Tensor]]]]:
     """``prefill`` plus per-prompt, per-layer attention statistics for token-selection codecs.
 
@@ -261,21 +263,30 @@ def prefill_stats(model, prefix_ids: torch.Tensor, *, obs_window: int = 32, sums
     ~256 MB), and reduced at once, never held for all layers. ``sums=False`` keeps only
     ``obs_attn``: it needs the last ``obs_window`` queries' scores instead of all P x P, which on a
     2048-token prefix is most of the statistics' cost (SnapKV and PyramidKV need no more).
+
+    ``timings`` (a dict, filled in): ``stats_seconds``, the wall time of the side computation alone
+    (every layer, the whole batch; device-synchronized on a GPU), and ``prefill_seconds``, the whole
+    call's: what a token-selection codec costs beyond a plain prefill, measured where it is paid.
     """
     if obs_window < 1:
         raise KVError(f"obs_window must be >= 1, got {obs_window}")
-    return _prefill(model, prefix_ids, obs_window, sums)
+    return _prefill(model, prefix_ids, obs_window, sums, timings)
 
 
-def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None, sums: bool = True):
+def _prefill(model, prefix_ids: torch.Tensor, obs_window: int | None, sums: bool = True,
+             timings: dict[str, float] | None = None):
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
     cache = DynamicCache()  # no config: sliding layers keep the full prefix
     collected: dict[int, dict[str, torch.Tensor]] = {}
-    with _attention_stats(model, collected, obs_window, sums):
+    t0 = time.perf_counter()
+    with _attention_stats(model, collected, obs_window, sums, timer=timings):
         # only the last position's logits are needed: Gemma-3's 262k-word head costs more than its layers
         out = model(input_ids=prefix_ids.to(device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    if timings is not None:
+        _sync(device)
+        timings["prefill_seconds"] = time.perf_counter() - t0
     first = out.logits[:, -1].argmax(dim=-1).cpu()
     B = prefix_ids.shape[0]
     per_prompt: list[list[LayerKV]] = [[] for _ in range(B)]
@@ -393,8 +404,11 @@ def _stats_attention_fn(base: str):
 
 @contextmanager
 def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_window: int | None,
-                     sums: bool = True):
-    """Route attention through the statistics wrapper while the block runs (no-op when ``obs_window`` is None)."""
+                     sums: bool = True, timer: dict[str, float] | None = None):
+    """Route attention through the statistics wrapper while the block runs (no-op when ``obs_window`` is None).
+    ``timer``: its ``stats_seconds`` gets the wall time spent computing the statistics (set to 0 first)."""
+    if timer is not None:
+        timer["stats_seconds"] = 0.0
     if obs_window is None:
         yield
         return
@@ -404,7 +418,14 @@ def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_w
     _register_stats_attention()
 
     def sink(module, query, key, mask, kwargs):
+        if timer is None:
+            collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window, sums)
+            return
+        _sync(query.device)  # the layer's own attention is not the statistics' cost
+        t0 = time.perf_counter()
         collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window, sums)
+        _sync(query.device)
+        timer["stats_seconds"] += time.perf_counter() - t0
 
     token = _STATS_SINK.set(sink)
     model.config._attn_implementation = _STATS_IMPLS[base]
@@ -413,6 +434,11 @@ def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_w
     finally:
         model.config._attn_implementation = base
         _STATS_SINK.reset(token)
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _reduce_attention(query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, kwargs: dict,

@@ -55,14 +55,16 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
     if starts is not None:
         LOG.info("sliding-window layers keep %s of %d prefix tokens", sorted({prefix_tokens - s for s in starts}),
                  prefix_tokens)
-    files = []
+    files, stats_seconds = [], 0.0
     t0 = time.perf_counter()
     for start in tqdm(range(0, len(prompts), batch_size), desc=f"prefill {prefix_tokens}", unit="batch"):
         batch = prompts[start:start + batch_size]
         ids = torch.tensor([p["prefix_ids"] for p in batch])
+        timings: dict[str, float] = {}
         if attention_stats:
             layers, first, stats = prefill_stats(model, ids.to(model.device), obs_window=obs_window,
-                                                 sums=attention_stats != "window")
+                                                 sums=attention_stats != "window", timings=timings)
+            stats_seconds += timings["stats_seconds"]
         else:
             (layers, first), stats = prefill(model, ids.to(model.device)), None
         for j, prompt in enumerate(batch):
@@ -79,14 +81,19 @@ def extract_kv(facts_path: str | Path, docs_path: str | Path, manifest_path: str
                               first_token=int(first[j]), meta=meta,
                               stats=_layer_stats(attention, rope, len(kept)))
             save_kv(out_dir / name, record)
-            files.append({"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes})
+            entry = {"file": name, "prompt_id": prompt["prompt_id"], "raw_bytes": record.raw_bytes}
+            if timings:  # the statistics' cost, this prompt's share of its batch's: token selection pays it
+                # (kept out of the record's meta, which travels in the wire header: bytes stay reproducible)
+                entry["stats_seconds"] = timings["stats_seconds"] / len(batch)
+            files.append(entry)
     shape = list(layers[0][0].k.shape)  # a whole-prefix layer (before any trimming)
     manifest = {
         "model": facts.get("name"), "dataset": Path(docs_path).stem, "prefix_tokens": prefix_tokens,
         "continuation_tokens": continuation, "dtype": dtype, "device": str(dev),
         "n_layers": len(layers[0]), "layer_shape": shape, "layer_types": facts.get("layer_types"),
         "prompts": files, "prefill_seconds": time.perf_counter() - t0,
-        "attention_stats": ({"obs_window": obs_window, "attn_sum": attention_stats != "window"}
+        "attention_stats": ({"obs_window": obs_window, "attn_sum": attention_stats != "window",
+                             "seconds": stats_seconds, "device": str(dev), "threads": torch.get_num_threads()}
                             if attention_stats else None),
         "rope_stats": rope is not None,
     }
