@@ -418,14 +418,13 @@ def _attention_stats(model, collected: dict[int, dict[str, torch.Tensor]], obs_w
     _register_stats_attention()
 
     def sink(module, query, key, mask, kwargs):
-        if timer is None:
-            collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window, sums)
-            return
-        _sync(query.device)  # the layer's own attention is not the statistics' cost
-        t0 = time.perf_counter()
+        if timer is not None:
+            _sync(query.device)  # the layer's own attention is not the statistics' cost
+            t0 = time.perf_counter()
         collected[module.layer_idx] = _reduce_attention(query, key, mask, kwargs, obs_window, sums)
-        _sync(query.device)
-        timer["stats_seconds"] += time.perf_counter() - t0
+        if timer is not None:
+            _sync(query.device)
+            timer["stats_seconds"] += time.perf_counter() - t0
 
     token = _STATS_SINK.set(sink)
     model.config._attn_implementation = _STATS_IMPLS[base]

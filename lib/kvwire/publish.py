@@ -47,13 +47,14 @@ def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tab
             old.unlink()
     for table in tables:
         shutil.copy2(table, dest / table.name)
+    hashes = [hashlib.sha256(c.read_bytes()).hexdigest() for c in configs]
+    one = len(configs) == 1  # a single file is recorded as before, layered files as lists
     manifest = {
         "published": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": str(source),
         "commit": _git_commit(),
-        "config": (str(configs[0]) if len(configs) == 1 else [str(c) for c in configs]) if configs else None,
-        "config_sha256": ((lambda h: h[0] if len(h) == 1 else h)([hashlib.sha256(c.read_bytes()).hexdigest()
-                                                                  for c in configs]) if configs else None),
+        "config": (str(configs[0]) if one else [str(c) for c in configs]) if configs else None,
+        "config_sha256": (hashes[0] if one else hashes) if configs else None,
         "cpu": _run_cpu(source),
         "gpu_timings": sorted(p.stem for p in Path("results/timing/gpu").glob("*.csv")),
         "note": note,

@@ -48,6 +48,11 @@ def pct(x: float, digits: int = 2) -> str:
     return num(100 * x, digits) + r"\,\%"
 
 
+def and_list(items: list[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c`` (the sentences list bins, gates ...)."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
 def tt(name: str) -> str:
     return r"\texttt{" + str(name).replace("_", r"\_") + "}"
 
@@ -110,8 +115,7 @@ def _sample(t: Tables, floor: float) -> dict[str, str]:
     b = t["quality_by_bin"]
     b = b[b["codec"] == "identity"] if (b["codec"] == "identity").any() else b
     bins = sorted(int(x) for x in b["bin"].unique())
-    listed = ", ".join(f"{x:,}".replace(",", "{,}") for x in bins)
-    listed = listed.rsplit(", ", 1)[0] + " and " + listed.rsplit(", ", 1)[1] if len(bins) > 1 else listed
+    listed = and_list([f"{x:,}".replace(",", "{,}") for x in bins])
     per_cell = b.groupby(["model", "dataset"])["n_prompts"].sum()
     return {"kwNumDatasets": str(b["dataset"].nunique()), "kwBinsList": listed,
             "kwPromptsPerBin": str(int(b["n_prompts"].min())),
@@ -167,7 +171,7 @@ def _gates(t: Tables, floor: float) -> dict[str, str]:
     waived = g["waived"].notna() & g["waived"].astype(str).str.len().gt(0) & ~passed
     # which gates are waived, for the sentence that counts them ("int8 on gemma3-270m and ...")
     names = [f"{tt(r.gate)} on {tt(r.model)}" for r in g[waived].sort_values(["model", "gate"]).itertuples()]
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1] if names else "none"
+    listed = and_list(names) if names else "none"
     return {"kwGatesTotal": str(len(g)), "kwGatesPassed": str(int(passed.sum())), "kwGatesWaived": str(int(waived.sum())),
             "kwGatesWaivedList": listed}
 
@@ -202,7 +206,7 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
     n = int(max(set(b[b.device == "cpu"]["seq"]) & set(b[b.device == "gpu"]["seq"])))
     b = b[b["seq"] == n]
     m = {"kwBreakEvenTokens": str(n), "kwBreakEvenDtype": tt(dtype)}
-    cpu_rows = b[b.device == "cpu"]
+    cpu_rows = b[b.device == "cpu"].assign(codec_ms=lambda x: x.encode_ms + x.decode_ms)
     m["kwCpuName"] = " / ".join(sorted(set(cpu_rows["device_name"].astype(str))))  # beside every CPU time
     if "threads" in b.columns and cpu_rows["threads"].notna().all():
         counts = sorted({int(x) for x in cpu_rows["threads"]})
@@ -212,7 +216,7 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
     for (device, codec), g in b.groupby(["device", "codec"]):
         m[macro_name("be", device, codec)] = num(g["break_even_gbps_pipelined"].median())
         m[macro_name("be", "seq", device, codec)] = num(g["break_even_gbps_sequential"].median())
-    cpu = b[b.device == "cpu"].assign(codec_ms=lambda x: x.encode_ms + x.decode_ms).set_index(["model", "codec"])
+    cpu = cpu_rows.set_index(["model", "codec"])
     if {"zstd", "int8"} <= set(cpu.index.get_level_values("codec")):  # what a lossless stage costs
         ratio = (cpu.xs("zstd", level="codec")["codec_ms"] / cpu.xs("int8", level="codec")["codec_ms"]).dropna()
         m["kwZstdCpuOverIntEight"] = num(ratio.median(), 2)
