@@ -350,10 +350,15 @@ def test_records_without_trimmed_layers_are_byte_identical(tmp_path, which):
     trimmed, m1 = _extract(tmp_path, model_dir, "a", prefix_tokens=prefix, attention_stats=True)
     untrimmed, m2 = _extract(tmp_path, model_dir, "b", prefix_tokens=prefix, attention_stats=True,
                              trim_windows=False)
-    assert "window_starts" not in m1 and m1["prompts"] == m2["prompts"]
+    # the manifests agree on every prompt but for what the statistics took to compute (a wall time)
+    assert "window_starts" not in m1 and _untimed(m1) == _untimed(m2)
     for row in m1["prompts"]:
         assert _parts(trimmed.parent / row["file"]) == _parts(untrimmed.parent / row["file"])
         assert "window_starts" not in load_kv(trimmed.parent / row["file"]).meta
+
+
+def _untimed(manifest):
+    return [{k: v for k, v in row.items() if k != "stats_seconds"} for row in manifest["prompts"]]
 
 
 def _parts(path):
