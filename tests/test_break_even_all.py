@@ -1,5 +1,6 @@
 """One break-even table over (shape, length, codec, CPU/GPU) and the GPU speed-up curves."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -68,15 +69,30 @@ def test_gpu_sweep_crosses_one_at_the_break_even_bandwidth():
 
 def test_committed_gpu_break_evens_follow_from_their_own_times_and_bytes():
     """The cached table is computed, not typed: every GPU row's break-even is re-derived from its
-    kernel times and wire bytes."""
+    kernel times and wire bytes, split over the layers as its row says (evenly, or by the tokens each
+    layer sends where a sliding-window layer sends fewer: its stated kept total must match)."""
+    from kvwire.stages.gpu_tables import sent_tokens
+
     t = pd.read_csv(TABLES / "break_even_all.csv")
     assert {"cpu", "gpu"} <= set(t.device)
+    split = 0
     for r in t[t.device == "gpu"].itertuples():
         n = int(r.layers)
-        cost = cost_from_arrays(int(r.raw_bytes), [r.wire_bytes / n] * n, [r.encode_ms / 1e3 / n] * n,
-                                [r.decode_ms / 1e3 / n] * n)
+        if r.per_layer_time == "cache time / layers":
+            tokens = [1] * n
+        else:
+            assert r.per_layer_time.startswith("cache time split by layer tokens")
+            tokens = sent_tokens(r.shape, n, int(r.seq))
+            assert len(set(tokens)) > 1
+            kept = re.search(r"scaled to the (\d+) kept", r.per_layer_time)
+            assert kept is None or int(kept.group(1)) == sum(tokens)
+            split += 1
+        w = [x / sum(tokens) for x in tokens]
+        cost = cost_from_arrays(int(r.raw_bytes), [r.wire_bytes * x for x in w], [r.encode_ms / 1e3 * x for x in w],
+                                [r.decode_ms / 1e3 * x for x in w])
         assert r.break_even_gbps_sequential == pytest.approx(break_even_gbps(cost, "sequential"), rel=1e-4)
         assert r.break_even_gbps_pipelined == pytest.approx(break_even_gbps(cost, "pipelined"), rel=1e-4)
+    assert split  # Gemma-3's sliding-window rows exercise the uneven split
 
 
 def test_speedup_figure_draws_a_panel_per_model_and_mode_or_says_nothing_matches(tmp_path):
