@@ -94,3 +94,22 @@ def test_only_codecs_narrows_the_codec_set_and_its_pairs(schema, default):
     bad["only_codecs"] = []
     with pytest.raises(ConfigError, match="only_codecs"):
         check_config(bad, schema)
+
+
+def test_only_models_narrows_the_model_set(schema, default):
+    from kvwire.config import narrow_models
+
+    cfg = copy.deepcopy(default)
+    last = list(default["models"])[-1]
+    cfg["only_models"] = [last]
+    check_config(cfg, schema)
+    assert set(narrow_models(cfg)) == set(default["models"]) - {last}
+    assert list(cfg["models"]) == [last] and cfg["models"][last] == default["models"][last]
+    assert narrow_models(copy.deepcopy(default)) == []  # no key: every model runs
+    bad = copy.deepcopy(default)
+    bad["only_models"] = ["gpt-5"]
+    with pytest.raises(ConfigError, match=r"only_models.*\['gpt-5'\] not defined"):
+        narrow_models(bad)
+    bad["only_models"] = []
+    with pytest.raises(ConfigError, match="only_models"):
+        check_config(bad, schema)

@@ -101,6 +101,24 @@ def narrow_codecs(config: dict[str, Any]) -> list[str]:
     return dropped
 
 
+def narrow_models(config: dict[str, Any]) -> list[str]:
+    """Apply ``only_models``: drop every other entry of ``config["models"]`` (in place, before anything
+    reads the model set) and return the dropped ids. A config layered on a larger study can run one
+    model's tables this way (Snakemake merges mappings key by key, so it cannot remove a model
+    otherwise). An id that ``models`` does not define is a ConfigError."""
+    only = config.get("only_models")
+    if not only:
+        return []
+    models = config.get("models", {}) or {}
+    unknown = [m for m in only if m not in models]
+    if unknown:
+        raise ConfigError(f"config key 'only_models': {unknown} not defined under 'models' "
+                          f"(defined: {', '.join(models)})")
+    dropped = [m for m in models if m not in only]
+    config["models"] = {m: models[m] for m in models if m in only}
+    return dropped
+
+
 def study_pairs(config: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
     """(the configured codec pairs this study runs both codecs of, those it does not): a config that
     narrows ``codecs`` (a slice, a test, a smaller study) keeps the default's pairs list valid."""

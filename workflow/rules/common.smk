@@ -18,6 +18,7 @@ from kvwire.config import (
     codec_spec,
     load_schema,
     narrow_codecs,
+    narrow_models,
     study_pairs,
 )  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
@@ -33,8 +34,9 @@ from kvwire.resources import (  # noqa: E402
 SCHEMA = str(Path(workflow.basedir) / "workflow" / "schemas" / "config.schema.yaml")
 check_config(config, load_schema(SCHEMA))  # one clear line per bad key
 validate(config, schema=SCHEMA)  # fills defaults
-# only_codecs: a layered config narrows the codec set
+# only_codecs / only_models: a layered config narrows the codec / model set
 CODECS_LEFT_OUT = narrow_codecs(config)
+MODELS_LEFT_OUT = narrow_models(config)
 
 # A local run (--cores) starts no more jobs than this machine's memory holds: their declared mem_mb
 # add up to at most what is available now, unless --resources or a profile sets mem_mb. Cluster runs
