@@ -71,6 +71,20 @@ def test_quoted_numbers_are_the_ones_the_sentences_mean(tmp_path):
     assert m["kwZstdCpuOverIntEight"] == macros.num((cpu.xs("zstd", level="codec") / cpu.xs("int8", level="codec")).median(), 2)
 
 
+def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
+    rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
+    table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",
+                                        "per_token_penalty_int4"])
+    table.to_csv(tmp_path / "sensitivity.csv", index=False)
+    m, _ = macros.build_macros(macros.Tables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
+    assert m["kwKeyOutlierShareA"] == r"2.0\,\%" and m["kwKeyDynamicRangeB"] == "4.0" and m["kwPenaltyIntFourC"] == "-0.040"
+    # outlier share ranks c < b < a as the penalty does; the dynamic range ranks b < c < a: it does not
+    assert m["kwOutlierOrdersPenalty"] == "1" and m["kwRangeOrdersPenalty"] == "0"
+    table.assign(key_token_dynamic_range=[7.0, 4.8, 4.7]).to_csv(tmp_path / "sensitivity.csv", index=False)
+    m, _ = macros.build_macros(macros.Tables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
+    assert m["kwRangeOrdersPenalty"] == "1"
+
+
 def test_a_missing_table_turns_its_flag_off_and_defines_none_of_its_numbers(tmp_path):
     m, missing = macros.build_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95)
     assert "e2e_transfer" in missing and m["kwHaveETwoETransfer"] == "0" and m["kwHaveQuality"] == "1"

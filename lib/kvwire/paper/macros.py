@@ -14,7 +14,7 @@ import pandas as pd
 from ..io import atomic_path
 
 DIGITS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
-TABLES = ["quality", "quality_by_bin", "quality_pairs", "gates", "cosine_spearman", "models", "break_even_all", "break_even_shift", "gpu_kernels",
+TABLES = ["quality", "quality_by_bin", "quality_pairs", "gates", "cosine_spearman", "models", "sensitivity", "break_even_all", "break_even_shift", "gpu_kernels",
           "e2e_transfer", "link_model", "decision", "router", "offload",
           # config/qwen1.5b.yaml's run (four models, fewer codecs), published apart: its largest model's rows
           "qwen1.5b/quality", "qwen1.5b/quality_pairs"]
@@ -196,6 +196,27 @@ def _models(t: Tables, floor: float) -> dict[str, str]:
     return m
 
 
+def _same_order(a: pd.Series, b: pd.Series) -> bool:
+    """Whether two per-model statistics rank the models alike (ties broken by model name)."""
+    return list(a.sort_values(kind="stable").index) == list(b.sort_values(kind="stable").index)
+
+
+def _sensitivity(t: Tables, floor: float) -> dict[str, str]:
+    """Each model's key statistics beside its per-token int4 penalty (per-channel minus per-token
+    agreement), and whether each statistic orders the models as the penalty does: with few models
+    the text can only say which statistic is consistent with the drops, not fit one."""
+    s = t["sensitivity"].set_index("model").sort_index()
+    m = {}
+    for model, r in s.iterrows():
+        m[macro_name("key", "outlier", "share", model)] = pct(float(r.key_outlier_channel_share))
+        m[macro_name("key", "dynamic", "range", model)] = num(float(r.key_token_dynamic_range), 2)
+        m[macro_name("penalty", "int4", model)] = num(float(r.per_token_penalty_int4), 2)
+    penalty = s["per_token_penalty_int4"]
+    m["kwOutlierOrdersPenalty"] = str(int(_same_order(s["key_outlier_channel_share"], penalty)))
+    m["kwRangeOrdersPenalty"] = str(int(_same_order(s["key_token_dynamic_range"], penalty)))
+    return m
+
+
 def _break_even(t: Tables, floor: float) -> dict[str, str]:
     b = t["break_even_all"]
     study = set(t["quality"]["model"]) if t.has("quality") else set(b["model"])
@@ -352,7 +373,7 @@ def _offload(t: Tables, floor: float) -> dict[str, str]:
 
 SECTIONS: dict[str, Callable[[Tables, float], dict[str, str]]] = {
     "quality": _quality, "quality_by_bin": _sample, "quality_pairs": _pairs, "gates": _gates,
-    "cosine_spearman": _spearman, "models": _models,
+    "cosine_spearman": _spearman, "models": _models, "sensitivity": _sensitivity,
     "break_even_all": _break_even, "break_even_shift": _shift, "gpu_kernels": _kernels, "e2e_transfer": _e2e,
     "link_model": _links, "decision": _decision, "router": _router, "offload": _offload,
     "qwen1.5b/quality": _large_quality, "qwen1.5b/quality_pairs": _large_pairs,
