@@ -320,6 +320,25 @@ def gpu_timing_tables():
     )
 
 
+def cpu_scaling_tables():
+    """The CPU scaling tables measured at 1-16 threads on whole hosts by bench/cpu_scaling.py and
+    committed (no job of the workflow makes one), results/timing/cpu_scaling/<host>.csv of the
+    working directory, else the repository's cached ones."""
+    here = sorted(glob.glob("results/timing/cpu_scaling/*.csv"))
+    if here:
+        return here
+    return sorted(
+        glob.glob(
+            str(Path(workflow.basedir) / "results" / "timing" / "cpu_scaling" / "*.csv")
+        )
+    )
+
+
+def cpu_scaling_outputs():
+    """The CPU scaling table, where any cached scaling table exists."""
+    return ["results/tables/cpu_scaling.csv"] if cpu_scaling_tables() else []
+
+
 def study_figures(*names):
     """``results/figures/<name>.{pdf,png}``: the study's own figures (the paper's are in paper/figures)."""
     return expand("results/figures/{f}.{ext}", f=names, ext=["pdf", "png"])
@@ -562,6 +581,7 @@ def all_outputs():
         )
         + pairs_outputs()
         + gpu_outputs()
+        + cpu_scaling_outputs()
         + decision_outputs()
         + router_outputs()
         + offload_outputs()

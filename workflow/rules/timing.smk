@@ -132,3 +132,28 @@ rule break_even_all:
         cpu_dtype=config["extract"]["dtype"],
     script:
         "../../scripts/break_even_all.py"
+
+
+# CPU codec times at 1-16 threads of a whole host (issue 27), from the cached tables that
+# bench/cpu_scaling.py measured (a CI machine has 2 cores): throughput, speed-up and efficiency.
+rule cpu_scaling:
+    input:
+        tables=cpu_scaling_tables(),
+    output:
+        table=report(
+            "results/tables/cpu_scaling.csv",
+            caption="../report/cpu_scaling.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/cpu_scaling.log",
+    benchmark:
+        "results/benchmarks/aggregate/cpu_scaling.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=TABLE_MEM_MB,
+        runtime=10,
+    script:
+        "../../scripts/cpu_scaling.py"
