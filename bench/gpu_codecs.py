@@ -50,6 +50,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--kv", type=Path, nargs="*", default=[], help="real KV files to check the kernels on")
+    ap.add_argument("--time-kv", action="store_true",
+                    help="also time the kernels on the --kv caches (rows whose `cache` names the file)")
     ap.add_argument("--quick", action="store_true", help="three models, two lengths")
     ap.add_argument("--sweep", action="store_true", help="time tile sizes and warps on one large shape, then stop")
     ap.add_argument("--codecs", nargs="*", default=None, choices=list(BENCH_CODECS), metavar="LABEL",
@@ -72,11 +74,11 @@ def main() -> int:
 
         return sweep(do_bench, kernels, copy_bandwidth(do_bench))
     models = dict(list(MODEL_SHAPES.items())[:2] + list(MODEL_SHAPES.items())[-1:]) if args.quick else MODEL_SHAPES
-    if args.models:
+    if args.models is not None:  # `--models` alone: no synthetic shapes (with --time-kv: the real caches only)
         models = {m: MODEL_SHAPES[m] for m in args.models}
     seqs = args.seqs or ((512, 8192) if args.quick else SEQS)
     table = time_gpu(args.out, models=models, seqs=seqs, dtypes=args.dtypes, codecs=args.codecs, kv_files=args.kv,
-                     rep_ms=args.rep_ms, log=lambda line: print(line, flush=True))
+                     time_kv_files=args.time_kv, rep_ms=args.rep_ms, log=lambda line: print(line, flush=True))
     print()
     print(summary(table))
     if args.nvcomp:

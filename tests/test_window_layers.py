@@ -415,3 +415,43 @@ def test_time_shape_times_a_windowed_cache_as_one_call_over_its_groups(monkeypat
     plain = pd.DataFrame(bench.time_shape(None, "tiny", (6, 2, 1, 48, 64), torch.bfloat16, kernels[:1], gpu="cpu",
                                           copy_gbps=1.0, l2_bytes=1, rep_ms=1, device="cpu", log=lambda s: None))
     assert set(plain.layer_tokens) == {"6x48"} and set(plain.raw_bytes) == {6 * 48 * 2 * 64 * 2}
+
+
+def test_time_real_times_the_files_own_data_groups_and_statistics(monkeypatch, tmp_path):
+    """Real-cache timing (issue 27), on the CPU in the interpreter: the file's layer lengths and window
+    starts make the groups, its data is what the kernel encodes (the payload is the CPU codec's on the
+    file), its statistics feed a codec that needs them, a codec whose statistics it lacks is skipped,
+    and the rows name the file in ``cache``; the GPU summaries keep only synthetic rows."""
+    pytest.importorskip("triton")
+    from kvwire.kernels import bench
+    from kvwire.kv import KVRecord, load_kv, save_kv
+    from kvwire.stages.gpu_tables import read_gpu_tables
+
+    monkeypatch.setattr(bench, "_time", lambda do_bench, fn, rep_ms: (fn(), 1.0)[1])
+    monkeypatch.setattr(bench, "_wall_ms", lambda fn: (fn(), 1.0)[1])
+    g = torch.Generator().manual_seed(3)
+    tokens, starts = [15, 48, 15, 48], [33, 0, 33, 0]
+    layers = [LayerKV((torch.randn(1, t, 64, generator=g) * (1 + 4 * torch.rand(1, t, 1, generator=g))).bfloat16(),
+                      torch.randn(1, t, 64, generator=g).bfloat16()) for t in tokens]
+    path = tmp_path / "real.safetensors"
+    save_kv(path, KVRecord(layers=layers, meta={"model": "tiny-real", "window_starts": starts}))
+    logs = []
+    kernels = bench.bench_kernels(["int8", "cachegen", "snapkv"])
+    rows = bench.time_real(None, [path], kernels, gpu="cpu", copy_gbps=1.0, l2_bytes=1, rep_ms=1, device="cpu",
+                           log=logs.append)
+    t = pd.DataFrame(rows)
+    assert set(t.cache) == {"real.safetensors"} and set(t.model) == {"tiny-real"}
+    assert set(t.codec) == {"int8", "cachegen"} and any("snapkv: skipped" in line for line in logs)
+    assert set(t.layer_tokens) == {"2x15+2x48"} and set(t.seq) == {48}
+    assert set(t.raw_bytes) == {load_kv(path).raw_bytes}
+    assert t.conformant.dropna().astype(bool).all() and t.identical_to_cpu.dropna().astype(bool).all()
+    synthetic = pd.DataFrame(bench.time_shape(None, "tiny-real", (4, 2, 1, 48, 64), torch.bfloat16, kernels[:2],
+                                              gpu="cpu", copy_gbps=1.0, l2_bytes=1, rep_ms=1, tokens=tokens,
+                                              device="cpu", log=lambda s: None))
+    assert set(synthetic.cache) == {"synthetic"}
+    # different data, different entropy-coded size: which cache was timed matters
+    assert (t[t.codec == "cachegen"].payload_bytes.iloc[0] != synthetic[synthetic.codec == "cachegen"].payload_bytes.iloc[0])
+    both = tmp_path / "gpu.csv"
+    pd.concat([t, synthetic.drop(columns=["cache"])]).to_csv(both, index=False)
+    read = read_gpu_tables([both])
+    assert sorted(set(read.cache)) == ["real.safetensors", "synthetic"]

@@ -190,7 +190,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                codecs: Sequence[tuple[str, "KernelCodec"]], *, gpu: str, copy_gbps: float, l2_bytes: int,
                rep_ms: int = 100, cpu_check_seq: int = 2048, cpu_check_elems: int = 1 << 24,
                log: Callable[[str], None] = print, tokens: Sequence[int] | None = None,
-               device: str = "cuda") -> list[dict]:
+               device: str = "cuda", real=None) -> list[dict]:
     """Check and time every (label, kernel) on one cache shape [layers, 2, kv_heads, seq, head_dim]:
     a row per (codec, implementation, op).
 
@@ -205,15 +205,24 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     and the first few layers where eager and Triton disagree -- per group of equal layers. A kernel
     with a host stage (CacheGen's rANS) is timed on its device part (``impl`` triton) and its host
     part separately (``impl`` host, wall clock). ``device``: "cuda" (the tests run the logic on "cpu",
-    in Triton's interpreter, with ``_time`` / ``_wall_ms`` replaced)."""
+    in Triton's interpreter, with ``_time`` / ``_wall_ms`` replaced).
+
+    ``real``: a real cache (``KVRecord``) to time instead of random data of the shape: its own layer
+    lengths, window starts and attention statistics; rotation buffers are copies of it, and the rows'
+    ``cache`` column names it (``synthetic`` otherwise). A codec whose statistics the file lacks is
+    skipped (logged)."""
     from .base import cache_group, split_groups
     from .reference import conformance
 
     layers, _, heads, seq, dim = shape
+    if real is not None:
+        tokens = [int(layer.k.shape[1]) for layer in real.layers]
+        if len(tokens) != layers or any(tuple(x.k.shape) != (heads, t, dim) for x, t in zip(real.layers, tokens)):
+            raise KVError(f"{model}: the real cache's layers do not match the shape {shape}")
     tokens = [seq] * layers if tokens is None else [int(t) for t in tokens]
     if len(tokens) != layers or not all(0 < t <= seq for t in tokens):
         raise KVError(f"{model}: {len(tokens)} layer lengths {sorted(set(tokens))} for {layers} layers of at most {seq}")
-    starts = [seq - t for t in tokens]
+    starts = list(real.window_starts) if real is not None and real.window_starts else [seq - t for t in tokens]
     groups = split_groups([(heads, t, dim) for t in tokens], starts)
     windowed = len(groups) > 1 or any(starts)
     ctx = [g if windowed else None for g in groups]  # a cache of equal, untrimmed layers: the plain call
@@ -221,8 +230,17 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     elt = torch.empty((), dtype=dtype).element_size()
     raw = sum(math.prod(ps) for ps in part_shapes) * elt
     n_buf = max(1, min(16, math.ceil(4 * l2_bytes / raw)))
-    bufs = [_random_caches(ps, dtype, n_buf, seed=seq + dim + 7919 * j, device=device)
-            for j, ps in enumerate(part_shapes)]
+    if real is None:
+        bufs = [_random_caches(ps, dtype, n_buf, seed=seq + dim + 7919 * j, device=device)
+                for j, ps in enumerate(part_shapes)]
+        real_stats = None
+    else:  # the file's tensors, copied into every rotation buffer (distinct memory, same data)
+        kv = [torch.stack([torch.stack([real.layers[i].k, real.layers[i].v]) for i in g.layers]).to(device, dtype)
+              for g in groups]
+        bufs = [[x] + [x.clone() for _ in range(n_buf - 1)] for x in kv]
+        file_stats = _file_stats(real)
+        real_stats = [[{k: v.to(device) for k, v in file_stats[i].items()} for i in g.layers] for g in groups]
+    cache = "synthetic" if real is None else str(real.meta.get("source_file", "real"))
     parts = range(len(groups))
 
     def each(fn) -> list:
@@ -236,7 +254,14 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     rows = []
     for label, kernel in codecs:
         g = torch.Generator(device=device).manual_seed(seq)
-        stats = [kernel.bench_stats(ps, g) for ps in part_shapes]
+        if real_stats is None:
+            stats = [kernel.bench_stats(ps, g) for ps in part_shapes]
+        else:
+            missing = [k for k in kernel.needs_stats if k not in real_stats[0][0]]
+            if missing:
+                log(f"  {model} {cache} {label}: skipped, the file has no {missing}")
+                continue
+            stats = real_stats  # the file's own (as check_real_caches passes them)
         payload = each(lambda j: kernel.encode(bufs[j][0], stats[j]))
         eager = each(lambda j: kernel.encode_eager(bufs[j][0], stats[j]))
         confs, eager_same = [], True
@@ -335,7 +360,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                 "conformant": conf.ok if impl != "eager" else eager_ok,
                 "checked_layers": " ".join(map(str, conf.layers)),
                 "host_stage": host_stage if impl == "host" else "",
-                "layer_tokens": describe_tokens(tokens),
+                "layer_tokens": describe_tokens(tokens), "cache": cache,
             })
         del payloads, eager, payload
         if host_stage:
@@ -408,10 +433,13 @@ def _wall_ms(fn, repeats: int = 3, once_above_ms: float = 1000.0) -> float:
 
 def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[str, tuple[int, int, int]] | None = None,
              seqs: Sequence[int] = SEQS, dtypes: Sequence[str] = tuple(DTYPES), codecs: Sequence[str] | None = None,
-             kv_files: Sequence[str | Path] = (), rep_ms: int = 100, log: Callable[[str], None] = print):
+             kv_files: Sequence[str | Path] = (), rep_ms: int = 100, log: Callable[[str], None] = print,
+             time_kv_files: bool = False):
     """Check and time every (model shape, seq, dtype, codec) and write the table to ``out_csv``
     (rewritten after every model, atomically: a run cut short keeps what it measured). ``codecs``:
-    labels of ``BENCH_CODECS`` (default: every one with a kernel)."""
+    labels of ``BENCH_CODECS`` (default: every one with a kernel). ``kv_files`` (real caches) are
+    checked against the CPU codec and, with ``time_kv_files``, timed too (``time_real``: rows whose
+    ``cache`` names the file)."""
     import pandas as pd
     import triton
     from triton.testing import do_bench
@@ -431,7 +459,12 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
     for line in check_real_caches(kv_files, [k for k, _ in kernels]):
         log(line)
     rows, t0 = [], time.time()
-    for model, (layers, heads, dim) in (models or MODEL_SHAPES).items():
+    if time_kv_files and kv_files:
+        rows += time_real(do_bench, kv_files, kernels, gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms,
+                          log=log)
+        write_csv(out_csv, pd.DataFrame(rows))
+        log(f"  real caches done ({time.time() - t0:.0f} s)")
+    for model, (layers, heads, dim) in (MODEL_SHAPES if models is None else models).items():
         for seq in seqs:
             for dtype in dtypes:
                 rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
@@ -440,6 +473,29 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
                 write_csv(out_csv, pd.DataFrame(rows))  # after every shape: a run cut short keeps them
         log(f"  {model} done ({time.time() - t0:.0f} s)")
     return pd.DataFrame(rows)
+
+
+def time_real(do_bench, kv_files: Sequence[str | Path], kernels, *, gpu: str, copy_gbps: float, l2_bytes: int,
+              rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> list[dict]:
+    """Time every kernel on real caches (kvwire KV files: their own data, layer lengths and
+    statistics) in the files' dtype: rows as ``time_shape``'s, ``model`` the file's model and ``cache``
+    the file's name, to set beside the synthetic caches of the same shape (CacheGen's entropy coder,
+    for one, compresses real caches differently)."""
+    from ..kv import load_kv
+
+    rows = []
+    for path in kv_files:
+        rec = load_kv(path)
+        rec.meta["source_file"] = Path(path).name
+        first = rec.layers[0].k
+        heads, dim = int(first.shape[0]), int(first.shape[2])
+        seq = max(int(layer.k.shape[1]) for layer in rec.layers)
+        if rec.window_starts:
+            seq = max(int(s) + int(layer.k.shape[1]) for s, layer in zip(rec.window_starts, rec.layers))
+        model = str(rec.meta.get("model") or Path(path).stem)
+        rows += time_shape(do_bench, model, (len(rec.layers), 2, heads, seq, dim), first.dtype, kernels, gpu=gpu,
+                           copy_gbps=copy_gbps, l2_bytes=l2_bytes, rep_ms=rep_ms, log=log, device=device, real=rec)
+    return rows
 
 
 def summary(table) -> str:
