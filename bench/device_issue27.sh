@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# One device call for issue 27 (run on the lent GPU machine from the repository root; no network there):
+# the real 2048-token caches of bench/scaling-caches.yaml, carried zstd-compressed in results/kvz/<model>/
+# with the codec wheels in .whl/ (bench/NOTES.md: "CPU scaling and real-cache GPU timing"), then
+#   1. every GPU kernel timed on those real caches (bench/gpu_codecs.py --time-kv, bf16, no synthetic shapes)
+#   2. every codec's CPU times at 1, 2, 4, 8 and 16 threads on them (bench/cpu_scaling.py)
+# Writes $OUT/gpu_real.csv, $OUT/cpu_scaling.csv and $OUT/lscpu.txt.
+set -euo pipefail
+OUT=${OUT:-out}; mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target results/site \
+    .whl/zstandard-*.whl .whl/lz4-*.whl .whl/constriction-*.whl 2>&1 | tail -2
+fi
+export PYTHONPATH=$PWD/results/site:$PWD/lib
+lscpu > "$OUT/lscpu.txt"; echo "$(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo)"
+kv=()
+for z in results/kvz/*/*; do
+  m=$(basename "$(dirname "$z")"); f=results/kvdev/$m/p0000.safetensors; mkdir -p "$(dirname "$f")"
+  case "$z" in
+    *.zst) python3 -c "import sys, zstandard; open(sys.argv[2], 'wb').write(zstandard.ZstdDecompressor().decompress(open(sys.argv[1], 'rb').read(), max_output_size=1 << 28))" "$z" "$f" ;;
+    *.xz) python3 -c "import lzma, sys; open(sys.argv[2], 'wb').write(lzma.decompress(open(sys.argv[1], 'rb').read()))" "$z" "$f" ;;
+  esac
+  kv+=("$f")
+done
+echo "caches: ${kv[*]}"
+if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  python3 bench/gpu_codecs.py --out "$OUT/gpu_real.csv" --kv "${kv[@]}" --time-kv --models --dtypes bfloat16 2>&1 | tail -60
+fi
+python3 bench/cpu_scaling.py --kv "${kv[@]}" --out "$OUT/cpu_scaling.csv" \
+  --run "$(date -u +%F) lent GPU host, 2048-token WikiText-2 caches" 2>&1 | tail -120
