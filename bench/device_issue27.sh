@@ -2,7 +2,7 @@
 # One device call for issue 27 (run on the lent GPU machine from the repository root; no network there):
 # the real 2048-token caches of bench/scaling-caches.yaml, carried zstd-compressed in results/kvz/<model>/
 # with the codec wheels in .whl/ (bench/NOTES.md: "CPU scaling and real-cache GPU timing"), then
-#   1. every GPU kernel timed on those real caches (bench/gpu_codecs.py --time-kv, bf16, no synthetic shapes)
+#   1. every GPU kernel timed on those real caches and on synthetic caches of their shapes (bench/gpu_codecs.py --time-kv, bf16)
 #   2. every codec's CPU times at 1, 2, 4, 8 and 16 threads on them (bench/cpu_scaling.py)
 # Writes $OUT/gpu_real.csv, $OUT/cpu_scaling.csv and $OUT/lscpu.txt.
 set -euo pipefail
@@ -24,7 +24,9 @@ for z in results/kvz/*/*; do
 done
 echo "caches: ${kv[*]}"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
-  python3 bench/gpu_codecs.py --out "$OUT/gpu_real.csv" --kv "${kv[@]}" --time-kv --models --dtypes bfloat16 2>&1 | tail -60
+  # the real caches, and the synthetic caches of the same shapes in the same run (same GPU, same clocks)
+  python3 bench/gpu_codecs.py --out "$OUT/gpu_real.csv" --kv "${kv[@]}" --time-kv \
+    --models gemma-3-270m qwen2.5-coder-0.5b --seqs 2048 --dtypes bfloat16 2>&1 | tail -60
 fi
 python3 bench/cpu_scaling.py --kv "${kv[@]}" --out "$OUT/cpu_scaling.csv" \
   --run "$(date -u +%F) lent GPU host, 2048-token WikiText-2 caches" 2>&1 | tail -120
