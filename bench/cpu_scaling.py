@@ -26,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "ACTIVE")  # before torch loads OpenMP 
 import pandas as pd  # noqa: E402
 import yaml  # noqa: E402
 
-from kvwire.config import codec_spec  # noqa: E402
 from kvwire.io import write_csv  # noqa: E402
 from kvwire.stages.cpu_scaling import check_threads, scaling_table, time_scaling  # noqa: E402
 
@@ -45,7 +44,10 @@ def main(argv=None) -> int:
     with open(a.config) as fh:
         config = yaml.safe_load(fh)
     ids = a.codecs or list(config["codecs"])
-    codecs = {cid: codec_spec(cid, config["codecs"][cid]) for cid in ids}
+    # (registered name, params) of each entry, as kvwire.config.codec_spec reads them (not imported: it
+    # needs jsonschema, which the lent GPU machine lacks)
+    entries = {cid: config["codecs"][cid] or {} for cid in ids}
+    codecs = {cid: (e.get("codec", cid), dict(e.get("params", {}) or {})) for cid, e in entries.items()}
     threads = check_threads([int(t) for t in a.threads.split(",")])
     parts = []
     for t in threads:  # written after each thread count: a run cut short keeps what it measured

@@ -67,6 +67,10 @@ def test_scaling_table_speedup_efficiency_and_whole_cpu_flag():
     assert t.encode_mbps.tolist() == pytest.approx([2.0, 3.2, 8.0])
     assert t.decode_mbps.tolist() == pytest.approx([4.0, 6.4, 16.0])
     assert t.whole_cpu.tolist() == [False, False, True]
+    assert t.fastest.tolist() == [False, False, True]
+    slower = _raw()
+    slower.loc[slower.threads == 4, ["encode_s", "decode_s"]] = [3.0, 2.0]  # 16 threads slower than 2
+    assert scaling_table(slower).fastest.tolist() == [False, True, False]
 
 
 def test_read_scaling_rejects_missing_columns_and_nonpositive_times(tmp_path):

@@ -502,11 +502,12 @@ def summary(table) -> str:
     """The bf16 device rows as a text table: time, GB/s, fraction of copy, eager time, speed-up, and
     whether the kernel conforms to the CPU codec (identical bytes, or within issue 5's tolerance)."""
     t = table[(table.impl == "triton") & (table["dtype"] == "bfloat16")]
-    eager = table[table.impl == "eager"].set_index(["model", "seq", "dtype", "codec", "op"])["ms"]
+    key = ["model", "seq", "dtype", "codec", "op"] + (["cache"] if "cache" in table.columns else [])
+    eager = table[table.impl == "eager"].set_index(key)["ms"]
     lines = [f"{'model':14} {'seq':>6} {'codec':16} {'op':6} {'triton ms':>9} {'GB/s':>6} {'of copy':>7} "
              f"{'eager ms':>9} {'speedup':>7} ok"]
     for _, r in t.iterrows():
-        e = eager.loc[(r["model"], r["seq"], r["dtype"], r["codec"], r["op"])]
+        e = eager.loc[tuple(r[k] for k in key)]
         lines.append(f"{r['model']:14} {r['seq']:6d} {r['codec']:16} {r['op']:6} {r['ms']:9.3f} {r['gbps']:6.0f} "
                      f"{r['frac_copy']:7.2f} {e:9.3f} {r['speedup_vs_eager']:7.1f} {r[_ok_column(table)]}")
     col = _ok_column(table)

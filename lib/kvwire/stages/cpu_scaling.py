@@ -104,7 +104,8 @@ def read_scaling(paths: Sequence[str | Path]) -> pd.DataFrame:
 def scaling_table(raw: pd.DataFrame) -> pd.DataFrame:
     """Per host, cache and codec at each thread count: MB/s of raw KV both ways, speed-up over the
     same host's one-thread time and parallel efficiency (speed-up / threads); ``whole_cpu`` marks the
-    host's largest thread count (what a CPU-vs-GPU comparison should use, stated)."""
+    host's largest thread count and ``fastest`` the thread count with the least encode + decode time
+    (what a CPU-vs-GPU comparison should use, stated)."""
     key = ["device_name", "logical_cpus", "model", "seq", "codec"]
     t = raw.groupby(key + ["threads"], as_index=False).agg(
         layers=("layers", "first"), raw_bytes=("raw_bytes", "first"), wire_bytes=("wire_bytes", "first"),
@@ -119,6 +120,10 @@ def scaling_table(raw: pd.DataFrame) -> pd.DataFrame:
     t["encode_efficiency"] = t.encode_speedup / t.threads
     t["decode_efficiency"] = t.decode_speedup / t.threads
     t["whole_cpu"] = t.threads == t.groupby("device_name").threads.transform("max")
+    # more threads are not always faster on caches of a few MB (per-layer ops are short): the thread
+    # count with the least encode + decode time, per host, cache and codec
+    both = t.encode_s + t.decode_s
+    t["fastest"] = both == both.groupby([t[k] for k in key]).transform("min")
     return t.sort_values(key + ["threads"], kind="stable").reset_index(drop=True)
 
 
