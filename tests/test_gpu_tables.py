@@ -97,3 +97,38 @@ def test_break_even_shift_figure_is_written_with_and_without_matches(tmp_path):
     break_even_shift(cpu, models, break_even(pd.DataFrame(rows()))).to_csv(full, index=False)
     figure(full, tmp_path / "f.pdf", tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > (tmp_path / "e.png").stat().st_size
+
+
+def test_real_cache_rows_sit_beside_their_synthetic_twins(tmp_path):
+    """real_vs_synthetic matches a real cache's kernel rows to the synthetic rows of the same shape,
+    codec, implementation and op (not by model name, which differs), and says how far apart they are."""
+    import pandas as pd
+
+    from kvwire.errors import KVError
+    from kvwire.stages.gpu_tables import gpu_real_caches
+
+    base = {"gpu": "G", "copy_gbps": 1000.0, "layers": 18, "kv_heads": 1, "seq": 2048, "head_dim": 256,
+            "dtype": "bfloat16", "raw_bytes": 100, "bytes_moved": 1, "gbps": 1.0, "frac_copy": 0.1,
+            "speedup_vs_eager": 1.0, "identical_to_cpu": True, "conformant": True, "layer_tokens": "15x511+3x2048"}
+    rows = []
+    for cache, model, ms, ratio in (("synthetic", "gemma-3-270m", 2.0, 3.97), ("p.safetensors", "gemma3-270m", 3.0, 3.6)):
+        for op in ("encode", "decode"):
+            rows.append({**base, "model": model, "codec": "cachegen", "impl": "triton", "op": op, "ms": ms,
+                         "payload_bytes": 100 / ratio, "ratio": ratio, "cache": cache})
+    rows.append({**base, "model": "gemma-3-270m", "codec": "cachegen", "impl": "eager", "op": "encode", "ms": 9.0,
+                 "payload_bytes": 1, "ratio": 3.97, "cache": "synthetic"})
+    rows.append({**base, "model": "gemma3-270m", "codec": "int8", "impl": "triton", "op": "encode", "ms": 1.0,
+                 "payload_bytes": 50, "ratio": 2.0, "cache": "p.safetensors"})
+    src = tmp_path / "g.csv"
+    pd.DataFrame(rows).to_csv(src, index=False)
+    t = gpu_real_caches([src], tmp_path / "out.csv")
+    assert len(t) == 3 and set(t.model) == {"gemma3-270m"}
+    cg = t[t.codec == "cachegen"]
+    assert set(cg.synthetic_shape) == {"gemma-3-270m"}
+    assert cg.time_real_over_synthetic.tolist() == pytest.approx([1.5, 1.5])
+    assert cg.ratio_real_over_synthetic.tolist() == pytest.approx([3.6 / 3.97] * 2)
+    assert t[t.codec == "int8"].ms_synthetic.isna().all()  # no twin: kept, said
+    only_syn = tmp_path / "s.csv"
+    pd.DataFrame([r for r in rows if r["cache"] == "synthetic"]).to_csv(only_syn, index=False)
+    with pytest.raises(KVError, match="real cache"):
+        gpu_real_caches([only_syn], tmp_path / "x.csv")

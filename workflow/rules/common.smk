@@ -334,9 +334,23 @@ def cpu_scaling_tables():
     )
 
 
+def gpu_real_tables():
+    """The GPU timing tables of real caches (bench/gpu_codecs.py --time-kv, with synthetic caches of the
+    same shapes), committed under results/timing/gpu_real/: the working directory's, else the
+    repository's."""
+    here = sorted(glob.glob("results/timing/gpu_real/*.csv"))
+    if here:
+        return here
+    return sorted(
+        glob.glob(str(Path(workflow.basedir) / "results" / "timing" / "gpu_real" / "*.csv"))
+    )
+
+
 def cpu_scaling_outputs():
-    """The CPU scaling table, where any cached scaling table exists."""
-    return ["results/tables/cpu_scaling.csv"] if cpu_scaling_tables() else []
+    """The CPU scaling table and the real-against-synthetic GPU table, where their cached tables exist."""
+    return (["results/tables/cpu_scaling.csv"] if cpu_scaling_tables() else []) + (
+        ["results/tables/gpu_real_caches.csv"] if gpu_real_tables() else []
+    )
 
 
 def study_figures(*names):

@@ -157,3 +157,28 @@ rule cpu_scaling:
         runtime=10,
     script:
         "../../scripts/cpu_scaling.py"
+
+
+# GPU kernels on real caches beside synthetic caches of the same shapes (issue 27), from the cached
+# tables of bench/gpu_codecs.py --time-kv: which cache a kernel time was taken on, and what it changes.
+rule gpu_real_caches:
+    input:
+        tables=gpu_real_tables(),
+    output:
+        table=report(
+            "results/tables/gpu_real_caches.csv",
+            caption="../report/gpu_real_caches.rst",
+            category="Tables",
+        ),
+    log:
+        "logs/aggregate/gpu_real_caches.log",
+    benchmark:
+        "results/benchmarks/aggregate/gpu_real_caches.tsv"
+    conda:
+        "../../envs/analysis.yaml"
+    threads: 1
+    resources:
+        mem_mb=TABLE_MEM_MB,
+        runtime=10,
+    script:
+        "../../scripts/gpu_real_caches.py"

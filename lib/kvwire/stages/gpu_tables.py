@@ -182,3 +182,30 @@ def break_even_shift_table(cpu_csv: str | Path, models_csv: str | Path, gpu_csv:
     table = break_even_shift(pd.read_csv(cpu_csv), pd.read_csv(models_csv), pd.read_csv(gpu_csv))
     write_csv(out_csv, table)
     return table
+
+
+def real_vs_synthetic(table: pd.DataFrame) -> pd.DataFrame:
+    """Every kernel row timed on a real cache beside the synthetic cache of the same shape timed in the
+    same tables (same GPU): times, ratios and their quotients, and whether each conformed. Real rows
+    without a synthetic twin are kept with NaN there. Rows are matched on the shape (layers, heads,
+    head_dim, seq, dtype), codec, implementation and op: the real cache's model name is the study's."""
+    if "cache" not in table.columns:
+        table = table.assign(cache="synthetic")
+    dev = table[table.impl.isin(["triton", "host"])]
+    real, syn = dev[dev["cache"] != "synthetic"], dev[dev["cache"] == "synthetic"]
+    if not len(real):
+        raise KVError("no GPU rows timed on a real cache (bench/gpu_codecs.py --time-kv)")
+    key = ["gpu", "layers", "kv_heads", "head_dim", "seq", "dtype", "codec", "impl", "op"]
+    syn = syn.drop_duplicates(key, keep="last")[key + ["model", "ms", "ratio", "conformant"]]
+    m = real[key + ["model", "cache", "layer_tokens", "ms", "ratio", "payload_bytes", "conformant"]].merge(
+        syn, on=key, how="left", suffixes=("", "_synthetic"))
+    m = m.rename(columns={"model_synthetic": "synthetic_shape"})
+    m["time_real_over_synthetic"] = m["ms"] / m["ms_synthetic"]
+    m["ratio_real_over_synthetic"] = m["ratio"] / m["ratio_synthetic"]
+    return m.sort_values(["gpu", "model", "codec", "impl", "op"], kind="stable").reset_index(drop=True)
+
+
+def gpu_real_caches(paths: Sequence[str | Path], out_csv: str | Path) -> pd.DataFrame:
+    table = real_vs_synthetic(read_gpu_tables(paths))
+    write_csv(out_csv, table)
+    return table
