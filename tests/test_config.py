@@ -86,6 +86,12 @@ def test_only_codecs_narrows_the_codec_set_and_its_pairs(schema, default):
     assert list(cfg["codecs"]) == ["identity", "int8", "int8_channel", "kivi4"]  # the config's order
     assert set(dropped) == set(default["codecs"]) - set(cfg["codecs"])
     assert study_pairs(cfg)[0] == [["int8", "int8_channel"]]
+    # the workflow's validate() fills gates with the schema's default (int8, kivi4) before narrowing
+    narrowed = copy.deepcopy(default)
+    narrowed["gates"] = {"int8": 0.99, "kivi4": 0.95}
+    narrowed["only_codecs"] = ["identity", "int4", "kivi4"]
+    narrow_codecs(narrowed)
+    assert narrowed["gates"] == {"kivi4": 0.95}  # int8's gate is left out with int8
     assert narrow_codecs(copy.deepcopy(default)) == []  # no key: every codec runs
     bad = copy.deepcopy(default)
     bad["only_codecs"] = ["int8", "int9"]

@@ -86,8 +86,8 @@ def _pair_problems(config: Mapping[str, Any]) -> list[str]:
 def narrow_codecs(config: dict[str, Any]) -> list[str]:
     """Apply ``only_codecs``: drop every other entry of ``config["codecs"]`` (in place, before anything
     reads the codec set) and return the dropped ids. A config file layered on another can narrow its
-    codec set this way (Snakemake merges mappings key by key, so it cannot remove a codec otherwise).
-    An id that ``codecs`` does not define is a ConfigError."""
+    codec set this way (Snakemake merges mappings key by key, so it cannot remove a codec otherwise);
+    ``gates`` on the dropped codecs go too. An id that ``codecs`` does not define is a ConfigError."""
     only = config.get("only_codecs")
     if not only:
         return []
@@ -98,6 +98,10 @@ def narrow_codecs(config: dict[str, Any]) -> list[str]:
                           f"(defined: {', '.join(codecs)})")
     dropped = [c for c in codecs if c not in only]
     config["codecs"] = {c: codecs[c] for c in codecs if c in only}
+    # a gate on a codec the narrowed study does not run is left out, as its pairs are (study_pairs):
+    # otherwise it would fail as "not in the study" and stop the run
+    if config.get("gates"):
+        config["gates"] = {c: f for c, f in config["gates"].items() if c in only}
     return dropped
 
 
