@@ -342,7 +342,9 @@ def gpu_real_tables():
     if here:
         return here
     return sorted(
-        glob.glob(str(Path(workflow.basedir) / "results" / "timing" / "gpu_real" / "*.csv"))
+        glob.glob(
+            str(Path(workflow.basedir) / "results" / "timing" / "gpu_real" / "*.csv")
+        )
     )
 
 
