@@ -83,44 +83,38 @@ def _pair_problems(config: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def narrow_codecs(config: dict[str, Any]) -> list[str]:
-    """Apply ``only_codecs``: drop every other entry of ``config["codecs"]`` (in place, before anything
-    reads the codec set) and return the dropped ids. A config file layered on another can narrow its
-    codec set this way (Snakemake merges mappings key by key, so it cannot remove a codec otherwise);
-    ``gates`` on the dropped codecs go too. An id that ``codecs`` does not define is a ConfigError."""
-    only = config.get("only_codecs")
+def _narrow(config: dict[str, Any], section: str) -> list[str]:
+    """Apply ``only_<section>``: keep only those entries of ``config[section]`` (in place, in the
+    section's order) and return the dropped ids; an id the section does not define is a ConfigError.
+    A config layered on another narrows a set this way: Snakemake merges mappings key by key, so it
+    cannot remove an entry otherwise."""
+    only = config.get(f"only_{section}")
     if not only:
         return []
-    codecs = config.get("codecs", {}) or {}
-    unknown = [c for c in only if c not in codecs]
+    entries = config.get(section, {}) or {}
+    unknown = [k for k in only if k not in entries]
     if unknown:
-        raise ConfigError(f"config key 'only_codecs': {unknown} not defined under 'codecs' "
-                          f"(defined: {', '.join(codecs)})")
-    dropped = [c for c in codecs if c not in only]
-    config["codecs"] = {c: codecs[c] for c in codecs if c in only}
+        raise ConfigError(f"config key 'only_{section}': {unknown} not defined under '{section}' "
+                          f"(defined: {', '.join(entries)})")
+    config[section] = {k: entries[k] for k in entries if k in only}
+    return [k for k in entries if k not in only]
+
+
+def narrow_codecs(config: dict[str, Any]) -> list[str]:
+    """``only_codecs`` (``_narrow``), before anything reads the codec set; ``gates`` on the dropped
+    codecs go too."""
+    dropped = _narrow(config, "codecs")
     # a gate on a codec the narrowed study does not run is left out, as its pairs are (study_pairs):
     # otherwise it would fail as "not in the study" and stop the run
-    if config.get("gates"):
-        config["gates"] = {c: f for c, f in config["gates"].items() if c in only}
+    if config.get("only_codecs") and config.get("gates"):
+        config["gates"] = {c: f for c, f in config["gates"].items() if c in config["codecs"]}
     return dropped
 
 
 def narrow_models(config: dict[str, Any]) -> list[str]:
-    """Apply ``only_models``: drop every other entry of ``config["models"]`` (in place, before anything
-    reads the model set) and return the dropped ids. A config layered on a larger study can run one
-    model's tables this way (Snakemake merges mappings key by key, so it cannot remove a model
-    otherwise). An id that ``models`` does not define is a ConfigError."""
-    only = config.get("only_models")
-    if not only:
-        return []
-    models = config.get("models", {}) or {}
-    unknown = [m for m in only if m not in models]
-    if unknown:
-        raise ConfigError(f"config key 'only_models': {unknown} not defined under 'models' "
-                          f"(defined: {', '.join(models)})")
-    dropped = [m for m in models if m not in only]
-    config["models"] = {m: models[m] for m in models if m in only}
-    return dropped
+    """``only_models`` (``_narrow``), before anything reads the model set: a config layered on a larger
+    study runs one model's jobs and tables."""
+    return _narrow(config, "models")
 
 
 def study_pairs(config: Mapping[str, Any]) -> tuple[list[list[str]], list[list[str]]]:
