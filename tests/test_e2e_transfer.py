@@ -6,7 +6,7 @@ import torch
 from kvwire import netlab
 from kvwire.codecs import LayerKV
 from kvwire.kv import KVRecord, save_kv
-from kvwire.stages.e2e import compare_with_model, measure_e2e
+from kvwire.stages.e2e import compare_with_model, measure_e2e, split_cpus, table_costs
 
 
 def kv_file(tmp_path, layers=4, heads=2, seq=128, dim=32):
@@ -16,6 +16,53 @@ def kv_file(tmp_path, layers=4, heads=2, seq=128, dim=32):
     path = tmp_path / "kv.safetensors"
     save_kv(path, rec)
     return path, rec
+
+
+def timing_csv(tmp_path, rec, codec="identity", dataset="wikitext2", bin_tokens=128, scale=1.0):
+    """A time_cpu-shaped table of ``rec`` (the columns the break-even reads), times scaled by ``scale``."""
+    import pandas as pd
+
+    from kvwire.codecs import build
+    from kvwire.timing import time_codec_cpu
+
+    cost, _ = time_codec_cpu(build(codec, {}), rec.layers, repeats=3, warmup=1)
+    path = tmp_path / f"{codec}.csv"
+    pd.DataFrame({"model": "tiny", "dataset": dataset, "bin": bin_tokens, "codec": codec, "layer": range(len(rec.layers)),
+                  "layer_raw_bytes": [x.raw_bytes for x in rec.layers], "wire_bytes": cost.wire_bytes,
+                  "encode_s": [x * scale for x in cost.encode_s],
+                  "decode_s": [x * scale for x in cost.decode_s]}).to_csv(path, index=False)
+    return path
+
+
+def test_the_model_reads_the_break_even_table_of_this_very_cache(tmp_path):
+    from kvwire.errors import KvwireError
+
+    path, rec = kv_file(tmp_path)
+    table = timing_csv(tmp_path, rec)
+    cost = table_costs({"identity": table}, path, "wikitext2", 128)["identity"]
+    assert cost.raw_bytes == sum(x.raw_bytes for x in rec.layers) and len(cost.encode_s) == 4
+    with pytest.raises(KvwireError, match="no timing of wikitext2 bin 256"):
+        table_costs({"identity": table}, path, "wikitext2", 256)
+    (tmp_path / "o").mkdir()
+    other, _ = kv_file(tmp_path / "o", layers=3)
+    with pytest.raises(KvwireError, match="layers differ"):
+        table_costs({"identity": table}, other, "wikitext2", 128)
+    # the model's seconds come from the table, the run's own only in model_own_s
+    rows = [{"codec": "identity", "mode": m, "link": "loopback", "wall_s": 1.0, "total_bytes": cost.total_wire_bytes,
+             "wire_bytes": cost.wire_bytes, "encode_s": [0.1] * 4, "decode_s": [0.1] * 4}
+            for m in ("sequential", "pipelined")]
+    t = compare_with_model(rows, cost.raw_bytes, 1.0, table={"identity": cost})
+    seq = t[t["mode"] == "sequential"].iloc[0]
+    assert seq.model_s == pytest.approx(sum(cost.encode_s) + sum(cost.decode_s) + 8 * cost.total_wire_bytes / 1e9)
+    assert seq.model_own_s == pytest.approx(0.8 + 8 * cost.total_wire_bytes / 1e9)
+    assert seq.encode_in_transfer_over_table == pytest.approx(0.4 / sum(cost.encode_s))
+
+
+def test_sender_and_receiver_get_disjoint_halves_of_the_cpus():
+    assert split_cpus(1) is None
+    assert split_cpus(2) == ("0", "1")
+    assert split_cpus(16) == ("0-7", "8-15")
+    assert split_cpus(3) == ("0", "1-2")
 
 
 def test_loopback_end_to_end_rows_feed_the_model(tmp_path):
@@ -40,8 +87,17 @@ def test_a_shaped_link_end_to_end_is_near_the_model(tmp_path):
     from kvwire.stages.e2e import e2e_transfer
 
     path, rec = kv_file(tmp_path, layers=8, seq=2048)  # 4 MB: 34 ms at 1 Gbps, well above the codecs' time
-    table = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e.csv", repeats=2)
-    assert len(table) == 4
+    timing = {"identity": timing_csv(tmp_path, rec, bin_tokens=2048)}
+    table = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e.csv", timing_csvs=timing,
+                         dataset="wikitext2", bin_tokens=2048, repeats=2)
+    assert len(table) == 4 and (table.model_source == "time_cpu table").all()
+    assert table.rel_error.median() < 0.25, table  # fed the break-even's table, at the link's rate
+    # a table whose codec times were 20x too slow (0.3-0.5 s instead of tens of ms) is caught
+    (tmp_path / "slow").mkdir()
+    slow = {"identity": timing_csv(tmp_path / "slow", rec, bin_tokens=2048, scale=20.0)}
+    wrong = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e2.csv", timing_csvs=slow,
+                         dataset="wikitext2", bin_tokens=2048, repeats=1)
+    assert wrong.rel_error.median() > 0.3, wrong
     # the model must tell a right link from a wrong one on the same measured runs: fed the link's
     # rate it is close (its accuracy on the study's caches is a measurement: docs/TRANSFER.md); fed
     # four times the rate or an extra 40 ms of latency, it is far off (measured here, loaded: 7-11 %,

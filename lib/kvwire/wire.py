@@ -105,6 +105,7 @@ class WireHeader:
 class Frame:
     layer: int
     payload: bytes
+    crc: int = -1  # the payload's CRC32, verified when read (each side computes it once, not again)
 
 
 # ---- writing --------------------------------------------------------------------------------
@@ -115,9 +116,11 @@ def header_bytes(header: WireHeader) -> bytes:
     return pre + body + _CRC.pack(zlib.crc32(pre + body))
 
 
-def frame_bytes(layer: int, payload: bytes) -> bytes:
-    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, len(payload), zlib.crc32(payload))
-    return head + _CRC.pack(zlib.crc32(head)) + payload
+def frame_bytes(layer: int, payload: bytes, crc: int | None = None) -> bytes:
+    """One frame: head (magic, layer, length, payload CRC), the head's CRC, the payload. ``crc``: the
+    payload's CRC32 when the caller already has it (a CRC costs as much as a copy: take it once)."""
+    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, len(payload), zlib.crc32(payload) if crc is None else crc)
+    return b"".join((head, _CRC.pack(zlib.crc32(head)), payload))
 
 
 def trailer_bytes(payload_crcs: Sequence[int]) -> bytes:
@@ -150,7 +153,7 @@ def iter_encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any]
     for i, layer in enumerate(layers):
         payload = codec.encode_layer(layer, header.context(i, stats[i] if stats else None))
         crcs.append(zlib.crc32(payload))
-        yield frame_bytes(i, payload)
+        yield frame_bytes(i, payload, crcs[-1])
     yield trailer_bytes(crcs)
 
 
@@ -201,7 +204,7 @@ def read_frame(view: memoryview, offset: int, expect_layer: int) -> tuple[Frame,
     payload = view[head_end:head_end + n]
     if zlib.crc32(payload) != payload_crc:
         raise WireError(f"frame {layer} payload checksum mismatch: the payload is corrupted")
-    return Frame(layer, bytes(payload)), head_end + n
+    return Frame(layer, bytes(payload), payload_crc), head_end + n
 
 
 def read_frames(data: bytes | memoryview) -> tuple[WireHeader, list[Frame]]:
@@ -217,7 +220,7 @@ def read_frames(data: bytes | memoryview) -> tuple[WireHeader, list[Frame]]:
     magic, count, crc = _TRAILER.unpack_from(view, offset)
     if magic != END_MAGIC:
         raise WireError(f"trailer corrupted at byte {offset}")
-    if count != len(frames) or crc != _crc_of_crcs([zlib.crc32(f.payload) for f in frames]):
+    if count != len(frames) or crc != _crc_of_crcs([f.crc for f in frames]):
         raise WireError("trailer does not match the frames (count or checksum)")
     if len(view) != offset + _TRAILER.size:
         raise WireError(f"{len(view) - offset - _TRAILER.size} unexpected byte(s) after the trailer")

@@ -75,10 +75,12 @@ rule link_validation_all:
 
 
 # Encode -> send -> receive -> decode of the first prompt's cache of a model, per codec, on a veth link
-# shaped at {rate} Gbps (root; not in `all`): measured wall time against the pipelined model.
+# shaped at {rate} Gbps (root; not in `all`): measured wall time against the model fed the break-even's
+# own time_cpu tables (the same cache's rows).
 rule e2e_transfer:
     input:
         manifest=first_kv_manifest,
+        timing=timing_tables_of_model,
     output:
         table="results/transfer/e2e/{model}/veth{rate}.csv",
     log:
@@ -94,6 +96,7 @@ rule e2e_transfer:
     params:
         codecs=config["codecs"],
         transfer=config["transfer"],
+        torch_threads=config.get("torch_threads", 2),
     script:
         "../../scripts/e2e_transfer.py"
 

@@ -2,15 +2,21 @@
 
 A sender process encodes the cache with each codec and streams it with ``transport.send_kv``; a
 receiver process (``recv_kv``) verifies and decodes every frame as it lands. On a shaped veth link
-they run in two network namespaces (``netlab.veth_link``); on loopback, side by side. The sender
-times each transfer from its first encode to the receiver's acknowledgement. The model is fed the
-same run's per-layer encode and decode times and wire bytes (``transfer.pipelined_time`` /
-``sequential_time``) at the link's nominal rate, so model and measurement see the same codec work.
+they run in two network namespaces (``netlab.veth_link``); on loopback, side by side. Where the host
+has two CPUs or more the two ends are pinned to disjoint halves of them (the model's two hosts do not
+share cores). The sender times each transfer from its first encode to the receiver's acknowledgement.
+
+The model (``transfer.pipelined_time`` / ``sequential_time``) is fed **the timing table the
+break-even uses** (rule ``time_cpu``: per-layer encode and decode seconds and wire bytes of this very
+cache) at the link's nominal rate: the validation tests the numbers the conclusions rest on. The
+model fed the run's own per-layer times is kept beside it (``model_own_s``), and so are the in-transfer
+codec times over the table's (``encode_in_transfer_over_table``): what the connector adds.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,7 +28,7 @@ import pandas as pd
 from .. import netlab
 from ..errors import KvwireError
 from ..io import write_csv
-from ..transfer import baseline_time, cost_from_arrays, pipelined_time, sequential_time
+from ..transfer import CodecCost, baseline_time, cost_from_arrays, pipelined_time, sequential_time
 
 PORT = 5601
 
@@ -31,7 +37,10 @@ PORT = 5601
 RECEIVER = """
 import json, sys
 sys.path.insert(0, {lib!r})
-from kvwire.transport import listen, recv_kv
+import torch
+torch.set_num_threads({threads})
+from kvwire.transport import listen, recv_kv, retain_freed_memory
+retain_freed_memory()
 with listen("0.0.0.0", {port}) as srv, open({out!r}, "w") as out:
     print("ready", flush=True)
     for pipelined in {modes!r}:
@@ -43,9 +52,10 @@ SENDER = """
 import json, sys, time
 sys.path.insert(0, {lib!r})
 import torch
-torch.set_num_threads(1)
+torch.set_num_threads({threads})
 from kvwire.kv import load_kv
-from kvwire.transport import send_kv
+from kvwire.transport import retain_freed_memory, send_kv
+retain_freed_memory()
 rec = load_kv({kv!r})
 layers = rec.layers
 stats = rec.stats or None
@@ -59,8 +69,13 @@ for codec, params, pipelined in {runs!r}:
 
 
 def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], *,
-                repeats: int = 2, timeout: float = 120.0) -> list[dict]:
-    """Every (codec label, name, params) x {sequential, pipelined} x ``repeats`` over ``link``."""
+                repeats: int = 2, timeout: float = 120.0, threads: int = 1,
+                cpus: tuple[str, str] | None = None) -> list[dict]:
+    """Every (codec label, name, params) x {sequential, pipelined} x ``repeats`` over ``link``.
+
+    ``threads``: torch threads of the sender and of the receiver (the timing table's). ``cpus``: CPU
+    lists (taskset syntax) for the sender and the receiver, so the two ends do not share cores, as the
+    model's two hosts do not; None lets the OS place them."""
     runs = [(name, params, pipelined) for _label, name, params in codecs for pipelined in (False, True)
             for _ in range(repeats)]
     labels = [label for label, _n, _p in codecs for _pl in (False, True) for _ in range(repeats)]
@@ -68,15 +83,16 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
     results = tempfile.NamedTemporaryFile(prefix="kvwire-e2e-", suffix=".jsonl", delete=False)
     results.close()
     recv_code = RECEIVER.format(lib=netlab.LIB, port=PORT, modes=[p for _n, _p, p in runs], timeout=timeout,
-                                out=results.name)
-    receiver = subprocess.Popen([*link.receiver_prefix, sys.executable, "-c", recv_code], stdout=subprocess.PIPE,
+                                out=results.name, threads=threads)
+    pin_send, pin_recv = (("taskset", "-c", cpus[0]), ("taskset", "-c", cpus[1])) if cpus else ((), ())
+    receiver = subprocess.Popen([*link.receiver_prefix, *pin_recv, sys.executable, "-c", recv_code], stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE, text=True)
     try:
         if receiver.stdout.readline().strip() != "ready":
             raise KvwireError(f"the receiver did not start: {receiver.stderr.read()[-2000:]}")
         send_code = SENDER.format(lib=netlab.LIB, kv=str(kv_file), runs=runs, host=link.receiver_host, port=PORT,
-                                  timeout=timeout)
-        sender = subprocess.run([*link.sender_prefix, sys.executable, "-c", send_code], capture_output=True,
+                                  timeout=timeout, threads=threads)
+        sender = subprocess.run([*link.sender_prefix, *pin_send, sys.executable, "-c", send_code], capture_output=True,
                                 text=True, timeout=timeout * (len(runs) + 1))
         if sender.returncode != 0:
             raise KvwireError(f"the sender failed: {sender.stderr[-3000:]}")
@@ -100,32 +116,80 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
     return rows
 
 
-def compare_with_model(rows: Sequence[dict], raw_bytes: int, rate_gbps: float, latency_s: float = 0.0) -> pd.DataFrame:
-    """Measured wall time against the model fed the same run's per-layer times and bytes."""
+def split_cpus(n: int | None = None) -> tuple[str, str] | None:
+    """Disjoint CPU lists (taskset syntax) for the sender and the receiver: halves of this host's CPUs."""
+    n = n or os.cpu_count() or 1
+    if n < 2:
+        return None
+    half = n // 2
+    return (f"0-{half - 1}" if half > 1 else "0", f"{half}-{n - 1}" if n - half > 1 else str(half))
+
+
+def table_costs(timing_csvs: dict[str, str | Path], kv_file: str | Path, dataset: str,
+                bin_tokens: int) -> dict[str, CodecCost]:
+    """Codec label -> the per-layer cost the break-even uses for ``kv_file``'s cache: the rows of each
+    codec's ``time_cpu`` table for this cache's (dataset, bin), checked layer by layer against the cache."""
+    from ..kv import load_kv
+
+    layer_raw = [x.raw_bytes for x in load_kv(kv_file).layers]
+    out = {}
+    for label, path in timing_csvs.items():
+        t = pd.read_csv(path)
+        rows = t[(t["dataset"] == dataset) & (t["bin"] == bin_tokens)].sort_values("layer")
+        if rows.empty:
+            raise KvwireError(f"{path} has no timing of {dataset} bin {bin_tokens} (the cache of the end-to-end run)")
+        if list(rows["layer_raw_bytes"]) != layer_raw:
+            raise KvwireError(f"{path}: the {dataset} bin {bin_tokens} timing's layers differ from "
+                              f"{Path(kv_file).name}'s ({len(rows)} layers timed, {len(layer_raw)} in the cache)")
+        out[label] = cost_from_arrays(sum(layer_raw), rows["wire_bytes"], rows["encode_s"], rows["decode_s"])
+    return out
+
+
+def compare_with_model(rows: Sequence[dict], raw_bytes: int, rate_gbps: float, latency_s: float = 0.0,
+                       table: dict[str, CodecCost] | None = None) -> pd.DataFrame:
+    """Measured wall time against the model fed ``table`` (codec label -> the break-even's cost), and
+    against the model fed the same run's per-layer times (``model_own_s``: all there is without a table)."""
     out = []
     for r in rows:
-        cost = cost_from_arrays(raw_bytes, r["wire_bytes"], r["encode_s"], r["decode_s"])
-        model = (pipelined_time if r["mode"] == "pipelined" else sequential_time)(cost, rate_gbps, latency_s)
+        own = cost_from_arrays(raw_bytes, r["wire_bytes"], r["encode_s"], r["decode_s"])
+        f = pipelined_time if r["mode"] == "pipelined" else sequential_time
+        model_own = f(own, rate_gbps, latency_s)
+        ref = table[r["codec"]] if table is not None else own
+        model = f(ref, rate_gbps, latency_s)
         out.append({"codec": r["codec"], "mode": r["mode"], "link": r["link"], "rate_gbps": rate_gbps,
                     "raw_bytes": raw_bytes, "wire_bytes": r["total_bytes"], "measured_s": r["wall_s"],
                     "model_s": model, "rel_error": abs(model - r["wall_s"]) / r["wall_s"],
+                    "model_source": "time_cpu table" if table is not None else "this run",
+                    "model_own_s": model_own, "rel_error_own": abs(model_own - r["wall_s"]) / r["wall_s"],
                     "encode_s": sum(r["encode_s"]), "decode_s": sum(r["decode_s"]),
+                    "table_encode_s": sum(ref.encode_s), "table_decode_s": sum(ref.decode_s),
+                    "encode_in_transfer_over_table": sum(r["encode_s"]) / max(sum(ref.encode_s), 1e-12),
+                    "decode_in_transfer_over_table": sum(r["decode_s"]) / max(sum(ref.decode_s), 1e-12),
                     "raw_transfer_model_s": baseline_time(raw_bytes, rate_gbps, latency_s)})
     return pd.DataFrame(out)
 
 
 def e2e_transfer(kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], rate_gbps: float, out_csv: str | Path,
-                 *, repeats: int = 2) -> pd.DataFrame:
-    """Measure on a veth link shaped at ``rate_gbps`` and write the comparison table."""
+                 *, timing_csvs: dict[str, str | Path], dataset: str, bin_tokens: int, repeats: int = 2,
+                 threads: int = 1, pin: bool = True) -> pd.DataFrame:
+    """Measure on a veth link shaped at ``rate_gbps`` and write the comparison with the model fed the
+    ``time_cpu`` tables (codec label -> table) the break-even uses."""
     from ..kv import load_kv
 
-    rec = load_kv(kv_file)
-    raw = sum(x.raw_bytes for x in rec.layers)
+    missing = sorted({label for label, _n, _p in codecs} - set(timing_csvs))
+    if missing:
+        raise KvwireError(f"no time_cpu table for codec(s) {', '.join(missing)}: the model needs the break-even's")
+    table = table_costs(timing_csvs, kv_file, dataset, bin_tokens)  # before the link: a table that does not fit stops here
+    raw = sum(x.raw_bytes for x in load_kv(kv_file).layers)
     with netlab.veth_link(rate_gbps, prefix="kve") as link:
-        rows = measure_e2e(link, kv_file, codecs, repeats=repeats)
-    table = compare_with_model(rows, raw, rate_gbps)
-    write_csv(out_csv, table)
-    return table
+        rows = measure_e2e(link, kv_file, codecs, repeats=repeats, threads=threads,
+                           cpus=split_cpus() if pin else None)
+    out = compare_with_model(rows, raw, rate_gbps, table=table)
+    out.insert(out.columns.get_loc("rate_gbps") + 1, "sender_cpus", (split_cpus() or ("", ""))[0] if pin else "")
+    out.insert(out.columns.get_loc("sender_cpus") + 1, "receiver_cpus",
+               (split_cpus() or ("", ""))[1] if pin else "")
+    write_csv(out_csv, out)
+    return out
 
 
 def e2e_summary(tables: Sequence[str | Path], out_csv: str | Path) -> pd.DataFrame:
@@ -142,7 +206,12 @@ def e2e_summary(tables: Sequence[str | Path], out_csv: str | Path) -> pd.DataFra
     s = (t.groupby(["model", "rate_gbps", "codec", "mode"], as_index=False)
          .agg(runs=("measured_s", "size"), measured_s=("measured_s", "median"), model_s=("model_s", "median"),
               rel_error=("rel_error", "median"), wire_bytes=("wire_bytes", "first"), raw_bytes=("raw_bytes", "first"),
-              raw_transfer_model_s=("raw_transfer_model_s", "first")))
+              raw_transfer_model_s=("raw_transfer_model_s", "first"),
+              **({"model_source": ("model_source", "first"), "model_own_s": ("model_own_s", "median"),
+                  "rel_error_own": ("rel_error_own", "median"),
+                  "encode_in_transfer_over_table": ("encode_in_transfer_over_table", "median"),
+                  "decode_in_transfer_over_table": ("decode_in_transfer_over_table", "median")}
+                 if "model_own_s" in t.columns else {})))
     s["speedup_measured_vs_raw_model"] = s["raw_transfer_model_s"] / s["measured_s"]
     write_csv(out_csv, s)
     return s
