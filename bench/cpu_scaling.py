@@ -7,8 +7,8 @@ Usage (on a host whose cores this process owns, e.g. the lent GPU machine's 16; 
         --out results/timing/cpu_scaling/<host>.csv --run "<date> <what>"
 
 Every codec of ``--config`` (the default study's) is timed with the timer of the rule ``time_cpu``
-(``kvwire.timing.time_codec_cpu``: per-layer medians of ``--repeats`` after ``--warmup``, framing
-and checksums included) at each thread count, with OpenMP threads spinning (ACTIVE, as ``time_cpu``
+(``kvwire.timing.time_codec_cpu``, ``--timer pass`` by default: every layer once per pass as a transfer
+does, the pass of median total of ``--repeats`` after ``--warmup``, framing and checksums included) at each thread count, with OpenMP threads spinning (ACTIVE, as ``time_cpu``
 sets: the process owns the cores). The CSV is the cached input of the rule ``cpu_scaling``
 (``results/tables/cpu_scaling.csv``); the printed table is the scaling summary.
 """
@@ -38,6 +38,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", default="1,2,4,8,16")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--timer", choices=["pass", "layer"], default="pass")
     ap.add_argument("--run", default="", help="a label kept in every row (date, host, what)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args(argv)
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     threads = check_threads([int(t) for t in a.threads.split(",")])
     parts = []
     for t in threads:  # written after each thread count: a run cut short keeps what it measured
-        parts.append(time_scaling(a.kv, codecs, [t], repeats=a.repeats, warmup=a.warmup, run=a.run,
+        parts.append(time_scaling(a.kv, codecs, [t], repeats=a.repeats, warmup=a.warmup, run=a.run, timer=a.timer,
                                   progress=lambda s: print(s, flush=True)))
         raw = pd.concat(parts, ignore_index=True)
         write_csv(a.out, raw)

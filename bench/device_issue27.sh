@@ -4,7 +4,9 @@
 # with the codec wheels in .whl/ (bench/NOTES.md: "CPU scaling and real-cache GPU timing"), then
 #   1. every GPU kernel timed on those real caches and on synthetic caches of their shapes (bench/gpu_codecs.py --time-kv, bf16)
 #   2. every codec's CPU times at 1, 2, 4, 8 and 16 threads on them (bench/cpu_scaling.py)
-# Writes $OUT/gpu_real.csv, $OUT/cpu_scaling.csv and $OUT/lscpu.txt.
+#   0. (call 2) the KVQuant kernels against the CPU codec on the real caches, section by section
+#      (bench/kvquant_real_diff.py): the CPU codec's outlier ties now go to the lowest indices, as the kernel's
+# Writes $OUT/gpu_real.csv, $OUT/cpu_scaling.csv and $OUT/lscpu.txt (CPU times: the pass timer, as time_cpu's).
 set -euo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -24,9 +26,10 @@ for z in results/kvz/*/*; do
 done
 echo "caches: ${kv[*]}"
 if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  python3 bench/kvquant_real_diff.py "${kv[@]}" 2>&1 | tail -20 || true
   # the real caches, and the synthetic caches of the same shapes in the same run (same GPU, same clocks)
   python3 bench/gpu_codecs.py --out "$OUT/gpu_real.csv" --kv "${kv[@]}" --time-kv \
-    --models gemma-3-270m qwen2.5-coder-0.5b --seqs 2048 --dtypes bfloat16 2>&1 | tail -60
+    --models gemma-3-270m qwen2.5-coder-0.5b --seqs 2048 --dtypes bfloat16 2>&1 | tail -60 || true
 fi
 python3 bench/cpu_scaling.py --kv "${kv[@]}" --out "$OUT/cpu_scaling.csv" \
   --run "$(date -u +%F) lent GPU host, 2048-token WikiText-2 caches" 2>&1 | tail -120

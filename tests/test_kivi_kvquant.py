@@ -434,6 +434,24 @@ def test_fast_top_indices_match_full_topk():
     assert torch.equal(_top_indices(flat, 500).sort().values, torch.topk(flat, 500).indices.sort().values)
 
 
+@pytest.mark.parametrize("n", [3000, 196608])  # the full top-k path and the strided-candidates path
+def test_ties_at_the_kth_score_go_to_the_lowest_indices(n):
+    # a real bf16 cache has many equal z-scores: the GPU's radix select keeps the lowest indices among
+    # those tied at the k-th score, and the CPU codec must pick the same ones (torch.topk leaves it open)
+    from kvwire.codecs.kvquant import _top_indices
+    g = torch.Generator().manual_seed(5)
+    score = torch.rand(n, generator=g)
+    top = torch.randperm(n, generator=g)[:40]
+    score[top] = 3.0  # 40 sure outliers
+    tied = torch.randperm(n, generator=g)[:200]
+    tied = tied[~torch.isin(tied, top)]
+    score[tied] = 2.0  # the k-th score: ties, of which only some fit
+    count = 40 + 25
+    want = torch.cat([top, tied.sort().values[:25]]).sort().values
+    assert torch.equal(_top_indices(score, count).sort().values, want)
+    assert _top_indices(score, 0).numel() == 0
+
+
 def _fill_section(payload, i, byte):
     """The payload with section i's bytes all set to ``byte`` (the section table is left as is)."""
     import struct

@@ -10,7 +10,9 @@ Two timers (``timer=``):
 - ``"pass"`` (the study's): the conditions of a transfer. A pass encodes every layer once, in
   order, as ``send_kv`` does, then verifies and decodes every frame once, in order, as ``recv_kv``
   does; ``warmup`` passes, then ``repeats`` timed ones, and the per-layer times of the pass whose
-  total is the median are kept (so the layers add up to a total that really happened).
+  total is the median are kept (so the layers add up to a total that really happened). The process
+  keeps its freed buffers (``transport.retain_freed_memory``), as the connector's processes do:
+  otherwise each pass's fresh outputs page-fault, on some codecs 30,000-140,000 times per cache.
 - ``"layer"``: each layer ``repeats`` times in a row after ``warmup``, the median per layer. Its
   layer is hot in the cache and the median drops the slow runs a single transfer does not get to
   drop: on a 2-core VM its totals ran 0.5-0.9x what the same codec took inside a transfer
@@ -53,6 +55,10 @@ def time_codec_cpu(codec: Pipeline, layers: Sequence[LayerKV], *, repeats: int =
         raise ValueError("repeats must be >= 1")
     if timer not in TIMERS:
         raise ValueError(f"unknown timer {timer!r}; known: {', '.join(TIMERS)}")
+    if timer == "pass":
+        from .transport import retain_freed_memory
+
+        retain_freed_memory()  # the allocator policy of the processes that send and receive caches
     header = wire.make_header(codec, layers, meta)
     head = wire.header_bytes(header)
     contexts = [header.context(i, stats[i] if stats else None) for i in range(len(layers))]

@@ -121,21 +121,31 @@ def select_outliers(x: torch.Tensor, dim: int, count: int) -> torch.Tensor:
 
 
 def _top_indices(score: torch.Tensor, count: int, stride: int = 31) -> torch.Tensor:
-    """Indices of the ``count`` largest entries of a flat ``score`` (exact, as ``torch.topk``).
+    """Indices of the ``count`` largest entries of a flat ``score``; ties at the ``count``-th score go
+    to the LOWEST indices, as the GPU kernel's radix select does (``kernels/kvquant_select.py``).
 
+    ``torch.topk`` leaves ties unspecified, and a real bf16 cache has many equal z-scores: with it
+    the CPU and GPU chose different, equally valid outliers on about 1e-4 of a real cache's entries.
     A full top-k over a whole layer is slow on CPU, so a threshold is taken from every ``stride``-th
     entry (a prime stride, so it walks through every channel) at about twice the wanted rank; only
-    the entries above it go through the exact top-k. If too few pass, the full top-k runs instead.
+    the entries above it go through the exact top-k. If too few pass, every entry is a candidate.
     """
+    if count <= 0:
+        return torch.empty(0, dtype=torch.int64)
     n = score.numel()
     rank = 2 * count // stride + 1
-    if n < 64 * stride or rank * stride >= n // 4:
-        return torch.topk(score, count, sorted=False).indices
-    threshold = torch.topk(score[::stride], rank, sorted=True).values[-1]
-    cand = (score >= threshold).nonzero().squeeze(1)
-    if cand.numel() < count:
-        return torch.topk(score, count, sorted=False).indices
-    return cand.index_select(0, torch.topk(score.index_select(0, cand), count, sorted=False).indices)
+    cand = None
+    if not (n < 64 * stride or rank * stride >= n // 4):
+        threshold = torch.topk(score[::stride], rank, sorted=True).values[-1]
+        cand = (score >= threshold).nonzero().squeeze(1)  # ascending indices
+        if cand.numel() < count:
+            cand = None
+    pool = score if cand is None else score.index_select(0, cand)
+    kth = torch.topk(pool, count, sorted=False).values.min()
+    above = (pool > kth).nonzero().squeeze(1)
+    tied = (pool == kth).nonzero().squeeze(1)[:count - above.numel()]  # ascending: the lowest indices
+    chosen = torch.cat([above, tied])
+    return chosen if cand is None else cand.index_select(0, chosen)
 
 
 def kmeans_1d(data: torch.Tensor, weight: torch.Tensor, k: int, iters: int) -> torch.Tensor:

@@ -4,23 +4,18 @@ every scale dtype and outlier fraction. The Triton kernels are in ``kvquant_jit.
 of launches and why each result is the CPU's is documented there) and ``kvquant_select.py`` (the
 exact top-k), the eager baseline in ``kvquant_eager.py``.
 
-What is exact: the z-scores (torch's CPU sum order reproduced), hence the outlier set except at
-ties; offsets and ranges (with the sign of zero torch's ``amin``/``amax`` return for all-zero
+What is exact: the z-scores (torch's CPU sum order reproduced), hence the outlier set (ties
+too, below); offsets and ranges (with the sign of zero torch's ``amin``/``amax`` return for all-zero
 vectors); codes, packing, outlier values and indices; the decode (outliers scattered bit-exact,
 RoPE rotation in float32 with cos/sin tables computed on the host by ``kvwire.rope``'s own torch
 ops, as the CPU codec does, at each layer's original positions: a window-trimmed sliding layer's
 start comes from the ``kernels.base.cache_group`` the call runs in, as the CPU codec's from the wire
-header). What may differ: when several entries share the k-th largest
-z-score exactly and only some fit the budget, the CPU codec keeps the ones ``torch.topk``
-happens to return (libstdc++'s heap/introselect order), the kernel the LOWEST flat indices. In
-ordinary layers such ties are equal values in one vector (same offset and range either way): a
-few outlier indices and the codes at those places differ, each entry decoding within one
-quantization step of the CPU's; ``compare`` measures exactly that, and ``exact`` is False. In
-degenerate layers (one to three tokens, where every key z-score takes one of a few values, or
-many identical vectors) the tie spans vectors and the payloads differ beyond tolerance.
-Changing the CPU codec's ``_top_indices`` to the same lowest-index rule would make the kernel
-byte-exact everywhere. The CPU orders are those of x86 builds of torch (8-lane AVX2 reduction
-kernels, also on AVX512 hosts); another CPU's torch could order its sums differently.
+header). Ties: when several entries share the k-th largest z-score exactly and only some fit the
+budget, both keep the LOWEST flat indices (the CPU codec's ``_top_indices`` follows the kernel's rule
+since issue 27: with ``torch.topk``'s unspecified order the two chose different, equally valid
+outliers on about 1e-4 of a real bf16 cache's entries, where random caches rarely tie). The CPU
+orders are those of x86 builds of torch (8-lane AVX2 reduction kernels, also on AVX512 hosts);
+another CPU's torch could order its sums differently.
 
 Not done: ``levels="kmeans"`` (refused by ``supports``); head_dim must be a multiple of 8 and at
 most 256; pre-RoPE layers must share one frequency count.

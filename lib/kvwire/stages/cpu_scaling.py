@@ -24,7 +24,7 @@ from ..timing import time_codec_cpu
 from .runtime import cpu_model
 
 RAW_COLUMNS = ["device_name", "logical_cpus", "omp_wait_policy", "threads", "model", "seq", "layers", "codec",
-               "raw_bytes", "wire_bytes", "encode_s", "decode_s", "run"]
+               "raw_bytes", "wire_bytes", "encode_s", "decode_s", "run", "timer"]
 
 
 def check_threads(threads: Sequence[int], available: int | None = None) -> list[int]:
@@ -46,10 +46,11 @@ def check_threads(threads: Sequence[int], available: int | None = None) -> list[
 
 
 def time_scaling(kv_paths: Sequence[str | Path], codecs: Mapping[str, tuple[str, dict]], threads: Sequence[int], *,
-                 repeats: int = 3, warmup: int = 1, run: str = "",
+                 repeats: int = 3, warmup: int = 1, run: str = "", timer: str = "pass",
                  progress: Callable[[str], None] = print) -> pd.DataFrame:
-    """One row per (thread count, cache, codec): whole-cache encode/decode seconds (sums of the
-    per-layer medians) and the container's bytes. ``codecs`` maps a codec id to (name, params)."""
+    """One row per (thread count, cache, codec): whole-cache encode/decode seconds (``timer``: the
+    timer of ``time_cpu``, see ``kvwire.timing``) and the container's bytes. ``codecs`` maps a codec
+    id to (name, params)."""
     threads = check_threads(list(threads))
     if not kv_paths:
         raise KVError("no KV files to time")
@@ -65,14 +66,14 @@ def time_scaling(kv_paths: Sequence[str | Path], codecs: Mapping[str, tuple[str,
             for path, rec in records:
                 for cid, codec in built.items():
                     cost, _ = time_codec_cpu(codec, rec.layers, repeats=repeats, warmup=warmup,
-                                             stats=rec.stats or None)
+                                             stats=rec.stats or None, timer=timer)
                     rows.append({
                         "device_name": cpu_model(), "logical_cpus": os.cpu_count(),
                         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "threads": torch.get_num_threads(),
                         "model": rec.meta.get("model", path.parent.parent.parent.name), "seq": rec.seq_len,
                         "layers": len(rec.layers), "codec": cid, "raw_bytes": cost.raw_bytes,
                         "wire_bytes": cost.total_wire_bytes, "encode_s": sum(cost.encode_s),
-                        "decode_s": sum(cost.decode_s), "run": run,
+                        "decode_s": sum(cost.decode_s), "run": run, "timer": timer,
                     })
                     progress(f"{t:>2} threads {rows[-1]['model']} {cid}: encode {rows[-1]['encode_s'] * 1e3:.1f} ms, "
                              f"decode {rows[-1]['decode_s'] * 1e3:.1f} ms")
@@ -89,6 +90,8 @@ def read_scaling(paths: Sequence[str | Path]) -> pd.DataFrame:
             t = pd.read_csv(p)
         except (OSError, ValueError) as e:
             raise KVError(f"CPU scaling table {p}: unreadable ({e})") from None
+        if "timer" not in t.columns:  # tables from before the pass timer: per-layer medians
+            t["timer"] = "layer"
         missing = [c for c in RAW_COLUMNS if c not in t.columns]
         if missing:
             raise KVError(f"CPU scaling table {p}: missing columns {missing}")
@@ -106,7 +109,8 @@ def scaling_table(raw: pd.DataFrame) -> pd.DataFrame:
     same host's one-thread time and parallel efficiency (speed-up / threads); ``whole_cpu`` marks the
     host's largest thread count and ``fastest`` the thread count with the least encode + decode time
     (what a CPU-vs-GPU comparison should use, stated)."""
-    key = ["device_name", "logical_cpus", "model", "seq", "codec"]
+    key = ["device_name", "logical_cpus", "timer", "model", "seq", "codec"]
+    raw = raw.assign(timer=raw["timer"] if "timer" in raw.columns else "layer")
     t = raw.groupby(key + ["threads"], as_index=False).agg(
         layers=("layers", "first"), raw_bytes=("raw_bytes", "first"), wire_bytes=("wire_bytes", "first"),
         encode_s=("encode_s", "median"), decode_s=("decode_s", "median"), omp_wait_policy=("omp_wait_policy", "first"))
@@ -119,7 +123,7 @@ def scaling_table(raw: pd.DataFrame) -> pd.DataFrame:
     t["decode_speedup"] = joined.decode_s_1 / t.decode_s
     t["encode_efficiency"] = t.encode_speedup / t.threads
     t["decode_efficiency"] = t.decode_speedup / t.threads
-    t["whole_cpu"] = t.threads == t.groupby("device_name").threads.transform("max")
+    t["whole_cpu"] = t.threads == t.groupby(["device_name", "timer"]).threads.transform("max")
     # more threads are not always faster on caches of a few MB (per-layer ops are short): the thread
     # count with the least encode + decode time, per host, cache and codec
     both = t.encode_s + t.decode_s
