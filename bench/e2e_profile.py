@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -42,7 +41,9 @@ def _link(name: str):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("kv", help="a .safetensors KV file")
-    ap.add_argument("--codecs", nargs="+", default=["identity", "int8", "int4", "zstd"])
+    ap.add_argument("--codecs", nargs="+", default=["identity", "int8", "int4", "zstd"],
+                    help="codec ids of --config (all: every one)")
+    ap.add_argument("--config", default="config/config.yaml")
     ap.add_argument("--links", nargs="+", default=["loopback"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--rate-for-loopback", type=float, default=30.0,
@@ -53,17 +54,24 @@ def main(argv=None) -> int:
     ap.add_argument("--csv")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)  # the sender's and time_cpu's setting
+    import yaml
+
+    with open(args.config) as fh:  # codec specs as kvwire.config.codec_spec reads them (no jsonschema needed)
+        entries = yaml.safe_load(fh)["codecs"]
+    ids = list(entries) if args.codecs == ["all"] else args.codecs
+    specs = {cid: ((entries.get(cid) or {}).get("codec", cid), dict((entries.get(cid) or {}).get("params") or {}))
+             for cid in ids}
     rec = load_kv(args.kv)
     raw = sum(x.raw_bytes for x in rec.layers)
     iso = {}
-    for name in args.codecs:
-        cost, _ = time_codec_cpu(build(name, {}), rec.layers, repeats=5, warmup=1, stats=rec.stats or None,
+    for name in ids:
+        cost, _ = time_codec_cpu(build(*specs[name]), rec.layers, repeats=5, warmup=1, stats=rec.stats or None,
                                  timer=args.timer)
         iso[name] = cost
     rows = []
     for link_name in args.links:
         with _link(link_name) as link:
-            got = measure_e2e(link, args.kv, [(n, n, {}) for n in args.codecs], repeats=args.repeats,
+            got = measure_e2e(link, args.kv, [(n, *specs[n]) for n in ids], repeats=args.repeats,
                              cpus=tuple(args.pin) if args.pin else None)
         rate = link.rate_gbps or args.rate_for_loopback
         for r in got:
@@ -79,7 +87,9 @@ def main(argv=None) -> int:
                          "isolated_enc_s": sum(c.encode_s), "isolated_dec_s": sum(c.decode_s)})
     t = pd.DataFrame(rows)
     s = t.groupby(["link", "codec", "mode"], as_index=False).median(numeric_only=True)
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads 1, "
+    from kvwire.stages.runtime import cpu_model
+
+    print(f"# {cpu_model()}, {os.cpu_count()} CPUs, torch threads 1, "
           f"{Path(args.kv).name}, {raw / 1e6:.1f} MB raw, timer {args.timer}, pin {args.pin}")
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.precision", 3):
         print(s.to_string(index=False))

@@ -9,4 +9,6 @@ from kvwire.stages.runtime import setup  # noqa: E402
 
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
-break_even_shift_table(sm.input.cpu, sm.input.models, sm.input.gpu, sm.output.table)
+scaling = list(sm.input.scaling)  # the whole-server CPU table, where cached timings exist
+break_even_shift_table(sm.input.cpu, sm.input.models, sm.input.gpu, sm.output.table,
+                       scaling[0] if scaling else None)

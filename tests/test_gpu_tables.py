@@ -81,6 +81,33 @@ def test_break_even_shift_matches_study_models_to_gpu_shapes_by_shape():
     assert break_even_shift(cpu, models, gpu16).empty  # the study's caches are bf16
 
 
+def test_the_gpu_is_also_set_against_a_whole_server_cpu_at_its_fastest_thread_count():
+    from kvwire.stages.gpu_tables import break_even_shift
+
+    models = pd.DataFrame([{"name": "tiny", "num_layers": 4, "num_kv_heads": 8, "head_dim": 128}])
+    cpu = pd.DataFrame([{"model": "tiny", "dataset": "a", "bin": 8192, "codec": "int8", "encode_s": 0.01,
+                         "decode_s": 0.02, "break_even_gbps_sequential": 1.0, "break_even_gbps_pipelined": 2.0}])
+    gpu = break_even(pd.DataFrame(rows()))
+    raw, wire = LARGE_BYTES * 2, LARGE_BYTES
+
+    def scaling(threads, enc, dec, fastest, timer):
+        return {"device_name": "Big CPU", "logical_cpus": 16, "timer": timer, "model": "tiny", "seq": 8192,
+                "codec": "int8", "threads": threads, "layers": 4, "raw_bytes": raw, "wire_bytes": wire,
+                "encode_s": enc, "decode_s": dec, "fastest": fastest}
+
+    table = pd.DataFrame([scaling(1, 0.4, 0.4, False, "pass"), scaling(8, 0.1, 0.1, True, "pass"),
+                          scaling(16, 0.2, 0.1, False, "pass"), scaling(8, 0.01, 0.01, True, "layer")])
+    shift = break_even_shift(cpu, models, gpu, table)
+    row = shift.iloc[0]
+    assert row.server_threads == 8 and row.server_timer == "pass"  # the pass timer's rows, not the older ones
+    assert row.server_cpu == "8 of 16 threads, Big CPU"
+    assert row.server_gbps_sequential == pytest.approx(8 * (raw - wire) / 0.2 / 1e9)
+    assert row.shift_server_pipelined == pytest.approx(row.gpu_gbps_pipelined / row.server_gbps_pipelined)
+    assert row.server_gbps_pipelined >= row.server_gbps_sequential
+    # without a scaling table the shift table is as before (no server columns)
+    assert "server_cpu" not in break_even_shift(cpu, models, gpu).columns
+
+
 def test_break_even_shift_figure_is_written_with_and_without_matches(tmp_path):
     from kvwire.plots import break_even_shift as figure
     from kvwire.stages.gpu_tables import break_even_shift

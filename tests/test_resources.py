@@ -198,6 +198,33 @@ def test_publish_copies_one_runs_tables_with_its_manifest(tmp_path):
         publish(src, dest)
 
 
+def test_a_table_measured_apart_replaces_only_itself_and_is_recorded(tmp_path):
+    from kvwire.publish import publish, publish_update
+
+    src, dest = tmp_path / "results", tmp_path / "paper"
+    src.mkdir()
+    for name in ("quality", "break_even", "transfer_sweep", "models", "codecs", "e2e_transfer"):
+        (src / f"{name}.csv").write_text(f"a,b\n1,{name}\n")
+    first = publish(src, dest, note="study")
+    new = tmp_path / "root-run" / "e2e_transfer.csv"
+    new.parent.mkdir()
+    new.write_text("a,b\n2,measured again\n")
+    config = tmp_path / "e2e.yaml"
+    config.write_text("only_models: [x]\n")
+    m = publish_update([new], dest, config=[config], note="issue 27")
+    assert (dest / "e2e_transfer.csv").read_text() == new.read_text()
+    assert (dest / "quality.csv").read_text() == "a,b\n1,quality\n" and m["note"] == "study"
+    assert m["tables"]["e2e_transfer.csv"] != first["tables"]["e2e_transfer.csv"]
+    assert {k: v for k, v in m["tables"].items() if k != "e2e_transfer.csv"} == \
+        {k: v for k, v in first["tables"].items() if k != "e2e_transfer.csv"}
+    (u,) = m["updates"]
+    assert u["table"] == "e2e_transfer.csv" and u["note"] == "issue 27" and len(u["config_sha256"][0]) == 64
+    with pytest.raises(KvwireError, match="quality.csv is a study table"):
+        publish_update([src / "quality.csv"], dest)
+    with pytest.raises(KvwireError, match="does not exist"):
+        publish_update([tmp_path / "link_model.csv"], dest)
+
+
 def test_the_published_tables_match_their_manifest(repo):
     """paper/tables is what PUBLISHED.json says it is, table by table."""
     import hashlib

@@ -120,8 +120,13 @@ def _cmd_recommend(args: argparse.Namespace) -> int:
 
 
 def _cmd_publish(args: argparse.Namespace) -> int:
-    from .publish import publish
+    from .publish import publish, publish_update
 
+    if args.update:
+        manifest = publish_update(args.update, args.dest, config=args.config or None, note=args.note)
+        print(f"replaced {', '.join(Path(t).name for t in args.update)} in {args.dest} "
+              f"({len(manifest['updates'])} update(s) recorded in {args.dest}/PUBLISHED.json)")
+        return 0
     manifest = publish(args.source, args.dest, config=args.config or None, note=args.note)
     print(f"published {len(manifest['tables'])} tables from {args.source} to {args.dest} "
           f"(cpu: {manifest['cpu'] or 'unknown'}; {args.dest}/PUBLISHED.json)")
@@ -172,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", nargs="*", default=[],
                    help="the run's config file(s), in the order given to Snakemake (their sha256 go into the manifest)")
     p.add_argument("--note", default="", help="a line for the manifest (what run this is)")
+    p.add_argument("--update", nargs="+", metavar="TABLE",
+                   help="replace only these tables measured apart from the study run (e2e_transfer.csv, "
+                        "link_model.csv), recording each in the manifest's updates")
     p.set_defaults(func=_cmd_publish)
     return parser
 

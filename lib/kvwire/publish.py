@@ -64,6 +64,46 @@ def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tab
     return manifest
 
 
+# tables measured apart from the study run (root and a quiet machine: links, end-to-end transfers)
+# may replace their published copy; every other table changes only with a whole run
+SEPARATELY_MEASURED = ("e2e_transfer.csv", "link_model.csv")
+
+
+def publish_update(tables: Sequence[str | Path], dest: str | Path = "paper/tables", *,
+                   config: str | Path | Sequence[str | Path] | None = None, note: str = "") -> dict:
+    """Replace published tables measured apart from the study run (``SEPARATELY_MEASURED``) by a new
+    run's, and record each replacement in the manifest's ``updates`` (table, date, commit, source,
+    config and its sha256, note) beside the study run's own fields. Returns the manifest."""
+    dest = Path(dest)
+    manifest = read_manifest(dest)
+    configs = [] if config is None else [Path(config)] if isinstance(config, (str, Path)) else [Path(c) for c in config]
+    for c in configs:
+        if not c.is_file():
+            raise KvwireError(f"config file {c} does not exist")
+    if not tables:
+        raise KvwireError("no tables to update")
+    paths = [Path(t) for t in tables]
+    for t in paths:
+        if t.name not in SEPARATELY_MEASURED:
+            raise KvwireError(f"{t.name} is a study table: publish a whole run instead (only "
+                              f"{', '.join(SEPARATELY_MEASURED)} are measured apart)")
+        if not t.is_file():
+            raise KvwireError(f"table {t} does not exist")
+    now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    updates = list(manifest.get("updates", []))
+    for t in paths:
+        shutil.copy2(t, dest / t.name)
+        digest = hashlib.sha256((dest / t.name).read_bytes()).hexdigest()
+        manifest["tables"][t.name] = digest
+        updates.append({"table": t.name, "published": now, "commit": _git_commit(), "source": str(t),
+                        "config": [str(c) for c in configs],
+                        "config_sha256": [hashlib.sha256(c.read_bytes()).hexdigest() for c in configs],
+                        "note": note})
+    manifest["updates"] = updates
+    write_json(dest / MANIFEST, manifest)
+    return manifest
+
+
 def _run_cpu(source: Path) -> str | None:
     """The CPU the run's jobs measured on, from its resources table (every job logs its host's)."""
     table = source / "resources.csv"

@@ -334,6 +334,12 @@ def cpu_scaling_tables():
     )
 
 
+def server_cpu_table(wildcards):
+    """The CPU scaling table (the whole-server CPU side of the CPU-vs-GPU break-even), where cached
+    scaling timings exist; else nothing, and the shift table compares with the study's CPU alone."""
+    return ["results/tables/cpu_scaling.csv"] if cpu_scaling_tables() else []
+
+
 def gpu_real_tables():
     """The GPU timing tables of real caches (bench/gpu_codecs.py --time-kv, with synthetic caches of the
     same shapes), committed under results/timing/gpu_real/: the working directory's, else the

@@ -80,6 +80,7 @@ rule break_even_shift:
         cpu="results/tables/break_even.csv",
         models="results/tables/models.csv",
         gpu="results/tables/gpu_break_even.csv",
+        scaling=server_cpu_table,
     output:
         table=report(
             "results/tables/break_even_shift.csv",

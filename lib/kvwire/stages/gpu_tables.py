@@ -154,11 +154,38 @@ def gpu_tables(paths: Sequence[str | Path], summary_csv: str | Path, break_even_
     write_csv(break_even_csv, break_even(table))
 
 
-def break_even_shift(cpu_break_even: pd.DataFrame, models: pd.DataFrame, gpu_break_even: pd.DataFrame) -> pd.DataFrame:
+def server_cpu_rows(scaling: pd.DataFrame) -> pd.DataFrame:
+    """The whole-server CPU side of a CPU-vs-GPU comparison: per (model, seq, codec) the ``fastest``
+    thread count of the ``cpu_scaling`` table (the pass timer's rows where there are any), with the
+    break-even solved from its whole-cache times split evenly over the layers (its table has no
+    per-layer times; the sequential break-even needs none)."""
+    if scaling.empty:
+        return scaling
+    timer = scaling["timer"] if "timer" in scaling.columns else pd.Series("layer", index=scaling.index)
+    best = "pass" if (timer == "pass").any() else "layer"
+    rows = []
+    for _, r in scaling[(timer == best) & scaling["fastest"].astype(bool)].iterrows():
+        n = int(r["layers"])
+        cost = split_cost(int(r["raw_bytes"]), float(r["wire_bytes"]), float(r["encode_s"]), float(r["decode_s"]),
+                          [1] * n)
+        rows.append({"model": r["model"], "bin": int(r["seq"]), "codec": r["codec"],
+                     "server_cpu": f"{int(r['threads'])} of {int(r['logical_cpus'])} threads, {r['device_name']}",
+                     "server_cpu_name": r["device_name"], "server_logical_cpus": int(r["logical_cpus"]),
+                     "server_threads": int(r["threads"]), "server_timer": best,
+                     "server_gbps_sequential": break_even_gbps(cost, "sequential"),
+                     "server_gbps_pipelined": break_even_gbps(cost, "pipelined"),
+                     "server_codec_ms": (float(r["encode_s"]) + float(r["decode_s"])) * 1e3})
+    return pd.DataFrame(rows)
+
+
+def break_even_shift(cpu_break_even: pd.DataFrame, models: pd.DataFrame, gpu_break_even: pd.DataFrame,
+                     scaling: pd.DataFrame | None = None) -> pd.DataFrame:
     """The same codec on the same cache shape and length, CPU against GPU: break-even Gbps of each
     (sequential and pipelined) and the factor the GPU moves it by. The study's models are matched
     to the GPU table's shapes by (layers, kv_heads, head_dim); CPU rows are the median over datasets,
-    GPU rows bf16 (the study's cache dtype)."""
+    GPU rows bf16 (the study's cache dtype). With ``scaling`` (the ``cpu_scaling`` table) each case
+    timed on a whole server CPU also gets that CPU's break-even (``server_*``, its fastest thread
+    count named) and the GPU's factor over it (``shift_server_*``): the comparison the paper leads with."""
     shapes = {(int(r.num_layers), int(r.num_kv_heads), int(r.head_dim)): r["name"] for _, r in models.iterrows()}
     gpu = gpu_break_even[gpu_break_even["dtype"] == "bfloat16"].copy()
     gpu["study_model"] = [shapes.get((int(a), int(b), int(c))) for a, b, c in
@@ -174,12 +201,18 @@ def break_even_shift(cpu_break_even: pd.DataFrame, models: pd.DataFrame, gpu_bre
         out[f"cpu_gbps_{mode}"], out[f"gpu_gbps_{mode}"], out[f"shift_{mode}"] = c, g, g / c
     out["cpu_codec_ms"] = (merged["encode_s"] + merged["decode_s"]) * 1e3
     out["gpu_codec_ms"] = merged["encode_ms"] + merged["decode_ms"]
+    server = server_cpu_rows(scaling) if scaling is not None else pd.DataFrame()
+    if not server.empty:
+        out = out.merge(server, on=["model", "bin", "codec"], how="left")
+        for mode in ("sequential", "pipelined"):
+            out[f"shift_server_{mode}"] = out[f"gpu_gbps_{mode}"] / out[f"server_gbps_{mode}"]
     return out.sort_values(["model", "bin", "codec"]).reset_index(drop=True)
 
 
 def break_even_shift_table(cpu_csv: str | Path, models_csv: str | Path, gpu_csv: str | Path,
-                           out_csv: str | Path) -> pd.DataFrame:
-    table = break_even_shift(pd.read_csv(cpu_csv), pd.read_csv(models_csv), pd.read_csv(gpu_csv))
+                           out_csv: str | Path, scaling_csv: str | Path | None = None) -> pd.DataFrame:
+    scaling = pd.read_csv(scaling_csv) if scaling_csv else None
+    table = break_even_shift(pd.read_csv(cpu_csv), pd.read_csv(models_csv), pd.read_csv(gpu_csv), scaling)
     write_csv(out_csv, table)
     return table
 
