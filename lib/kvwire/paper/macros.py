@@ -272,7 +272,10 @@ def _server_shift(s) -> dict[str, str]:
             "kwServerLogicalCpus": " or ".join(str(c) for c in sorted({int(x) for x in v["server_logical_cpus"]})),
             "kwServerThreadsRange": (str(threads[0]) if len(threads) == 1 else f"{threads[0]} to {threads[-1]}"),
             "kwServerTokens": " and ".join(str(b) for b in sorted({int(x) for x in v["bin"]})),
-            "kwServerModels": str(v["model"].nunique())}
+            "kwServerModels": {1: "one model", 2: "two models", 3: "three models"}.get(
+                v["model"].nunique(), f"{v['model'].nunique()} models"),
+            # the study's CPU on the very same cases (the all-case median covers other models and lengths)
+            "kwShiftServerVmMedian": num(v["shift_pipelined"].median(), 2)}
 
 
 def _kernels(t: Tables, floor: float) -> dict[str, str]:
