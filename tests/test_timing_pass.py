@@ -64,3 +64,36 @@ def test_retained_memory_spares_the_page_faults_of_fresh_buffers():
                                     check=True).stdout) for mode in ("default", "retain")}
     pages = 3 * (12 << 20) // 4096
     assert got["default"] > pages // 2 and got["retain"] < pages // 10, got
+
+
+def test_the_timing_table_says_what_attention_statistics_a_codec_read_and_what_they_cost(tmp_path):
+    import json
+
+    import pandas as pd
+
+    from kvwire.kv import KVRecord, save_kv
+    from kvwire.stages.timing import time_cpu
+    from kvwire.stages.transfer import model_transfer
+
+    ls = layers(n=2, heads=2, seq=64, dim=16)
+    g = torch.Generator().manual_seed(9)
+    stats = [{"obs_attn": torch.rand(2, 32, 64, generator=g), "attn_sum": torch.rand(2, 64, generator=g)} for _ in ls]
+    save_kv(tmp_path / "p0.safetensors", KVRecord(ls, stats=stats))
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"model": "tiny", "dataset": "d", "prefix_tokens": 64,
+                                    "prompts": [{"file": "p0.safetensors", "stats_seconds": 0.25}]}))
+    snap = time_cpu([manifest], tmp_path / "snapkv.csv", codec_id="snapkv", codec_name="snapkv", params={},
+                    repeats=1, warmup=0)
+    plain = time_cpu([manifest], tmp_path / "int8.csv", codec_id="int8", codec_name="int8", params={},
+                     repeats=1, warmup=0)
+    assert set(snap.stats_keys) == {"obs_attn"} and (snap.prefill_stats_s == 0.25).all()
+    assert set(plain.stats_keys) == {""} and (plain.prefill_stats_s == 0).all()
+    _, be = model_transfer([tmp_path / "snapkv.csv", tmp_path / "int8.csv"], tmp_path / "s.csv", tmp_path / "b.csv",
+                           bandwidths_gbps=[1.0])
+    be = be.set_index("codec")
+    # charged, the statistics' quarter second lowers SnapKV's break-even; int8 reads none, so nothing moves
+    assert be.loc["snapkv", "break_even_gbps_sequential_with_stats"] < be.loc["snapkv", "break_even_gbps_sequential"]
+    assert be.loc["int8", "break_even_gbps_sequential_with_stats"] == be.loc["int8", "break_even_gbps_sequential"]
+    raw, wire_b = be.loc["snapkv", "raw_bytes"], be.loc["snapkv", "wire_bytes"]
+    compute = be.loc["snapkv", "encode_s"] + be.loc["snapkv", "decode_s"] + 0.25
+    assert be.loc["snapkv", "break_even_gbps_sequential_with_stats"] == pytest.approx(8 * (raw - wire_b) / compute / 1e9)
