@@ -336,7 +336,8 @@ def cpu_scaling_tables():
 
 def server_cpu_table(wildcards):
     """The CPU scaling table (the whole-server CPU side of the CPU-vs-GPU break-even), where cached
-    scaling timings exist; else nothing, and the shift table compares with the study's CPU alone."""
+    scaling timings exist; else nothing, and the shift table compares with the study's CPU alone.
+    """
     return ["results/tables/cpu_scaling.csv"] if cpu_scaling_tables() else []
 
 
