@@ -71,6 +71,27 @@ def test_quoted_numbers_are_the_ones_the_sentences_mean(tmp_path):
     assert m["kwZstdCpuOverIntEight"] == macros.num((cpu.xs("zstd", level="codec") / cpu.xs("int8", level="codec")).median(), 2)
 
 
+def test_the_server_cpu_and_end_to_end_macros_are_the_tables(tmp_path):
+    m, _ = macros.build_macros(committed(tmp_path), 0.95)
+    shift = pd.read_csv(TABLES / "break_even_shift.csv")
+    server = shift.dropna(subset=["shift_server_pipelined"])
+    assert len(server) > 0  # the published shift table sets the GPU against a whole server CPU
+    assert m["kwShiftServerMedian"] == macros.num(server["shift_server_pipelined"].median(), 2)
+    assert m["kwShiftServerVmMedian"] == macros.num(server["shift_pipelined"].median(), 2)  # the same cases
+    assert m["kwShiftServerCases"] == str(len(server))
+    assert m["kwServerLogicalCpus"] == str(int(server["server_logical_cpus"].iloc[0]))
+    # an end-to-end table fed the break-even's own timing table gets its own sentence's numbers
+    e = pd.DataFrame([{"model": "m", "rate_gbps": r, "codec": "int8", "mode": mode, "runs": 3, "measured_s": 1.0,
+                       "model_s": 1.0 - err, "rel_error": err, "wire_bytes": 2_000_000, "raw_bytes": 4_000_000,
+                       "raw_transfer_model_s": 0.5, "model_source": "time_cpu table", "model_own_s": 0.99,
+                       "rel_error_own": 0.01, "encode_in_transfer_over_table": enc, "decode_in_transfer_over_table": 1.0,
+                       "speedup_measured_vs_raw_model": 0.5}
+                      for r, err in ((1, 0.05), (10, 0.2)) for mode, enc in (("sequential", 1.1), ("pipelined", 1.5))])
+    got = macros._e2e({"e2e_transfer": e}, 0.95)
+    assert got["kwEtoEErrMedianLowRate"] == macros.pct(0.05) and got["kwEtoEErrMedianHi"] == macros.pct(0.2)
+    assert got["kwEEncOverTablePipelined"] == macros.num(1.5, 2) and got["kwEtoEOwnErrMedianLo"] == macros.pct(0.01)
+
+
 def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",
