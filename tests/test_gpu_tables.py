@@ -159,3 +159,18 @@ def test_real_cache_rows_sit_beside_their_synthetic_twins(tmp_path):
     pd.DataFrame([r for r in rows if r["cache"] == "synthetic"]).to_csv(only_syn, index=False)
     with pytest.raises(KVError, match="real cache"):
         gpu_real_caches([only_syn], tmp_path / "x.csv")
+
+
+def test_the_server_side_takes_the_pass_timer_per_case_and_keeps_older_cases():
+    from kvwire.stages.gpu_tables import server_cpu_rows
+
+    def row(codec, timer, threads, fastest=True):
+        return {"device_name": "CPU", "logical_cpus": 16, "timer": timer, "model": "m", "seq": 2048, "codec": codec,
+                "threads": threads, "layers": 2, "raw_bytes": 4000, "wire_bytes": 2000, "encode_s": 0.01,
+                "decode_s": 0.01, "fastest": fastest}
+
+    got = server_cpu_rows(pd.DataFrame([row("int8", "layer", 8), row("int8", "pass", 4), row("int4", "layer", 16),
+                                        row("int4", "layer", 2, fastest=False)])).set_index("codec")
+    assert got.loc["int8", "server_timer"] == "pass" and got.loc["int8", "server_threads"] == 4
+    assert got.loc["int4", "server_timer"] == "layer" and got.loc["int4", "server_threads"] == 16
+    assert len(got) == 2

@@ -156,15 +156,18 @@ def gpu_tables(paths: Sequence[str | Path], summary_csv: str | Path, break_even_
 
 def server_cpu_rows(scaling: pd.DataFrame) -> pd.DataFrame:
     """The whole-server CPU side of a CPU-vs-GPU comparison: per (model, seq, codec) the ``fastest``
-    thread count of the ``cpu_scaling`` table (the pass timer's rows where there are any), with the
+    thread count of the ``cpu_scaling`` table (the pass timer's row where the case has one), with the
     break-even solved from its whole-cache times split evenly over the layers (its table has no
     per-layer times; the sequential break-even needs none)."""
     if scaling.empty:
         return scaling
     timer = scaling["timer"] if "timer" in scaling.columns else pd.Series("layer", index=scaling.index)
-    best = "pass" if (timer == "pass").any() else "layer"
+    fastest = scaling[scaling["fastest"].astype(bool)].assign(timer=timer, _layer_timer=timer != "pass")
+    # per case, the pass timer's row where one exists (the study's timer), else the older per-layer one
+    fastest = fastest.sort_values("_layer_timer", kind="stable").drop_duplicates(["model", "seq", "codec"])
     rows = []
-    for _, r in scaling[(timer == best) & scaling["fastest"].astype(bool)].iterrows():
+    for _, r in fastest.iterrows():
+        best = r["timer"]
         n = int(r["layers"])
         cost = split_cost(int(r["raw_bytes"]), float(r["wire_bytes"]), float(r["encode_s"]), float(r["decode_s"]),
                           [1] * n)
