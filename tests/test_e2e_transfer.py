@@ -86,13 +86,15 @@ def test_loopback_end_to_end_rows_feed_the_model(tmp_path):
 def test_a_shaped_link_end_to_end_is_near_the_model(tmp_path):
     from kvwire.stages.e2e import e2e_transfer
 
-    path, rec = kv_file(tmp_path, layers=8, seq=2048)  # 4 MB: 34 ms at 1 Gbps, well above the codecs' time
+    # 16 MB: 134 ms at 1 Gbps, well above the codecs' time and a cold first run's start-up (on a loaded
+    # CI machine a 4 MB cache's first transfer missed the table-fed model by 47 %)
+    path, rec = kv_file(tmp_path, layers=8, seq=8192)
     timing = {"identity": timing_csv(tmp_path, rec, bin_tokens=2048)}
     table = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e.csv", timing_csvs=timing,
                          dataset="wikitext2", bin_tokens=2048, repeats=2)
     assert len(table) == 4 and (table.model_source == "time_cpu table").all()
     assert table.rel_error.median() < 0.25, table  # fed the break-even's table, at the link's rate
-    # a table whose codec times were 20x too slow (0.3-0.5 s instead of tens of ms) is caught
+    # a table whose codec times were 20x too slow is caught
     (tmp_path / "slow").mkdir()
     slow = {"identity": timing_csv(tmp_path / "slow", rec, bin_tokens=2048, scale=20.0)}
     wrong = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e2.csv", timing_csvs=slow,
@@ -100,14 +102,13 @@ def test_a_shaped_link_end_to_end_is_near_the_model(tmp_path):
     assert wrong.rel_error.median() > 0.3, wrong
     # the model must tell a right link from a wrong one on the same measured runs: fed the link's
     # rate it is close (its accuracy on the study's caches is a measurement: docs/TRANSFER.md); fed
-    # four times the rate or an extra 40 ms of latency, it is far off (measured here, loaded: 7-11 %,
-    # 43-70 % and 63-82 %)
+    # four times the rate or an extra 100 ms of latency (about the link time), it is far off
     with netlab.veth_link(1.0, prefix="kvt") as link:
         rows = measure_e2e(link, path, [("identity", "identity", {})], repeats=2)
     raw = sum(x.raw_bytes for x in rec.layers)
     right = compare_with_model(rows, raw, 1.0).rel_error.median()
     too_fast = compare_with_model(rows, raw, 4.0).rel_error.median()
-    too_slow = compare_with_model(rows, raw, 1.0, latency_s=0.04).rel_error.median()
+    too_slow = compare_with_model(rows, raw, 1.0, latency_s=0.1).rel_error.median()
     assert right < 0.25 and too_fast > 0.3 and too_slow > 0.3, (right, too_fast, too_slow)
 
 
