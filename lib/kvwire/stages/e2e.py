@@ -180,14 +180,13 @@ def e2e_transfer(kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], r
     if missing:
         raise KvwireError(f"no time_cpu table for codec(s) {', '.join(missing)}: the model needs the break-even's")
     table = table_costs(timing_csvs, kv_file, dataset, bin_tokens)  # before the link: a table that does not fit stops here
-    raw = sum(x.raw_bytes for x in load_kv(kv_file).layers)
+    raw = next(iter(table.values())).raw_bytes if table else sum(x.raw_bytes for x in load_kv(kv_file).layers)
+    cpus = split_cpus() if pin else None
     with netlab.veth_link(rate_gbps, prefix="kve") as link:
-        rows = measure_e2e(link, kv_file, codecs, repeats=repeats, threads=threads,
-                           cpus=split_cpus() if pin else None)
+        rows = measure_e2e(link, kv_file, codecs, repeats=repeats, threads=threads, cpus=cpus)
     out = compare_with_model(rows, raw, rate_gbps, table=table)
-    out.insert(out.columns.get_loc("rate_gbps") + 1, "sender_cpus", (split_cpus() or ("", ""))[0] if pin else "")
-    out.insert(out.columns.get_loc("sender_cpus") + 1, "receiver_cpus",
-               (split_cpus() or ("", ""))[1] if pin else "")
+    out.insert(out.columns.get_loc("rate_gbps") + 1, "sender_cpus", cpus[0] if cpus else "")
+    out.insert(out.columns.get_loc("sender_cpus") + 1, "receiver_cpus", cpus[1] if cpus else "")
     write_csv(out_csv, out)
     return out
 
