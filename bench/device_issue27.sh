@@ -33,5 +33,13 @@ if python3 -c "import torch; assert torch.cuda.is_available()" 2>/dev/null; then
   python3 bench/gpu_codecs.py --out "$OUT/gpu_real.csv" --kv "${kv[@]}" --time-kv \
     --models ${SHAPES:-gemma-3-270m qwen2.5-coder-0.5b} --seqs 2048 --dtypes bfloat16 2>&1 | tail -60 || true
 fi
-python3 bench/cpu_scaling.py --kv "${kv[@]}" --out "$OUT/cpu_scaling.csv" \
+# CPU_MODELS (space-separated model folder names) narrows the CPU scaling to those caches when a call's
+# time is short; SKIP_CPU=1 skips it
+[ "${SKIP_CPU:-0}" = 1 ] && exit 0
+cpu_kv=()
+for f in "${kv[@]}"; do
+  m=$(basename "$(dirname "$f")")
+  if [ -z "${CPU_MODELS:-}" ] || [[ " $CPU_MODELS " == *" $m "* ]]; then cpu_kv+=("$f"); fi
+done
+python3 bench/cpu_scaling.py --kv "${cpu_kv[@]}" --out "$OUT/cpu_scaling.csv" \
   --run "$(date -u +%F) lent GPU host, 2048-token WikiText-2 caches" 2>&1 | tail -120

@@ -225,6 +225,42 @@ def test_a_table_measured_apart_replaces_only_itself_and_is_recorded(tmp_path):
         publish_update([tmp_path / "link_model.csv"], dest)
 
 
+def test_re_timed_tables_replace_the_published_ones_together_and_only_with_a_note(tmp_path):
+    from kvwire.publish import RETIMED, publish, publish_update
+
+    src, dest = tmp_path / "results", tmp_path / "paper"
+    src.mkdir()
+    for name in ("quality.csv", "router.csv", "models.csv", "codecs.csv") + RETIMED:
+        (src / name).write_text(f"a,b\n1,{name}\n")
+    first = publish(src, dest, note="study")
+    run = tmp_path / "retime" / "tables"
+    run.mkdir(parents=True)
+    for name in RETIMED:
+        (run / name).write_text(f"a,b\n2,{name} re-timed\n")
+    with pytest.raises(KvwireError, match="together, from one run: missing transfer_sweep.csv"):
+        publish_update([run / n for n in RETIMED if n != "transfer_sweep.csv"], dest, note="pass timer")
+    with pytest.raises(KvwireError, match="needs a note"):
+        publish_update([run / n for n in RETIMED], dest)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "decision.csv").write_text("a,b\n3,elsewhere\n")
+    with pytest.raises(KvwireError, match="from 2 folders"):
+        publish_update([run / n for n in RETIMED if n != "decision.csv"] + [other / "decision.csv"], dest,
+                       note="pass timer")
+    with pytest.raises(KvwireError, match="router.csv is a study table"):
+        publish_update([run / n for n in RETIMED] + [src / "router.csv"], dest, note="pass timer")
+    assert read_tables(dest) == read_tables(src)  # every refusal left the published set alone
+    m = publish_update([run / n for n in RETIMED], dest, note="pass timer, commit x")
+    assert all((dest / n).read_text() == (run / n).read_text() for n in RETIMED)
+    assert (dest / "router.csv").read_text() == (src / "router.csv").read_text()
+    assert {u["table"] for u in m["updates"]} == set(RETIMED)
+    assert m["tables"]["quality.csv"] == first["tables"]["quality.csv"]
+
+
+def read_tables(folder):
+    return {p.name: p.read_text() for p in sorted(folder.glob("*.*")) if p.name != "PUBLISHED.json"}
+
+
 def test_the_published_tables_match_their_manifest(repo):
     """paper/tables is what PUBLISHED.json says it is, table by table."""
     import hashlib

@@ -70,6 +70,14 @@ def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tab
 # with a whole run
 SEPARATELY_MEASURED = ("e2e_transfer.csv", "link_model.csv", "cpu_scaling.csv", "break_even_shift.csv")
 
+# tables a re-timing run re-derives (time_cpu and every rule after it, the quality jobs not re-run):
+# they read the study's quality only through the published quality.csv, so a new timer or cost
+# column reaches them without the hours of quality jobs. They are replaced together, from one run,
+# so that the break-even, its sweeps and the decision table never mix two timing runs. The router
+# reads the per-prompt quality records and changes only with a whole run.
+RETIMED = ("break_even.csv", "break_even.tex", "transfer_sweep.csv", "break_even_all.csv",
+           "gpu_transfer_sweep.csv", "decision.csv")
+
 
 def publish_update(tables: Sequence[str | Path], dest: str | Path = "paper/tables", *,
                    config: str | Path | Sequence[str | Path] | None = None, note: str = "") -> dict:
@@ -86,11 +94,23 @@ def publish_update(tables: Sequence[str | Path], dest: str | Path = "paper/table
         raise KvwireError("no tables to update")
     paths = [Path(t) for t in tables]
     for t in paths:
-        if t.name not in SEPARATELY_MEASURED:
+        if t.name not in SEPARATELY_MEASURED + RETIMED:
             raise KvwireError(f"{t.name} is a study table: publish a whole run instead (only "
-                              f"{', '.join(SEPARATELY_MEASURED)} are measured apart or derived from them)")
+                              f"{', '.join(SEPARATELY_MEASURED)} are measured apart or derived from them, "
+                              f"and {', '.join(RETIMED)} come from a re-timing run, together)")
         if not t.is_file():
             raise KvwireError(f"table {t} does not exist")
+    retimed = [t for t in paths if t.name in RETIMED]
+    if retimed:
+        names = {t.name for t in retimed}
+        missing = [n for n in RETIMED if n not in names]
+        if missing:
+            raise KvwireError(f"re-timed tables are replaced together, from one run: missing {', '.join(missing)}")
+        if len({t.parent.resolve() for t in retimed}) != 1:
+            raise KvwireError("re-timed tables are replaced together, from one run: they come from "
+                              f"{len({t.parent.resolve() for t in retimed})} folders")
+        if not note.strip():
+            raise KvwireError("a re-timing update needs a note: the run, its commit and what was re-timed")
     now = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     updates = list(manifest.get("updates", []))
     for t in paths:
