@@ -48,6 +48,26 @@ def test_cpu_rows_are_the_median_over_datasets_and_gpu_shapes_take_the_study_nam
     assert sorted(rows.index) == [1, 16] and rows.loc[1, "encode_ms"] == pytest.approx(20.0)
 
 
+def test_the_cpu_timer_and_the_selection_cost_travel_into_the_unified_table():
+    old = unified_break_even(cpu_table(), MODELS, gpu_table())
+    cpu = old[old.device == "cpu"].iloc[0]
+    # a table from before the pass timer and the stats columns: the per-layer timer, the cost unknown
+    assert cpu.timer == "layer" and pd.isna(cpu.prefill_stats_ms) and pd.isna(cpu.break_even_gbps_pipelined_with_stats)
+    charged = cpu_table().assign(timer="pass", prefill_stats_s=[0.004, 0.006],
+                                 break_even_gbps_sequential_with_stats=[0.5, 1.5],
+                                 break_even_gbps_pipelined_with_stats=[1.0, 2.0])
+    new = unified_break_even(charged, MODELS, gpu_table())
+    cpu = new[new.device == "cpu"].iloc[0]
+    assert cpu.timer == "pass" and cpu.prefill_stats_ms == pytest.approx(5.0)
+    assert cpu.break_even_gbps_pipelined_with_stats == pytest.approx(1.5)
+    assert cpu.break_even_gbps_pipelined_with_stats < cpu.break_even_gbps_pipelined
+    gpu = new[new.device == "gpu"]
+    assert (gpu.timer == "cuda events").all() and gpu.prefill_stats_ms.isna().all()
+    # two timers are two rows, never one median
+    both = unified_break_even(pd.concat([charged, charged.assign(timer="layer")]), MODELS, gpu_table())
+    assert sorted(both[both.device == "cpu"].timer) == ["layer", "pass"]
+
+
 def test_unknown_study_model_is_an_error_naming_it():
     with pytest.raises(KVError, match="ghost"):
         unified_break_even(cpu_table().assign(model="ghost"), MODELS, gpu_table())

@@ -92,6 +92,20 @@ def test_the_server_cpu_and_end_to_end_macros_are_the_tables(tmp_path):
     assert got["kwEEncOverTablePipelined"] == macros.num(1.5, 2) and got["kwEtoEOwnErrMedianLo"] == macros.pct(0.01)
 
 
+def test_the_selection_cost_and_timer_macros_are_the_tables_cpu_rows():
+    rows = [{"device": "cpu", "codec": c, "model": m, "encode_ms": 10.0, "prefill_stats_ms": s,
+             "break_even_gbps_pipelined": free, "break_even_gbps_pipelined_with_stats": charged, "timer": "pass"}
+            for m in ("a", "b") for c, s, free, charged in (("snapkv", 5.0, 8.0, 4.0), ("prune_quant", 20.0, 6.0, 2.0),
+                                                           ("int8", 0.0, 9.0, 9.0))]
+    cpu = pd.DataFrame(rows)
+    got = macros._selection_cost(cpu)
+    assert got["kwStatsCodecs"] == macros.and_list([macros.tt("prune_quant"), macros.tt("snapkv")])  # not int8
+    assert got["kwStatsMs"] == macros.num(12.5, 2) and got["kwStatsOverEncode"] == macros.num(1.25, 2)
+    assert (got["kwStatsBeFree"], got["kwStatsBeCharged"]) == (macros.num(7.0), macros.num(3.0))
+    assert macros._selection_cost(cpu.assign(prefill_stats_ms=0.0)) == {}  # nothing measured, no sentence
+    assert macros._selection_cost(cpu.drop(columns="prefill_stats_ms")) == {}
+
+
 def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",

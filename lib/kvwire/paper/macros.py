@@ -234,6 +234,10 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
         m["kwCpuThreads"] = " or ".join(str(c) for c in counts)
         m["kwCpuThreadsWord"] = ({1: "one thread"}.get(counts[0], f"{counts[0]} threads")
                                  if len(counts) == 1 else f"{m['kwCpuThreads']} threads")
+    # kvwire.timing's timer: pass or layer (a table from before the column: the per-layer timer, the only one then)
+    timers = cpu_rows["timer"].fillna("layer") if "timer" in cpu_rows.columns else pd.Series(["layer"])
+    m["kwCpuTimer"] = " / ".join(sorted(set(timers.astype(str))))
+    m.update(_selection_cost(cpu_rows))
     for (device, codec), g in b.groupby(["device", "codec"]):
         m[macro_name("be", device, codec)] = num(g["break_even_gbps_pipelined"].median())
         m[macro_name("be", "seq", device, codec)] = num(g["break_even_gbps_sequential"].median())
@@ -242,6 +246,21 @@ def _break_even(t: Tables, floor: float) -> dict[str, str]:
         ratio = (cpu.xs("zstd", level="codec")["codec_ms"] / cpu.xs("int8", level="codec")["codec_ms"]).dropna()
         m["kwZstdCpuOverIntEight"] = num(ratio.median(), 2)
     return m
+
+
+def _selection_cost(cpu_rows) -> dict[str, str]:
+    """What the token-selection codecs pay on the CPU for the attention statistics they read (the
+    break-even assumes the prefill hands them over), where the table measured it."""
+    if "prefill_stats_ms" not in cpu_rows.columns:
+        return {}
+    sel = cpu_rows[cpu_rows["prefill_stats_ms"].fillna(0) > 0]
+    if not len(sel):
+        return {}
+    return {"kwStatsCodecs": and_list(sorted(tt(c) for c in set(sel["codec"]))),
+            "kwStatsMs": num(sel["prefill_stats_ms"].median(), 2),
+            "kwStatsOverEncode": num((sel["prefill_stats_ms"] / sel["encode_ms"]).median(), 2),
+            "kwStatsBeFree": num(sel["break_even_gbps_pipelined"].median()),
+            "kwStatsBeCharged": num(sel["break_even_gbps_pipelined_with_stats"].median())}
 
 
 def _shift(t: Tables, floor: float) -> dict[str, str]:

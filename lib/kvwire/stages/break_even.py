@@ -22,9 +22,10 @@ from ..errors import KVError
 from ..io import write_csv
 from ..transfer import sweep
 
-COLUMNS = ["device", "device_name", "threads", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype", "codec",
-           "raw_bytes", "wire_bytes", "ratio", "encode_ms", "decode_ms", "break_even_gbps_sequential",
-           "break_even_gbps_pipelined", "per_layer_time", "source"]
+COLUMNS = ["device", "device_name", "threads", "timer", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype",
+           "codec", "raw_bytes", "wire_bytes", "ratio", "encode_ms", "decode_ms", "break_even_gbps_sequential",
+           "break_even_gbps_pipelined", "prefill_stats_ms", "break_even_gbps_sequential_with_stats",
+           "break_even_gbps_pipelined_with_stats", "per_layer_time", "source"]
 MODES = ("sequential", "pipelined")
 
 
@@ -40,11 +41,17 @@ def cpu_rows(cpu_break_even: pd.DataFrame, models: pd.DataFrame, *, dtype: str) 
         raise KVError(f"break_even.csv has models that models.csv does not describe: {missing}")
     num = ["raw_bytes", "wire_bytes", "ratio", "encode_s", "decode_s",
            "break_even_gbps_sequential", "break_even_gbps_pipelined"]
-    # the CPU's threads (timing tables before the column: unknown, empty)
-    cpu = cpu_break_even if "threads" in cpu_break_even.columns else cpu_break_even.assign(threads=pd.NA)
-    t = cpu.groupby(["model", "bin", "codec", "device_name", "threads"], as_index=False, dropna=False)[num].median()
+    cpu = cpu_break_even
+    if "threads" not in cpu.columns:  # timing tables before the column: unknown, empty
+        cpu = cpu.assign(threads=pd.NA)
+    if "timer" not in cpu.columns:  # timing tables before the pass timer: per-layer medians
+        cpu = cpu.assign(timer="layer")
+    if "prefill_stats_s" not in cpu.columns:  # before the selection cost was measured: unknown
+        cpu = cpu.assign(prefill_stats_s=float("nan"), **{f"break_even_gbps_{m}_with_stats": float("nan") for m in MODES})
+    num += ["prefill_stats_s"] + [f"break_even_gbps_{m}_with_stats" for m in MODES]
+    t = cpu.groupby(["model", "bin", "codec", "device_name", "threads", "timer"], as_index=False, dropna=False)[num].median()
     out = pd.DataFrame({
-        "device": "cpu", "device_name": t["device_name"], "threads": t["threads"], "model": t["model"],
+        "device": "cpu", "device_name": t["device_name"], "threads": t["threads"], "timer": t["timer"], "model": t["model"],
         "shape": t["model"],
         "layers": t["model"].map(facts["num_layers"]), "kv_heads": t["model"].map(facts["num_kv_heads"]),
         "head_dim": t["model"].map(facts["head_dim"]), "seq": t["bin"], "dtype": dtype, "codec": t["codec"],
@@ -52,6 +59,10 @@ def cpu_rows(cpu_break_even: pd.DataFrame, models: pd.DataFrame, *, dtype: str) 
         "encode_ms": t["encode_s"] * 1e3, "decode_ms": t["decode_s"] * 1e3,
         "break_even_gbps_sequential": t["break_even_gbps_sequential"],
         "break_even_gbps_pipelined": t["break_even_gbps_pipelined"],
+        # what a token-selection codec pays to compute its attention statistics, charged to its encode
+        "prefill_stats_ms": t["prefill_stats_s"] * 1e3,
+        "break_even_gbps_sequential_with_stats": t["break_even_gbps_sequential_with_stats"],
+        "break_even_gbps_pipelined_with_stats": t["break_even_gbps_pipelined_with_stats"],
         "per_layer_time": "measured per layer", "source": "break_even.csv (median over datasets)"})
     return out[COLUMNS]
 
@@ -61,7 +72,9 @@ def gpu_rows(gpu_break_even: pd.DataFrame, models: pd.DataFrame) -> pd.DataFrame
     shapes = _study_shapes(models)
     g = gpu_break_even
     study = [shapes.get((int(a), int(b), int(c))) for a, b, c in zip(g.layers, g.kv_heads, g.head_dim)]
-    out = g.assign(device="gpu", device_name=g["gpu"], threads=pd.NA, shape=g["model"],
+    # the GPU kernels read statistics handed over by the prefill: their cost is not timed there
+    out = g.assign(device="gpu", device_name=g["gpu"], threads=pd.NA, timer="cuda events", shape=g["model"],
+                   prefill_stats_ms=float("nan"), **{f"break_even_gbps_{m}_with_stats": float("nan") for m in MODES},
                    model=[s or m for s, m in zip(study, g["model"])], source="gpu_break_even.csv")
     return out[COLUMNS]
 

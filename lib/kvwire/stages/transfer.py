@@ -14,7 +14,7 @@ import pandas as pd
 from ..io import write_csv
 from ..transfer import break_even_gbps, cost_from_arrays, sweep
 
-KEYS = ["model", "dataset", "bin", "codec", "device", "device_name", "threads"]  # threads: the CPU's, named
+KEYS = ["model", "dataset", "bin", "codec", "device", "device_name", "threads", "timer"]  # threads, timer: the CPU side, named
 
 
 def model_transfer(timing_csvs: list[str | Path], sweep_csv: str | Path, break_even_csv: str | Path, *,
