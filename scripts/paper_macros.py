@@ -10,6 +10,7 @@ from kvwire.stages.runtime import LOG, setup  # noqa: E402
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
 paths = {name: p for name, p in sm.input.items() if name in TABLES}
-macros = write_macros(Tables(paths), sm.params.floor, sm.output.macros)
+manifest = sm.input.get("manifest")  # the published set's PUBLISHED.json, where there is one
+macros = write_macros(Tables(paths), sm.params.floor, sm.output.macros, manifest=manifest)
 LOG.info("%d macros from %d tables (missing: %s)", len(macros), len(paths),
          ", ".join(sorted(set(TABLES) - set(paths))) or "none")

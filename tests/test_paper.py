@@ -106,6 +106,30 @@ def test_the_selection_cost_and_timer_macros_are_the_tables_cpu_rows():
     assert macros._selection_cost(cpu.drop(columns="prefill_stats_ms")) == {}
 
 
+def test_provenance_macros_name_the_run_and_every_table_replaced_since():
+    import json
+
+    from kvwire.errors import KvwireError
+
+    published = json.loads((TABLES / "PUBLISHED.json").read_text())
+    m = macros._provenance(published)
+    assert m["kwPublishedCommit"] == macros.tt(published["commit"][:7])
+    for u in published.get("updates", []):
+        assert macros.tt(u["table"]) in m["kwUpdatedTables"]
+    study = {"commit": "abcdef0123", "tables": {}}
+    assert macros._provenance(study) == {"kwPublishedCommit": macros.tt("abcdef0")}
+    retimed = {**study, "updates": [{"table": "break_even_all.csv"}, {"table": "e2e_transfer.csv"},
+                                    {"table": "break_even_all.csv"}]}
+    got = macros._provenance(retimed)
+    assert got["kwRouterTimesOlder"] == "1"  # the router was not re-run with the re-timed tables
+    assert got["kwUpdatedTables"] == macros.and_list([macros.tt("break_even_all.csv"), macros.tt("e2e_transfer.csv")])
+    assert "kwRouterTimesOlder" not in macros._provenance({**study, "updates": [{"table": "e2e_transfer.csv"}]})
+    both = {**study, "updates": retimed["updates"] + [{"table": "router.csv"}]}
+    assert "kwRouterTimesOlder" not in macros._provenance(both)
+    with pytest.raises(KvwireError, match="manifest"):
+        macros._provenance({"updates": "break_even.csv"})
+
+
 def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",

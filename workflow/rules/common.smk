@@ -674,8 +674,11 @@ def latex_table_sources(wildcards):
 
 
 def paper_macro_tables():
-    """name -> table, for the macro tables published (a missing one reads "no data")."""
-    return {t: paper_table(t) for t in MACRO_TABLES if paper_has(t)}
+    """name -> table, for the macro tables published (a missing one reads "no data"), and the
+    manifest of the published set where there is one (the provenance macros)."""
+    tables = {t: paper_table(t) for t in MACRO_TABLES if paper_has(t)}
+    manifest = Path(PAPER_TABLES) / "PUBLISHED.json"
+    return {**tables, "manifest": str(manifest)} if manifest.exists() else tables
 
 
 def paper_outputs():
