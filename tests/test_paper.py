@@ -130,6 +130,26 @@ def test_provenance_macros_name_the_run_and_every_table_replaced_since():
         macros._provenance({"updates": "break_even.csv"})
 
 
+def test_real_cache_kernel_macros_take_one_gpu_and_say_what_the_real_cache_changed():
+    def row(gpu, codec, impl, op, t, ratio, ratio_syn):
+        return {"gpu": gpu, "model": "m", "seq": 2048, "codec": codec, "impl": impl, "op": op,
+                "time_real_over_synthetic": t, "ratio": ratio, "ratio_synthetic": ratio_syn,
+                "ratio_real_over_synthetic": ratio / ratio_syn, "conformant": True}
+    rows = [row("NVIDIA H200", "int8", "triton", op, t, 1.94, 1.94) for op, t in (("encode", 1.5), ("decode", 1.1))]
+    rows += [row("NVIDIA H200", "cachegen", impl, "encode", 2.0, 3.6, 4.17) for impl in ("host", "triton")]
+    rows += [row("NVIDIA H100 80GB HBM3", "int8", "triton", "encode", 9.0, 1.94, 1.94)]  # another GPU: not mixed in
+    t = {"gpu_real_caches": pd.DataFrame(rows), "gpu_kernels": pd.DataFrame([{"gpu": "NVIDIA H200"}])}
+
+    class T(dict):
+        def has(self, name):
+            return name in self
+    got = macros._gpu_real(T(t), 0.95)
+    assert got["kwGpuRealGpu"] == "H200" and got["kwGpuRealRows"] == "4"
+    assert got["kwGpuRealTimeMedian"] == macros.num(1.75, 2) and got["kwGpuRealTimeHi"] == macros.num(2.0, 2)
+    assert (got["kwGpuRealCodecs"], got["kwGpuRealSameRatio"]) == ("2", "1")  # cachegen's ratio moved, int8's not
+    assert (got["kwGpuRealCachegenRatio"], got["kwGpuRealCachegenRatioSynthetic"]) == (macros.num(3.6, 3), macros.num(4.17, 3))
+
+
 def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",

@@ -69,7 +69,7 @@ def publish(source: str | Path = "results/tables", dest: str | Path = "paper/tab
 # or derived from the published study tables and those (bench/shift_from_published.py) may replace
 # their published copy; every other table changes only with a whole run
 SEPARATELY_MEASURED = ("e2e_transfer.csv", "link_model.csv", "cpu_scaling.csv", "break_even_shift.csv",
-                       "gpu_kernels.csv", "gpu_break_even.csv")
+                       "gpu_kernels.csv", "gpu_break_even.csv", "gpu_real_caches.csv")
 
 # tables a re-timing run re-derives (time_cpu and every rule after it, the quality jobs not re-run):
 # they read the study's quality only through the published quality.csv, so a new timer or cost
