@@ -179,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--note", default="", help="a line for the manifest (what run this is)")
     p.add_argument("--update", nargs="+", metavar="TABLE",
                    help="replace only these tables: ones measured apart from the study run (e2e_transfer.csv, "
-                        "link_model.csv, cpu_scaling.csv, break_even_shift.csv), or all the tables of a "
+                        "link_model.csv, cpu_scaling.csv, break_even_shift.csv, the GPU tables from committed device "
+                        "timings), or all the tables of a "
                         "re-timing run together (break_even, transfer_sweep, break_even_all, gpu_transfer_sweep, "
                         "decision; --note required), recording each in the manifest's updates")
     p.set_defaults(func=_cmd_publish)
