@@ -171,7 +171,7 @@ def measure(link: Link, sizes: Sequence[int], *, repeats: int = 3, timeout: floa
     sizes = [int(n) for n in sizes]
     if not sizes or min(sizes) <= 0:
         raise NetlabError(f"transfer sizes must be positive, got {sizes}")
-    recv_code = RECEIVER.format(host="0.0.0.0", port=PORT, timeout=timeout, max_bytes=max(sizes))
+    recv_code = RECEIVER.format(host=link.receiver_host, port=PORT, timeout=timeout, max_bytes=max(sizes))
     receiver = subprocess.Popen([*link.receiver_prefix, sys.executable, "-c", recv_code],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -35,11 +35,12 @@ import torch
 from . import wire
 from .codecs import LayerKV, Pipeline, build
 from .errors import KvwireError, WireError
+from .limits import DEFAULT_LIMITS, WireLimits
 
 DEFAULT_TIMEOUT_S = 30.0
 _QUEUE_DEPTH = 2  # frames encoded ahead of the socket: enough to overlap, bounded memory
 _FRAME_HEAD_LEN = wire._FRAME_HEAD.size + wire._CRC.size
-_MAX_OVERHEAD = 1 << 20  # a payload may exceed its layer's raw bytes by at most this (section tables)
+_EAGER_FRAME_BYTES = 16 << 20  # frames up to this are received into one buffer allocated up front
 
 
 class TransportError(KvwireError):
@@ -242,10 +243,11 @@ def _await_ack(sock: socket.socket) -> None:
 
 # ---- receiving ------------------------------------------------------------------------------
 
-def recv_kv(source: socket.socket, *, timeout: float = DEFAULT_TIMEOUT_S,
-            pipelined: bool = True) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+def recv_kv(source: socket.socket, *, timeout: float = DEFAULT_TIMEOUT_S, pipelined: bool = True,
+            limits: WireLimits = DEFAULT_LIMITS) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
     """Receive one container: from a listening socket (accepts one connection) or a connected one.
-    Verifies everything, decodes every layer, and acknowledges; raises on any fault."""
+    Verifies everything (the header against ``limits`` before any buffer is sized from it), decodes
+    every layer, and acknowledges; raises on any fault."""
     listening = _is_listening(source)
     if listening:
         source.settimeout(timeout)
@@ -258,7 +260,7 @@ def recv_kv(source: socket.socket, *, timeout: float = DEFAULT_TIMEOUT_S,
     sock.settimeout(timeout)
     try:
         try:
-            result = _receive(sock, pipelined)
+            result = _receive(sock, pipelined, limits)
         except WireError as exc:
             _refuse(sock, str(exc))
             raise
@@ -284,25 +286,21 @@ def _refuse(sock: socket.socket, reason: str) -> None:
         pass  # the sender may be gone; the receiver's own error is what matters here
 
 
-def _receive(sock: socket.socket, pipelined: bool) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+def _receive(sock: socket.socket, pipelined: bool,
+             limits: WireLimits = DEFAULT_LIMITS) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
     stats = RecvStats()
     t0 = time.perf_counter()
     pre = _recv_exact(sock, wire._PREAMBLE.size, "the container preamble")
     magic, _version, _flags, hlen = wire._PREAMBLE.unpack(pre)
     if magic != wire.MAGIC:
         raise WireError(f"not a kvwire container: magic {magic!r}, expected {wire.MAGIC!r}")
-    if hlen > 64 << 20:
-        raise WireError(f"header length {hlen} is implausible (corrupted preamble)")
+    wire.check_header_length(hlen, limits)  # before allocating its buffer
     rest = _recv_exact(sock, hlen + wire._CRC.size, "the container header")
-    header, _ = wire.read_header(pre + rest)
-    try:
-        codec = build(header.codec, header.params)
-    except KvwireError as exc:
-        raise WireError(f"container names a codec this kvwire cannot build: {exc}") from exc
+    header, _ = wire.read_header(pre + rest, limits)
+    codec = wire.build_codec(header)
     decoder = _Decoder(codec, header, pipelined)
     crcs = []
     total = len(pre) + len(rest)
-    elt = torch.empty((), dtype=header.dtype).element_size()
     try:
         for i in range(header.n_layers):
             head = _recv_exact(sock, _FRAME_HEAD_LEN, f"frame {i}'s header")
@@ -310,15 +308,21 @@ def _receive(sock: socket.socket, pipelined: bool) -> tuple[wire.WireHeader, lis
             (head_crc,) = wire._CRC.unpack_from(head, wire._FRAME_HEAD.size)
             if zlib.crc32(head[:wire._FRAME_HEAD.size]) != head_crc or magic != wire.FRAME_MAGIC:
                 raise WireError(f"frame {i} header corrupted")
-            h, s, d = header.shapes[i]
-            if n > 2 * h * s * d * elt + _MAX_OVERHEAD:
-                raise WireError(f"frame {i} claims {n} payload bytes for a layer of {2 * h * s * d * elt} raw bytes")
-            # head and payload land in one buffer: read_frame verifies it in place and copies the
-            # payload out once (a concatenation would copy every payload a second time)
-            whole = bytearray(len(head) + n)
-            whole[:len(head)] = head
-            _recv_into(sock, memoryview(whole)[len(head):], f"frame {layer}'s payload ({n} bytes)")
-            frame, _ = wire.read_frame(memoryview(whole), 0, i)  # checks order and payload CRC
+            limit = wire.frame_limit(header, i)
+            if n > limit:  # before allocating its buffer
+                raise WireError(f"frame {i} claims {n} payload bytes, more than its layer's limit of {limit}")
+            what = f"frame {layer}'s payload ({n} bytes)"
+            if n <= _EAGER_FRAME_BYTES:
+                # head and payload land in one buffer: read_frame verifies it in place and copies the
+                # payload out once (a concatenation would copy every payload a second time)
+                whole = bytearray(len(head) + n)
+                whole[:len(head)] = head
+                _recv_into(sock, memoryview(whole)[len(head):], what)
+            else:
+                # a large frame's memory follows the bytes that really arrive: a header may declare a
+                # frame it never sends, and must not hold its whole size meanwhile
+                whole = b"".join([head, *_recv_chunks(sock, n, what)])
+            frame, _ = wire.read_frame(memoryview(whole), 0, i, limit)  # checks order and payload CRC
             del whole
             crcs.append(frame.crc)
             total += len(head) + n
@@ -355,7 +359,7 @@ class _Decoder:
 
     def _decode(self, frame: wire.Frame) -> None:
         t = time.perf_counter()
-        self.layers.append(self.codec.decode_layer(frame.payload, self.header.context(frame.layer)))
+        self.layers.append(wire.decode_frame(self.codec, self.header, frame))
         self.times.append(time.perf_counter() - t)
 
     def _run(self) -> None:
@@ -400,6 +404,17 @@ def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
     buf = bytearray(n)
     _recv_into(sock, memoryview(buf), what)
     return bytes(buf)
+
+
+def _recv_chunks(sock: socket.socket, n: int, what: str) -> list[bytearray]:
+    """``n`` bytes in buffers of at most ``_EAGER_FRAME_BYTES``, each allocated when the last is full."""
+    chunks, got = [], 0
+    while got < n:
+        chunk = bytearray(min(n - got, _EAGER_FRAME_BYTES))
+        _recv_into(sock, memoryview(chunk), f"{what}, from byte {got}")
+        chunks.append(chunk)
+        got += len(chunk)
+    return chunks
 
 
 def _recv_into(sock: socket.socket, view: memoryview, what: str) -> None:

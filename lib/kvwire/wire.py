@@ -27,6 +27,7 @@ import torch
 
 from .codecs import LayerContext, LayerKV, Pipeline, build
 from .errors import KvwireError, WireError
+from .limits import DEFAULT_LIMITS, WireLimits, json_depth, payload_limit
 
 MAGIC = b"KVWR"
 FRAME_MAGIC = b"KVFR"
@@ -64,17 +65,37 @@ class WireHeader:
         }
 
     @classmethod
-    def from_json(cls, obj: dict[str, Any]) -> "WireHeader":
-        try:
-            layout = obj["layout"]
-            dtype = DTYPES[layout["dtype"]]
-            shapes = [tuple(int(x) for x in s) for s in layout["shapes"]]
-            if any(len(s) != 3 for s in shapes):
-                raise ValueError("every layer shape needs 3 dims")
-            return cls(codec=str(obj["codec"]), params=dict(obj["params"]), dtype=dtype,
-                       shapes=shapes, meta=dict(obj.get("meta", {})))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise WireError(f"wire header is malformed: {exc!r}") from exc
+    def from_json(cls, obj: Any, limits: WireLimits = DEFAULT_LIMITS) -> "WireHeader":
+        """Validate a header object against ``limits`` before anything is sized from it: every field
+        of the right type, every dimension a positive int within its limit, the raw cache within
+        ``max_cache_bytes``. Anything else is a ``WireError`` naming the field."""
+        if not isinstance(obj, dict):
+            raise WireError(f"wire header is malformed: a JSON object is needed, got {type(obj).__name__}")
+        codec, params, layout, meta = obj.get("codec"), obj.get("params"), obj.get("layout"), obj.get("meta", {})
+        if not isinstance(codec, str) or not 0 < len(codec) <= 256:
+            raise WireError(f"wire header is malformed: codec must be a short name, got {codec!r:.80}")
+        for name, value in (("params", params), ("layout", layout), ("meta", meta)):
+            if not isinstance(value, dict):
+                raise WireError(f"wire header is malformed: {name} must be an object, got {type(value).__name__}")
+        dtype = DTYPES.get(layout.get("dtype")) if isinstance(layout.get("dtype"), str) else None
+        if dtype is None:
+            raise WireError(f"wire header is malformed: dtype {layout.get('dtype')!r:.80} is not one of {sorted(DTYPES)}")
+        shapes = layout.get("shapes")
+        if not isinstance(shapes, list) or not 1 <= len(shapes) <= limits.max_layers:
+            n = len(shapes) if isinstance(shapes, list) else type(shapes).__name__
+            raise WireError(f"wire header is malformed: shapes must list 1 to {limits.max_layers} layers, got {n}")
+        bounds = (("kv_heads", limits.max_heads), ("seq", limits.max_tokens), ("head_dim", limits.max_head_dim))
+        for i, shape in enumerate(shapes):
+            if not isinstance(shape, list) or len(shape) != 3:
+                raise WireError(f"wire header is malformed: layer {i} shape {shape!r:.80} is not [kv_heads, seq, head_dim]")
+            for (dim, top), x in zip(bounds, shape):
+                if not isinstance(x, int) or isinstance(x, bool) or not 1 <= x <= top:
+                    raise WireError(f"wire header: layer {i} {dim} {x!r:.40} is not an integer in [1, {top}]")
+        header = cls(codec=codec, params=params, dtype=dtype, shapes=[tuple(s) for s in shapes], meta=meta)
+        if header.raw_bytes > limits.max_cache_bytes:
+            raise WireError(f"wire header declares a {header.raw_bytes}-byte cache, more than the limit "
+                            f"max_cache_bytes={limits.max_cache_bytes}")
+        return header
 
     def context(self, layer: int, stats: dict[str, torch.Tensor] | None = None) -> LayerContext:
         """Layer ``layer``'s codec context: its shape, every layer's shape and its window start (the
@@ -165,8 +186,8 @@ def encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | No
 
 # ---- reading --------------------------------------------------------------------------------
 
-def read_header(data: bytes | memoryview) -> tuple[WireHeader, int]:
-    """Parse and verify the header; return it and the offset of the first frame."""
+def read_header(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, int]:
+    """Parse and verify the header against ``limits``; return it and the offset of the first frame."""
     view = memoryview(data)
     if len(view) < _PREAMBLE.size:
         raise WireError(f"truncated: {len(view)} bytes is shorter than the {_PREAMBLE.size}-byte preamble")
@@ -175,21 +196,48 @@ def read_header(data: bytes | memoryview) -> tuple[WireHeader, int]:
         raise WireError(f"not a kvwire container: magic {bytes(magic)!r}, expected {MAGIC!r}")
     if version != VERSION:
         raise WireError(f"unsupported wire version {version} (this kvwire reads version {VERSION})")
+    check_header_length(hlen, limits)
     end = _PREAMBLE.size + hlen
     if len(view) < end + _CRC.size:
         raise WireError(f"truncated header: need {end + _CRC.size} bytes, have {len(view)}")
     (crc,) = _CRC.unpack_from(view, end)
     if zlib.crc32(view[:end]) != crc:
         raise WireError("header checksum mismatch: the header is corrupted")
+    return WireHeader.from_json(parse_header_json(bytes(view[_PREAMBLE.size:end]), limits), limits), end + _CRC.size
+
+
+def check_header_length(hlen: int, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    if hlen > limits.max_header_bytes:
+        raise WireError(f"header of {hlen} bytes is longer than the limit max_header_bytes={limits.max_header_bytes}")
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON number kvwire accepts")
+
+
+def parse_header_json(text: bytes, limits: WireLimits = DEFAULT_LIMITS) -> Any:
+    """The header's JSON, refused when nested deeper than ``max_json_depth`` (checked before parsing:
+    the parser recurses) or holding NaN/Infinity or a number that overflows a float."""
+    depth = json_depth(text, limits.max_json_depth)
+    if depth > limits.max_json_depth:
+        raise WireError(f"header JSON nests deeper than the limit max_json_depth={limits.max_json_depth}")
     try:
-        obj = json.loads(bytes(view[_PREAMBLE.size:end]).decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError(f"header JSON unreadable: {exc}") from exc
-    return WireHeader.from_json(obj), end + _CRC.size
+        obj = json.loads(text.decode(), parse_constant=_no_constant, parse_float=_finite_float)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireError(f"header JSON unreadable: {exc}") from None
+    return obj
 
 
-def read_frame(view: memoryview, offset: int, expect_layer: int) -> tuple[Frame, int]:
-    """Parse and verify one frame at ``offset``; return it and the next offset."""
+def _finite_float(text: str) -> float:
+    x = float(text)
+    if x != x or x in (float("inf"), float("-inf")):
+        raise ValueError(f"number {text[:40]} overflows a float")
+    return x
+
+
+def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | None = None) -> tuple[Frame, int]:
+    """Parse and verify one frame at ``offset``; return it and the next offset. ``limit``: the most
+    payload bytes the frame's layer may hold (``payload_limit``)."""
     head_end = offset + _FRAME_HEAD.size + _CRC.size
     if len(view) < head_end:
         raise WireError(f"truncated: frame {expect_layer} header missing at byte {offset}")
@@ -199,6 +247,8 @@ def read_frame(view: memoryview, offset: int, expect_layer: int) -> tuple[Frame,
         raise WireError(f"frame {expect_layer} header corrupted at byte {offset}")
     if layer != expect_layer:
         raise WireError(f"frame out of order: got layer {layer}, expected {expect_layer}")
+    if limit is not None and n > limit:
+        raise WireError(f"frame {layer} claims {n} payload bytes, more than its layer's limit of {limit}")
     if len(view) < head_end + n:
         raise WireError(f"truncated: frame {layer} needs {n} payload bytes, only {len(view) - head_end} left")
     payload = view[head_end:head_end + n]
@@ -207,13 +257,18 @@ def read_frame(view: memoryview, offset: int, expect_layer: int) -> tuple[Frame,
     return Frame(layer, bytes(payload), payload_crc), head_end + n
 
 
-def read_frames(data: bytes | memoryview) -> tuple[WireHeader, list[Frame]]:
+def frame_limit(header: WireHeader, layer: int) -> int:
+    """The most payload bytes layer ``layer`` of this (validated) header may carry."""
+    return payload_limit(header.shapes[layer], torch.empty((), dtype=header.dtype).element_size())
+
+
+def read_frames(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[Frame]]:
     """Verify the whole container (header, every frame, trailer) and return its parts."""
     view = memoryview(data)
-    header, offset = read_header(view)
+    header, offset = read_header(view, limits)
     frames = []
     for i in range(header.n_layers):
-        frame, offset = read_frame(view, offset, i)
+        frame, offset = read_frame(view, offset, i, frame_limit(header, i))
         frames.append(frame)
     if len(view) < offset + _TRAILER.size:
         raise WireError("truncated: trailer missing")
@@ -227,14 +282,47 @@ def read_frames(data: bytes | memoryview) -> tuple[WireHeader, list[Frame]]:
     return header, frames
 
 
-def decode(data: bytes | memoryview) -> tuple[WireHeader, list[LayerKV]]:
-    """Verify and decode a container into per-layer K/V (original dtype and layout)."""
-    header, frames = read_frames(data)
+def build_codec(header: WireHeader) -> Pipeline:
+    """The codec a (validated) header names, or a ``WireError``: its name and params are the sender's."""
     try:
-        codec = build(header.codec, header.params)
+        return build(header.codec, header.params)
     except KvwireError as exc:
         raise WireError(f"container names a codec this kvwire cannot build: {exc}") from exc
-    return header, [codec.decode_layer(f.payload, header.context(f.layer)) for f in frames]
+    except Exception as exc:  # noqa: BLE001 -- hostile params must never escape as a foreign error
+        raise WireError(f"container's codec {header.codec!r:.80} with its params cannot be built: "
+                        f"{type(exc).__name__}: {exc}") from None
+
+
+def decode_frame(codec: Pipeline, header: WireHeader, frame: Frame) -> LayerKV:
+    """Decode one verified frame and check what came out against the header: whatever a crafted
+    payload (with valid checksums) makes a codec do, the caller sees a ``WireError`` or a layer of the
+    declared heads, head_dim and dtype with at most the declared tokens."""
+    ctx = header.context(frame.layer)
+    try:
+        kv = codec.decode_layer(frame.payload, ctx)
+    except KvwireError as exc:
+        raise WireError(f"frame {frame.layer} ({header.codec}): {exc}") from exc
+    except (Exception, RecursionError, MemoryError) as exc:  # noqa: BLE001 -- see above
+        raise WireError(f"frame {frame.layer} ({header.codec}) could not be decoded: {type(exc).__name__}: "
+                        f"{str(exc)[:300]}") from None
+    h, s, d = ctx.shape
+    ok = (isinstance(kv, LayerKV) and kv.k.dim() == 3 and kv.k.shape == kv.v.shape
+          and kv.k.shape[0] == h and kv.k.shape[2] == d and kv.k.shape[1] <= s
+          and kv.k.dtype == header.dtype and kv.v.dtype == header.dtype)
+    if ok and kv.positions is not None:
+        ok = kv.positions.dim() == 1 and kv.positions.numel() == kv.k.shape[1]
+    if not ok:
+        got = (tuple(kv.k.shape), kv.k.dtype) if isinstance(kv, LayerKV) else type(kv).__name__
+        raise WireError(f"frame {frame.layer} ({header.codec}) decoded to {got}, not a layer of "
+                        f"the declared shape {list(ctx.shape)} and dtype {header.dtype}")
+    return kv
+
+
+def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[LayerKV]]:
+    """Verify and decode a container into per-layer K/V (original dtype and layout)."""
+    header, frames = read_frames(data, limits)
+    codec = build_codec(header)
+    return header, [decode_frame(codec, header, f) for f in frames]
 
 
 def inspect(data: bytes | memoryview) -> dict[str, Any]:

@@ -11,6 +11,7 @@ to a ``Pipeline``.
 from __future__ import annotations
 
 import copy
+import math
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from ..errors import CodecError, KVError, WireError
+from ..limits import MAX_INT_PARAM, payload_limit
 
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -96,6 +98,10 @@ class Param:
             raise CodecError(
                 f"codec {codec!r}: parameter {name!r} must be {self.kind.__name__}, got {value!r}"
             )
+        if self.kind is float and not math.isfinite(value):
+            raise CodecError(f"codec {codec!r}: parameter {name!r} must be a finite number, got {value!r}")
+        if self.kind is int and self.maximum is None and abs(value) > MAX_INT_PARAM:
+            raise CodecError(f"codec {codec!r}: parameter {name!r} must be within +-{MAX_INT_PARAM}, got {value!r}")
         if self.choices is not None and value not in self.choices:
             raise CodecError(f"codec {codec!r}: parameter {name!r} must be one of {list(self.choices)}, got {value!r}")
         if self.minimum is not None and value < self.minimum:
@@ -147,7 +153,9 @@ class ByteStage(_Parametrised, ABC):
     def compress(self, data: bytes) -> bytes: ...
 
     @abstractmethod
-    def decompress(self, data: bytes) -> bytes: ...
+    def decompress(self, data: bytes, max_size: int | None = None) -> bytes:
+        """The original bytes; more than ``max_size`` of them (the layer's payload limit, from the
+        validated header) is a ``WireError`` raised before they are all produced."""
 
 
 class Pipeline:
@@ -182,8 +190,10 @@ class Pipeline:
         return payload
 
     def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
-        for stage in reversed(self.stages):
-            payload = stage.decompress(payload)
+        if self.stages:
+            limit = payload_limit(ctx.shape, torch.empty((), dtype=ctx.dtype).element_size())
+            for stage in reversed(self.stages):
+                payload = stage.decompress(payload, limit)
         return self.tensor.decode_layer(payload, ctx)
 
     def __repr__(self) -> str:

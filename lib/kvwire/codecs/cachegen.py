@@ -64,6 +64,7 @@ import torch
 
 from ..errors import CodecError, WireError
 from . import bitpack, quant
+from ..limits import MAX_GROUP, MAX_HEAD_DIM, MAX_TOKENS
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
 from .registry import register
@@ -180,7 +181,8 @@ class CacheGen(TensorCodec):
     name = "cachegen"
     summary = "CacheGen-style anchor/delta tokens, layer-dependent bits, rANS-coded (per channel-group tables)"
     PARAMS = {
-        "chunk_size": Param(int, 16, "tokens per chunk; the first is the anchor, the rest are deltas", minimum=1),
+        "chunk_size": Param(int, 16, "tokens per chunk; the first is the anchor, the rest are deltas", minimum=1,
+                            maximum=MAX_GROUP),
         "anchor_bits": Param(int, 8, "bits of the anchor tokens (asymmetric, per head and channel)",
                              minimum=2, maximum=8),
         "bits_early": Param(int, 6, "delta bits in the first third of the layers", minimum=2, maximum=8),
@@ -188,7 +190,8 @@ class CacheGen(TensorCodec):
         "bits_late": Param(int, 4, "delta bits in the last third of the layers", minimum=2, maximum=8),
         "entropy": Param(str, "rans", "entropy stage: rANS with per-channel-group tables, or plain bit packing",
                          choices=("rans", "none")),
-        "channels_per_table": Param(int, 16, "(head, dim) channels sharing one frequency table", minimum=1),
+        "channels_per_table": Param(int, 16, "(head, dim) channels sharing one frequency table", minimum=1,
+                                    maximum=MAX_TOKENS),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",
                              choices=tuple(quant.SCALE_DTYPES)),
     }

@@ -127,6 +127,7 @@ import torch
 
 from ..errors import CodecError, KVError, WireError
 from . import bitpack
+from ..limits import MAX_HEAD_DIM, MAX_LAYERS, MAX_TOKENS
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections, require_finite,
                    tensor_bytes, tensor_from, unpack_sections)
 from .quant import SCALE_DTYPES
@@ -457,12 +458,16 @@ class GuardBand(TensorCodec):
         "target_ratio": Param(float, 8.0, "whole-container compression ratio (raw / bytes) to meet", minimum=1.0),
         "guard_bits": Param(int, 8, "bits of the guard bands (16 = raw copy in the cache dtype)",
                             choices=(2, 3, 4, 5, 6, 7, 8, 16)),
-        "guard_layers_first": Param(int, 1, "first layers kept entirely at guard_bits", minimum=0),
-        "guard_layers_last": Param(int, 1, "last layers kept entirely at guard_bits", minimum=0),
-        "sinks": Param(int, 4, "initial (attention-sink) tokens of every layer at guard_bits", minimum=0),
-        "recent": Param(int, 32, "most recent tokens of every layer at guard_bits", minimum=0),
+        "guard_layers_first": Param(int, 1, "first layers kept entirely at guard_bits", minimum=0,
+                                    maximum=MAX_LAYERS),
+        "guard_layers_last": Param(int, 1, "last layers kept entirely at guard_bits", minimum=0,
+                                   maximum=MAX_LAYERS),
+        "sinks": Param(int, 4, "initial (attention-sink) tokens of every layer at guard_bits", minimum=0,
+                       maximum=MAX_TOKENS),
+        "recent": Param(int, 32, "most recent tokens of every layer at guard_bits", minimum=0,
+                        maximum=MAX_TOKENS),
         "group_size": Param(int, 32, "head_dim elements per quantization group (must divide head_dim)",
-                            minimum=1),
+                            minimum=1, maximum=MAX_HEAD_DIM),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",
                              choices=tuple(SCALE_DTYPES)),
         "score": Param(str, "auto", "which body tokens survive dropping: keynorm (lowest key L2 norm), "

@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..errors import CodecError, WireError
+from ..limits import MAX_HEAD_DIM
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
 from .bitpack import pack, unpack
@@ -100,7 +101,7 @@ class UniformQuantCodec(TensorCodec):
                                  "(group_size consecutive head_dim elements of one token)",
                                  choices=GRANULARITIES),
             "group_size": Param(int, group_size, "elements per group along head_dim (granularity=group "
-                                "only; must divide head_dim)", minimum=1),
+                                "only; must divide head_dim)", minimum=1, maximum=MAX_HEAD_DIM),
             "symmetric": Param(bool, symmetric, "absmax scale around zero (True) or min-max scale plus a "
                                "zero point (False)"),
         }

@@ -41,6 +41,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import CodecError, WireError
+from ..limits import MAX_HEAD_DIM
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections, require_finite,
                    tensor_bytes, tensor_from, unpack_sections)
 from .bitpack import pack, packed_size, unpack
@@ -59,11 +60,11 @@ class K8V4(TensorCodec):
         "key_granularity": Param(str, "token", "what shares one key scale: token, channel or group",
                                  choices=GRANULARITIES),
         "key_group_size": Param(int, 64, "head_dim elements per key group (key_granularity=group only; must "
-                                "divide head_dim)", minimum=1),
+                                "divide head_dim)", minimum=1, maximum=MAX_HEAD_DIM),
         "value_granularity": Param(str, "token", "what shares one value scale/zero: token, channel or group",
                                    choices=GRANULARITIES),
         "value_group_size": Param(int, 32, "head_dim elements per value group (value_granularity=group only; "
-                                  "must divide head_dim)", minimum=1),
+                                  "must divide head_dim)", minimum=1, maximum=MAX_HEAD_DIM),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",
                              choices=tuple(SCALE_DTYPES)),
     }

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import torch
 
+from ..limits import MAX_LAYERS
 from .base import LayerContext, LayerKV, Param
 from .registry import register
 from .selection import BUDGET_PARAMS, TokenSelectionCodec, top_up
@@ -56,7 +57,8 @@ class KeyNorm(TokenSelectionCodec):
     PARAMS = {
         **BUDGET_PARAMS,
         "skip_layers": Param(int, 2, "the first layers kept whole (the paper: no norm/attention correlation there; "
-                             "its code's skip_layers=[0, 1]); 0 = compress every layer", minimum=0),
+                             "its code's skip_layers=[0, 1]); 0 = compress every layer", minimum=0,
+                             maximum=MAX_LAYERS),
         "order": Param(str, "lowest", "which key norms are kept: lowest (the paper) or highest (its "
                        "descending-sort ablation, a naive baseline)", choices=ORDERS),
     }

@@ -61,6 +61,7 @@ import torch
 
 from ..errors import CodecError, WireError
 from . import bitpack
+from ..limits import MAX_GROUP, MAX_HEAD_DIM, MAX_TOKENS
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
 from .quant import SCALE_DTYPES, Quantized, dequantize, quantize
@@ -85,11 +86,13 @@ class _Kivi(TensorCodec):
     bits: int = 2
     PARAMS = {
         "group_size": Param(int, 32, "tokens per key quantization group (per-channel scales within each group)",
-                            minimum=1),
-        "residual": Param(int, 128, "most recent tokens kept in full precision (keys and values)", minimum=0),
+                            minimum=1, maximum=MAX_GROUP),
+        "residual": Param(int, 128, "most recent tokens kept in full precision (keys and values)", minimum=0,
+                          maximum=MAX_TOKENS),
         "value_group_size": Param(int, 32, "channels per value quantization group along head_dim (KIVI's code: 32); "
                                   "the largest divisor of head_dim not above it when it does not divide; "
-                                  "0 = whole head_dim (one scale per token)", minimum=0),
+                                  "0 = whole head_dim (one scale per token)", minimum=0,
+                                  maximum=MAX_HEAD_DIM),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",
                              choices=tuple(SCALE_DTYPES)),
     }

@@ -36,6 +36,7 @@ from typing import Sequence
 
 import torch
 
+from ..limits import MAX_TOKENS
 from .base import LayerContext, LayerKV, Param
 from .registry import register
 from .selection import BUDGET_PARAMS, TokenSelectionCodec, n_keep
@@ -81,7 +82,7 @@ class PyramidKV(TokenSelectionCodec):
     PARAMS = {
         **BUDGET_PARAMS, **SNAP_PARAMS,
         "beta": Param(int, 20, "pyramid steepness: the top layer gets 1/beta of the mean selectable budget",
-                      minimum=1),
+                      minimum=1, maximum=MAX_TOKENS),
     }
 
     def budget_for(self, ctx: LayerContext) -> int:

@@ -34,6 +34,7 @@ import torch
 
 from ..errors import CodecError, KVError, WireError
 from . import bitpack
+from ..limits import MAX_TOKENS
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections, require_finite,
                    tensor_bytes, tensor_from, unpack_sections)
 
@@ -41,7 +42,7 @@ BUDGET_PARAMS = {
     "budget": Param(float, 0.5, "fraction of each layer's tokens kept (floor, at least one token)",
                     minimum=0.0, maximum=1.0),
     "keep": Param(int, 0, "absolute number of tokens kept per layer (capped at the layer's length); 0 = use budget",
-                  minimum=0),
+                  minimum=0, maximum=MAX_TOKENS),
 }
 
 

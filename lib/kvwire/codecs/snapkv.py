@@ -26,13 +26,14 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import CodecError
+from ..limits import MAX_TOKENS
 from .base import LayerContext, LayerKV, Param
 from .registry import register
 from .selection import BUDGET_PARAMS, TokenSelectionCodec, edge_mask, stat, top_up
 
 SNAP_PARAMS = {
     "obs_window": Param(int, 32, "observation window: the last queries whose attention votes (always kept)",
-                        minimum=1),
+                        minimum=1, maximum=MAX_TOKENS),
     "kernel_size": Param(int, 5, "pooling kernel over neighbouring tokens' votes (1 = no pooling)",
                          minimum=1, maximum=255),
     "pooling": Param(str, "avg", "pooling of the votes", choices=("avg", "max")),

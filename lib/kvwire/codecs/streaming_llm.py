@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..limits import MAX_TOKENS
 from .base import LayerContext, LayerKV, Param
 from .registry import register
 from .selection import BUDGET_PARAMS, TokenSelectionCodec, edge_mask
@@ -34,7 +35,8 @@ class StreamingLLM(TokenSelectionCodec):
     summary = "token dropping: first `sinks` tokens + most recent window (StreamingLLM, ICLR 2024)"
     PARAMS = {
         **BUDGET_PARAMS,
-        "sinks": Param(int, 4, "initial attention-sink tokens always kept (within the budget)", minimum=0),
+        "sinks": Param(int, 4, "initial attention-sink tokens always kept (within the budget)", minimum=0,
+                       maximum=MAX_TOKENS),
     }
 
     def select(self, kv: LayerKV, ctx: LayerContext, n: int) -> torch.Tensor:

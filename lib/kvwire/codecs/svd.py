@@ -46,6 +46,7 @@ import torch
 
 from ..errors import CodecError, WireError
 from . import bitpack, quant
+from ..limits import MAX_GROUP, MAX_HEAD_DIM
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
 from .registry import register
@@ -103,7 +104,8 @@ class SvdRuntime(TensorCodec):
     name = "svd_runtime"
     summary = "per-head truncated SVD of K and V at runtime (U*S and V^T factors, fp16); not Palu"
     PARAMS = {
-        "rank": Param(int, 16, "kept singular values per head (clamped to min(seq, head_dim))", minimum=1),
+        "rank": Param(int, 16, "kept singular values per head (clamped to min(seq, head_dim))", minimum=1,
+                      maximum=MAX_HEAD_DIM),
         "factor_dtype": Param(str, "float16", "dtype of the stored factors", choices=tuple(_FACTOR_DTYPES)),
     }
 
@@ -155,8 +157,10 @@ class SvdRuntimeInt4(TensorCodec):
     name = "svd_runtime_int4"
     summary = "per-head truncated SVD of K and V at runtime, factors as int4 in per-row groups; not Palu"
     PARAMS = {
-        "rank": Param(int, 16, "kept singular values per head (clamped to min(seq, head_dim))", minimum=1),
-        "group_size": Param(int, 64, "factor entries per int4 scale, along each factor row", minimum=1),
+        "rank": Param(int, 16, "kept singular values per head (clamped to min(seq, head_dim))", minimum=1,
+                      maximum=MAX_HEAD_DIM),
+        "group_size": Param(int, 64, "factor entries per int4 scale, along each factor row", minimum=1,
+                            maximum=MAX_GROUP),
         "scale_dtype": Param(str, "float16", "dtype of the stored int4 scales", choices=tuple(quant.SCALE_DTYPES)),
     }
 

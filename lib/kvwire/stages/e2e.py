@@ -41,7 +41,7 @@ import torch
 torch.set_num_threads({threads})
 from kvwire.transport import listen, recv_kv, retain_freed_memory
 retain_freed_memory()
-with listen("0.0.0.0", {port}) as srv, open({out!r}, "w") as out:
+with listen({host!r}, {port}) as srv, open({out!r}, "w") as out:
     print("ready", flush=True)
     for pipelined in {modes!r}:
         header, layers, st = recv_kv(srv, timeout={timeout}, pipelined=pipelined)
@@ -82,7 +82,9 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
     # sequential runs decode after the last frame, pipelined ones as frames land (the model's two modes)
     results = tempfile.NamedTemporaryFile(prefix="kvwire-e2e-", suffix=".jsonl", delete=False)
     results.close()
-    recv_code = RECEIVER.format(lib=netlab.LIB, port=PORT, modes=[p for _n, _p, p in runs], timeout=timeout,
+    # the receiver listens on the link's own address only (loopback, or its namespace's veth end)
+    recv_code = RECEIVER.format(lib=netlab.LIB, host=link.receiver_host, port=PORT, modes=[p for _n, _p, p in runs],
+                                timeout=timeout,
                                 out=results.name, threads=threads)
     pin_send, pin_recv = (("taskset", "-c", cpus[0]), ("taskset", "-c", cpus[1])) if cpus else ((), ())
     receiver = subprocess.Popen([*link.receiver_prefix, *pin_recv, sys.executable, "-c", recv_code], stdout=subprocess.PIPE,
