@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import struct
 import time
 import zlib
@@ -25,6 +26,8 @@ from .codecs import build
 from .codecs.registry import BYTE_STAGES, TENSOR_CODECS
 from .errors import KvwireError
 from .limits import WireLimits
+
+_CAUGHT = re.compile(r"(?:could not be decoded|cannot be built): (\w+)")
 
 # what a hostile header puts where a number belongs (raw JSON text, so 1e400 and nesting stay as written)
 HOSTILE_NUMBERS = ["0", "-1", "1", "2", "3", "7", "65536", "16777216", "2147483648", "9223372036854775807",
@@ -143,7 +146,9 @@ def mutate(rng: random.Random, header: dict, payloads: list[bytes], codecs: Sequ
 @dataclass
 class FuzzReport:
     inputs: int = 0
-    outcomes: Counter = field(default_factory=Counter)  # "decoded", "WireError", ..., "FOREIGN <type>"
+    # "decoded", "WireError", "WireError (from IndexError in kivi2)" (a foreign error inside a codec that
+    # wire.decode_frame turned into a WireError: the codec lacks its own check), "FOREIGN <type>"
+    outcomes: Counter = field(default_factory=Counter)
     by_mutation: Counter = field(default_factory=Counter)
     foreign: list[tuple[str, str, str]] = field(default_factory=list)  # (mutation, type, message) of the first few
     slowest_s: float = 0.0
@@ -173,6 +178,9 @@ def run(seeds: dict[str, bytes], n: int, *, seed: int = 0, limits: WireLimits | 
             outcome = "decoded"
         except KvwireError as exc:
             outcome = type(exc).__name__
+            caught = _CAUGHT.search(str(exc))
+            if caught:  # a codec failed with a foreign error that the decode boundary turned into ours
+                outcome += f" (from {caught.group(1)} in {header['codec'] if kind != 'codec' else 'a swapped codec'})"
         except Exception as exc:  # noqa: BLE001 -- counting them is the point
             outcome = f"FOREIGN {type(exc).__name__}"
             if len(report.foreign) < keep:
