@@ -41,6 +41,14 @@ def test_shipped_configs_are_valid(repo, schema, name):
     (lambda c: c["quality"].update(pairs=[["int8", "int8"]]), "compares a codec with itself"),
     (lambda c: c["quality"].update(pairs=[["int8"]]), "config key 'quality.pairs[0]'"),
     (lambda c: c["prompts"].update(chars_per_token=0.5), "config key 'prompts.chars_per_token'"),
+    # NaN and infinities pass a schema's `type: number`: a NaN bandwidth once made a sweep row
+    (lambda c: c["transfer"].update(bandwidths_gbps=[1.0, float("nan")]),
+     "config key 'transfer.bandwidths_gbps[1]': nan is not a finite number"),
+    (lambda c: c["transfer"].update(latency_us=float("inf")), "config key 'transfer.latency_us': inf is not a finite"),
+    # a gate or waiver on a codec id the study does not define fails at planning, not after the study
+    (lambda c: c.update(gates={"int9": 0.9}), "config key 'gates.int9': 'int9' is not a codec id"),
+    (lambda c: c.update(gate_waivers={"gemma3-270m": {"kivi9": "a reason long enough to be one"}}),
+     "config key 'gate_waivers.gemma3-270m.kivi9'"),
 ])
 def test_bad_config_names_the_key(schema, default, edit, needle):
     cfg = copy.deepcopy(default)

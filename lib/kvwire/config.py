@@ -7,6 +7,7 @@ is not of type 'integer'") and adds the checks a schema cannot express (every co
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -47,9 +48,11 @@ def check_config(config: Mapping[str, Any], schema: Mapping[str, Any]) -> None:
     """Raise ConfigError listing every schema violation and every codec that does not build."""
     validator = jsonschema.Draft202012Validator(schema)
     problems = [_describe(e) for e in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))]
+    problems += _non_finite_problems(config)
     if not problems:
         problems += _codec_problems(config.get("codecs", {}))
         problems += _pair_problems(config)
+        problems += _gate_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -70,6 +73,30 @@ def _codec_problems(codecs: Mapping[str, Any]) -> list[str]:
             build(name, params)
         except KvwireError as exc:
             problems.append(f"config key 'codecs.{codec_id}': {exc}")
+    return problems
+
+
+def _non_finite_problems(value: Any, path: tuple = ()) -> list[str]:
+    """NaN and infinities pass a schema's ``type: number`` (YAML writes them ``.nan``, ``.inf``): every
+    number of the config must be finite."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [f"config key {_key_path(path)!r}: {value!r} is not a finite number"]
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _non_finite_problems(v, (*path, k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite_problems(v, (*path, i))]
+    return []
+
+
+def _gate_problems(config: Mapping[str, Any]) -> list[str]:
+    """A gate or a waiver on a codec id the config does not define would pass planning and fail only
+    after the whole study ran: name it now."""
+    codecs = set(config.get("codecs", {}) or {})
+    problems = [f"config key 'gates.{c}': {c!r} is not a codec id of this config (codecs: {', '.join(sorted(codecs))})"
+                for c in (config.get("gates") or {}) if c not in codecs]
+    for model, waived in (config.get("gate_waivers") or {}).items():
+        problems += [f"config key 'gate_waivers.{model}.{c}': {c!r} is not a codec id of this config"
+                     for c in (waived or {}) if c not in codecs and c != "identity"]
     return problems
 
 
