@@ -173,3 +173,142 @@ def _quietly(fn, *args, **kw):
         fn(*args, **kw)
     except Exception:  # noqa: BLE001 -- the receiver's error is what the test checks
         pass
+
+
+# ---- a hostile or broken peer (issue 28) ----------------------------------------------------
+
+KEY = bytes(range(32))
+
+
+def _send_in_thread(port, layers, **kwargs):
+    out = {}
+
+    def run():
+        try:
+            out["stats"] = send_kv(("127.0.0.1", port), layers, "int8", timeout=10, **kwargs)
+        except Exception as exc:  # noqa: BLE001 -- the test inspects it
+            out["error"] = exc
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t, out
+
+
+def _trickler(port, stop, every_s=0.2):
+    """A slowloris: a valid preamble, then one header byte every ``every_s`` seconds."""
+    s = socket.create_connection(("127.0.0.1", port))
+    data = wire.encode(build("int8"), cache(layers=1))
+    try:
+        for b in data:
+            if stop.is_set():
+                break
+            s.sendall(bytes([b]))
+            stop.wait(every_s)
+    except OSError:
+        pass
+    finally:
+        s.close()
+
+
+def test_an_idle_peer_and_a_slowloris_do_not_delay_a_real_sender():
+    import time
+
+    layers = cache()
+    stop = threading.Event()
+    with listen() as server:
+        port = server.getsockname()[1]
+        idle = socket.create_connection(("127.0.0.1", port))  # connects first and never sends
+        slow = threading.Thread(target=_trickler, args=(port, stop), daemon=True)
+        slow.start()
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        sender, out = _send_in_thread(port, layers)
+        header, got, _ = recv_kv(server, timeout=5, deadline_s=3.0)
+        took = time.monotonic() - t0
+        sender.join(10)
+        stop.set()
+        idle.close()
+    assert "error" not in out and len(got) == len(layers) and header.codec == "int8"
+    assert took < 3.0  # neither the idle peer nor the trickle held the real sender back
+
+
+def test_a_slowloris_alone_is_cut_at_the_connection_deadline():
+    import time
+
+    stop = threading.Event()
+    with listen() as server:
+        port = server.getsockname()[1]
+        slow = threading.Thread(target=_trickler, args=(port, stop, 0.1), daemon=True)
+        slow.start()
+        t0 = time.monotonic()
+        with pytest.raises(TransportError, match="deadline passed"):
+            recv_kv(server, timeout=1.0, deadline_s=1.5)  # every byte comes well within the timeout
+        took = time.monotonic() - t0
+        stop.set()
+    assert 1.4 < took < 4.0
+
+
+def test_connections_beyond_the_bound_are_refused_as_busy():
+    layers = cache(layers=1)
+    with listen(backlog=4) as server:
+        port = server.getsockname()[1]
+        idle = socket.create_connection(("127.0.0.1", port))
+        sender, out = _send_in_thread(port, layers)
+        with pytest.raises(TransportError):
+            recv_kv(server, timeout=1.0, deadline_s=1.5, max_connections=1)
+        sender.join(10)
+        idle.close()
+    assert isinstance(out.get("error"), WireError) and "busy" in str(out["error"])
+
+
+def test_with_a_key_only_its_holder_is_accepted_and_every_piece_is_authenticated():
+    layers = cache(layers=2)
+    with listen() as server:  # the same key on both ends: accepted, decoded as without a key
+        sender, out = _send_in_thread(server.getsockname()[1], layers, key=KEY)
+        header, got, _ = recv_kv(server, timeout=5, key=KEY)
+        sender.join(10)
+    assert "error" not in out and len(got) == 2
+    for sender_key, reason in ((None, "authentication required"), (bytes(32), "authentication failed")):
+        with listen() as server:
+            sender, out = _send_in_thread(server.getsockname()[1], layers, key=sender_key)
+            with pytest.raises(WireError, match=reason):
+                recv_kv(server, timeout=5, key=KEY)
+            sender.join(10)
+        assert isinstance(out.get("error"), WireError) and reason in str(out["error"]), out
+    with pytest.raises(Exception, match="at least 16 bytes"):
+        recv_kv(socket.socket(), key=b"short")
+
+
+def test_a_piece_changed_after_its_mac_is_refused_even_with_valid_crcs():
+    """The key holder's bytes changed in flight (checksums recomputed by whoever changed them)."""
+    from kvwire import auth, fuzz
+    from kvwire.transport import _client_handshake
+
+    layers = cache(layers=2)
+    data = wire.encode(build("int8"), layers)
+    header, payloads = fuzz.split(data)
+    tampered = fuzz.split(fuzz.reseal(fuzz._dump(header), [payloads[0], bytes(len(payloads[1]))]))[1]
+
+    def sender(port, out):
+        try:
+            s = socket.create_connection(("127.0.0.1", port))
+            mac = _client_handshake(s, KEY)
+            honest = list(wire.iter_encode(build("int8"), layers))
+            bad = fuzz.reseal(fuzz._dump(header), tampered)
+            pieces = list(wire.iter_encode(build("int8"), layers))
+            pieces[2] = bad[len(honest[0]) + len(honest[1]):len(honest[0]) + len(honest[1]) + len(honest[2])]
+            for honest_piece, sent in zip(honest, pieces):
+                s.sendall(sent + mac.tag(honest_piece))  # tagged as sent by the key holder, then changed
+            s.shutdown(socket.SHUT_WR)
+            out["reply"] = s.recv(4)
+            s.close()
+        except Exception as exc:  # noqa: BLE001
+            out["error"] = exc
+
+    with listen() as server:
+        out = {}
+        t = threading.Thread(target=sender, args=(server.getsockname()[1], out), daemon=True)
+        t.start()
+        with pytest.raises(WireError, match="frame 1 fails its MAC"):
+            recv_kv(server, timeout=5, key=KEY)
+        t.join(10)
+    assert out.get("reply") == b"KVNO" and auth.TAG_LEN == 32

@@ -11,11 +11,14 @@ decoding layer i overlaps receiving layer i+1. A broken connection, a timeout or
 Example (two processes, or two threads)::
 
     # decode side                                  # prefill side
-    with listen("0.0.0.0", 5555) as server:        send_kv(("decode-host", 5555), layers, "kivi4")
+    with listen("10.0.0.2", 5555) as server:       send_kv(("10.0.0.2", 5555), layers, "kivi4")
         header, layers, stats = recv_kv(server)
 
-Every wait is bounded by ``timeout`` (seconds per socket operation); a payload length is checked
-against the header's shapes before any memory is allocated for it.
+Every wait is bounded by ``timeout`` (seconds per socket operation) and each connection by
+``deadline_s``; the header is checked against ``WireLimits`` and a payload length against its layer
+before any memory is allocated for it. A listening receiver serves several senders at once, so an idle
+or slow peer never blocks another; with a ``key`` (``kvwire.auth``) only its holder is accepted and
+every piece carries a MAC (docs/TRANSFER.md, "Threat model").
 """
 
 from __future__ import annotations
@@ -32,12 +35,16 @@ from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 
-from . import wire
+from . import auth, wire
+from .auth import check_key
 from .codecs import LayerKV, Pipeline, build
 from .errors import KvwireError, WireError
 from .limits import DEFAULT_LIMITS, WireLimits
 
 DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_DEADLINE_S = 600.0  # one connection, start to acknowledgement (a 16 GB cache at 1 Gbps: 128 s)
+DEFAULT_MAX_CONNECTIONS = 8
+_ACCEPT_POLL_S = 0.05
 _QUEUE_DEPTH = 2  # frames encoded ahead of the socket: enough to overlap, bounded memory
 _FRAME_HEAD_LEN = wire._FRAME_HEAD.size + wire._CRC.size
 _EAGER_FRAME_BYTES = 16 << 20  # frames up to this are received into one buffer allocated up front
@@ -128,18 +135,21 @@ def connect(address: tuple[str, int], *, timeout: float = DEFAULT_TIMEOUT_S, ret
 def send_kv(target: socket.socket | tuple[str, int], layers: Sequence[LayerKV], codec: Pipeline | str,
             params: Mapping[str, Any] | None = None, *, meta: Mapping[str, Any] | None = None,
             stats: Sequence[Mapping[str, torch.Tensor]] | None = None, pipelined: bool = True,
-            timeout: float = DEFAULT_TIMEOUT_S, retries: int = 50) -> SendStats:
+            timeout: float = DEFAULT_TIMEOUT_S, retries: int = 50, key: bytes | None = None) -> SendStats:
     """Encode ``layers`` with ``codec`` and stream the container to ``target`` (a connected socket,
     or an address to connect to, tried ``retries`` times 0.1 s apart). Returns per-layer encode
-    times and bytes. Raises ``WireError`` when the receiver refused the bytes (it says why)."""
+    times and bytes. Raises ``WireError`` when the receiver refused the bytes (it says why). With
+    ``key`` the sender answers the receiver's challenge and tags every piece (``kvwire.auth``)."""
     codec = build(codec, params) if isinstance(codec, str) else codec
+    key = check_key(key)
     own = not isinstance(target, socket.socket)
     sock = connect(target, timeout=timeout, retries=retries) if own else target
     sock.settimeout(timeout)
     out = SendStats()
     t0 = time.perf_counter()
     try:
-        pieces = _timed_pieces(codec, layers, meta, stats, out)
+        mac = _client_handshake(sock, key) if key is not None else None
+        pieces = _tagged(_timed_pieces(codec, layers, meta, stats, out), mac)
         try:
             if pipelined:
                 _send_pipelined(sock, pieces)
@@ -175,6 +185,13 @@ def _timed_pieces(codec: Pipeline, layers, meta, stats, out: SendStats) -> Itera
         out.wire_bytes.append(len(frame))
         yield frame
     yield next(it)  # trailer
+
+
+def _tagged(pieces: Iterator[bytes], mac: auth.PieceMac | None) -> Iterator[bytes]:
+    """Each piece followed by its MAC when the connection is authenticated (computed on the encoder
+    thread when pipelined)."""
+    for piece in pieces:
+        yield piece if mac is None else piece + mac.tag(piece)
 
 
 def _send_pipelined(sock: socket.socket, pieces: Iterator[bytes]) -> None:
@@ -235,40 +252,146 @@ def _await_ack(sock: socket.socket) -> None:
     if head == _ACK:
         return
     if head == _NAK:
-        (n,) = struct.unpack("<I", _recv_exact(sock, 4, "the refusal's length"))
-        reason = _recv_exact(sock, min(n, 4096), "the refusal").decode(errors="replace")
-        raise WireError(f"the receiver refused the container: {reason}")
+        _read_refusal(sock)
     raise TransportError(f"unexpected acknowledgement {head!r}")
+
+
+def _read_refusal(sock: socket.socket) -> None:
+    (n,) = struct.unpack("<I", _recv_exact(sock, 4, "the refusal's length"))
+    reason = _recv_exact(sock, min(n, 4096), "the refusal").decode(errors="replace")
+    raise WireError(f"the receiver refused the container: {reason}")
 
 
 # ---- receiving ------------------------------------------------------------------------------
 
 def recv_kv(source: socket.socket, *, timeout: float = DEFAULT_TIMEOUT_S, pipelined: bool = True,
-            limits: WireLimits = DEFAULT_LIMITS) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
-    """Receive one container: from a listening socket (accepts one connection) or a connected one.
-    Verifies everything (the header against ``limits`` before any buffer is sized from it), decodes
-    every layer, and acknowledges; raises on any fault."""
-    listening = _is_listening(source)
-    if listening:
-        source.settimeout(timeout)
-        try:
-            sock, _ = source.accept()
-        except socket.timeout as exc:
-            raise TransportError(f"no sender connected within {timeout} s") from exc
-    else:
-        sock = source
-    sock.settimeout(timeout)
+            limits: WireLimits = DEFAULT_LIMITS, key: bytes | None = None,
+            deadline_s: float | None = DEFAULT_DEADLINE_S,
+            max_connections: int = DEFAULT_MAX_CONNECTIONS) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+    """Receive one container: from a listening socket or a connected one. Verifies everything (the
+    header against ``limits`` before any buffer is sized from it), decodes every layer, and
+    acknowledges; raises on any fault.
+
+    ``timeout`` bounds each socket operation (and, on a listening socket, the wait for a first
+    sender); ``deadline_s`` bounds each connection as a whole, so a peer trickling bytes cannot hold it
+    longer. A listening socket serves up to ``max_connections`` senders at once (more are refused as
+    busy), so an idle or slow peer never blocks another: the first container to arrive whole is
+    returned. A failed connection ends the receive only when no other is in progress. With ``key``
+    (``kvwire.auth``), a sender must prove it holds the same key and every piece carries a MAC."""
+    key = check_key(key)
+    if _is_listening(source):
+        return _recv_listening(source, timeout, pipelined, limits, key, deadline_s, max_connections)
+    source.settimeout(timeout)
     try:
-        try:
-            result = _receive(sock, pipelined, limits)
-        except WireError as exc:
-            _refuse(sock, str(exc))
-            raise
-        _sendall(sock, _ACK)
-        return result
+        result = _serve_connection(source, pipelined, limits, key, _deadline(deadline_s))
+    except WireError as exc:
+        _refuse(source, str(exc))
+        raise
+    _sendall(source, _ACK)
+    return result
+
+
+def _deadline(seconds: float | None) -> float | None:
+    return None if seconds is None else time.monotonic() + seconds
+
+
+def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limits: WireLimits, key: bytes | None,
+                    deadline_s: float | None, max_connections: int):
+    done: queue.Queue = queue.Queue()
+    active: dict[socket.socket, threading.Thread] = {}
+    server.settimeout(_ACCEPT_POLL_S)
+    idle_since = time.monotonic()
+    try:
+        while True:
+            try:
+                conn, outcome = done.get_nowait()
+            except queue.Empty:
+                pass
+            else:
+                active.pop(conn, None)
+                if isinstance(outcome, tuple):
+                    return outcome
+                if not active:  # a failure ends the receive only when no other sender is in progress
+                    raise outcome
+                idle_since = time.monotonic()
+                continue
+            try:
+                conn, _addr = server.accept()
+            except socket.timeout:
+                if not active and time.monotonic() - idle_since > timeout:
+                    raise TransportError(f"no sender connected within {timeout} s") from None
+                continue
+            idle_since = time.monotonic()
+            if len(active) >= max_connections:
+                _refuse(conn, f"busy: {max_connections} connections in progress")
+                conn.close()
+                continue
+            conn.settimeout(timeout)
+            worker = threading.Thread(target=_connection_worker, name="kvwire-recv", daemon=True,
+                                      args=(conn, done, pipelined, limits, key, _deadline(deadline_s)))
+            active[conn] = worker
+            worker.start()
     finally:
-        if listening:
-            sock.close()
+        for conn in active:  # the other senders are cut off: their workers fail and close
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _connection_worker(conn: socket.socket, done: queue.Queue, pipelined: bool, limits: WireLimits,
+                       key: bytes | None, deadline: float | None) -> None:
+    try:
+        result = _serve_connection(conn, pipelined, limits, key, deadline)
+        _sendall(conn, _ACK)
+        done.put((conn, result))
+    except WireError as exc:
+        _refuse(conn, str(exc))
+        done.put((conn, exc))
+    except KvwireError as exc:
+        done.put((conn, exc))
+    except BaseException as exc:  # noqa: BLE001 -- a worker must always report, in our own error type
+        done.put((conn, TransportError(f"receiving failed: {type(exc).__name__}: {exc}")))
+    finally:
+        conn.close()
+
+
+def _serve_connection(sock: socket.socket, pipelined: bool, limits: WireLimits, key: bytes | None,
+                      deadline: float | None) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+    mac = _server_handshake(sock, key, deadline) if key is not None else None
+    return _receive(sock, pipelined, limits, mac, deadline)
+
+
+def _server_handshake(sock: socket.socket, key: bytes, deadline: float | None) -> auth.PieceMac:
+    hello = _recv_exact(sock, len(auth.HELLO), "the sender's hello", deadline)
+    if hello != auth.HELLO:
+        raise WireError("authentication required: this receiver has a key and the sender did not offer one")
+    nonce = auth.new_nonce()
+    _sendall(sock, auth.NONCE + nonce)
+    answer = _recv_exact(sock, len(auth.PROOF) + auth.TAG_LEN, "the sender's proof", deadline)
+    if answer[:len(auth.PROOF)] != auth.PROOF or not auth.proof_ok(key, nonce, answer[len(auth.PROOF):]):
+        raise WireError("authentication failed: the sender does not hold this receiver's key")
+    return auth.PieceMac(key, nonce)
+
+
+def _client_handshake(sock: socket.socket, key: bytes) -> auth.PieceMac:
+    _sendall(sock, auth.HELLO)
+    head = _recv_exact(sock, 4, "the receiver's challenge")
+    if head == _NAK:
+        _read_refusal(sock)
+    if head != auth.NONCE:
+        raise TransportError(f"unexpected answer {head!r} to the authentication hello")
+    nonce = _recv_exact(sock, auth.NONCE_LEN, "the receiver's nonce")
+    _sendall(sock, auth.PROOF + auth.proof(key, nonce))
+    return auth.PieceMac(key, nonce)
+
+
+def _check_tag(sock: socket.socket, mac: auth.PieceMac | None, what: str, deadline: float | None, *parts) -> None:
+    if mac is None:
+        return
+    tag = _recv_exact(sock, auth.TAG_LEN, f"the MAC of {what}", deadline)
+    if not mac.ok(tag, *parts):
+        raise WireError(f"{what} fails its MAC: changed, dropped, reordered or not from the key's holder")
 
 
 def _is_listening(sock: socket.socket) -> bool:
@@ -286,16 +409,18 @@ def _refuse(sock: socket.socket, reason: str) -> None:
         pass  # the sender may be gone; the receiver's own error is what matters here
 
 
-def _receive(sock: socket.socket, pipelined: bool,
-             limits: WireLimits = DEFAULT_LIMITS) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
+def _receive(sock: socket.socket, pipelined: bool, limits: WireLimits = DEFAULT_LIMITS,
+             mac: auth.PieceMac | None = None,
+             deadline: float | None = None) -> tuple[wire.WireHeader, list[LayerKV], RecvStats]:
     stats = RecvStats()
     t0 = time.perf_counter()
-    pre = _recv_exact(sock, wire._PREAMBLE.size, "the container preamble")
+    pre = _recv_exact(sock, wire._PREAMBLE.size, "the container preamble", deadline)
     magic, _version, _flags, hlen = wire._PREAMBLE.unpack(pre)
     if magic != wire.MAGIC:
         raise WireError(f"not a kvwire container: magic {magic!r}, expected {wire.MAGIC!r}")
     wire.check_header_length(hlen, limits)  # before allocating its buffer
-    rest = _recv_exact(sock, hlen + wire._CRC.size, "the container header")
+    rest = _recv_exact(sock, hlen + wire._CRC.size, "the container header", deadline)
+    _check_tag(sock, mac, "the header", deadline, pre, rest)
     header, _ = wire.read_header(pre + rest, limits)
     codec = wire.build_codec(header)
     decoder = _Decoder(codec, header, pipelined)
@@ -303,7 +428,7 @@ def _receive(sock: socket.socket, pipelined: bool,
     total = len(pre) + len(rest)
     try:
         for i in range(header.n_layers):
-            head = _recv_exact(sock, _FRAME_HEAD_LEN, f"frame {i}'s header")
+            head = _recv_exact(sock, _FRAME_HEAD_LEN, f"frame {i}'s header", deadline)
             magic, layer, n, _crc = wire._FRAME_HEAD.unpack_from(head, 0)
             (head_crc,) = wire._CRC.unpack_from(head, wire._FRAME_HEAD.size)
             if zlib.crc32(head[:wire._FRAME_HEAD.size]) != head_crc or magic != wire.FRAME_MAGIC:
@@ -317,18 +442,20 @@ def _receive(sock: socket.socket, pipelined: bool,
                 # payload out once (a concatenation would copy every payload a second time)
                 whole = bytearray(len(head) + n)
                 whole[:len(head)] = head
-                _recv_into(sock, memoryview(whole)[len(head):], what)
+                _recv_into(sock, memoryview(whole)[len(head):], what, deadline)
             else:
                 # a large frame's memory follows the bytes that really arrive: a header may declare a
                 # frame it never sends, and must not hold its whole size meanwhile
-                whole = b"".join([head, *_recv_chunks(sock, n, what)])
+                whole = b"".join([head, *_recv_chunks(sock, n, what, deadline)])
+            _check_tag(sock, mac, f"frame {i}", deadline, whole)
             frame, _ = wire.read_frame(memoryview(whole), 0, i, limit)  # checks order and payload CRC
             del whole
             crcs.append(frame.crc)
             total += len(head) + n
             stats.arrived_s.append(time.perf_counter() - t0)
             decoder.submit(frame)
-        trailer = _recv_exact(sock, wire._TRAILER.size, "the trailer")
+        trailer = _recv_exact(sock, wire._TRAILER.size, "the trailer", deadline)
+        _check_tag(sock, mac, "the trailer", deadline, trailer)
         magic, count, crc = wire._TRAILER.unpack(trailer)
         if magic != wire.END_MAGIC or count != len(crcs) or crc != wire._crc_of_crcs(crcs):
             raise WireError("trailer does not match the frames (count or checksum)")
@@ -399,35 +526,48 @@ class _Decoder:
             self._thread.join(timeout=5)
 
 
-def _recv_exact(sock: socket.socket, n: int, what: str) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, what: str, deadline: float | None = None) -> bytes:
     """Exactly ``n`` bytes, or a ``TransportError`` naming what was being read."""
     buf = bytearray(n)
-    _recv_into(sock, memoryview(buf), what)
+    _recv_into(sock, memoryview(buf), what, deadline)
     return bytes(buf)
 
 
-def _recv_chunks(sock: socket.socket, n: int, what: str) -> list[bytearray]:
+def _recv_chunks(sock: socket.socket, n: int, what: str, deadline: float | None = None) -> list[bytearray]:
     """``n`` bytes in buffers of at most ``_EAGER_FRAME_BYTES``, each allocated when the last is full."""
     chunks, got = [], 0
     while got < n:
         chunk = bytearray(min(n - got, _EAGER_FRAME_BYTES))
-        _recv_into(sock, memoryview(chunk), f"{what}, from byte {got}")
+        _recv_into(sock, memoryview(chunk), f"{what}, from byte {got}", deadline)
         chunks.append(chunk)
         got += len(chunk)
     return chunks
 
 
-def _recv_into(sock: socket.socket, view: memoryview, what: str) -> None:
-    """Fill ``view`` from the socket, or raise a ``TransportError`` naming what was being read."""
+def _recv_into(sock: socket.socket, view: memoryview, what: str, deadline: float | None = None) -> None:
+    """Fill ``view`` from the socket, or raise a ``TransportError`` naming what was being read.
+    ``deadline`` (a ``time.monotonic`` instant) bounds the whole read, however the bytes trickle."""
     n = len(view)
     got = 0
-    while got < n:
-        try:
-            k = sock.recv_into(view[got:], min(n - got, 1 << 22))
-        except socket.timeout as exc:
-            raise TransportError(f"timed out reading {what} ({got} of {n} bytes)") from exc
-        except OSError as exc:
-            raise TransportError(f"connection lost reading {what}: {exc}") from exc
-        if k == 0:
-            raise TransportError(f"connection closed while reading {what} ({got} of {n} bytes)")
-        got += k
+    per_op = sock.gettimeout()
+    try:
+        while got < n:
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TransportError(f"the connection's deadline passed reading {what} ({got} of {n} bytes)")
+                sock.settimeout(left if per_op is None else min(per_op, left))
+            try:
+                k = sock.recv_into(view[got:], min(n - got, 1 << 22))
+            except socket.timeout as exc:
+                if deadline is not None and deadline - time.monotonic() <= 0:
+                    raise TransportError(f"the connection's deadline passed reading {what} ({got} of {n} bytes)") from exc
+                raise TransportError(f"timed out reading {what} ({got} of {n} bytes)") from exc
+            except OSError as exc:
+                raise TransportError(f"connection lost reading {what}: {exc}") from exc
+            if k == 0:
+                raise TransportError(f"connection closed while reading {what} ({got} of {n} bytes)")
+            got += k
+    finally:
+        if deadline is not None:
+            sock.settimeout(per_op)
