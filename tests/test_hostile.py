@@ -210,3 +210,44 @@ def test_the_fuzzer_that_reseals_its_mutants_finds_no_foreign_exception():
     assert report.outcomes["WireError"] > 500  # most mutants are refused ...
     assert set(report.by_mutation) >= {"shape", "codec", "param", "payload_bytes", "payload_int"}
     assert report.slowest_s < 5.0
+
+
+ALL_CODECS = sorted(fuzz.TENSOR_CODECS) + sorted(fuzz.BYTE_STAGES)
+
+
+@pytest.mark.parametrize("name", ALL_CODECS)
+@pytest.mark.parametrize("shape, dim", [((2, 0, 64), "seq"), ((2, 16, 0), "head_dim"), ((0, 16, 64), "kv_heads")])
+def test_an_empty_dimension_is_a_kv_error_naming_it(name, shape, dim):
+    from kvwire.codecs import LayerKV
+    from kvwire.errors import KVError
+
+    layer = LayerKV(torch.zeros(shape, dtype=torch.float16), torch.zeros(shape, dtype=torch.float16))
+    with pytest.raises(KVError, match=f"{dim} is 0"):
+        wire.encode(build(name), [layer], stats=[{}])
+
+
+@pytest.mark.parametrize("name", ALL_CODECS)
+def test_a_non_contiguous_cache_encodes_as_its_contiguous_copy(name):
+    from kvwire.codecs import LayerKV
+
+    layers = random_layers(n_layers=2, heads=2, seq=48, dim=64, dtype=torch.bfloat16)
+    # the same values held as a transposed view: [heads, dim, seq] storage seen as [heads, seq, dim]
+    views = [LayerKV(x.k.transpose(1, 2).contiguous().transpose(1, 2), x.v.transpose(1, 2).contiguous().transpose(1, 2))
+             for x in layers]
+    assert not views[0].k.is_contiguous()
+    stats = synthetic_stats(layers)
+    assert wire.encode(build(name), views, stats=stats) == wire.encode(build(name), layers, stats=stats)
+
+
+def test_values_that_would_underflow_the_scale_dtype_are_refused_with_a_hint():
+    from kvwire.codecs import LayerKV
+    from kvwire.errors import CodecError
+
+    g = torch.Generator().manual_seed(0)
+    tiny = [LayerKV((torch.randn(2, 16, 64, generator=g) * 1e-6).to(torch.bfloat16),
+                    (torch.randn(2, 16, 64, generator=g) * 1e-6).to(torch.bfloat16))]
+    with pytest.raises(CodecError, match="underflows torch.float16.*scale_dtype=float32"):
+        wire.encode(build("int8"), tiny)  # before: 98 % of the values decoded to 0
+    _, out = wire.decode(wire.encode(build("int8", {"scale_dtype": "float32"}), tiny))
+    err = (out[0].k.float() - tiny[0].k.float()).abs().max() / tiny[0].k.float().abs().max()
+    assert err < 0.01

@@ -184,6 +184,9 @@ class Pipeline:
         return {p.name: p.params for p in self._named}
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
+        check_layer(kv, ctx)  # shapes, dtypes and empty dimensions, once, for every codec
+        if not (kv.k.is_contiguous() and kv.v.is_contiguous()):  # a view or a slice: the codecs read memory in order
+            kv = LayerKV(kv.k.contiguous(), kv.v.contiguous(), kv.positions)
         payload = self.tensor.encode_layer(kv, ctx)
         for stage in self.stages:
             payload = stage.compress(payload)
@@ -219,6 +222,16 @@ def check_layer(kv: LayerKV, ctx: LayerContext) -> None:
             raise KVError(f"layer {ctx.layer} {label}: dtype {t.dtype} not supported (fp16, bf16, fp32)")
     if kv.k.shape != kv.v.shape:
         raise KVError(f"layer {ctx.layer}: key shape {tuple(kv.k.shape)} != value shape {tuple(kv.v.shape)}")
+    check_dims(kv.k.shape, ctx.layer)
+
+
+def check_dims(shape: Sequence[int], layer: int) -> None:
+    """Every dimension of a layer at least 1: an empty cache has nothing to encode, and a codec's
+    group and scale arithmetic divides by these."""
+    for name, n in zip(("kv_heads", "seq", "head_dim"), shape):
+        if n < 1:
+            raise KVError(f"layer {layer}: {name} is {n}; a layer needs at least one of each "
+                          f"(kv_heads, seq, head_dim), got shape {tuple(shape)}")
 
 
 def tensor_bytes(t: torch.Tensor) -> bytes:

@@ -42,8 +42,10 @@ def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = Fal
     xf = x.float()
     if symmetric:
         qmax = levels(bits, True)
-        scale = (xf.abs().amax(dim=dim, keepdim=True) / qmax).to(scale_dtype)
+        exact = xf.abs().amax(dim=dim, keepdim=True) / qmax
+        scale = exact.to(scale_dtype)
         _check_finite(scale, scale_dtype)
+        _check_no_underflow(exact, scale, scale_dtype)
         s = scale.float()
         inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
         codes = torch.round(xf * inv).clamp_(-qmax, qmax).add_(qmax)
@@ -54,8 +56,10 @@ def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = Fal
     lo = xf.amin(dim=dim, keepdim=True).to(scale_dtype) + 0.0
     hi = xf.amax(dim=dim, keepdim=True)
     _check_finite(lo, scale_dtype)
-    scale = ((hi - lo.float()) / qmax).to(scale_dtype) + 0.0  # -0.0 likewise (a constant row of -0.0)
+    exact = (hi - lo.float()) / qmax
+    scale = exact.to(scale_dtype) + 0.0  # -0.0 likewise (a constant row of -0.0)
     _check_finite(scale, scale_dtype)
+    _check_no_underflow(exact, scale, scale_dtype)
     s = scale.float()
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
     codes = torch.round((xf - lo.float()) * inv).clamp_(0, qmax)
@@ -75,3 +79,11 @@ def dequantize(q: Quantized, bits: int, dtype: torch.dtype, *, symmetric: bool =
 def _check_finite(t: torch.Tensor, dtype: torch.dtype) -> None:
     if not torch.isfinite(t).all():
         raise CodecError(f"a quantization scale or zero point overflows {dtype}; use scale_dtype=float32")
+
+
+def _check_no_underflow(exact: torch.Tensor, stored: torch.Tensor, dtype: torch.dtype) -> None:
+    """A group whose values differ but whose scale rounds to 0 in storage would decode to a constant
+    (values near 1e-6 through float16 scales: 98 % became 0): refuse it, as an overflow is."""
+    if bool(((exact > 0) & (stored == 0)).any()):
+        raise CodecError(f"a quantization scale underflows {dtype} (the group's values are smaller than "
+                         f"it can scale); use scale_dtype=float32")
