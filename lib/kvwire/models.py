@@ -102,6 +102,7 @@ _PART_RE = re.compile(r"^(?P<base>.+\.gguf)\.part(?P<num>\d+)$")
 _BARE_PART_RE = re.compile(r"^part(?P<num>\d+)\.bin$")
 _GGUF_MAGIC = b"GGUF"
 _HF_REPO_RE = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+_PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
 _CHECKSUM_FILE_NAMES = ("sha256sums", "sha256sums.txt", "sha256sum.txt", "checksums.sha256")
 # Not needed for a dense causal LM, or pickled weights kvwire refuses to unpickle.
 _HF_IGNORE = [
@@ -254,7 +255,7 @@ def load_model(
         raise ModelSourceError(f"{model_dir}: not a materialized model directory (no config.json)")
     facts = read_json(model_dir / FACTS_FILE) if (model_dir / FACTS_FILE).is_file() else {}
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"{model_dir}: cannot load the dense copy: {exc}") from exc
@@ -588,6 +589,11 @@ def _resolve_local(source: ModelSource, spec: Mapping) -> _Resolved:
         return _Resolved(path, gguf_file, _sha256_file(path / gguf_file), "gguf")
     if not (path / "config.json").is_file():
         raise ModelSourceError(f"{source.text}: {path} has no config.json (and no gguf_file was named)")
+    pickled = sorted(p.name for pattern in _PICKLE_PATTERNS for p in path.glob(pattern))
+    if pickled and not spec.get("allow_pickle"):
+        # transformers falls back to a pickle loader when it prefers those files to a safetensors one
+        raise ModelSourceError(f"{source.text}: {path} also holds pickled weights ({', '.join(pickled[:5])}); kvwire "
+                               "loads safetensors only: remove them, or set allow_pickle: true for this model")
     return _Resolved(path, None, _weights_sha256(source.text, path), "weights")
 
 
@@ -673,8 +679,11 @@ def _load_weights(name: str, resolved: _Resolved, config, log: "_Log"):
     kwargs = _gguf_kwargs(resolved)
     step = "dequantizing GGUF to a dense model" if resolved.gguf_file else "loading weights"
     with log.step(step), _transformers_errors(name, resolved.gguf_file or str(resolved.model_dir)):
+        # dense weights: safetensors only, never transformers' pickle loader
+        only_safetensors = {} if resolved.gguf_file else {"use_safetensors": True}
         model = AutoModelForCausalLM.from_pretrained(
-            resolved.model_dir, config=config, dtype=DENSE_DTYPE, **kwargs, **_dequantize_kwargs(kwargs)
+            resolved.model_dir, config=config, dtype=DENSE_DTYPE, **kwargs, **_dequantize_kwargs(kwargs),
+            **only_safetensors,
         )
     _drop_gguf_quantizer(name, model)
     return model.eval()
