@@ -18,4 +18,5 @@ kv = Path(sm.input.manifest).parent / manifest["prompts"][0]["file"]
 timing = {Path(p).stem: p for p in sm.input.timing}  # results/timing/cpu/{model}/{codec}.csv
 e2e_transfer(kv, codecs, float(sm.wildcards.rate), sm.output.table, timing_csvs=timing,
              dataset=manifest["dataset"], bin_tokens=int(manifest["prefix_tokens"]),
-             repeats=sm.params.transfer["link_repeats"], threads=sm.params.torch_threads)
+             repeats=sm.params.transfer["link_repeats"], threads=sm.params.torch_threads,
+             wire_limits=sm.params.transfer.get("wire_limits"))

@@ -103,7 +103,9 @@ def test_a_shaped_link_end_to_end_is_near_the_model(tmp_path):
     slow = {"identity": timing_csv(tmp_path / "slow", rec, bin_tokens=2048, scale=20.0)}
     wrong = e2e_transfer(path, [("identity", "identity", {})], 1.0, tmp_path / "e2e2.csv", timing_csvs=slow,
                          dataset="wikitext2", bin_tokens=2048, repeats=1)
-    assert wrong.rel_error.median() > max(0.3, 2 * right_table), (right_table, wrong)
+    # (sequential runs: pipelined, a codec 20x slower still hides behind a link that takes longer)
+    wrong_seq = wrong[wrong["mode"] == "sequential"].rel_error.median()
+    assert wrong_seq > max(0.5, 2 * right_table), (right_table, wrong)
     # the model must tell a right link from a wrong one on the same measured runs: fed four times the
     # rate, or 0.5 s of latency that is not there (about four link times), it is far further off
     with netlab.veth_link(1.0, prefix="kvt") as link:

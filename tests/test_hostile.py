@@ -251,3 +251,26 @@ def test_values_that_would_underflow_the_scale_dtype_are_refused_with_a_hint():
     _, out = wire.decode(wire.encode(build("int8", {"scale_dtype": "float32"}), tiny))
     err = (out[0].k.float() - tiny[0].k.float()).abs().max() / tiny[0].k.float().abs().max()
     assert err < 0.01
+
+
+def test_the_cli_reports_a_crafted_container_in_one_line(tmp_path, capsys):
+    from kvwire.cli import main
+
+    data = container("kivi2")
+    header, payloads = fuzz.split(data)
+    crafted = {
+        "deep": fuzz.reseal(fuzz._with_raw(header, ["meta", "x"], "[" * 3000 + "]" * 3000), payloads),
+        "negative": resealed(data, lambda h: h["layout"].update(shapes=[[-1, -1, 8], [2, 32, 64]])),
+        "swapped": resealed(data, lambda h: h.update(codec="cachegen", params={})),
+    }
+    for name, blob in crafted.items():
+        path = tmp_path / f"{name}.kvw"
+        path.write_bytes(blob)
+        assert main(["decode", str(path), str(tmp_path / f"{name}.safetensors")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("kvwire: error:") and "Traceback" not in err and len(err.splitlines()) == 1, err
+        # inspect reads headers and checksums, not payloads: a header that breaks the limits fails
+        # there; a valid header over another codec's payload fails only when decoded
+        assert main(["inspect", str(path)]) == (0 if name == "swapped" else 1)
+        out = capsys.readouterr().out
+        assert ("FAILED" in out) == (name != "swapped"), out

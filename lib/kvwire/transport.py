@@ -45,6 +45,7 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_DEADLINE_S = 600.0  # one connection, start to acknowledgement (a 16 GB cache at 1 Gbps: 128 s)
 DEFAULT_MAX_CONNECTIONS = 8
 _ACCEPT_POLL_S = 0.05
+_ACK_WAIT_S = 60.0  # a received container waits this long for its call to take it before the acknowledgement
 _QUEUE_DEPTH = 2  # frames encoded ahead of the socket: enough to overlap, bounded memory
 _FRAME_HEAD_LEN = wire._FRAME_HEAD.size + wire._CRC.size
 _EAGER_FRAME_BYTES = 16 << 20  # frames up to this are received into one buffer allocated up front
@@ -301,15 +302,17 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
     active: dict[socket.socket, threading.Thread] = {}
     server.settimeout(_ACCEPT_POLL_S)
     idle_since = time.monotonic()
+    winner: tuple[threading.Thread, threading.Event] | None = None
     try:
         while True:
             try:
-                conn, outcome = done.get_nowait()
+                conn, outcome, release = done.get_nowait()
             except queue.Empty:
                 pass
             else:
-                active.pop(conn, None)
+                worker = active.pop(conn, None)
                 if isinstance(outcome, tuple):
+                    winner = (worker, release)
                     return outcome
                 if not active:  # a failure ends the receive only when no other sender is in progress
                     raise outcome
@@ -337,21 +340,30 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
                 conn.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+        if winner is not None:
+            # acknowledged only now that this call accepts no more connections: a sender's next
+            # container waits in the backlog for the next call instead of being cut off by this one
+            thread, release = winner
+            release.set()
+            if thread is not None:
+                thread.join(timeout=timeout)
 
 
 def _connection_worker(conn: socket.socket, done: queue.Queue, pipelined: bool, limits: WireLimits,
                        key: bytes | None, deadline: float | None) -> None:
+    release = threading.Event()
     try:
         result = _serve_connection(conn, pipelined, limits, key, deadline)
-        _sendall(conn, _ACK)
-        done.put((conn, result))
+        done.put((conn, result, release))
+        if release.wait(timeout=_ACK_WAIT_S):
+            _sendall(conn, _ACK)
     except WireError as exc:
         _refuse(conn, str(exc))
-        done.put((conn, exc))
+        done.put((conn, exc, release))
     except KvwireError as exc:
-        done.put((conn, exc))
+        done.put((conn, exc, release))
     except BaseException as exc:  # noqa: BLE001 -- a worker must always report, in our own error type
-        done.put((conn, TransportError(f"receiving failed: {type(exc).__name__}: {exc}")))
+        done.put((conn, TransportError(f"receiving failed: {type(exc).__name__}: {exc}"), release))
     finally:
         conn.close()
 

@@ -28,6 +28,7 @@ import pandas as pd
 from .. import netlab
 from ..errors import KvwireError
 from ..io import write_csv
+from ..limits import WireLimits
 from ..transfer import CodecCost, baseline_time, cost_from_arrays, pipelined_time, sequential_time
 
 PORT = 5601
@@ -39,12 +40,14 @@ import json, sys
 sys.path.insert(0, {lib!r})
 import torch
 torch.set_num_threads({threads})
+from kvwire.limits import WireLimits
 from kvwire.transport import listen, recv_kv, retain_freed_memory
 retain_freed_memory()
+limits = WireLimits.from_mapping({limits!r})
 with listen({host!r}, {port}) as srv, open({out!r}, "w") as out:
     print("ready", flush=True)
     for pipelined in {modes!r}:
-        header, layers, st = recv_kv(srv, timeout={timeout}, pipelined=pipelined)
+        header, layers, st = recv_kv(srv, timeout={timeout}, pipelined=pipelined, limits=limits)
         out.write(json.dumps({{"decode_s": st.decode_s, "recv_wall_s": st.wall_s, "bytes": st.total_bytes}}) + "\\n")
 """
 
@@ -70,7 +73,7 @@ for codec, params, pipelined in {runs!r}:
 
 def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], *,
                 repeats: int = 2, timeout: float = 120.0, threads: int = 1,
-                cpus: tuple[str, str] | None = None) -> list[dict]:
+                cpus: tuple[str, str] | None = None, wire_limits: dict | None = None) -> list[dict]:
     """Every (codec label, name, params) x {sequential, pipelined} x ``repeats`` over ``link``.
 
     ``threads``: torch threads of the sender and of the receiver (the timing table's). ``cpus``: CPU
@@ -83,8 +86,9 @@ def measure_e2e(link: netlab.Link, kv_file: str | Path, codecs: Sequence[tuple[s
     results = tempfile.NamedTemporaryFile(prefix="kvwire-e2e-", suffix=".jsonl", delete=False)
     results.close()
     # the receiver listens on the link's own address only (loopback, or its namespace's veth end)
+    WireLimits.from_mapping(wire_limits)  # a bad key stops here, not in the receiver process
     recv_code = RECEIVER.format(lib=netlab.LIB, host=link.receiver_host, port=PORT, modes=[p for _n, _p, p in runs],
-                                timeout=timeout,
+                                timeout=timeout, limits=dict(wire_limits or {}),
                                 out=results.name, threads=threads)
     pin_send, pin_recv = (("taskset", "-c", cpus[0]), ("taskset", "-c", cpus[1])) if cpus else ((), ())
     receiver = subprocess.Popen([*link.receiver_prefix, *pin_recv, sys.executable, "-c", recv_code], stdout=subprocess.PIPE,
@@ -173,7 +177,7 @@ def compare_with_model(rows: Sequence[dict], raw_bytes: int, rate_gbps: float, l
 
 def e2e_transfer(kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], rate_gbps: float, out_csv: str | Path,
                  *, timing_csvs: dict[str, str | Path], dataset: str, bin_tokens: int, repeats: int = 2,
-                 threads: int = 1, pin: bool = True) -> pd.DataFrame:
+                 threads: int = 1, pin: bool = True, wire_limits: dict | None = None) -> pd.DataFrame:
     """Measure on a veth link shaped at ``rate_gbps`` and write the comparison with the model fed the
     ``time_cpu`` tables (codec label -> table) the break-even uses."""
     from ..kv import load_kv
@@ -185,7 +189,8 @@ def e2e_transfer(kv_file: str | Path, codecs: Sequence[tuple[str, str, dict]], r
     raw = next(iter(table.values())).raw_bytes if table else sum(x.raw_bytes for x in load_kv(kv_file).layers)
     cpus = split_cpus() if pin else None
     with netlab.veth_link(rate_gbps, prefix="kve") as link:
-        rows = measure_e2e(link, kv_file, codecs, repeats=repeats, threads=threads, cpus=cpus)
+        rows = measure_e2e(link, kv_file, codecs, repeats=repeats, threads=threads, cpus=cpus,
+                           wire_limits=wire_limits)
     out = compare_with_model(rows, raw, rate_gbps, table=table)
     out.insert(out.columns.get_loc("rate_gbps") + 1, "sender_cpus", cpus[0] if cpus else "")
     out.insert(out.columns.get_loc("sender_cpus") + 1, "receiver_cpus", cpus[1] if cpus else "")
