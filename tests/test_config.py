@@ -127,3 +127,14 @@ def test_only_models_narrows_the_model_set(schema, default):
     bad["only_models"] = []
     with pytest.raises(ConfigError, match="only_models"):
         check_config(bad, schema)
+
+
+def test_the_default_configs_pin_every_carried_models_sha256(repo):
+    """A pypi: package's own RECORD is no pin (whoever publishes a new version writes it): the default
+    study pins each model's (assembled) GGUF, checked on every fetch."""
+    import yaml
+
+    for name in ("config.yaml", "paper.yaml", "qwen1.5b.yaml"):
+        models = yaml.safe_load((repo / "config" / name).read_text())["models"]
+        carried = {m: spec for m, spec in models.items() if spec["source"].startswith("pypi:")}
+        assert carried and all(len(spec.get("sha256", "")) == 64 for spec in carried.values()), (name, carried)
