@@ -36,7 +36,9 @@ def levels(bits: int, symmetric: bool) -> int:
 
 
 def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = False,
-             scale_dtype: torch.dtype = torch.float16) -> Quantized:
+             scale_dtype: torch.dtype = torch.float16, refuse_underflow: bool = True) -> Quantized:
+    """``refuse_underflow``: refuse a tensor whose scales mostly underflow (``_check_no_underflow``);
+    off for tensors whose tiny groups are meant to vanish (the factors of negligible singular values)."""
     if not 2 <= bits <= 8:
         raise CodecError(f"uniform quantization supports 2..8 bits, not {bits}")
     xf = x.float()
@@ -45,7 +47,8 @@ def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = Fal
         exact = xf.abs().amax(dim=dim, keepdim=True) / qmax
         scale = exact.to(scale_dtype)
         _check_finite(scale, scale_dtype)
-        _check_no_underflow(exact, scale, scale_dtype)
+        if refuse_underflow:
+            _check_no_underflow(exact, scale, scale_dtype)
         s = scale.float()
         inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
         codes = torch.round(xf * inv).clamp_(-qmax, qmax).add_(qmax)
@@ -59,7 +62,8 @@ def quantize(x: torch.Tensor, bits: int, *, dim: int = -1, symmetric: bool = Fal
     exact = (hi - lo.float()) / qmax
     scale = exact.to(scale_dtype) + 0.0  # -0.0 likewise (a constant row of -0.0)
     _check_finite(scale, scale_dtype)
-    _check_no_underflow(exact, scale, scale_dtype)
+    if refuse_underflow:
+        _check_no_underflow(exact, scale, scale_dtype)
     s = scale.float()
     inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
     codes = torch.round((xf - lo.float()) * inv).clamp_(0, qmax)

@@ -136,7 +136,8 @@ def quantize_rows(rows: torch.Tensor, group: int, sdt: torch.dtype) -> list[byte
     h, r, n = rows.shape
     n_groups = math.ceil(n / group)
     padded = torch.nn.functional.pad(rows, (0, n_groups * group - n)).view(h, r, n_groups, group)
-    q = quant.quantize(padded, _INT4, dim=-1, symmetric=True, scale_dtype=sdt)
+    # the factors of negligible singular values are tiny by construction: their groups may vanish
+    q = quant.quantize(padded, _INT4, dim=-1, symmetric=True, scale_dtype=sdt, refuse_underflow=False)
     codes = q.codes.view(h, r, n_groups * group)[:, :, :n]
     return [tensor_bytes(bitpack.pack(codes, _INT4)), tensor_bytes(q.scale)]
 
