@@ -24,6 +24,7 @@ every piece carries a MAC (docs/TRANSFER.md, "Threat model").
 from __future__ import annotations
 
 import queue
+import select
 import socket
 import struct
 import threading
@@ -44,7 +45,7 @@ from .limits import DEFAULT_LIMITS, WireLimits
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_DEADLINE_S = 600.0  # one connection, start to acknowledgement (a 16 GB cache at 1 Gbps: 128 s)
 DEFAULT_MAX_CONNECTIONS = 8
-_ACCEPT_POLL_S = 0.05
+_IDLE_CHECK_S = 0.5  # how often a listening receiver with nothing to do checks its timeout
 _ACK_WAIT_S = 60.0  # a received container waits this long for its call to take it before the acknowledgement
 _QUEUE_DEPTH = 2  # frames encoded ahead of the socket: enough to overlap, bounded memory
 _FRAME_HEAD_LEN = wire._FRAME_HEAD.size + wire._CRC.size
@@ -192,7 +193,9 @@ def _tagged(pieces: Iterator[bytes], mac: auth.PieceMac | None) -> Iterator[byte
     """Each piece followed by its MAC when the connection is authenticated (computed on the encoder
     thread when pipelined)."""
     for piece in pieces:
-        yield piece if mac is None else piece + mac.tag(piece)
+        yield piece
+        if mac is not None:  # sent after the piece, not joined to it: a frame is not copied again
+            yield mac.tag(piece)
 
 
 def _send_pipelined(sock: socket.socket, pieces: Iterator[bytes]) -> None:
@@ -300,7 +303,10 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
                     deadline_s: float | None, max_connections: int):
     done: queue.Queue = queue.Queue()
     active: dict[socket.socket, threading.Thread] = {}
-    server.settimeout(_ACCEPT_POLL_S)
+    # a worker that finishes wakes this loop at once through the pair (a polling accept would add up
+    # to its period to every transfer's acknowledgement, and so to every measured end-to-end time)
+    wake_r, wake_w = socket.socketpair()
+    server.settimeout(0.0)  # accept only what select saw: a connection gone meanwhile must not block
     idle_since = time.monotonic()
     winner: tuple[threading.Thread, threading.Event] | None = None
     try:
@@ -318,11 +324,16 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
                     raise outcome
                 idle_since = time.monotonic()
                 continue
-            try:
-                conn, _addr = server.accept()
-            except socket.timeout:
+            ready, _, _ = select.select([server, wake_r], [], [], _IDLE_CHECK_S)
+            if wake_r in ready:
+                wake_r.recv(4096)
+            if server not in ready:
                 if not active and time.monotonic() - idle_since > timeout:
                     raise TransportError(f"no sender connected within {timeout} s") from None
+                continue
+            try:
+                conn, _addr = server.accept()
+            except (BlockingIOError, socket.timeout):
                 continue
             idle_since = time.monotonic()
             if len(active) >= max_connections:
@@ -331,7 +342,7 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
                 continue
             conn.settimeout(timeout)
             worker = threading.Thread(target=_connection_worker, name="kvwire-recv", daemon=True,
-                                      args=(conn, done, pipelined, limits, key, _deadline(deadline_s)))
+                                      args=(conn, done, wake_w, pipelined, limits, key, _deadline(deadline_s)))
             active[conn] = worker
             worker.start()
     finally:
@@ -347,23 +358,33 @@ def _recv_listening(server: socket.socket, timeout: float, pipelined: bool, limi
             release.set()
             if thread is not None:
                 thread.join(timeout=timeout)
+        wake_r.close()
+        wake_w.close()
 
 
-def _connection_worker(conn: socket.socket, done: queue.Queue, pipelined: bool, limits: WireLimits,
-                       key: bytes | None, deadline: float | None) -> None:
+def _connection_worker(conn: socket.socket, done: queue.Queue, wake: socket.socket, pipelined: bool,
+                       limits: WireLimits, key: bytes | None, deadline: float | None) -> None:
     release = threading.Event()
+
+    def report(outcome) -> None:
+        done.put((conn, outcome, release))
+        try:
+            wake.send(b"w")
+        except OSError:
+            pass  # the receive is over and closed the pair: nobody waits for this outcome
+
     try:
         result = _serve_connection(conn, pipelined, limits, key, deadline)
-        done.put((conn, result, release))
+        report(result)
         if release.wait(timeout=_ACK_WAIT_S):
             _sendall(conn, _ACK)
     except WireError as exc:
         _refuse(conn, str(exc))
-        done.put((conn, exc, release))
+        report(exc)
     except KvwireError as exc:
-        done.put((conn, exc, release))
+        report(exc)
     except BaseException as exc:  # noqa: BLE001 -- a worker must always report, in our own error type
-        done.put((conn, TransportError(f"receiving failed: {type(exc).__name__}: {exc}"), release))
+        report(TransportError(f"receiving failed: {type(exc).__name__}: {exc}"))
     finally:
         conn.close()
 
