@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
 
-from kvwire.paper.decision import decision_table  # noqa: E402
+from kvwire.stages.paper import decision_table  # noqa: E402
 from kvwire.stages.runtime import setup  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -167,9 +167,10 @@ def test_stage_replays_and_simulates_the_same_plans(trace, tmp_path):
 
 
 def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
-    from kvwire.paper.macros import Tables, _offload
+    from kvwire.paper.macros import _offload
     from kvwire.paper.offload_figure import offload_latency, offload_pool
     from kvwire.stages.offload import offload_table
+    from kvwire.stages.paper import CsvTables
 
     trace.save(tmp_path / "tr" / "ctx200.npz")
     write_json(tmp_path / "tr" / "manifest.json", {"traces": [{"context": 200, "file": "ctx200.npz"}]})
@@ -184,7 +185,7 @@ def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
     rep = table[table["kind"] == "replay"].set_index("mode")
     for mode in ("reactive", "predictive"):
         assert sim.loc[mode, "sim_error_tpot"] == pytest.approx(sim.loc[mode, "tpot_p50_ms"] / rep.loc[mode, "tpot_p50_ms"] - 1)
-    macros = _offload(Tables({"offload": tmp_path / "offload.csv"}), 0.95)
+    macros = _offload(CsvTables({"offload": tmp_path / "offload.csv"}), 0.95)
     assert macros["kwOffloadContextTiny"] == "200"
     assert macros["kwOffloadHitReactiveTiny"].endswith(r"\,\%")
     assert macros["kwOffloadTtfthostReactiveTiny"] == "n/a"  # the CPU replay has no separate host clock

@@ -8,6 +8,8 @@ import pandas as pd
 import pytest
 
 from kvwire.paper import decision, latex_tables, macros
+from kvwire.stages import paper as paper_stage
+from kvwire.stages.paper import CsvTables
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = REPO / "paper" / "tables"  # the published tables the paper is built from
@@ -17,10 +19,10 @@ TEX = REPO / "paper" / "kvwire.tex"
 def committed(tmp_path=None, drop=()):
     paths = {n: TABLES / f"{n}.csv" for n in macros.TABLES if n != "decision"}
     if tmp_path is not None:  # the decision table is derived: make it from the committed ones
-        decision.decision_table(TABLES / "transfer_sweep.csv", TABLES / "gpu_transfer_sweep.csv",
-                                TABLES / "quality.csv", 0.95, tmp_path / "decision.csv")
+        paper_stage.decision_table(TABLES / "transfer_sweep.csv", TABLES / "gpu_transfer_sweep.csv",
+                                   TABLES / "quality.csv", 0.95, tmp_path / "decision.csv")
         paths["decision"] = tmp_path / "decision.csv"
-    return macros.Tables({k: v for k, v in paths.items() if k not in drop})
+    return CsvTables({k: v for k, v in paths.items() if k not in drop})
 
 
 def test_macro_names_are_latex_command_names():
@@ -155,12 +157,12 @@ def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",
                                         "per_token_penalty_int4"])
     table.to_csv(tmp_path / "sensitivity.csv", index=False)
-    m, _ = macros.build_macros(macros.Tables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
+    m, _ = macros.build_macros(CsvTables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
     assert m["kwKeyOutlierShareA"] == r"2.0\,\%" and m["kwKeyDynamicRangeB"] == "4.0" and m["kwPenaltyIntFourC"] == "-0.040"
     # outlier share ranks c < b < a as the penalty does; the dynamic range ranks b < c < a: it does not
     assert m["kwOutlierOrdersPenalty"] == "1" and m["kwRangeOrdersPenalty"] == "0"
     table.assign(key_token_dynamic_range=[7.0, 4.8, 4.7]).to_csv(tmp_path / "sensitivity.csv", index=False)
-    m, _ = macros.build_macros(macros.Tables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
+    m, _ = macros.build_macros(CsvTables({"sensitivity": tmp_path / "sensitivity.csv"}), 0.95)
     assert m["kwRangeOrdersPenalty"] == "1"
 
 
@@ -168,7 +170,7 @@ def test_a_missing_table_turns_its_flag_off_and_defines_none_of_its_numbers(tmp_
     m, missing = macros.build_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95)
     assert "e2e_transfer" in missing and m["kwHaveETwoETransfer"] == "0" and m["kwHaveQuality"] == "1"
     assert "kwEtoEErrMax" not in m
-    text = macros.write_macros(committed(tmp_path, drop=("e2e_transfer",)), 0.95, tmp_path / "m.tex")
+    text, _ = paper_stage.paper_macros(committed(tmp_path, drop=("e2e_transfer",)).paths, 0.95, tmp_path / "m.tex")
     written = (tmp_path / "m.tex").read_text()
     missing_line = next(line for line in written.splitlines() if line.startswith("% missing tables: "))
     assert "e2e_transfer" in missing_line.split(": ", 1)[1].split(", ") and f"\\newcommand{{\\kwShiftMedian}}{{{text['kwShiftMedian']}}}" in written
@@ -200,7 +202,7 @@ def test_decision_regimes_follow_the_fastest_codec_meeting_the_floor():
 
 
 def test_latex_codec_table_has_every_row_with_its_interval(tmp_path):
-    frame = latex_tables.codec_table(TABLES / "quality.csv", tmp_path / "c.tex")
+    frame = paper_stage.latex_table("codecs", {"quality": TABLES / "quality.csv"}, tmp_path / "c.tex")
     q = pd.read_csv(TABLES / "quality.csv")
     assert len(frame) == len(q)
     tex = (tmp_path / "c.tex").read_text()
@@ -214,7 +216,8 @@ def test_latex_codec_table_has_every_row_with_its_interval(tmp_path):
 def test_latex_break_even_table_is_the_median_over_models(tmp_path):
     b = pd.read_csv(TABLES / "break_even_all.csv")
     models = ["smollm2-135m", "gemma3-270m"]
-    frame = latex_tables.break_even_table(TABLES / "break_even_all.csv", models, tmp_path / "b.tex").set_index("codec")
+    frame, _ = latex_tables.break_even_table(b, models)
+    frame = frame.set_index("codec")
     sel = b[(b.codec == "kivi4") & (b.device == "gpu") & (b.seq == 2048) & b.model.isin(models)]
     assert frame.loc["kivi4", "GPU pipelined"] == macros.num(sel.break_even_gbps_pipelined.median())
 
@@ -289,7 +292,7 @@ def test_the_separately_published_large_model_run_adds_only_its_own_models(tmp_p
     pd.concat([extra, big]).to_csv(tmp_path / "qwen1.5b" / "quality.csv", index=False)
     paths = {n: TABLES / f"{n}.csv" for n in macros.TABLES if not n.startswith("qwen1.5b/") and n != "decision"}
     paths["qwen1.5b/quality"] = tmp_path / "qwen1.5b" / "quality.csv"
-    m, missing = macros.build_macros(macros.Tables(paths), 0.95)
+    m, missing = macros.build_macros(CsvTables(paths), 0.95)
     codec = big.codec.iloc[1]
     assert m[macros.macro_name("agree", codec, "qwen2.5-coder-1.5b")] == "0.777"
     main_row = q[(q.model == main_model) & (q.codec == codec)].iloc[0]

@@ -228,7 +228,8 @@ def test_gpu_break_even_counts_kept_tokens_and_scales_whole_prefix_timings():
     """A GPU timing row of Gemma-3's shape timed on the whole prefix (before trimming) counts the
     kept tokens' raw bytes, with times and payload scaled to them; a row timed on the trimmed cache
     (``layer_tokens``) is used as it is; the pipelined split is by layer tokens."""
-    from kvwire.stages.gpu_tables import break_even, split_cost
+    from kvwire.stages.gpu_tables import break_even
+    from kvwire.transfer import CodecCost
     from kvwire.transfer import break_even_gbps
 
     full = 18 * 2 * 256 * 2 * 2048
@@ -248,7 +249,7 @@ def test_gpu_break_even_counts_kept_tokens_and_scales_whole_prefix_timings():
     assert row.encode_ms == pytest.approx(0.2 * f) and row.wire_bytes == pytest.approx(full // 2 * f)
     assert "scaled to the" in row.per_layer_time
     tokens = [511] * 5 + [2048] + [511] * 5 + [2048] + [511] * 5 + [2048]
-    want = split_cost(kept, full // 2 * f, 0.2e-3 * f, 0.1e-3 * f, tokens)
+    want = CodecCost.uniform(kept, full // 2 * f, 0.2e-3 * f, 0.1e-3 * f, tokens)
     assert row.break_even_gbps_pipelined == pytest.approx(break_even_gbps(want, "pipelined"))
     row = be.loc[("gemma-3-270m", "int4")]
     assert row.raw_bytes == kept and row.encode_ms == 0.2 and "scaled" not in row.per_layer_time

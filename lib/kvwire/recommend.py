@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .decide import fastest_meeting_floor
 from .errors import KvwireError
 from .transfer import CodecCost, baseline_time, pipelined_time
 from .windows import bench_layout, is_sliding, kept_tokens, kv_bytes, layout_of, pattern_layer_types
@@ -290,33 +291,23 @@ def recommend(tables: CachedTables, model: str, prompt_tokens: int, bandwidth_gb
     scale = raw_bytes / timed_raw  # bytes processed: times and sizes scale with them
     raw_s = baseline_time(raw_bytes, bandwidth_gbps, latency_s)
     kept = shape.kept_tokens(prompt_tokens)  # the per-layer split of the pipelined model: by layer tokens
-    share = [t / sum(kept) for t in kept]
     out = []
     for r in rows.itertuples():
         if r.codec not in agreement.index or r.codec == "identity":
             continue
-        if len(set(kept)) == 1:  # equal layers: the even split (bit for bit as before)
-            n = shape.layers
-            cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale / n] * n,
-                             encode_s=[r.encode_ms * 1e-3 * scale / n] * n,
-                             decode_s=[r.decode_ms * 1e-3 * scale / n] * n)
-        else:
-            cost = CodecCost(raw_bytes=raw_bytes, wire_bytes=[r.wire_bytes * scale * f for f in share],
-                             encode_s=[r.encode_ms * 1e-3 * scale * f for f in share],
-                             decode_s=[r.decode_ms * 1e-3 * scale * f for f in share])
+        cost = CodecCost.uniform(raw_bytes, r.wire_bytes * scale, r.encode_ms * 1e-3 * scale,
+                                 r.decode_ms * 1e-3 * scale, kept)
         expected = pipelined_time(cost, bandwidth_gbps, latency_s)
         out.append({"codec": r.codec, "ratio": raw_bytes / cost.total_wire_bytes,
                     "token_agreement": float(agreement[r.codec]), "meets_floor": bool(agreement[r.codec] >= floor),
                     "encode_ms": r.encode_ms * scale, "decode_ms": r.decode_ms * scale,
                     "expected_s": expected, "speedup_vs_raw": raw_s / expected})
     candidates = pd.DataFrame(out).sort_values(["expected_s", "codec"]).reset_index(drop=True)
-    ok = candidates[candidates["meets_floor"]]
-    if not ok.empty and ok["expected_s"].iloc[0] < raw_s:
-        choice, expected = ok["codec"].iloc[0], float(ok["expected_s"].iloc[0])
-    else:
-        choice, expected = "raw", raw_s
-        if ok.empty:
-            notes.append(f"no timed codec reaches token agreement {floor:g} on {quality_model}")
+    decision = fastest_meeting_floor(dict(zip(candidates["codec"], candidates["expected_s"])),
+                                     dict(zip(candidates["codec"], candidates["meets_floor"])), raw_s)
+    choice, expected = decision.choice, decision.seconds
+    if decision.best is None:
+        notes.append(f"no timed codec reaches token agreement {floor:g} on {quality_model}")
     return Recommendation(model, prompt_tokens, bandwidth_gbps, encoder, floor, choice, expected, raw_s,
                           candidates, notes)
 

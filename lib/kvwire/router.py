@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import hashlib
 import math
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
-from .io import read_json, write_csv
+from .decide import fastest_meeting_floor
 from .transfer import CodecCost, baseline_time, pipelined_time
 
 FEATURE_SETS = {
@@ -41,43 +40,6 @@ PROMPT_KEY = ["model", "dataset", "bin", "prompt_id"]
 # the independent unit: a prompt's id is its document's, and every model reads the same documents, so
 # a document goes wholly to one side of the split (no test prompt shares text with a training prompt)
 DOCUMENT_KEY = ["dataset", "prompt_id"]
-
-
-# ---------------------------------------------------------------- data
-
-def prompt_features(kv_manifests: Sequence[str | Path], model_of: dict[str, str] | None = None) -> pd.DataFrame:
-    """Per prompt: its KV statistics (means over layers, and the spread of the key outlier-channel
-    share over layers), from the extraction manifests ``results/kv/{model}/{dataset}/{bin}/manifest.json``."""
-    from .kv import load_kv
-    from .kvstats import record_statistics
-
-    rows = []
-    for manifest in map(Path, kv_manifests):
-        model, dataset, b = manifest.parts[-4], manifest.parts[-3], int(manifest.parts[-2])
-        for p in read_json(manifest)["prompts"]:
-            stats = pd.DataFrame(record_statistics(load_kv(manifest.parent / p["file"]).layers))
-            rows.append({"model": model, "dataset": dataset, "bin": b, "prompt_id": p["prompt_id"],
-                         "key_outlier_share": stats["key_outlier_channel_share"].mean(),
-                         "key_outlier_layer_spread": stats["key_outlier_channel_share"].std(ddof=0),
-                         "key_dynamic_range": stats["key_token_dynamic_range"].mean(),
-                         "value_dynamic_range": stats["value_token_dynamic_range"].mean(),
-                         "key_kurtosis": stats["key_kurtosis"].mean()})
-    if not rows:
-        raise ValueError("no prompts in the KV manifests")
-    return pd.DataFrame(rows)
-
-
-def prompt_quality(quality_jsons: Sequence[str | Path]) -> pd.DataFrame:
-    """Per (prompt, codec): token agreement and the real wire and raw bytes."""
-    rows = []
-    for path in map(Path, quality_jsons):
-        result = read_json(path)
-        for r in result["rows"]:
-            rows.append({"model": path.parts[-2], "dataset": r["dataset"], "bin": int(r["bin"]),
-                         "prompt_id": r["prompt_id"], "codec": result["codec_id"],
-                         "token_agreement": r["token_agreement"], "wire_bytes": r["wire_bytes"],
-                         "raw_bytes": r["raw_bytes"]})
-    return pd.DataFrame(rows)
 
 
 def label_examples(quality: pd.DataFrame, features: pd.DataFrame, timings: pd.DataFrame,
@@ -104,19 +66,17 @@ def label_examples(quality: pd.DataFrame, features: pd.DataFrame, timings: pd.Da
                            "head_dim": int(shape["head_dim"]),
                            "log_bytes_per_token": math.log10(p.raw_bytes / p.bin)}
                     raw_s = baseline_time(p.raw_bytes, bw)
-                    best, best_s = "raw", raw_s
+                    seconds, meets = {}, {}
                     for c in codecs:
                         if c not in timed.index or key + (c,) not in q.index:
                             continue
                         qr = q.loc[key + (c,)]
-                        cost = CodecCost(int(p.raw_bytes), [qr["wire_bytes"] / n_layers] * n_layers,
-                                         [timed.loc[c, "encode_ms"] * 1e-3 / n_layers] * n_layers,
-                                         [timed.loc[c, "decode_ms"] * 1e-3 / n_layers] * n_layers)
-                        s = pipelined_time(cost, bw)
-                        ok = bool(qr["token_agreement"] >= floor)
-                        row[f"s:{c}"], row[f"ok:{c}"] = s, ok
-                        if ok and s < best_s:
-                            best, best_s = c, s
+                        cost = CodecCost.uniform(int(p.raw_bytes), qr["wire_bytes"], timed.loc[c, "encode_ms"] * 1e-3,
+                                                 timed.loc[c, "decode_ms"] * 1e-3, [1] * n_layers)
+                        seconds[c], meets[c] = pipelined_time(cost, bw), bool(qr["token_agreement"] >= floor)
+                        row[f"s:{c}"], row[f"ok:{c}"] = seconds[c], meets[c]
+                    decision = fastest_meeting_floor(seconds, meets, raw_s)
+                    best, best_s = decision.choice, decision.seconds
                     row.update({"s:raw": raw_s, "ok:raw": True, "label": best, "oracle_s": best_s})
                     out.append(row)
     if not out:
@@ -249,15 +209,3 @@ def evaluate(examples: pd.DataFrame, *, test_fraction: float = 0.3, seed: int = 
             per_bw.append({"router": name, "encoder": enc, "bandwidth_gbps": bw,
                            **_score(g.reset_index(drop=True), c[rows], fixed[rows])})
     return summary, pd.DataFrame(per_bw)
-
-
-def router_study(quality_jsons, kv_manifests, timings_csv, bandwidths_gbps, floor, out_examples, out_summary,
-                 out_by_bandwidth, *, seed: int = 0) -> pd.DataFrame:
-    examples = label_examples(prompt_quality(quality_jsons), prompt_features(kv_manifests),
-                              pd.read_csv(timings_csv), bandwidths_gbps, floor)
-    summary, per_bw = evaluate(examples, seed=seed)
-    summary.insert(0, "floor", floor)
-    write_csv(out_examples, examples)
-    write_csv(out_summary, summary)
-    write_csv(out_by_bandwidth, per_bw)
-    return summary

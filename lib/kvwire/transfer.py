@@ -42,6 +42,19 @@ class CodecCost:
         if min(self.encode_s) < 0 or min(self.decode_s) < 0 or min(self.wire_bytes) < 0 or self.raw_bytes <= 0:
             raise ValueError("times and byte counts must be non-negative and raw_bytes positive")
 
+    @classmethod
+    def uniform(cls, raw_bytes: int, wire_bytes: float, encode_s: float, decode_s: float,
+                layer_tokens: Sequence[int]) -> "CodecCost":
+        """Whole-cache measurements (payload bytes, encode and decode seconds) split over the layers in
+        proportion to each layer's tokens (evenly where they are equal): the per-layer costs the
+        pipelined model needs where only the whole cache was timed (GPU kernels, a whole-server CPU run,
+        a table's per-cache times). Wire bytes are whole bytes per layer (rounded down)."""
+        total = sum(layer_tokens)
+        if not layer_tokens or total <= 0 or min(layer_tokens) < 0:
+            raise ValueError(f"layer tokens {list(layer_tokens)[:8]} do not split a cache")
+        return cost_from_arrays(raw_bytes, [wire_bytes * t / total for t in layer_tokens],
+                                [encode_s * t / total for t in layer_tokens], [decode_s * t / total for t in layer_tokens])
+
     @property
     def total_wire_bytes(self) -> int:
         return int(sum(self.wire_bytes))

@@ -21,6 +21,7 @@ from kvwire.config import (
     narrow_models,
     study_pairs,
 )  # noqa: E402
+from kvwire.paper.latex_tables import LATEX_TABLES  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
 from kvwire.resources import (  # noqa: E402
     available_mem_mb,
@@ -633,12 +634,7 @@ FIGURE_SOURCES = {
     "offload_latency": ["offload"],
     "offload_pool": ["offload"],
 }
-LATEX_TABLE_SOURCES = {
-    "codecs": ["quality"],
-    "break_even": ["break_even_all", "models"],
-    "sensitivity": ["sensitivity"],
-    "kernels": ["gpu_kernels"],
-}
+LATEX_TABLE_SOURCES = {n: list(t.sources) for n, t in LATEX_TABLES.items()}
 # the tables whose numbers the text quotes (paper_macros): the library's list
 MACRO_TABLES = MACRO_TABLE_NAMES
 TEX_MISSING_MESSAGE = (

@@ -4,11 +4,9 @@ raw transfer; computed from the measured speed-up sweeps and the quality table."
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pandas as pd
 
-from ..io import write_csv
+from ..decide import fastest_meeting_floor
 
 MODE = "speedup_pipelined"
 
@@ -52,13 +50,13 @@ def choices(cpu_sweep: pd.DataFrame, gpu_sweep: pd.DataFrame, quality: pd.DataFr
         s = sweep[sweep[length] == n]
         med = s.groupby(["bandwidth_gbps", "codec"])[MODE].median().reset_index()
         for bw, group in med.groupby("bandwidth_gbps"):
-            group = group[group["codec"].isin(codecs)]  # none eligible: send raw
-            best = group.loc[group[MODE].idxmax()] if len(group) else None
-            pays = best is not None and best[MODE] > 1.0
-            rows.append({"encoder": encoder, "bandwidth_gbps": float(bw), "length": int(n),
-                         "choice": best["codec"] if pays else "raw", "speedup": float(best[MODE]) if pays else 1.0,
-                         "best_codec": best["codec"] if best is not None else "none",
-                         "best_speedup": float(best[MODE]) if best is not None else float("nan")})
+            speedup = dict(zip(group["codec"], group[MODE]))
+            # time relative to the raw transfer's (1): the fastest eligible codec is the highest speed-up
+            d = fastest_meeting_floor({c: 1.0 / x for c, x in speedup.items()}, {c: c in codecs for c in speedup}, 1.0)
+            rows.append({"encoder": encoder, "bandwidth_gbps": float(bw), "length": int(n), "choice": d.choice,
+                         "speedup": float(speedup[d.choice]) if d.choice != "raw" else 1.0,
+                         "best_codec": d.best or "none",
+                         "best_speedup": float(speedup[d.best]) if d.best else float("nan")})
     if not rows:
         raise ValueError("no encoder timed one prompt length for every scored model")
     return pd.DataFrame(rows)
@@ -85,12 +83,11 @@ def regimes(table: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def decision_table(cpu_sweep_csv: str | Path, gpu_sweep_csv: str | Path, quality_csv: str | Path, floor: float,
-                   out_csv: str | Path) -> pd.DataFrame:
-    table = regimes(choices(pd.read_csv(cpu_sweep_csv), pd.read_csv(gpu_sweep_csv), pd.read_csv(quality_csv),
-                            floor))
+def decision_frame(cpu_sweep: pd.DataFrame, gpu_sweep: pd.DataFrame, quality: pd.DataFrame,
+                   floor: float) -> pd.DataFrame:
+    """The decision table: ``regimes`` of ``choices`` at ``floor``, the floor in its first column."""
+    table = regimes(choices(cpu_sweep, gpu_sweep, quality, floor))
     table.insert(0, "floor", floor)
-    write_csv(out_csv, table)
     return table
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from ..errors import KVError
 from ..io import write_csv
-from ..transfer import sweep
+from ..transfer import CodecCost, sweep
 
 COLUMNS = ["device", "device_name", "threads", "timer", "model", "shape", "layers", "kv_heads", "head_dim", "seq", "dtype",
            "codec", "raw_bytes", "wire_bytes", "ratio", "encode_ms", "decode_ms", "break_even_gbps_sequential",
@@ -93,14 +93,14 @@ def gpu_sweep(gpu_break_even: pd.DataFrame, models: pd.DataFrame, bandwidths_gbp
     even where every layer keeps the same tokens)."""
     if not len(bandwidths_gbps):
         raise KVError("the GPU speed-up sweep needs at least one bandwidth (transfer.gpu_bandwidths_gbps)")
-    from .gpu_tables import sent_tokens, split_cost
+    from .gpu_tables import sent_tokens
 
     g = gpu_rows(gpu_break_even[gpu_break_even["dtype"] == dtype], models)
     rows = []
     for r in g.itertuples(index=False):
         # split by layer tokens as gpu_break_even's own break-evens (a sliding-window layer sends fewer)
-        cost = split_cost(int(r.raw_bytes), r.wire_bytes, r.encode_ms / 1e3, r.decode_ms / 1e3,
-                          sent_tokens(r.shape, int(r.layers), int(r.seq)))
+        cost = CodecCost.uniform(int(r.raw_bytes), r.wire_bytes, r.encode_ms / 1e3, r.decode_ms / 1e3,
+                                 sent_tokens(r.shape, int(r.layers), int(r.seq)))
         for s in sweep(cost, bandwidths_gbps):
             rows.append({"device": "gpu", "device_name": r.device_name, "model": r.model, "shape": r.shape,
                          "seq": int(r.seq), "dtype": dtype, "codec": r.codec, "ratio": r.ratio, **s})

@@ -26,7 +26,7 @@ import pandas as pd
 
 from ..errors import KVError
 from ..io import write_csv
-from ..transfer import CodecCost, break_even_gbps, cost_from_arrays
+from ..transfer import CodecCost, break_even_gbps
 from ..windows import bench_layout, kept_tokens
 
 LARGE_BYTES = 64 * 2**20  # issue 5's "at >= 64 MB of KV"
@@ -105,14 +105,6 @@ def timed_tokens(described, layers: int, seq: int) -> int:
     return total
 
 
-def split_cost(raw: int, wire: float, encode_s: float, decode_s: float, tokens: Sequence[int]) -> CodecCost:
-    """A whole-cache GPU time and payload split over its layers in proportion to each layer's tokens
-    (evenly for equal layers): the per-layer costs the pipelined model needs."""
-    total = sum(tokens)
-    return cost_from_arrays(raw, [wire * t / total for t in tokens], [encode_s * t / total for t in tokens],
-                            [decode_s * t / total for t in tokens])
-
-
 def break_even(table: pd.DataFrame) -> pd.DataFrame:
     """Break-even bandwidth (Gbps) of every timed (GPU, shape, dtype, codec): sequential and
     pipelined, from the Triton times (plus a host stage's, where there is one), for the tokens the
@@ -135,7 +127,7 @@ def break_even(table: pd.DataFrame) -> pd.DataFrame:
             f = sum(tokens) / had
             raw, pay, enc, dec = round(raw * f), pay * f, enc * f, dec * f
             how += f"; timed on {had} layer-tokens, scaled to the {sum(tokens)} kept"
-        cost = split_cost(raw, pay, enc / 1e3, dec / 1e3, tokens)
+        cost = CodecCost.uniform(raw, pay, enc / 1e3, dec / 1e3, tokens)
         rows.append({**base, "raw_bytes": raw, "wire_bytes": pay, "ratio": raw / pay,
                      "encode_ms": enc, "decode_ms": dec,
                      "host_stage": bool((g.impl == "host").any()), "per_layer_time": how,
@@ -169,8 +161,8 @@ def server_cpu_rows(scaling: pd.DataFrame) -> pd.DataFrame:
     for _, r in fastest.iterrows():
         best = r["timer"]
         n = int(r["layers"])
-        cost = split_cost(int(r["raw_bytes"]), float(r["wire_bytes"]), float(r["encode_s"]), float(r["decode_s"]),
-                          [1] * n)
+        cost = CodecCost.uniform(int(r["raw_bytes"]), float(r["wire_bytes"]), float(r["encode_s"]),
+                                 float(r["decode_s"]), [1] * n)
         rows.append({"model": r["model"], "bin": int(r["seq"]), "codec": r["codec"],
                      "server_cpu": f"{int(r['threads'])} of {int(r['logical_cpus'])} threads, {r['device_name']}",
                      "server_cpu_name": r["device_name"], "server_logical_cpus": int(r["logical_cpus"]),
