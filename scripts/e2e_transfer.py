@@ -19,4 +19,4 @@ timing = {Path(p).stem: p for p in sm.input.timing}  # results/timing/cpu/{model
 e2e_transfer(kv, codecs, float(sm.wildcards.rate), sm.output.table, timing_csvs=timing,
              dataset=manifest["dataset"], bin_tokens=int(manifest["prefix_tokens"]),
              repeats=sm.params.transfer["link_repeats"], threads=sm.params.torch_threads,
-             wire_limits=sm.params.transfer.get("wire_limits"))
+             wire_limits=sm.params.transfer["wire_limits"])

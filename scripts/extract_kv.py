@@ -11,6 +11,6 @@ sm = snakemake  # noqa: F821
 setup(sm.log[0], threads=sm.params.torch_threads)
 opts = sm.params.extract
 extract_kv(sm.input.facts, sm.input.docs, sm.output.manifest, prefix_tokens=sm.params.prefix_tokens,
-           continuation=sm.params.continuation, count=sm.params.per_bin, dtype=opts.get("dtype", "bfloat16"),
-           device=opts.get("device", "auto"), batch_size=opts.get("batch_size", 4),
-           attention_stats=opts.get("attention_stats", False), obs_window=opts.get("obs_window", 32))
+           continuation=sm.params.continuation, count=sm.params.per_bin, dtype=opts["dtype"],
+           device=opts["device"], batch_size=opts["batch_size"],
+           attention_stats=opts["attention_stats"], obs_window=opts["obs_window"])

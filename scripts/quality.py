@@ -11,5 +11,5 @@ sm = snakemake  # noqa: F821
 setup(sm.log[0], threads=sm.params.torch_threads)
 opts = sm.params.quality
 score_codec(sm.input.facts, sm.input.kv, Path(sm.input.wire) / "manifest.json", sm.output.quality, reference=sm.input.reference,
-            generate_tokens=opts.get("generate_tokens", 32), batch_size=opts.get("batch_size", 8),
+            generate_tokens=opts["generate_tokens"], batch_size=opts["batch_size"],
             dtype=sm.params.dtype, device=sm.params.device)

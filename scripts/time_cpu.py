@@ -16,5 +16,5 @@ sm = snakemake  # noqa: F821
 setup(sm.log[0], threads=sm.params.torch_threads)
 codec, opts = sm.params.codec, sm.params.timing
 time_cpu(list(sm.input.kv), sm.output.table, codec_id=codec["id"], codec_name=codec["name"],
-         params=codec["params"], repeats=opts.get("repeats", 5), warmup=opts.get("warmup", 1),
-         timer=opts.get("timer", "pass"))
+         params=codec["params"], repeats=opts["repeats"], warmup=opts["warmup"],
+         timer=opts["timer"])

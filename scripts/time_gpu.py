@@ -11,4 +11,4 @@ sm = snakemake  # noqa: F821
 setup(sm.log[0])
 opts = sm.params.timing
 time_gpu(sm.output.table, label=sm.wildcards.gpu, seqs=opts["gpu_seqs"], dtypes=opts["gpu_dtypes"],
-         codecs=opts.get("gpu_codecs") or None, log=LOG.info)
+         codecs=opts["gpu_codecs"] or None, log=LOG.info)

@@ -138,3 +138,40 @@ def test_the_default_configs_pin_every_carried_models_sha256(repo):
         models = yaml.safe_load((repo / "config" / name).read_text())["models"]
         carried = {m: spec for m, spec in models.items() if spec["source"].startswith("pypi:")}
         assert carried and all(len(spec.get("sha256", "")) == 64 for spec in carried.values()), (name, carried)
+
+
+# a config value read with a fallback (``config.get("seed", 0)``, ``opts.get("repeats", 5)``) is a second
+# default beside the schema's, free to drift from it; Snakemake's validate() fills the schema's defaults.
+# A fallback to another config value (a model's bins default to the study's, BINS) is not a default.
+_FALLBACK = r"""\b(?:config|opts|ex|sm\.params\.\w+)(?:\[[^\]]+\])*\.get\(\s*["'][^"']+["']\s*,\s*(?:[-\d"'\[{(]|True|False|None)"""
+
+
+def _fallbacks(text: str) -> list[str]:
+    import re
+
+    return [line.strip() for line in text.splitlines() if re.search(_FALLBACK, line)]
+
+
+def test_config_defaults_live_only_in_the_schema(repo):
+    files = [repo / "Snakefile", *sorted((repo / "workflow" / "rules").glob("*.smk")),
+             *sorted((repo / "scripts").glob("*.py"))]
+    found = {str(f.relative_to(repo)): _fallbacks(f.read_text()) for f in files}
+    assert {f: lines for f, lines in found.items() if lines} == {}
+    # the check itself sees what it must
+    assert _fallbacks('seed=config.get("seed", 0),\nn = opts.get("repeats", 5)\nm.get("bins", BINS)\n'
+                      'config["models"][m].get("bins", BINS)\nsm.params.transfer.get("wire_limits", {})') == [
+        'seed=config.get("seed", 0),', 'n = opts.get("repeats", 5)', 'sm.params.transfer.get("wire_limits", {})']
+
+
+def test_every_default_the_workflow_reads_is_in_the_schema(schema):
+    """The keys the rules and scripts now read without a fallback have schema defaults."""
+    props = schema["properties"]
+    assert props["seed"]["default"] == 0 and props["torch_threads"]["default"] == 2
+    for section, keys in {"extract": ["dtype", "device", "batch_size", "attention_stats", "obs_window"],
+                          "quality": ["generate_tokens", "batch_size", "device"],
+                          "timing": ["repeats", "warmup", "timer", "gpu_codecs"],
+                          "transfer": ["latency_us", "link_rates_gbps", "wire_limits"]}.items():
+        assert "default" in props[section] or section == "transfer", section
+        for key in keys:
+            assert "default" in props[section]["properties"][key], f"{section}.{key}"
+    assert "default" in props["prompts"]["properties"]["chars_per_token"]

@@ -159,7 +159,7 @@ rule quality_summary:
         mem_mb=TABLE_MEM_MB,
         runtime=10,
     params:
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     script:
         "../../scripts/quality_summary.py"
 
@@ -185,7 +185,7 @@ rule quality_pairs:
         runtime=10,
     params:
         pairs=STUDY_PAIRS,
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     script:
         "../../scripts/quality_pairs.py"
 
@@ -207,7 +207,7 @@ rule kv_statistics:
         mem_mb=mem_cache("kv_statistics"),
         runtime=20,
     params:
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/kv_statistics.py"
 

@@ -16,6 +16,6 @@ rule encode:
         runtime=30,
     params:
         codec=codec_of,
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/encode.py"

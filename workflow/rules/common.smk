@@ -53,8 +53,8 @@ if (
 ON_GPU_IF_ANY = [
     step
     for step, device in (
-        ("extract_kv", config.get("extract", {}).get("device", "auto")),
-        ("reference/quality", config.get("quality", {}).get("device", "cpu")),
+        ("extract_kv", config["extract"]["device"]),
+        ("reference/quality", config["quality"]["device"]),
     )
     if device == "auto"
 ]
@@ -128,14 +128,14 @@ def mem_fetch_model(wildcards):
 
 
 def mem_extract(wildcards, input):
-    ex = config.get("extract", {})
+    ex = config["extract"]
     return sized_mem_mb(
         "extract_kv",
         wildcards.model,
         input.facts,
         tokens=int(wildcards.bin),
-        batch=ex.get("batch_size", 4),
-        attention=bool(ex.get("attention_stats")),
+        batch=ex["batch_size"],
+        attention=ex["attention_stats"],
     )
 
 
@@ -148,7 +148,7 @@ def mem_scoring(step):
             wildcards.model,
             input.facts,
             tokens=max(bins_of(wildcards.model)),
-            batch=config["quality"].get("batch_size", 8),
+            batch=config["quality"]["batch_size"],
             continuation=config["prompts"]["continuation"],
         )
 
@@ -303,9 +303,7 @@ def transfer_tables():
 def cpu_timing_options():
     """The timing options the CPU timing reads (the gpu_* ones belong to time_gpu: changing them must
     not rerun every CPU timing job)."""
-    return {
-        k: v for k, v in config.get("timing", {}).items() if not k.startswith("gpu_")
-    }
+    return {k: v for k, v in config["timing"].items() if not k.startswith("gpu_")}
 
 
 def gpu_timing_tables():
@@ -407,7 +405,7 @@ def measured_link_models():
 
 def link_models():
     """The links of the transfer-model validation: loopback and every configured shaped rate."""
-    rates = config["transfer"].get("link_rates_gbps", [1, 10, 25])
+    rates = config["transfer"]["link_rates_gbps"]
     links = ["loopback"] + [f"veth{r:g}" for r in rates]
     return expand("results/transfer/link/{link}/model.csv", link=links)
 

@@ -11,7 +11,7 @@ rule extract_kv:
         "results/benchmarks/extract/{model}/{dataset}/{bin}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config.get("torch_threads", 2)  # the job's torch threads: one-thread jobs run side by side
+    threads: config["torch_threads"]  # the job's torch threads: one-thread jobs run side by side
     resources:
         gpu=1,
         mem_mb=mem_extract,
@@ -20,7 +20,7 @@ rule extract_kv:
         prefix_tokens=lambda wc: int(wc.bin),
         continuation=config["prompts"]["continuation"],
         per_bin=config["prompts"]["per_bin"],
-        extract=config.get("extract", {}),
-        torch_threads=config.get("torch_threads", 2),
+        extract=config["extract"],
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/extract_kv.py"

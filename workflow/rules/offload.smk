@@ -11,7 +11,7 @@ rule offload_trace:
         "results/benchmarks/offload/trace_{model}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config.get("torch_threads", 2)  # the job's torch threads, as extract_kv: one-thread jobs run side by side
+    threads: config["torch_threads"]  # the job's torch threads, as extract_kv: one-thread jobs run side by side
     resources:
         mem_mb=mem_offload_trace,
         runtime=60,
@@ -20,8 +20,8 @@ rule offload_trace:
         dataset=offload_dataset,
         offload=config["offload"],
         dtype=config["extract"]["dtype"],
-        seed=config.get("seed", 0),
-        torch_threads=config.get("torch_threads", 2),
+        seed=config["seed"],
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/offload_trace.py"
 
@@ -47,7 +47,7 @@ rule offload_gpu:
         runtime=30,
     params:
         offload=config["offload"],
-        seed=config.get("seed", 0),
+        seed=config["seed"],
     script:
         "../../scripts/offload_gpu.py"
 

@@ -15,7 +15,7 @@ rule build_prompts:
         spec=dataset_spec,
         needs={b: b + config["prompts"]["continuation"] for b in BINS},
         per_bin=config["prompts"]["per_bin"],
-        chars_per_token=config["prompts"].get("chars_per_token", 8),
-        seed=config.get("seed", 0),
+        chars_per_token=config["prompts"]["chars_per_token"],
+        seed=config["seed"],
     script:
         "../../scripts/build_prompts.py"

@@ -11,15 +11,15 @@ rule reference:
         "results/benchmarks/reference/{model}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config.get("torch_threads", 2)
+    threads: config["torch_threads"]
     resources:
         mem_mb=mem_scoring("reference"),
         runtime=60,
     params:
-        quality=config.get("quality", {}),
+        quality=config["quality"],
         dtype=config["quality"]["dtype"],
         device=config["quality"]["device"],
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/reference.py"
 
@@ -38,14 +38,14 @@ rule quality:
         "results/benchmarks/quality/{model}/{codec}.tsv"
     conda:
         "../../envs/torch.yaml"
-    threads: config.get("torch_threads", 2)
+    threads: config["torch_threads"]
     resources:
         mem_mb=mem_scoring("quality"),
         runtime=60,
     params:
-        quality=config.get("quality", {}),
+        quality=config["quality"],
         dtype=config["quality"]["dtype"],
         device=config["quality"]["device"],
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/quality.py"

@@ -30,7 +30,7 @@ rule router:
     params:
         router=config["router"],
         bandwidths=config["transfer"]["gpu_bandwidths_gbps"],
-        seed=config.get("seed", 0),
-        torch_threads=config.get("torch_threads", 2),
+        seed=config["seed"],
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/router.py"

@@ -18,7 +18,7 @@ rule time_cpu:
     params:
         codec=codec_of,
         timing=cpu_timing_options(),
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/time_cpu.py"
 

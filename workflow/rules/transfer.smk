@@ -16,7 +16,7 @@ rule transfer_model:
         runtime=10,
     params:
         bandwidths=config["transfer"]["bandwidths_gbps"],
-        latency_us=config["transfer"].get("latency_us", 0),
+        latency_us=config["transfer"]["latency_us"],
     script:
         "../../scripts/transfer_model.py"
 
@@ -96,7 +96,7 @@ rule e2e_transfer:
     params:
         codecs=config["codecs"],
         transfer=config["transfer"],
-        torch_threads=config.get("torch_threads", 2),
+        torch_threads=config["torch_threads"],
     script:
         "../../scripts/e2e_transfer.py"
 
