@@ -1,4 +1,4 @@
-"""Rule break_even_shift: break-even bandwidth on the CPU against the GPU (the figure is figure_break_even_shift)."""
+"""Rule break_even_shift: break-even bandwidth on the CPU against the GPU (its figure is break_even_shift, rule figure)."""
 import sys
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Rule decision_table: which codec to send with, by encoder and bandwidth (the flowchart is figure_decision)."""
+"""Rule decision_table: which codec to send with, by encoder and bandwidth (its flowchart is the figure decision_flowchart, rule figure)."""
 import sys
 from pathlib import Path
 

@@ -118,7 +118,10 @@ def test_committed_gpu_break_evens_follow_from_their_own_times_and_bytes():
 def test_speedup_figure_draws_a_panel_per_model_and_mode_or_says_nothing_matches(tmp_path):
     from PIL import Image
 
-    from kvwire.plots import speedup_cpu_gpu
+    from kvwire.stages.figures import draw_figure
+
+    def speedup_cpu_gpu(cpu, gpu, pdf, png):
+        draw_figure("speedup_cpu_gpu", {"transfer_sweep": cpu, "gpu_transfer_sweep": gpu}, pdf, png)
 
     speedup_cpu_gpu(TABLES / "transfer_sweep.csv", TABLES / "gpu_transfer_sweep.csv", tmp_path / "a.pdf",
                     tmp_path / "a.png")

@@ -121,7 +121,7 @@ def test_e2e_summary_takes_medians_per_codec_and_mode_and_draws_the_figure(tmp_p
     import pandas as pd
 
     from kvwire.errors import KvwireError
-    from kvwire.plots import e2e_model_vs_measured
+    from kvwire.stages.figures import draw_figure
     from kvwire.stages.e2e import e2e_summary
 
     d = tmp_path / "e2e" / "tiny"
@@ -134,7 +134,7 @@ def test_e2e_summary_takes_medians_per_codec_and_mode_and_draws_the_figure(tmp_p
     s = e2e_summary([d / "veth10.csv"], tmp_path / "s.csv")
     assert len(s) == 4 and (s.runs == 3).all() and (s.measured_s == 2.0).all() and (s.model == "tiny").all()
     assert s.speedup_measured_vs_raw_model.iloc[0] == pytest.approx(0.1)
-    e2e_model_vs_measured(tmp_path / "s.csv", tmp_path / "f.pdf", tmp_path / "f.png")
+    draw_figure("e2e_model_vs_measured", {"e2e_transfer": tmp_path / "s.csv"}, tmp_path / "f.pdf", tmp_path / "f.png")
     assert (tmp_path / "f.png").stat().st_size > 1000
     with pytest.raises(KvwireError, match="no end-to-end transfer tables"):
         e2e_summary([], tmp_path / "none.csv")

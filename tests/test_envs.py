@@ -108,7 +108,7 @@ def test_every_rule_names_an_existing_env_that_has_what_its_script_imports():
         env = _env_pip(yaml.safe_load((REPO / env_path).read_text()))
         code = (REPO / script).read_text()
         needs = []
-        if "kvwire.plots" in code:
+        if "kvwire.stages.figures" in code:  # the figures draw with matplotlib and seaborn
             needs += extras["plots"]
         if "kvwire.prompts" in code:  # hf: datasets come through datasets.load_dataset
             needs += extras["datasets"]

@@ -109,8 +109,11 @@ def test_the_gpu_is_also_set_against_a_whole_server_cpu_at_its_fastest_thread_co
 
 
 def test_break_even_shift_figure_is_written_with_and_without_matches(tmp_path):
-    from kvwire.plots import break_even_shift as figure
+    from kvwire.stages.figures import draw_figure
     from kvwire.stages.gpu_tables import break_even_shift
+
+    def figure(table, pdf, png):
+        draw_figure("break_even_shift", {"break_even_shift": table}, pdf, png)
 
     empty = tmp_path / "empty.csv"
     cols = ["model", "bin", "codec", "gpu"] + [f"{d}_gbps_{m}" for d in ("cpu", "gpu") for m in ("sequential", "pipelined")]

@@ -168,7 +168,7 @@ def test_stage_replays_and_simulates_the_same_plans(trace, tmp_path):
 
 def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
     from kvwire.paper.macros import _offload
-    from kvwire.paper.offload_figure import offload_latency, offload_pool
+    from kvwire.stages.figures import draw_figure
     from kvwire.stages.offload import offload_table
     from kvwire.stages.paper import CsvTables
 
@@ -189,8 +189,8 @@ def test_table_figures_and_macros_from_replay_and_simulation(trace, tmp_path):
     assert macros["kwOffloadContextTiny"] == "200"
     assert macros["kwOffloadHitReactiveTiny"].endswith(r"\,\%")
     assert macros["kwOffloadTtfthostReactiveTiny"] == "n/a"  # the CPU replay has no separate host clock
-    for fn, name in ((offload_latency, "lat"), (offload_pool, "pool")):
-        fn(tmp_path / "offload.csv", tmp_path / f"{name}.pdf", tmp_path / f"{name}.png")
+    for figure, name in (("offload_latency", "lat"), ("offload_pool", "pool")):
+        draw_figure(figure, {"offload": tmp_path / "offload.csv"}, tmp_path / f"{name}.pdf", tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").read_bytes().startswith(b"\x89PNG") and (tmp_path / f"{name}.png").stat().st_size > 5000
         assert (tmp_path / f"{name}.pdf").read_bytes()[:4] == b"%PDF"
     broken = pd.read_csv(tmp_path / "sim.csv").drop(columns=["tpot_p50_ms"])

@@ -95,11 +95,11 @@ def test_slice_manifest_hashes_its_files_and_refuses_another_models(tmp_path):
 
 # ---------------------------------------------------------------- the paper from cached results
 
-PAPER_JOBS = {"figure_", "paper_table", "paper_macros", "paper_pdf", "paper"}
+PAPER_JOBS = {"figure", "paper_table", "paper_macros", "paper_pdf", "paper"}
 
 
 def _is_paper_job(rule: str) -> bool:
-    return rule.startswith("figure_") or rule in PAPER_JOBS
+    return rule in PAPER_JOBS
 
 
 def _needs_tex():
@@ -130,11 +130,13 @@ def test_paper_rebuilds_every_figure_from_the_published_tables_alone(repo, paper
     log = out.stdout + out.stderr
     ran = set(re.findall(r"^(?:local)?rule (\w+):", log, re.M))
     assert all(map(_is_paper_job, ran)), ran  # nothing of the study, and no nested Snakemake
-    assert {"figure_pareto", "figure_decision", "paper_table", "paper_macros", "paper_pdf"} <= ran
+    assert {"figure", "paper_table", "paper_macros", "paper_pdf"} <= ran
+    drawn = set(re.findall(r"wildcards: root=paper, figure=(\w+)", log))
+    assert {"pareto", "decision_flowchart"} <= drawn
     # nothing of the study ran: no model, no KV cache, no timing, no table of this run
     assert not (clone / "resources").exists() and not (clone / "results" / "kv").exists()
     assert not (clone / "results" / "tables").exists()
-    from kvwire.plots import __name__ as _  # noqa: F401  (plots import matplotlib: the figures are real)
+    from kvwire.stages.figures import __name__ as _  # noqa: F401  (matplotlib draws them: the figures are real)
     import matplotlib.image as mpimg
 
     figures = sorted((clone / "paper" / "figures").glob("*.png"))
@@ -159,7 +161,7 @@ def test_a_paper_artefact_asked_for_by_its_path_plans_only_paper_jobs(repo, tmp_
         assert out.returncode == 0, out.stderr[-3000:]
         counts = job_counts(out.stdout)
         assert counts and all(map(_is_paper_job, counts)), counts
-    assert counts == {"figure_pareto": 1}
+    assert counts == {"figure": 1}
     pdf = job_counts(snakemake(clone, "-n", "paper/kvwire.pdf", cwd=clone, snakefile=False).stdout)
     assert pdf["paper_pdf"] == 1 and pdf["paper_table"] == 4 and sum(pdf.values()) >= 15
 
@@ -211,9 +213,21 @@ def test_report_captions_every_figure_and_table(repo, paper_clone):
             for path, caption in re.findall(r'report\(\s*"([^"]+)",\s*caption="\.\./report/(\w+)\.rst"', block):
                 reported.append((name.group(1), path, caption))
     assert len(reported) >= 25
-    for rule, path, caption in reported:
+    from kvwire.figures import FIGURES
+
+    # rule figure draws every registered figure ({figure}), its caption the figure's own (kvwire.figures)
+    captions = {}
+    for rule, path, caption in list(reported):
         text = (repo / "workflow" / "report" / f"{caption}.rst").read_text()
-        assert re.search(rf"\b{rule}\b", text), f"caption {caption}.rst does not name its rule {rule}"
+        if "{figure}" in path:
+            assert "snakemake.params.caption" in text
+            reported.remove((rule, path, caption))
+            for name, fig in FIGURES.items():
+                reported.append((rule, path.replace("{figure}", name), name))
+                captions[path.replace("{figure}", name)] = fig.caption
+    for rule, path, caption in reported:
+        text = captions.get(path) or (repo / "workflow" / "report" / f"{caption}.rst").read_text()
+        assert re.search(rf"\b{rule}\b", text), f"caption {caption} does not name its rule {rule}"
         if (clone / path.replace("{root}", "paper")).exists():
             assert Path(path).name in html, path
     # every published table is a table some rule writes (and marks for the report), and every paper

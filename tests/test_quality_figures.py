@@ -7,9 +7,12 @@ import pandas as pd
 import pytest
 
 from kvwire.errors import ConfigError
-from kvwire.plots import (LABEL_GID, LEADER_GID, _pareto_figure, _speedup_figure, cosine_vs_delta_ce,
-                          pareto_per_model, pareto_steps, sensitivity_heatmap, sensitivity_matrix,
-                          speedup_matrices, speedup_vs_bandwidth)
+from kvwire.figures import pareto, quality_pairs, sensitivity_heatmap, speedup_vs_bandwidth
+from kvwire.figures.labels import LABEL_GID, LEADER_GID
+from kvwire.figures.pareto import pareto_steps
+from kvwire.figures.sensitivity_heatmap import sensitivity_matrix
+from kvwire.figures.speedup_vs_bandwidth import speedup_matrices
+from kvwire.stages.figures import draw_figure, save
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -62,7 +65,7 @@ def assert_figures(pdf, png):
 
 def test_pareto_per_model_writes_figures(csvs, tmp_path):
     pdf, png = tmp_path / "fig/pareto.pdf", tmp_path / "fig/pareto.png"
-    pareto_per_model(csvs[0], pdf, png)
+    draw_figure("pareto", {"quality": csvs[0]}, pdf, png)
     assert_figures(pdf, png)
 
 
@@ -70,14 +73,17 @@ def test_cosine_vs_delta_ce_writes_figures(csvs, tmp_path):
     pdf, png = tmp_path / "cos.pdf", tmp_path / "cos.png"
     # model b is absent from the Spearman table: it still plots (its legend says n/a)
     spearman_table().iloc[:1].to_csv(csvs[1], index=False)
-    cosine_vs_delta_ce(csvs[0], csvs[1], pdf, png)
+    draw_figure("cosine_vs_delta_ce", {"quality": csvs[0], "cosine_spearman": csvs[1]}, pdf, png)
     assert_figures(pdf, png)
 
 
 @pytest.mark.parametrize("metric", ["token_agreement", "delta_ce"])
 def test_sensitivity_heatmap_writes_figures(csvs, tmp_path, metric):
     pdf, png = tmp_path / f"{metric}.pdf", tmp_path / f"{metric}.png"
-    sensitivity_heatmap(csvs[0], pdf, png, metric=metric)
+    if metric == sensitivity_heatmap.METRIC:  # the workflow's figure
+        draw_figure("sensitivity_heatmap", {"quality": csvs[0]}, pdf, png)
+    else:
+        save(sensitivity_heatmap.heatmap(pd.read_csv(csvs[0]), metric), pdf, png)
     assert_figures(pdf, png)
 
 
@@ -116,7 +122,7 @@ def test_sensitivity_heatmap_without_identity_names_the_model(tmp_path):
     table = by_model_table()
     table[~((table.model == "a") & (table.codec == "identity"))].to_csv(tmp_path / "t.csv", index=False)
     with pytest.raises(ConfigError, match="'a'"):
-        sensitivity_heatmap(tmp_path / "t.csv", tmp_path / "h.pdf", tmp_path / "h.png")
+        draw_figure("sensitivity_heatmap", {"quality": tmp_path / "t.csv"}, tmp_path / "h.pdf", tmp_path / "h.png")
     assert not (tmp_path / "h.pdf").exists()
 
 
@@ -156,7 +162,7 @@ def crowded_table() -> pd.DataFrame:
 
 def test_pareto_labels_never_overlap_when_points_crowd(tmp_path):
     table = crowded_table()
-    fig = _pareto_figure(table)
+    fig = pareto.draw({"quality": table})
     renderer = fig.canvas.get_renderer()
     px = fig.dpi / 72.0
     panels = [ax for ax in fig.axes if any(t.get_gid() == LABEL_GID for t in ax.texts)]
@@ -191,7 +197,7 @@ def test_pareto_labels_never_overlap_when_points_crowd(tmp_path):
 
     plt.close(fig)
     table.to_csv(tmp_path / "crowded.csv", index=False)
-    pareto_per_model(tmp_path / "crowded.csv", tmp_path / "p.pdf", tmp_path / "p.png")
+    draw_figure("pareto", {"quality": tmp_path / "crowded.csv"}, tmp_path / "p.pdf", tmp_path / "p.png")
     assert_figures(tmp_path / "p.pdf", tmp_path / "p.png")
 
 
@@ -227,7 +233,7 @@ def test_speedup_heatmaps_show_the_pivoted_table(tmp_path):
     assert list(panels[("a", "sequential")].index) == ["int4", "int8", "c"]  # largest gain above 1 first
     assert np.isnan(panels[("b", "sequential")].loc["c", 100.0])  # never ran: blank, not 1x
 
-    fig = _speedup_figure(sweep)
+    fig = speedup_vs_bandwidth.draw({"transfer_sweep": sweep})
     heat = [ax for ax in fig.axes if ax.images]
     assert len(heat) == 4 and len(fig.axes) == 5  # models x modes; the colour bar is the one other axes
     assert sum(bool(ax.get_xlabel()) for ax in heat) == 2
@@ -256,13 +262,13 @@ def test_speedup_heatmaps_show_the_pivoted_table(tmp_path):
 
     plt.close(fig)
     sweep.to_csv(tmp_path / "sweep.csv", index=False)
-    speedup_vs_bandwidth(tmp_path / "sweep.csv", tmp_path / "s.pdf", tmp_path / "s.png")
+    pd.DataFrame(columns=["model", "codec"]).to_csv(tmp_path / "be.csv", index=False)  # a source it does not draw
+    draw_figure("speedup_vs_bandwidth", {"transfer_sweep": tmp_path / "sweep.csv", "break_even": tmp_path / "be.csv"},
+                tmp_path / "s.pdf", tmp_path / "s.png")
     assert_figures(tmp_path / "s.pdf", tmp_path / "s.png")
 
 
-def test_quality_pairs_forest_marks_only_significant_differences(tmp_path, monkeypatch):
-    from kvwire import plots
-
+def test_quality_pairs_forest_marks_only_significant_differences(tmp_path):
     rows = []
     for model, n in (("a", 52), ("b", 48)):
         for (ca, cb), diff, lo, hi in ((("int8", "int8_channel"), -0.01, -0.03, 0.01),
@@ -271,21 +277,16 @@ def test_quality_pairs_forest_marks_only_significant_differences(tmp_path, monke
                          "token_agreement_diff": diff, "token_agreement_ci_lo": lo, "token_agreement_ci_hi": hi,
                          "token_agreement_significant": lo > 0 or hi < 0})
     pd.DataFrame(rows).to_csv(tmp_path / "pairs.csv", index=False)
-    drawn = {}
-    real_save = plots._save
-
-    def keep(plt, fig, *paths):  # the markers as drawn: (x, hollow?) per point
-        ax = fig.axes[0]
-        drawn["points"] = [(float(line.get_xdata()[0]), line.get_markerfacecolor() == "white")
-                           for line in ax.lines if line.get_marker() == "o" and len(line.get_xdata())]
-        drawn["labels"] = [t.get_text() for t in ax.get_yticklabels()]
-        real_save(plt, fig, *paths)
-
-    monkeypatch.setattr(plots, "_save", keep)
-    plots.quality_pairs_forest(tmp_path / "pairs.csv", tmp_path / "f.pdf", tmp_path / "f.png")
+    fig = quality_pairs.draw({"quality_pairs": pd.read_csv(tmp_path / "pairs.csv")})
+    ax = fig.axes[0]  # the markers as drawn: (x, hollow?) per point
+    drawn = {"points": [(float(line.get_xdata()[0]), line.get_markerfacecolor() == "white")
+                        for line in ax.lines if line.get_marker() == "o" and len(line.get_xdata())],
+             "labels": [t.get_text() for t in ax.get_yticklabels()]}
+    save(fig, tmp_path / "f.pdf", tmp_path / "f.png")
     assert (tmp_path / "f.png").read_bytes()[:8] == PNG_MAGIC
     assert drawn["labels"] == ["int8 − int8_channel", "int4 − int4_channel"]
     assert sorted(drawn["points"]) == [(-0.2, False), (-0.2, False), (-0.01, True), (-0.01, True)]
     pd.DataFrame(columns=["model"]).to_csv(tmp_path / "empty.csv", index=False)
     with pytest.raises(ConfigError, match="no row"):
-        plots.quality_pairs_forest(tmp_path / "empty.csv", tmp_path / "e.pdf", tmp_path / "e.png")
+        draw_figure("quality_pairs", {"quality_pairs": tmp_path / "empty.csv"}, tmp_path / "e.pdf", tmp_path / "e.png")
+    assert not (tmp_path / "e.pdf").exists()

@@ -21,6 +21,7 @@ from kvwire.config import (
     narrow_models,
     study_pairs,
 )  # noqa: E402
+from kvwire.figures import FIGURES  # noqa: E402  (the figure registry)
 from kvwire.paper.latex_tables import LATEX_TABLES  # noqa: E402
 from kvwire.paper.macros import TABLES as MACRO_TABLE_NAMES  # noqa: E402
 from kvwire.resources import (  # noqa: E402
@@ -361,13 +362,38 @@ def cpu_scaling_outputs():
     )
 
 
-def study_figures(*names):
-    """``results/figures/<name>.{pdf,png}``: the study's own figures (the paper's are in paper/figures)."""
-    return expand("results/figures/{f}.{ext}", f=names, ext=["pdf", "png"])
+def figures_from(tables):
+    """The registered figures (kvwire.figures) whose every source is among ``tables`` (names)."""
+    return [name for name, f in FIGURES.items() if set(f.sources) <= set(tables)]
+
+
+def figure_inputs(wildcards):
+    """Rule figure: ``{root}/tables/<source>.csv`` of each of the figure's sources, named by source."""
+    return {
+        s: f"{wildcards.root}/tables/{s}.csv" for s in FIGURES[wildcards.figure].sources
+    }
+
+
+def figure_caption(wildcards):
+    """Rule figure: the figure's report caption (workflow/report/figure.rst renders it)."""
+    return FIGURES[wildcards.figure].caption
+
+
+def study_figures(outputs):
+    """``results/figures/<name>.{pdf,png}`` of every registered figure whose source tables are all
+    among ``outputs`` (the study's own figures; the paper's are in paper/figures)."""
+    tables = [
+        Path(p).stem
+        for p in outputs
+        if p.startswith("results/tables/") and p.endswith(".csv")
+    ]
+    return expand(
+        "results/figures/{f}.{ext}", f=figures_from(tables), ext=["pdf", "png"]
+    )
 
 
 def gpu_outputs():
-    """The GPU summaries and figures, where any GPU timing table exists."""
+    """The GPU summaries, where any GPU timing table exists."""
     if not gpu_timing_tables():
         return []
     return [
@@ -376,14 +402,14 @@ def gpu_outputs():
         "results/tables/break_even_shift.csv",
         "results/tables/break_even_all.csv",
         "results/tables/gpu_transfer_sweep.csv",
-    ] + study_figures("gpu_kernels", "break_even_shift", "speedup_cpu_gpu")
+    ]
 
 
 def decision_outputs():
-    """The decision table and flowchart: they need the GPU speed-up sweep, so GPU timings."""
+    """The decision table (its figure is the flowchart): it needs the GPU speed-up sweep, so GPU timings."""
     if not gpu_timing_tables():
         return []
-    return ["results/tables/decision.csv"] + study_figures("decision_flowchart")
+    return ["results/tables/decision.csv"]
 
 
 def first_kv_manifest(wildcards):
@@ -436,13 +462,13 @@ def kv_manifests_all():
 
 
 def router_outputs():
-    """The router study and its figure: its labels need the GPU timings too."""
+    """The router study's tables: its labels need the GPU timings too."""
     if not gpu_timing_tables():
         return []
     return [
         "results/tables/router.csv",
         "results/tables/router_by_bandwidth.csv",
-    ] + study_figures("router_regret")
+    ]
 
 
 def kv_statistics_all():
@@ -509,15 +535,13 @@ def offload_simulated_traces():
 
 
 def offload_outputs():
-    """The offload summary and figures: in `all` where the GPU replay's committed results and the
+    """The offload summary: in `all` where the GPU replay's committed results and the
     calibration it measured for this config's models exist (a fresh clone of the default study has
     them; the smoke study's tiny model and a scratch directory have not: rule offload_gpu makes them).
     """
     if offload_uncalibrated():
         return []
-    return ["results/tables/offload.csv"] + study_figures(
-        "offload_latency", "offload_pool"
-    )
+    return ["results/tables/offload.csv"]
 
 
 def model_facts_all():
@@ -525,16 +549,14 @@ def model_facts_all():
 
 
 def measured_transfer_outputs():
-    """The measured-link and end-to-end tables and the e2e figure: in `all` where this working
+    """The measured-link and end-to-end tables: in `all` where this working
     directory has the measurements behind them (made as root, outside `all`: docs/TRANSFER.md).
     """
     out = []
     if measured_link_models():
         out.append("results/tables/link_model.csv")
     if e2e_tables():
-        out += ["results/tables/e2e_transfer.csv"] + study_figures(
-            "e2e_model_vs_measured"
-        )
+        out.append("results/tables/e2e_transfer.csv")
     return out
 
 
@@ -572,13 +594,19 @@ def usage_benchmarks():
 
 
 def pairs_outputs():
-    """The codec-pair table and figure, where the study runs both codecs of a configured pair."""
+    """The codec-pair table, where the study runs both codecs of a configured pair."""
     if not STUDY_PAIRS:
         return []
-    return ["results/tables/quality_pairs.csv"] + study_figures("quality_pairs")
+    return ["results/tables/quality_pairs.csv"]
 
 
 def all_outputs():
+    """The study's tables, and every registered figure whose source tables are all among them."""
+    tables = all_tables()
+    return tables + study_figures(tables)
+
+
+def all_tables():
     return (
         ["results/tables/resources.csv"]
         + measured_transfer_outputs()
@@ -587,6 +615,7 @@ def all_outputs():
             "results/tables/quality_by_bin.csv",
             "results/tables/gates.csv",
             "results/tables/sensitivity.csv",
+            "results/tables/transfer_sweep.csv",
             "results/tables/break_even.csv",
             "results/tables/break_even.tex",
             "results/tables/models.csv",
@@ -594,13 +623,6 @@ def all_outputs():
             "results/tables/cosine_spearman.csv",
             "results/tables/attention_retention.csv",
         ]
-        + study_figures(
-            "codec_errors",
-            "speedup_vs_bandwidth",
-            "pareto",
-            "cosine_vs_delta_ce",
-            "sensitivity_heatmap",
-        )
         + pairs_outputs()
         + gpu_outputs()
         + cpu_scaling_outputs()
@@ -614,24 +636,9 @@ def all_outputs():
 # The paper reads the published tables in paper/tables (committed, written by `kvwire publish`,
 # never by a rule), so none of its jobs can pull in the study.
 PAPER_TABLES = "paper/tables"
-# What each figure is drawn from (rules/figures.smk); a paper figure whose tables are not published
-# is left out and the PDF says "no data" in its place.
-FIGURE_SOURCES = {
-    "codec_errors": ["codecs"],
-    "speedup_vs_bandwidth": ["transfer_sweep", "break_even"],
-    "speedup_cpu_gpu": ["transfer_sweep", "gpu_transfer_sweep"],
-    "pareto": ["quality"],
-    "cosine_vs_delta_ce": ["quality", "cosine_spearman"],
-    "sensitivity_heatmap": ["quality"],
-    "quality_pairs": ["quality_pairs"],
-    "gpu_kernels": ["gpu_kernels"],
-    "break_even_shift": ["break_even_shift"],
-    "e2e_model_vs_measured": ["e2e_transfer"],
-    "decision_flowchart": ["decision"],
-    "router_regret": ["router_by_bandwidth"],
-    "offload_latency": ["offload"],
-    "offload_pool": ["offload"],
-}
+# What each LaTeX table is drawn from (rules/paper.smk; the library's registry, as each figure's
+# sources are kvwire.figures'): an artefact whose tables are not published is left out and the PDF says
+# "no data" in its place.
 LATEX_TABLE_SOURCES = {n: list(t.sources) for n, t in LATEX_TABLES.items()}
 # the tables whose numbers the text quotes (paper_macros): the library's list
 MACRO_TABLES = MACRO_TABLE_NAMES
@@ -656,7 +663,11 @@ def _present(sources):
 
 
 def paper_figures():
-    return expand("paper/figures/{f}.pdf", f=_present(FIGURE_SOURCES))
+    """Every registered figure whose source tables are all published in paper/tables."""
+    published = [
+        t for t in {s for f in FIGURES.values() for s in f.sources} if paper_has(t)
+    ]
+    return expand("paper/figures/{f}.pdf", f=figures_from(published))
 
 
 def paper_latex_tables():

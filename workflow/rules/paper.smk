@@ -2,8 +2,8 @@
 # study's results/tables there). No rule writes paper/tables, so `snakemake paper`, or asking for
 # paper/kvwire.pdf or any paper figure by its path, runs only the figure, LaTeX-table, macro and
 # latexmk jobs below and never the experiments behind the tables. A table missing from paper/tables
-# leaves its artefacts out and the PDF says "no data" in their place (common.smk: FIGURE_SOURCES,
-# LATEX_TABLE_SOURCES, paper_macro_tables).
+# leaves its artefacts out and the PDF says "no data" in their place (each figure's sources in
+# kvwire.figures; LATEX_TABLE_SOURCES, paper_macro_tables).
 rule paper:
     input:
         paper_outputs(),
@@ -11,7 +11,7 @@ rule paper:
 
 
 # Which codec to send with, by encoder and bandwidth, at the configured quality floor (its flowchart
-# is the figure rule figure_decision).
+# is the figure decision_flowchart of rule figure).
 rule decision_table:
     input:
         cpu="results/tables/transfer_sweep.csv",

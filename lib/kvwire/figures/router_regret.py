@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pandas as pd
-
-from ..plots import _pyplot, _save
+from ..errors import ConfigError
+from . import register_figure
+from .style import pyplot
 
 ORDER = ["best_fixed", "tree_bandwidth", "tree_request", "tree_content"]
+CAPTION = """Mean regret against the oracle (top) and quality-floor violations (bottom) of each router on
+held-out prompts, by encoder and link bandwidth. Made by rule figure from router_by_bandwidth.csv
+(results/tables; the paper's figure from paper/tables) (rule router)."""
 
 
-def router_regret(by_bandwidth_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
-    t = pd.read_csv(by_bandwidth_csv)
+@register_figure("router_regret", sources=("router_by_bandwidth",), caption=CAPTION)
+def draw(tables):
+    t = tables["router_by_bandwidth"]
     t = t[t["router"].isin(ORDER)]
     if t.empty:
-        raise ValueError(f"{by_bandwidth_csv} has no router rows")
-    plt = _pyplot()
+        raise ConfigError("router_by_bandwidth has no router rows")
+    plt = pyplot()
     import seaborn as sns
 
     encoders = sorted(t["encoder"].unique())
@@ -36,4 +38,4 @@ def router_regret(by_bandwidth_csv: str | Path, pdf: str | Path, png: str | Path
                 ax.set_title(f"encoder: {enc}")
     if axes[0, -1].get_legend():
         sns.move_legend(axes[0, -1], "upper left", bbox_to_anchor=(1.02, 1), title="router")
-    _save(plt, fig, pdf, png)
+    return fig

@@ -3,12 +3,15 @@ nothing in it is placed by hand but the layout."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from ..errors import ConfigError
+from ..paper.decision import bandwidth_label
+from . import register_figure
+from .style import pyplot
 
-import pandas as pd
-
-from ..plots import _pyplot, _save
-from .decision import bandwidth_label
+CAPTION = """Decision flowchart for practitioners, drawn by rule figure from decision.csv (rule
+decision_table; not by hand): quality floor, then where the encoder runs, then link bandwidth
+thresholds, each ending in the codec to send with and its largest modelled speed-up, or in sending the
+cache raw."""
 
 DECIDE = {"boxstyle": "round,pad=0.4", "fc": "#fff4d6", "ec": "#8a6d1d"}
 SEND = {"boxstyle": "round,pad=0.4", "fc": "#dff0d8", "ec": "#3c763d"}
@@ -29,11 +32,12 @@ def _outcome(row) -> tuple[str, dict]:
     return f"{row.choice}\n(up to {row.speedup_max:.3g}x faster)", SEND
 
 
-def flowchart(decision_csv: str | Path, pdf: str | Path, png: str | Path) -> None:
-    table = pd.read_csv(decision_csv)
+@register_figure("decision_flowchart", sources=("decision",), caption=CAPTION)
+def draw(tables):
+    table = tables["decision"]
     if table.empty:
-        raise ValueError(f"{decision_csv} has no decisions to draw")
-    plt = _pyplot()
+        raise ConfigError("decision has no decisions to draw")
+    plt = pyplot()
     encoders = list(dict.fromkeys(table["encoder"]))
     depth = max(len(g) for _, g in table.groupby("encoder"))
     fig, ax = plt.subplots(figsize=(7.2, 1.8 + 1.0 * depth))
@@ -68,4 +72,4 @@ def flowchart(decision_csv: str | Path, pdf: str | Path, png: str | Path) -> Non
             _arrow(ax, (x_decide + 0.095, y), (x_out - 0.11, y), "yes")
             _arrow(ax, (x_decide, y - 0.035), (x_decide, y - step + 0.045), "no")
             y -= step
-    _save(plt, fig, pdf, png)
+    return fig

@@ -1,0 +1,39 @@
+"""The offload pool figure: what the GPU page pool does in the replay (hit rate, stall share) per
+offload mode and context."""
+
+from __future__ import annotations
+
+from . import register_figure
+from .offload_latency import MODES, offload_rows
+from .style import pyplot
+
+CAPTION = """The GPU page pool in the replay: hit rate and stall share against all-GPU per offload mode
+and context. Made by rule figure from offload.csv (results/tables; the paper's figure from
+paper/tables)."""
+
+
+@register_figure("offload_pool", sources=("offload",), caption=CAPTION)
+def draw(tables):
+    t = offload_rows(tables["offload"])
+    t = t[(t["kind"] == "replay") & (t["mode"] != "all_gpu")]
+    if t.empty:
+        raise ConfigError("offload has no replay rows of an offload mode")
+    plt = pyplot()
+    models = sorted(t["model"].unique())
+    fig, axes = plt.subplots(2, len(models), figsize=(3.8 * len(models), 5.2), sharex="col", squeeze=False)
+    colors = dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for j, model in enumerate(models):
+        for i, (col, label) in enumerate((("hit_rate", "pool hit rate"), ("stall_pct", "stall vs all-GPU (%)"))):
+            ax = axes[i, j]
+            for mode in MODES[1:]:
+                sub = t[(t["model"] == model) & (t["mode"] == mode)].sort_values("context")
+                if not sub.empty:
+                    ax.plot(sub["context"], sub[col], "-o", color=colors[mode], ms=4, label=mode)
+            ax.set_xscale("log", base=2)
+            ax.set_ylabel(label if j == 0 else "")
+            if i == 0:
+                ax.set_title(model)
+            else:
+                ax.set_xlabel("context (tokens)")
+    axes[0, -1].legend(fontsize=7)
+    return fig
