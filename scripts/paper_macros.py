@@ -4,13 +4,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
 
-from kvwire.paper.macros import TABLES  # noqa: E402
 from kvwire.stages.paper import paper_macros  # noqa: E402
 from kvwire.stages.runtime import LOG, setup  # noqa: E402
 
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
-paths = {name: p for name, p in sm.input.items() if name in TABLES}
-manifest = sm.input.get("manifest")  # the published set's PUBLISHED.json, where there is one
-macros, missing = paper_macros(paths, sm.params.floor, sm.output.macros, manifest=manifest)
-LOG.info("%d macros from %d tables (missing: %s)", len(macros), len(paths), ", ".join(missing) or "none")
+# the published tables present, and the published set's PUBLISHED.json where there is one
+macros, missing = paper_macros(dict(sm.input.items()), sm.params.floor, sm.output.macros,
+                               manifest=sm.input.get("manifest"))
+LOG.info("%d macros (missing tables: %s)", len(macros), ", ".join(missing) or "none")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
@@ -221,3 +221,19 @@ def e2e_summary(tables: Sequence[str | Path], out_csv: str | Path) -> pd.DataFra
     s["speedup_measured_vs_raw_model"] = s["raw_transfer_model_s"] / s["measured_s"]
     write_csv(out_csv, s)
     return s
+
+
+def e2e_transfer_of_manifest(manifest_json: str | Path, codecs_config: Mapping[str, Any], rate_gbps: float,
+                             out_csv: str | Path, *, timing_csvs: Sequence[str | Path], transfer: Mapping[str, Any],
+                             threads: int = 1) -> pd.DataFrame:
+    """``e2e_transfer`` on the first prompt's cache of an extraction manifest, every configured codec,
+    the model fed the ``time_cpu`` tables ``results/timing/cpu/{model}/{codec}.csv`` (named by codec)."""
+    from ..config import codec_spec
+    from ..io import read_json
+
+    manifest = read_json(manifest_json)
+    codecs = [(cid, *codec_spec(cid, codecs_config[cid])) for cid in codecs_config]
+    return e2e_transfer(Path(manifest_json).parent / manifest["prompts"][0]["file"], codecs, rate_gbps, out_csv,
+                        timing_csvs={Path(p).stem: p for p in timing_csvs}, dataset=manifest["dataset"],
+                        bin_tokens=int(manifest["prefix_tokens"]), repeats=transfer["link_repeats"],
+                        threads=threads, wire_limits=transfer["wire_limits"])

@@ -10,6 +10,7 @@ on the fitting data; ``rel_error_heldout`` is the honest one: the line fitted on
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
@@ -74,3 +75,13 @@ def link_summary(model_csvs: list[str | Path], out_csv: str | Path) -> pd.DataFr
     s = s.reset_index()
     write_csv(out_csv, s)
     return s
+
+
+def validate_configured_link(link: str, transfer: Mapping[str, Any], transfers_csv: str | Path,
+                             model_csv: str | Path, *, log=print) -> pd.DataFrame:
+    """``validate_link`` for a link named as the workflow names it (``loopback`` or ``veth<Gbps>``), with the
+    config's ``link_sizes`` (three sizes per decade) and ``link_repeats``."""
+    rate = None if link == "loopback" else float(link.removeprefix("veth"))
+    lo, hi = transfer["link_sizes"]
+    return validate_link("loopback" if rate is None else "veth", rate, netlab.sizes_log(lo, hi, 3),
+                         transfer["link_repeats"], transfers_csv, model_csv, log=log)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import pandas as pd
 
@@ -23,17 +23,24 @@ from ..offload.trace import AccessTrace
 MANIFEST = "manifest.json"
 
 
+def as_settings(settings: OffloadSettings | Mapping) -> OffloadSettings:
+    """The study's settings, from the config's ``offload`` section where a mapping is given."""
+    return settings if isinstance(settings, OffloadSettings) else OffloadSettings.from_config(settings)
+
+
 def trace_path(out_dir: str | Path, context: int) -> Path:
     return Path(out_dir) / f"ctx{context}.npz"
 
 
-def record_traces(model_dir: str | Path, name: str, dataset_spec: dict, settings: OffloadSettings,
+def record_traces(model_dir: str | Path, name: str, dataset_spec: dict, settings: OffloadSettings | Mapping,
                   out_dir: str | Path, *, seed: int, dtype: str = "bfloat16", log: Callable = print) -> dict:
     import torch
 
     from ..models import load_model
     from ..offload.trace import max_context, record_trace
     from ..prompts import build_documents, min_chars_for, uses_bos
+
+    settings = as_settings(settings)
 
     model, tok = load_model(model_dir, dtype=getattr(torch, dtype), device="cpu")
     contexts = settings.contexts_for(max_context(model, 0))
@@ -80,13 +87,13 @@ def load_traces(manifest_paths: list[str | Path]) -> list[AccessTrace]:
 
 # ---- GPU replay ------------------------------------------------------------------------------------
 
-def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_csv: str | Path,
+def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings | Mapping, out_csv: str | Path,
               calibration_json: str | Path, *, label: str, device: str = "cuda", log: Callable = print) -> pd.DataFrame:
     """Every trace x mode replayed on ``device`` (``offload.calibration.replay_study``): the rows and
     the calibration the simulation uses, written."""
     from ..offload.calibration import replay_study
 
-    rows, calib = replay_study(load_traces(manifest_paths), settings, label=label, device=device, log=log)
+    rows, calib = replay_study(load_traces(manifest_paths), as_settings(settings), label=label, device=device, log=log)
     stall_columns(rows)
     frame = pd.DataFrame(rows)
     write_csv(out_csv, frame)
@@ -96,9 +103,11 @@ def gpu_study(manifest_paths: list[str | Path], settings: OffloadSettings, out_c
 
 # ---- simulation ------------------------------------------------------------------------------------
 
-def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings, calibration_json: str | Path,
+def simulate_study(manifest_paths: list[str | Path], settings: OffloadSettings | Mapping, calibration_json: str | Path,
                    out_csv: str | Path, *, log: Callable = print) -> pd.DataFrame:
     from ..offload.simulate import Calibration, simulate
+
+    settings = as_settings(settings)
 
     calib = read_json(calibration_json)
     rows = []

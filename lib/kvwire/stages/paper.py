@@ -12,7 +12,7 @@ import pandas as pd
 from ..io import atomic_path, write_csv
 from ..paper.decision import decision_frame
 from ..paper.latex_tables import LATEX_TABLES, render
-from ..paper.macros import build_macros, render_macros
+from ..paper.macros import TABLES, build_macros, render_macros
 
 
 class CsvTables(Mapping):
@@ -58,6 +58,7 @@ def paper_macros(tables: Mapping[str, str | Path], floor: float, out_tex: str | 
     the published set's PUBLISHED.json (its provenance macros). Returns (macros, missing tables)."""
     from ..publish import read_manifest
 
+    tables = {name: path for name, path in tables.items() if name in TABLES}
     macros, missing = build_macros(CsvTables(tables), floor,
                                    None if manifest is None else read_manifest(Path(manifest).parent))
     with atomic_path(out_tex) as tmp:

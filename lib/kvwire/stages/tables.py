@@ -331,3 +331,11 @@ def models_table(facts_jsons: list[str | Path], out_csv: str | Path) -> pd.DataF
     table = pd.DataFrame(rows)
     write_csv(out_csv, table)
     return table
+
+
+def quality_summary(quality_jsons: list[str | Path], by_model_csv: str | Path, spearman_csv: str | Path,
+                    retention_csv: str | Path, *, seed: int) -> None:
+    """Rule quality_summary's three tables from every codec's quality records."""
+    quality_by_model(quality_jsons, by_model_csv, seed=seed)
+    cosine_spearman(quality_jsons, spearman_csv)
+    attention_retention_table(quality_jsons, retention_csv)
