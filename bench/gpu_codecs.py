@@ -66,13 +66,13 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to time (the kernels' logic is tested on CPU by tests/test_kernels.py)")
         return 2
-    from kvwire import kernels
+    from kvwire.kernels.token import kernel as token_kernels
     from kvwire.kernels.bench import copy_bandwidth, summary, time_gpu
 
     if args.sweep:
         from triton.testing import do_bench
 
-        return sweep(do_bench, kernels, copy_bandwidth(do_bench))
+        return sweep(do_bench, token_kernels, copy_bandwidth(do_bench))
     models = dict(list(MODEL_SHAPES.items())[:2] + list(MODEL_SHAPES.items())[-1:]) if args.quick else MODEL_SHAPES
     if args.models is not None:  # `--models` alone: no synthetic shapes (with --time-kv: the real caches only)
         models = {m: MODEL_SHAPES[m] for m in args.models}

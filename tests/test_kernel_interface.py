@@ -12,8 +12,8 @@ pytest.importorskip("triton")
 
 from kvwire.errors import CodecError, WireError  # noqa: E402
 from kvwire.kernels.base import (GpuPayloads, as_layers, kernel_for, kernel_names,  # noqa: E402
-                                 supported)
-from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads, same_layers  # noqa: E402
+                                 same_layers, supported)
+from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from kvwire import kernels  # noqa: E402
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels.eager import decode_cache_eager, encode_cache_eager  # noqa: E402
+from kvwire.kernels.token import kernel as kernels  # noqa: E402  (the per-token kernels' launch functions)
+from kvwire.kernels.token.eager import decode_cache_eager, encode_cache_eager  # noqa: E402
 from kvwire.kernels.reference import decode_cache_reference as cpu_decoded  # noqa: E402
 from kvwire.kernels.reference import encode_cache_reference as cpu_payloads  # noqa: E402
 
@@ -50,7 +50,8 @@ def test_kernels_write_the_cpu_codecs_bytes(name, dtype, dim):
 
 
 def test_both_code_store_paths_are_exercised():
-    from kvwire.kernels import _args, _layout
+    from kvwire.kernels.token.kernel import _args
+    from kvwire.kernels.token.layout import token_layout as _layout
 
     assert _args("int8", _layout("int8", (2, 2, 3, 40, 64)), 2048)["WORDS"]
     assert _args("int4", _layout("int4", (2, 2, 3, 40, 64)), 2048)["WORDS"]

@@ -325,9 +325,8 @@ def test_kernels_encode_groups_of_equal_layers_as_the_cpu_codec_in_the_container
     all, and a stack of one group's layers planned (guardband, pyramidkv), tiered (CacheGen) and
     rotated (KVQuant pre-RoPE, at 0..n-1) as if it were the whole cache."""
     pytest.importorskip("triton")
-    from kvwire.kernels.base import as_layers, cache_group, kernel_for
+    from kvwire.kernels.base import as_layers, cache_group, kernel_for, same_layers
     from kvwire.kernels.bench import stack_groups
-    from kvwire.kernels.reference import same_layers
 
     layers, meta, stats = _kernel_cache()
     kernel = kernel_for(name, params)

@@ -23,14 +23,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs.bitpack import pack, packed_size
-from ..codecs.int8 import group_view
-from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
-from ..errors import CodecError, KVError, WireError
-from . import _fp_args, header_tensor, interpreted, triton_cdiv
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
-from .layout import SectionTable
-from .pack_quant import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
+from ...codecs.bitpack import pack, packed_size
+from ...codecs.int8 import group_view
+from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from ..launch import fp_args, header_tensor, interpreted, triton_cdiv
+from ..layout import SectionTable
+from ..wordpack import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
                          needs_clamp, pack_words, pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales,
                          store_words, unpack_on_device, unpack_words, words_view)
 
@@ -174,7 +174,7 @@ class K8V4Kernel(KernelCodec):
         if op == "decode":
             meta.update(DT=DTYPE_CODE[dtype], LIMIT=torch.finfo(dtype).max,
                         CLAMP=needs_clamp(self.params["scale_dtype"], dtype))
-        return triton_cdiv(lay.rows, block_r), {**meta, **_fp_args(op, warps)}
+        return triton_cdiv(lay.rows, block_r), {**meta, **fp_args(warps)}
 
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, out: torch.Tensor | None = None,
                check: bool = True) -> GpuPayloads:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .token_quant import _bf16_bits
+from ..jit import bf16_bits
 
 
 
@@ -84,7 +84,7 @@ def _round_to(v, DT: tl.constexpr):
         h = v.to(tl.float16)
         return h.to(tl.float32), h.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     elif DT == 1:
-        b = _bf16_bits(v)
+        b = bf16_bits(v)
         return (b << 16).to(tl.float32, bitcast=True), b & 0xFFFF
     else:
         return v, v.to(tl.int32, bitcast=True)
@@ -641,7 +641,7 @@ def _store_out(out_ptr, at, y, OUT_DT: tl.constexpr, mask):
     if OUT_DT == 0:
         tl.store(out_ptr + at, y.to(tl.float16).to(tl.int16, bitcast=True), mask=mask)
     elif OUT_DT == 1:
-        tl.store(out_ptr + at, _bf16_bits(y).to(tl.int16), mask=mask)
+        tl.store(out_ptr + at, bf16_bits(y).to(tl.int16), mask=mask)
     else:
         tl.store(out_ptr + at, y.to(tl.int32, bitcast=True), mask=mask)
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kvquant_jit import (_flat_rank, _hist, _key_scores, _layer_head, _ordered, _selected, _spread, _tensor_scores,
+from .jit import (_flat_rank, _hist, _key_scores, _layer_head, _ordered, _selected, _spread, _tensor_scores,
                           _tile, _value_scores, _window, _zero_key)
 
 # the host's view of the selection's scratch (the kernels spell these numbers out: Triton globals

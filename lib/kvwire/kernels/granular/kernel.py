@@ -39,14 +39,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..codecs import build
-from ..codecs.bitpack import pack
-from ..codecs.int8 import dequantize_per_token, group_view, scale_shape
-from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, levels, quantize
-from ..errors import CodecError, KVError, WireError
-from . import header_tensor, interpreted, triton_cdiv
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
-from .layout import TokenLayout
+from ...codecs import build
+from ...codecs.bitpack import pack
+from ...codecs.int8 import dequantize_per_token, group_view, scale_shape
+from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, levels, quantize
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from ..launch import header_tensor, interpreted, triton_cdiv
+from ..layout import TokenLayout
 
 # GPU launch defaults by kernel: the per-token kernels' best (bench/NOTES.md, version 2: small
 # programs, 1 warp to encode, 2 to decode); the channel reduction loops over a chunk with 4 warps
@@ -104,7 +104,7 @@ class Scheme:
 def _layout_args(sch: Scheme, shape: tuple[int, ...], align: int) -> tuple[TokenLayout, dict, dict]:
     """(layout, the arguments and flags every launch shares, the header / pad arguments) of a
     cache shape whose payload buffer allows views of ``align`` bytes (cached: no host work per call)."""
-    from .granular_jit import KINDS, SDTS
+    from .jit import KINDS, SDTS
 
     _, _, h, s, d = shape
     lay = sch.layout(shape)
@@ -168,7 +168,7 @@ def _out_view(out: torch.Tensor) -> torch.Tensor:
 # ---- launches -------------------------------------------------------------------------------------
 
 def _rows_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
-    from .granular_jit import group_encode_kernel
+    from .jit import group_encode_kernel
 
     ptrs, align = _views(out)
     lay, a, fixed = _layout_args(sch, tuple(kv.shape), align)
@@ -180,7 +180,7 @@ def _rows_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .granular_jit import group_decode_kernel
+    from .jit import group_decode_kernel
 
     ptrs, align = _views(data)
     lay, a, _ = _layout_args(sch, tuple(out.shape), align)
@@ -192,7 +192,7 @@ def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
 
 
 def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
-    from .granular_jit import channel_encode_kernel, channel_reduce_kernel, channel_scale_kernel
+    from .jit import channel_encode_kernel, channel_reduce_kernel, channel_scale_kernel
 
     n, _, h, s, d = kv.shape
     slabs = n * 2 * h  # (layer, K/V, head): the [seq, head_dim] matrices whose channels get a scale
@@ -220,7 +220,7 @@ def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _channel_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .granular_jit import channel_decode_kernel
+    from .jit import channel_decode_kernel
 
     n, _, h, s, d = out.shape
     dp = _padded(d, 4 * sch.per_byte)
