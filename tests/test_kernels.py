@@ -119,6 +119,7 @@ def test_compiled_kernels_on_the_gpu(name):
 
 def test_gpu_timing_refuses_a_machine_without_the_gpu_it_names(tmp_path):
     from kvwire.kernels import bench
+    from kvwire.stages.gpu_bench import time_gpu
 
     if GPU:
         name = torch.cuda.get_device_name()
@@ -127,7 +128,7 @@ def test_gpu_timing_refuses_a_machine_without_the_gpu_it_names(tmp_path):
             bench.require_gpu("no-such-gpu")
     else:
         with pytest.raises(KVError, match="needs a CUDA device"):
-            bench.time_gpu(tmp_path / "t.csv", label="h200")
+            time_gpu(tmp_path / "t.csv", label="h200")
         assert not (tmp_path / "t.csv").exists()
 
 
@@ -152,7 +153,7 @@ def test_gpu_timing_summary_counts_rows_that_differ_from_the_cpu_codec():
 def test_gpu_timing_table_on_small_shapes(tmp_path):
     import pandas as pd
 
-    from kvwire.kernels.bench import time_gpu
+    from kvwire.stages.gpu_bench import time_gpu
 
     table = time_gpu(tmp_path / "t.csv", models={"tiny": (2, 2, 64)}, seqs=(256,), dtypes=("bfloat16",), codecs=CODECS)
     again = pd.read_csv(tmp_path / "t.csv")

@@ -1,4 +1,4 @@
-"""KVQuant GPU kernels (``kernels/kvquant.py``) against the CPU codec: payload bytes, decode, errors.
+"""KVQuant GPU kernels (``kernels/kvquant/kernel.py``) against the CPU codec: payload bytes, decode, errors.
 
 Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1) on small
 shapes; the ``gpu`` tests run the compiled kernels on realistic ones.

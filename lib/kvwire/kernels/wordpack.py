@@ -10,7 +10,7 @@ bytes.
 Payload access goes through an int16 view of the payload (every section of these codecs starts at an
 even byte: the section table is 68 or 44 bytes and every section length is even for head_dim % 8 == 0);
 4-byte items (float32 scales, float32 residual elements) are stored as two int16 halves, because their
-sections need not be 4-aligned. Exactness rules are ``token_quant.py``'s: correctly rounded
+sections need not be 4-aligned. Exactness rules are ``token/jit.py``'s: correctly rounded
 divisions (``div_rn``), round-half-even by ``rint``, no FMA contraction (``_fp_args``), bf16
 rounding on bit patterns; on a GPU (``NATIVE``) rounding to an integer is one ``cvt.rni`` and
 bf16 output one ``cvt.rn.bf16`` (the same round-to-nearest-even; the interpreter lacks the first and

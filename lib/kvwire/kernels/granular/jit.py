@@ -25,7 +25,7 @@ else byte by byte. Scales and zeros are stored as their bit patterns, natively (
 Constexpr codes: ``KIND`` 0 int8, 1 int4, 2 FP8 E5M2; ``SDT`` (scale dtype) 0 float16, 1 bfloat16,
 2 float32; ``OUT`` (decoded dtype) the same numbering. ``NB`` bytes per stored scale.
 
-Bit-exactness with ``codecs/quant.py`` (see ``token_quant.py`` for the tricks): correctly rounded
+Bit-exactness with ``codecs/quant.py`` (see ``token/jit.py`` for the tricks): correctly rounded
 divisions (``div_rn``), ``rint`` round-half-even, no FMA contraction (``granular._fp_args``),
 bf16 rounding on bit patterns (the same RNE torch uses; NaN and overflow come out as torch's),
 ``+ 0.0`` where the CPU adds it (a -0.0 zero point or scale is written as +0.0), and a NaN counter

@@ -4,7 +4,7 @@ non-default parameters -- and ``fp8_e5m2`` (per token, fp16 scales: its defaults
 
 Every payload is the CPU codec's ``encode_layer`` bytes, byte for byte, and every decode the CPU
 ``decode_layer``'s tensor, bit for bit: ``codecs/quant.py``'s arithmetic redone in float32 with
-correctly rounded divisions, no FMA contraction and RNE on bit patterns (``granular_jit.py``).
+correctly rounded divisions, no FMA contraction and RNE on bit patterns (``jit.py``).
 
 - ``GroupQuantKernel``: one scale per run of ``G`` consecutive elements (``group_size``, or
   ``head_dim`` at token granularity). A tensor is then rows of ``G`` with its scales in row order:
@@ -59,14 +59,14 @@ TARGET_PROGRAMS = 4096  # ... fewer where that would leave fewer programs than t
 BLOCK_CHUNKS = 16  # chunk ranges combined per step of channel_scale_kernel
 CHUNK_INTERPRETED = 64
 BLOCK_INTERPRETED = 256  # rows per program in the interpreter, whose cost is per program
-OUT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # granular_jit's OUT
+OUT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # jit.py's OUT
 
 
 @dataclass(frozen=True)
 class Scheme:
     """What one codec setting quantizes on a cache of a given head_dim."""
 
-    kind: str  # "int8", "int4" or "fp8_e5m2" (granular_jit.KINDS)
+    kind: str  # "int8", "int4" or "fp8_e5m2" (jit.KINDS)
     channel: bool  # one scale per (head, channel) over the sequence; else one per run of ``group``
     group: int  # elements per row: the run of one scale, or (channel) a token's head_dim
     symmetric: bool
@@ -138,7 +138,7 @@ def _views(buf: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def _fp_args(kernel: str, num_warps: int | None) -> dict:
-    # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token_quant.py)
+    # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token/jit.py)
     if interpreted():
         return {}
     return {"enable_fp_fusion": False, "num_warps": num_warps or NUM_WARPS[kernel]}
@@ -395,7 +395,7 @@ class _UniformKernel(KernelCodec):
         scale = _as(sec("scales", lay.scale_bytes), sdt).reshape(sshape)
         if sch.bits == 8 and sch.symmetric:
             return dequantize_per_token(raw.view(torch.int8).reshape(vshape), scale, dtype).reshape(shape3)
-        # (bitpack.unpack builds its shifts on the host: unpacked here, as kernels/eager.py does)
+        # (bitpack.unpack builds its shifts on the host: unpacked here, as kernels/token/eager.py does)
         codes = raw if sch.bits == 8 else torch.stack([raw & 0xF, raw >> 4], dim=-1).reshape(-1)[:h * s * d]
         zero = None if sch.symmetric else _as(sec("zeros", lay.scale_bytes), sdt).reshape(sshape)
         x = dequantize(Quantized(codes.reshape(vshape), scale, zero), sch.bits, dtype, symmetric=sch.symmetric)

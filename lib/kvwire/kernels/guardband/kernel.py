@@ -9,7 +9,7 @@ keep mask, guard and body segments and key channel scales (``GuardBandLayout``).
 1. ``key_stats_kernel`` (one launch): every key channel's absmax over the layer (the equalization
    scales, ``atomic_max`` on the float bits, which are ordered for non-negative floats) and, when a
    layer drops tokens by key norm, each (head, token)'s L2 norm in float64;
-2. where tokens are dropped: the selection in ``guardband_select.py`` (torch glue: a sort);
+2. where tokens are dropped: the selection in ``select.py`` (torch glue: a sort);
 3. ``encode_kernel``, one launch per (bits, segment kind) -- at most four -- on the grid
    (group-row block, K/V * heads + head, segment): a program quantizes ``BLOCK_G`` consecutive
    groups of ``group_size`` elements of one (K/V, head) and writes their packed codes, scales and
@@ -34,7 +34,7 @@ Bit-exactness with the CPU codec (``_quantize`` / ``_decode_segment``):
 - decode ``code * scale`` is exact in float32 (<= 8 + 11 significant bits), then ``+ zero``, the
   CPU's clamps (before and after the key channel multiply) and a round-to-nearest-even cast.
 The one place float reductions differ is the token selection of token-dropping plans (float32 key
-norms / attention sums); ``guardband_select.py`` makes it exact too: near-ties at the cut are settled by
+norms / attention sums); ``select.py`` makes it exact too: near-ties at the cut are settled by
 the CPU's own arithmetic on the few tokens involved, at the cost of one host sync per encode.
 
 Not implemented (``CodecError``): ``guard_bits=16`` (raw copies), ``scale_dtype`` other than

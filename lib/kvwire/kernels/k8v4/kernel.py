@@ -2,12 +2,12 @@
 writing the CPU codec's 5 sections per layer in place, byte for byte.
 
 One launch per cache encode (and one decode) on the grid (row block, layer * 2 + K/V) of the per-token
-kernels (``token_quant.py``, no per-row div/mod): a program holds ``BLOCK_R`` (head, token) rows of
+kernels (``token/jit.py``, no per-row div/mod): a program holds ``BLOCK_R`` (head, token) rows of
 K or V, reduces each row (or each group of ``*_group_size`` channels) in registers and writes codes
 (whole 32-bit words where 4-aligned: 4 int8 codes or 8 int4 codes a word) and scales (and zero
 points) straight to their offsets. K and V programs take different branches of one kernel.
 
-Exact, for the reasons in ``token_quant.py``: correctly rounded divisions, round-half-even, no FMA
+Exact, for the reasons in ``token/jit.py``: correctly rounded divisions, round-half-even, no FMA
 contraction, scales rounded to their dtype as torch does. Supported: ``key_granularity`` and
 ``value_granularity`` ``token`` or ``group`` (any group size dividing head_dim), any ``scale_dtype``;
 head_dim a multiple of 8. Not implemented: ``channel`` granularity (a reduction over the whole

@@ -12,7 +12,7 @@ Two launches per cache encode (and two decode), each over every layer, plus the 
   ``n_v`` on are the value residual, copied bit for bit.
 Every element of the cache is read once and every payload byte written once. Decode mirrors it.
 
-Exact, for the reasons in ``token_quant.py``: correctly rounded divisions, round-half-even, no FMA
+Exact, for the reasons in ``token/jit.py``: correctly rounded divisions, round-half-even, no FMA
 contraction, scales rounded to their dtype as torch does (-0.0 made +0.0 like ``codecs/quant.py``),
 decode products ``code * scale`` exact in float32 for float16/bfloat16 scales (and not contracted for
 float32 ones). Residual tokens are moved as raw bits. Parameters: any ``group_size`` up to

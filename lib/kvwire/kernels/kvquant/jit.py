@@ -1,4 +1,4 @@
-"""Triton kernels of the KVQuant GPU codec (``kernels/kvquant.py`` launches them in this order).
+"""Triton kernels of the KVQuant GPU codec (``kernel.py`` launches them in this order).
 
 Encode, per cache (every layer's K and V in each launch):
 
@@ -8,7 +8,7 @@ Encode, per cache (every layer's K and V in each launch):
    With ``pre_rope`` the first key pass also un-rotates the keys into a float32 buffer.
 2. The exact top-k of the z-scores per tensor (ties at the k-th score to the LOWEST indices),
    a radix select whose first pass is the 256-bin window histogram (``_window``) of
-   ``value_moments_kernel`` / ``key_hist_kernel``: ``kvquant_select.py``.
+   ``value_moments_kernel`` / ``key_hist_kernel``: ``select.py``.
 3. ``quant_kernel``: each tile recomputes its z-scores, marks its outliers (``_selected``),
    normalizes with the fp16-rounded offset/range, takes the nearest NF level (ties to the lower
    level, as the CPU's lookup), packs the codes as ``codecs/bitpack.py`` does and writes its

@@ -1,8 +1,8 @@
 """KVQuant on the GPU: ``kvquant2`` / ``kvquant3`` / ``kvquant4`` (``codecs/kvquant.py``) with NF
 levels, dense-and-sparse outliers, keys per channel and values per token, ``pre_rope`` on or off,
-every scale dtype and outlier fraction. The Triton kernels are in ``kvquant_jit.py`` (the order
-of launches and why each result is the CPU's is documented there) and ``kvquant_select.py`` (the
-exact top-k), the eager baseline in ``kvquant_eager.py``.
+every scale dtype and outlier fraction. The Triton kernels are in ``jit.py`` (the order
+of launches and why each result is the CPU's is documented there) and ``select.py`` (the
+exact top-k), the eager baseline in ``eager.py``.
 
 What is exact: the z-scores (torch's CPU sum order reproduced), hence the outlier set (ties
 too, below); offsets and ranges (with the sign of zero torch's ``amin``/``amax`` return for all-zero

@@ -1,8 +1,8 @@
-"""Triton kernels of the KVQuant GPU codec's outlier selection (step 2 of ``kvquant_jit.py``'s
+"""Triton kernels of the KVQuant GPU codec's outlier selection (step 2 of ``jit.py``'s
 encode): the exact top-k of every tensor's z-scores as a radix select on the unique 62-bit key
 ``(score bits, 2**31 - 1 - flat index)``, so ties at the k-th score go to the LOWEST indices.
 
-``select_first_kernel`` picks the window bin (``kvquant_jit._window``) of the k-th score from the
+``select_first_kernel`` picks the window bin (``jit._window``) of the k-th score from the
 first pass's histogram; ``collect_kernel`` counts each tile's sure outliers, compacts that bin's
 members into a candidate buffer (overflow flagged) and folds the keys' sure inliers into their
 channels' min/max; six ``level_kernel`` / ``select_level_kernel`` rounds (11 + 10 + 10 bits of

@@ -20,7 +20,7 @@ differing when it fails.
 Decode (Triton, one launch per cache): program = (row block of a head's [seq, head_dim] output,
 (layer * 2 + K/V) * heads + head); it loads a [BLOCK_S, r] tile of A and the head's [r, head_dim] B,
 ``tl.dot``, then ``X_hat = (acc * s1) * m`` clamped to the output dtype's finite range and rounded
-to nearest even (bf16 on the bit pattern, as ``token_quant``), written into one dense
+to nearest even (bf16 on the bit pattern, as ``token/jit.py``), written into one dense
 ``[layers, 2, heads, seq, head_dim]`` tensor. fp16 factors go through the tensor cores (products of
 fp16 are exact in the float32 accumulator); bf16 and fp32 factors and int4 factors (dequantized in
 the kernel: ``(code - 7) * scale``, exact in float32, as ``quant.dequantize``) through an IEEE

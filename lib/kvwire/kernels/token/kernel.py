@@ -39,7 +39,7 @@ def _args(name: str, lay: TokenLayout, tile: int) -> dict:
     off = lay.offsets()
     d = lay.head_dim
     row_bytes = lay.codes // lay.rows if lay.rows else 0
-    # whole-word code stores when every row's codes start 4-aligned (``WORDS`` in token_quant.encode_kernel)
+    # whole-word code stores when every row's codes start 4-aligned (``WORDS`` in token/jit.encode_kernel)
     words = all(v % 4 == 0 for v in (lay.layer_bytes, off["k_codes"], off["v_codes"], row_bytes)) and row_bytes >= 4
     dp = max(8, 1 << (d - 1).bit_length())
     return dict(LAYER_BYTES=lay.layer_bytes, CODES_OFF=off["k_codes"], CODES_STRIDE=off["v_codes"] - off["k_codes"],
