@@ -1,7 +1,7 @@
 """GPU codec benchmark: fused Triton kernels vs the eager-PyTorch baseline vs a device copy.
 
-The checks and timings are ``kvwire.kernels.bench`` (what the rule ``time_gpu`` runs); this script
-adds ``--sweep`` (launch tuning) and ``--quick``.
+The checks and timings are ``kvwire.kernels.bench``, its files ``kvwire.stages.gpu_bench`` (what the
+rule ``time_gpu`` runs); this script adds ``--sweep`` (launch tuning) and ``--quick``.
 
     python bench/gpu_codecs.py --out results/timing/gpu/h200.csv [--kv some.safetensors] [--quick]
 
@@ -20,7 +20,6 @@ import torch  # noqa: E402
 
 from kvwire.kernels.bench import BENCH_CODECS, MODEL_SHAPES, SEQS  # noqa: E402
 
-SWEPT = ("int8", "int4", "fp8_e4m3")  # the per-token kernels, whose launch defaults are TILE / NUM_WARPS
 
 
 def sweep(do_bench, kernels, copy_gbps) -> int:
@@ -29,7 +28,7 @@ def sweep(do_bench, kernels, copy_gbps) -> int:
     kv = torch.randn(shape, device="cuda").to(torch.bfloat16)
     raw = kv.numel() * 2
     print(f"{'codec':9} {'tile':>6} {'warps':>5} {'enc ms':>7} {'enc/copy':>8} {'dec ms':>7} {'dec/copy':>8}")
-    for name in SWEPT:
+    for name in kernels.TokenQuantKernel.names:  # the per-token kernels, whose launch defaults are TILE / NUM_WARPS
         payload = kernels.encode_cache(name, kv)
         out = torch.empty_like(payload)
         dec = torch.empty_like(kv)
@@ -66,13 +65,14 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to time (the kernels' logic is tested on CPU by tests/test_kernels.py)")
         return 2
-    from kvwire import kernels
-    from kvwire.kernels.bench import copy_bandwidth, summary, time_gpu
+    from kvwire.kernels.token import kernel as token_kernels
+    from kvwire.kernels.bench import copy_bandwidth, summary
+    from kvwire.stages.gpu_bench import time_gpu
 
     if args.sweep:
         from triton.testing import do_bench
 
-        return sweep(do_bench, kernels, copy_bandwidth(do_bench))
+        return sweep(do_bench, token_kernels, copy_bandwidth(do_bench))
     models = dict(list(MODEL_SHAPES.items())[:2] + list(MODEL_SHAPES.items())[-1:]) if args.quick else MODEL_SHAPES
     if args.models is not None:  # `--models` alone: no synthetic shapes (with --time-kv: the real caches only)
         models = {m: MODEL_SHAPES[m] for m in args.models}
@@ -86,7 +86,8 @@ def main() -> int:
         from triton.testing import do_bench
 
         from kvwire.io import write_csv
-        from kvwire.kernels.bench import require_gpu, time_nvcomp
+        from kvwire.kernels.bench import require_gpu
+        from kvwire.stages.gpu_bench import time_nvcomp
 
         rows = time_nvcomp(do_bench, args.kv, args.codecs, gpu=require_gpu(), log=lambda line: print(line, flush=True))
         write_csv(args.nvcomp, pd.DataFrame(rows))

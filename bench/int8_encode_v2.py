@@ -20,7 +20,8 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from kvwire.kernels.token_quant import _rint, _row_index  # noqa: E402
+from kvwire.kernels.jit import rint  # noqa: E402
+from kvwire.kernels.token.jit import _row_index  # noqa: E402
 
 SHAPE = (32, 2, 8, 8192, 128)
 
@@ -33,7 +34,7 @@ def _int8_rows(x):
     scale16 = tl.math.div_rn(amax, 127.0).to(tl.float16)
     s = scale16.to(tl.float32)
     inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
-    return scale16, tl.minimum(tl.maximum(_rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32)
+    return scale16, tl.minimum(tl.maximum(rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32)
 
 
 @triton.jit
@@ -109,8 +110,9 @@ def main() -> int:
         return 2
     from triton.testing import do_bench
 
-    from kvwire import kernels
-    from kvwire.kernels import _layout, header_tensor, triton_cdiv
+    from kvwire.kernels.launch import header_tensor, triton_cdiv
+    from kvwire.kernels.token import kernel as kernels
+    from kvwire.kernels.token.layout import token_layout
     from kvwire.kernels.bench import copy_bandwidth
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,7 +120,7 @@ def main() -> int:
 
     copy = copy_bandwidth(do_bench)
     kv = (torch.randn(SHAPE, device="cuda") * torch.rand(SHAPE[:-1] + (1,), device="cuda") * 4).to(torch.bfloat16)
-    lay = _layout("int8", SHAPE)
+    lay = token_layout("int8", SHAPE)
     off = lay.offsets()
     v1 = kernels.encode_cache("int8", kv)
     moved = kv.numel() * 2 + v1.numel()

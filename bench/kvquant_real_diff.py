@@ -5,7 +5,7 @@
 For each file, codec and layer (one kernel call per group of equal layers, the wire container's
 contexts): which payload sections differ (codes, offsets, ranges, codebook, outlier values, outlier
 indices, for keys and values), how many outlier indices one side has that the other lacks, and the
-conformance line of ``kernels.bench.check_real_caches``. Needs a GPU; prints, never raises on a difference.
+conformance line of ``kernels.bench.check_record``. Needs a GPU; prints, never raises on a difference.
 """
 from __future__ import annotations
 

@@ -32,14 +32,16 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("needs a CUDA device")
         return 2
-    from kvwire import kernels
-    from kvwire.kernels import _args, _fp_args, _layout, _words_view, header_tensor, triton_cdiv
-    from kvwire.kernels.token_quant import decode_kernel, encode_kernel
+    from kvwire.kernels.launch import header_tensor, triton_cdiv
+    from kvwire.kernels.token import kernel as kernels
+    from kvwire.kernels.token.jit import decode_kernel, encode_kernel
+    from kvwire.kernels.token.kernel import _args, _fp_args, _words_view
+    from kvwire.kernels.token.layout import token_layout
 
     kv = torch.randn(SHAPE, device="cuda").to(torch.bfloat16)
     n_layers = SHAPE[0]
     for name in ("int8", "int4", "fp8_e4m3"):
-        lay = _layout(name, SHAPE)
+        lay = token_layout(name, SHAPE)
         out = kernels.payload_buffer(name, SHAPE, "cuda")
         out.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] = header_tensor(lay.header, "cuda")
         n_rows = n_layers * 2 * lay.rows

@@ -4,7 +4,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(snakemake.scriptdir).parent / "lib"))  # noqa: F821  the repo's own library
 
-from kvwire.kernels.bench import time_gpu  # noqa: E402
+from kvwire.stages.gpu_bench import time_gpu  # noqa: E402
 from kvwire.stages.runtime import LOG, setup  # noqa: E402
 
 sm = snakemake  # noqa: F821

@@ -12,8 +12,8 @@ pytest.importorskip("triton")
 
 from kvwire.errors import CodecError, WireError  # noqa: E402
 from kvwire.kernels.base import (GpuPayloads, as_layers, kernel_for, kernel_names,  # noqa: E402
-                                 supported)
-from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads, same_layers  # noqa: E402
+                                 same_layers, supported)
+from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -42,9 +42,9 @@ def test_payload_offsets_must_tile_the_buffer():
 
 def test_registry_picks_by_parameters_and_names_what_is_missing():
     assert {"int8", "int4", "fp8_e4m3"} <= set(kernel_names())
-    assert supported("int8") and not supported("identity")
-    with pytest.raises(CodecError, match="no GPU kernel for codec 'identity'"):
-        kernel_for("identity")
+    assert supported("int8") and not supported("prune_quant")
+    with pytest.raises(CodecError, match="no GPU kernel for codec 'prune_quant'"):
+        kernel_for("prune_quant")
     with pytest.raises(CodecError, match="unknown parameter"):
         kernel_for("int8", {"no_such_param": 1})
     assert not supported("fp8_e4m3", {"scale_dtype": "float32"})

@@ -9,9 +9,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from kvwire import kernels  # noqa: E402
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels.eager import decode_cache_eager, encode_cache_eager  # noqa: E402
+from kvwire.kernels.token import kernel as kernels  # noqa: E402  (the per-token kernels' launch functions)
+from kvwire.kernels.token.eager import decode_cache_eager, encode_cache_eager  # noqa: E402
 from kvwire.kernels.reference import decode_cache_reference as cpu_decoded  # noqa: E402
 from kvwire.kernels.reference import encode_cache_reference as cpu_payloads  # noqa: E402
 
@@ -50,7 +50,8 @@ def test_kernels_write_the_cpu_codecs_bytes(name, dtype, dim):
 
 
 def test_both_code_store_paths_are_exercised():
-    from kvwire.kernels import _args, _layout
+    from kvwire.kernels.token.kernel import _args
+    from kvwire.kernels.token.layout import token_layout as _layout
 
     assert _args("int8", _layout("int8", (2, 2, 3, 40, 64)), 2048)["WORDS"]
     assert _args("int4", _layout("int4", (2, 2, 3, 40, 64)), 2048)["WORDS"]
@@ -118,6 +119,7 @@ def test_compiled_kernels_on_the_gpu(name):
 
 def test_gpu_timing_refuses_a_machine_without_the_gpu_it_names(tmp_path):
     from kvwire.kernels import bench
+    from kvwire.stages.gpu_bench import time_gpu
 
     if GPU:
         name = torch.cuda.get_device_name()
@@ -126,7 +128,7 @@ def test_gpu_timing_refuses_a_machine_without_the_gpu_it_names(tmp_path):
             bench.require_gpu("no-such-gpu")
     else:
         with pytest.raises(KVError, match="needs a CUDA device"):
-            bench.time_gpu(tmp_path / "t.csv", label="h200")
+            time_gpu(tmp_path / "t.csv", label="h200")
         assert not (tmp_path / "t.csv").exists()
 
 
@@ -151,7 +153,7 @@ def test_gpu_timing_summary_counts_rows_that_differ_from_the_cpu_codec():
 def test_gpu_timing_table_on_small_shapes(tmp_path):
     import pandas as pd
 
-    from kvwire.kernels.bench import time_gpu
+    from kvwire.stages.gpu_bench import time_gpu
 
     table = time_gpu(tmp_path / "t.csv", models={"tiny": (2, 2, 64)}, seqs=(256,), dtypes=("bfloat16",), codecs=CODECS)
     again = pd.read_csv(tmp_path / "t.csv")

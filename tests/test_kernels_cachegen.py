@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 pytest.importorskip("constriction")
 
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import cachegen as cg  # noqa: E402  (registers the kernel)
+from kvwire.kernels.cachegen import kernel as cg  # noqa: E402  (registers the kernel)
 from kvwire.kernels.base import GpuPayloads, kernel_for  # noqa: E402
 from kvwire.kernels.reference import conformance, cpu_payloads  # noqa: E402
 

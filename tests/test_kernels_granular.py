@@ -9,7 +9,7 @@ import torch
 pytest.importorskip("triton")
 
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import granular  # noqa: E402,F401  (registers the kernels)
+from kvwire.kernels.granular import kernel as granular  # noqa: E402,F401  (registers the kernels)
 from kvwire.kernels.base import GpuPayloads, kernel_for  # noqa: E402
 from kvwire.kernels.reference import conformance, cpu_payloads  # noqa: E402
 

@@ -11,9 +11,9 @@ import torch
 pytest.importorskip("triton")
 
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import guardband as gb  # noqa: E402  (registers the kernel)
-from kvwire.kernels.base import GpuPayloads, as_layers, kernel_for  # noqa: E402
-from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads, same_layers  # noqa: E402
+from kvwire.kernels.guardband import kernel as gb  # noqa: E402  (registers the kernel)
+from kvwire.kernels.base import GpuPayloads, as_layers, kernel_for, same_layers  # noqa: E402
+from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"

@@ -11,8 +11,8 @@ import torch
 pytest.importorskip("triton")
 
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import k8v4 as k8v4_kernels  # noqa: E402  (importing registers the kernels)
-from kvwire.kernels import kivi as kivi_kernels  # noqa: E402
+from kvwire.kernels.k8v4 import kernel as k8v4_kernels  # noqa: E402  (importing registers the kernels)
+from kvwire.kernels.kivi import kernel as kivi_kernels  # noqa: E402
 from kvwire.kernels.base import GpuPayloads, kernel_for, supported  # noqa: E402
 from kvwire.kernels.reference import conformance  # noqa: E402
 

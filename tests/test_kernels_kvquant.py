@@ -1,4 +1,4 @@
-"""KVQuant GPU kernels (``kernels/kvquant.py``) against the CPU codec: payload bytes, decode, errors.
+"""KVQuant GPU kernels (``kernels/kvquant/kernel.py``) against the CPU codec: payload bytes, decode, errors.
 
 Without a GPU the kernels run in Triton's interpreter (conftest sets TRITON_INTERPRET=1) on small
 shapes; the ``gpu`` tests run the compiled kernels on realistic ones.
@@ -15,8 +15,8 @@ import triton.language as tl  # noqa: E402
 from kvwire.codecs.base import pack_sections, unpack_sections  # noqa: E402
 from kvwire.codecs.kvquant import n_outliers  # noqa: E402
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import kvquant as kq  # noqa: E402  (registers the kernel)
-from kvwire.kernels import kvquant_jit  # noqa: E402
+from kvwire.kernels.kvquant import kernel as kq  # noqa: E402  (registers the kernel)
+from kvwire.kernels.kvquant import jit as kvquant_jit  # noqa: E402
 from kvwire.kernels.base import GpuPayloads, as_layers, kernel_for, supported  # noqa: E402
 from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 

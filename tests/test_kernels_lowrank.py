@@ -11,7 +11,7 @@ pytest.importorskip("triton")
 from kvwire.codecs import LayerKV  # noqa: E402
 from kvwire.codecs.svd import effective_rank  # noqa: E402
 from kvwire.errors import KVError, WireError  # noqa: E402
-from kvwire.kernels import lowrank  # noqa: E402  (registers the kernels)
+from kvwire.kernels.lowrank import kernel as lowrank  # noqa: E402  (registers the kernels)
 from kvwire.kernels.base import GpuPayloads, kernel_for, layer_contexts  # noqa: E402
 from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 

@@ -13,7 +13,7 @@ pytest.importorskip("triton")
 from kvwire.codecs.selection import edge_mask, stat  # noqa: E402
 from kvwire.codecs.snapkv import snap_scores  # noqa: E402
 from kvwire.errors import CodecError, KVError, WireError  # noqa: E402
-from kvwire.kernels import selection  # noqa: E402  (registers the kernels)
+from kvwire.kernels.selection import kernel as selection  # noqa: E402  (registers the kernels)
 from kvwire.kernels.base import GpuPayloads, kernel_for, layer_contexts  # noqa: E402
 from kvwire.kernels.reference import conformance, cpu_decoded, cpu_payloads  # noqa: E402
 

@@ -19,7 +19,8 @@ def _worker(rank, init_method, codec, pipelined, queue):
     results = p2p.transfer(rank, kv if rank == 0 else None, SHAPE, torch.bfloat16, codec, pipelined=pipelined,
                            repeats=1)
     if rank == 1:
-        queue.put((results[0].seconds, results[0].wire_bytes, p2p.transfer.last.float().clone()))
+        # a numpy copy travels by value: a torch tensor is shared through this process, which may exit first
+        queue.put((results[0].seconds, results[0].wire_bytes, p2p.transfer.last.float().numpy().copy()))
     torch.distributed.destroy_process_group()
 
 
@@ -31,6 +32,7 @@ def _run(tmp_path, codec, pipelined):
     for p in procs:
         p.start()
     seconds, wire, got = queue.get(timeout=60)
+    got = torch.from_numpy(got)
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0

@@ -326,9 +326,8 @@ def test_kernels_encode_groups_of_equal_layers_as_the_cpu_codec_in_the_container
     all, and a stack of one group's layers planned (guardband, pyramidkv), tiered (CacheGen) and
     rotated (KVQuant pre-RoPE, at 0..n-1) as if it were the whole cache."""
     pytest.importorskip("triton")
-    from kvwire.kernels.base import as_layers, cache_group, kernel_for
+    from kvwire.kernels.base import as_layers, cache_group, kernel_for, same_layers
     from kvwire.kernels.bench import stack_groups
-    from kvwire.kernels.reference import same_layers
 
     layers, meta, stats = _kernel_cache()
     kernel = kernel_for(name, params)
@@ -357,7 +356,7 @@ def _kernel_cache():
 def test_bench_checks_a_real_trimmed_cache_group_by_group(tmp_path):
     """``check_real_caches`` (what ``time_gpu`` runs on real KV files first) on a saved trimmed record."""
     pytest.importorskip("triton")
-    from kvwire.kernels.bench import check_real_caches
+    from kvwire.stages.gpu_bench import check_real_caches
     from kvwire.kv import KVRecord, save_kv
 
     layers, meta, stats = _kernel_cache()
@@ -426,6 +425,7 @@ def test_time_real_times_the_files_own_data_groups_and_statistics(monkeypatch, t
     pytest.importorskip("triton")
     from kvwire.kernels import bench
     from kvwire.kv import KVRecord, load_kv, save_kv
+    from kvwire.stages.gpu_bench import time_real
     from kvwire.stages.gpu_tables import read_gpu_tables
 
     monkeypatch.setattr(bench, "_time", lambda do_bench, fn, rep_ms: (fn(), 1.0)[1])
@@ -438,7 +438,7 @@ def test_time_real_times_the_files_own_data_groups_and_statistics(monkeypatch, t
     save_kv(path, KVRecord(layers=layers, meta={"model": "tiny-real", "window_starts": starts}))
     logs = []
     kernels = bench.bench_kernels(["int8", "cachegen", "snapkv"])
-    rows = bench.time_real(None, [path], kernels, gpu="cpu", copy_gbps=1.0, l2_bytes=1, rep_ms=1, device="cpu",
+    rows = time_real(None, [path], kernels, gpu="cpu", copy_gbps=1.0, l2_bytes=1, rep_ms=1, device="cpu",
                            log=logs.append)
     t = pd.DataFrame(rows)
     assert set(t.cache) == {"real.safetensors"} and set(t.model) == {"tiny-real"}

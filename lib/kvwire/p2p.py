@@ -4,12 +4,13 @@ Rank 0 (prefill) encodes the cache layer by layer and sends each layer's payload
 rank 1 (decode) posts every layer's ``irecv`` up front and decodes layer i as soon as it lands,
 while later layers are still arriving. On GPUs (backend ``nccl``) the codec is kvwire's Triton
 kernels, encoding on their own CUDA stream; on CPUs (backend ``gloo``) it is the CPU codec, the
-same bytes (``kvwire.kernels.reference``). ``pipelined=False`` encodes everything, sends, then
+same bytes (``kvwire.kernels.dispatch`` picks by the tensor's device). ``pipelined=False`` encodes everything, sends, then
 decodes: the sequential model. ``identity`` sends the raw cache.
 
-The payload size of a layer follows from the codec and the shape (fixed-rate codecs), so no length
-travels; the receiver checks every layer's section table (``kernels.decode_cache(check=True)``)
-and refuses a mismatch with a ``WireError``.
+The payload size of a layer follows from the codec and the shape, so no length travels: the codecs
+carried are those whose kernel says so (``KernelCodec.layer_bytes``, ``kernels.fixed_size_codecs``),
+and ``identity``. The receiver checks every layer's section table and refuses a mismatch with a
+``WireError``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ import torch
 
 from .errors import KvwireError
 
-CODECS = ("identity", "int8", "int4", "fp8_e4m3")
 # NVLink SHARP / multicast off: the lent machines' README asks for it (no NVLS on these nodes)
 NCCL_ENV = {"NCCL_NVLS_ENABLE": "0", "NCCL_CUMEM_ENABLE": "0"}
 
@@ -45,45 +45,49 @@ class TransferResult:
         return self.raw_bytes * 8 / self.seconds / 1e9
 
 
+def codecs() -> list[str]:
+    """The codecs a transfer can carry: ``identity`` and every fixed-size kernel codec."""
+    from .kernels import fixed_size_codecs
+
+    return ["identity", *fixed_size_codecs()]
+
+
+def _require_known(codec: str) -> None:
+    known = codecs()
+    if codec not in known:
+        raise P2PError(f"unknown p2p codec {codec!r}; known: {', '.join(known)}")
+
+
 def layer_payload_bytes(codec: str, shape: tuple) -> int:
     """Bytes one layer [2, heads, seq, dim] travels as: raw bf16/fp16 for identity, else the codec's layout."""
     if codec == "identity":
         return 2 * shape[-3] * shape[-2] * shape[-1] * 2
-    from .kernels import payload_buffer
+    from .kernels import layer_payload_bytes as codec_layer_bytes
 
-    return payload_buffer(codec, (1, *shape[-4:]), "cpu").numel()
+    return codec_layer_bytes(codec, shape)
 
 
 def _encode(codec: str, layer: torch.Tensor) -> torch.Tensor:
     if codec == "identity":
         return layer.contiguous().view(torch.uint8).reshape(-1)
-    if layer.is_cuda:
-        from .kernels import encode_cache
+    from .kernels import encode_layers
 
-        return encode_cache(codec, layer.unsqueeze(0), check=False)
-    from .kernels.reference import encode_cache_reference
-
-    return torch.frombuffer(bytearray(encode_cache_reference(codec, layer.unsqueeze(0))), dtype=torch.uint8)
+    return encode_layers(codec, layer.unsqueeze(0))
 
 
 def _decode(codec: str, payload: torch.Tensor, shape: tuple, dtype: torch.dtype) -> torch.Tensor:
     if codec == "identity":
         return payload.view(dtype).view(shape)
-    if payload.is_cuda:
-        from .kernels import decode_cache
+    from .kernels import decode_layers
 
-        return decode_cache(codec, payload, (1, *shape), dtype)[0]
-    from .kernels.reference import decode_cache_reference
-
-    return decode_cache_reference(codec, payload.numpy().tobytes(), (1, *shape), dtype)[0]
+    return decode_layers(codec, payload, (1, *shape), dtype)[0]
 
 
 def send_cache(kv: torch.Tensor, codec: str, *, dst: int = 1, pipelined: bool = True) -> int:
     """Rank 0: encode ``kv`` [layers, 2, heads, seq, dim] per layer and send it; wire bytes sent."""
     import torch.distributed as dist
 
-    if codec not in CODECS:
-        raise P2PError(f"unknown p2p codec {codec!r}; known: {', '.join(CODECS)}")
+    _require_known(codec)
     stream = torch.cuda.Stream() if kv.is_cuda else None
     handles, payloads = [], []
     sent = 0
@@ -110,8 +114,7 @@ def recv_cache(shape: tuple, dtype: torch.dtype, codec: str, *, src: int = 0, de
     """Rank 1: receive and decode a cache of ``shape`` [layers, 2, heads, seq, dim]."""
     import torch.distributed as dist
 
-    if codec not in CODECS:
-        raise P2PError(f"unknown p2p codec {codec!r}; known: {', '.join(CODECS)}")
+    _require_known(codec)
     n = layer_payload_bytes(codec, shape)
     bufs = [torch.empty(n, dtype=torch.uint8, device=device) for _ in range(shape[0])]
     handles = [dist.irecv(b, src) for b in bufs]

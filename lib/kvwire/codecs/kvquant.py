@@ -122,7 +122,7 @@ def select_outliers(x: torch.Tensor, dim: int, count: int) -> torch.Tensor:
 
 def _top_indices(score: torch.Tensor, count: int, stride: int = 31) -> torch.Tensor:
     """Indices of the ``count`` largest entries of a flat ``score``; ties at the ``count``-th score go
-    to the LOWEST indices, as the GPU kernel's radix select does (``kernels/kvquant_select.py``).
+    to the LOWEST indices, as the GPU kernel's radix select does (``kernels/kvquant/select.py``).
 
     ``torch.topk`` leaves ties unspecified, and a real bf16 cache has many equal z-scores: with it
     the CPU and GPU chose different, equally valid outliers on about 1e-4 of a real cache's entries.

@@ -14,8 +14,10 @@ Where float reductions on the GPU cannot reproduce the CPU's bytes (a k-means, a
 sets ``exact = False`` and implements ``compare``: the payloads may then differ by at most one
 quantization step on fewer than ``1e-4`` of the elements (issue 5's rule).
 
-Adding a GPU codec = one module under ``kernels/`` with a ``@register_kernel`` class, its name in
-``KERNEL_MODULES`` and its tests.
+Adding a GPU codec = a ``@register_kernel`` class in a family's ``kernel.py`` (a new family: a new
+subpackage of ``kernels/`` with a ``kernel.py``) and its tests: the registry imports every
+subpackage's ``kernel`` module on first use, so nothing else lists it. Where several classes serve
+one name, lower ``rank`` is asked first, then the order the families are found in (sorted by name).
 
 Caches whose layers differ in length (window-trimmed sliding layers, ``kvwire.kv``: Gemma-3 at 2048
 tokens has 15 layers of 511 tokens and 3 of 2048) do not fit one ``[layers, 2, heads, seq, head_dim]``
@@ -30,7 +32,10 @@ layer, the bytes the CPU codec writes inside the wire container. ``conformance``
 from __future__ import annotations
 
 import contextvars
+import functools
 import importlib
+import os
+import pkgutil
 from abc import ABC, abstractmethod
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -43,9 +48,7 @@ from ..codecs import LayerKV, build
 from ..codecs.base import LayerContext, Pipeline
 from ..errors import CodecError, KVError, WireError
 
-# modules whose import registers kernel classes (imported on first use, in this order)
-KERNEL_MODULES = ("token_codecs", "granular", "kivi", "k8v4", "kvquant", "guardband", "cachegen", "selection", "lowrank")
-KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order
+KERNELS: dict[str, list[type["KernelCodec"]]] = {}  # codec name -> classes, asked in order (rank, then discovery)
 UNKNOWN_STEPS = 1 << 30  # ``compare``'s step count where bytes differ and no step is defined
 Stats = Sequence[Mapping[str, torch.Tensor]] | None  # one dict per layer (``LayerContext.stats``), or None
 
@@ -112,6 +115,7 @@ class KernelCodec(ABC):
     names: ClassVar[tuple[str, ...]] = ()
     exact: ClassVar[bool] = True  # payload bytes identical to the CPU codec's
     needs_stats: ClassVar[tuple[str, ...]] = ()  # LayerContext.stats keys the encoder reads
+    rank: ClassVar[int] = 1  # where several classes serve one name, lower ranks are asked first
 
     def __init__(self, name: str, params: Mapping[str, Any] | None = None) -> None:
         self.name = name
@@ -133,6 +137,12 @@ class KernelCodec(ABC):
     def limits(cls) -> str:
         """What ``supports`` accepts, in words (for the error that refuses the rest)."""
         return "it implements the codec's default parameters"
+
+    def layer_bytes(self, shape: tuple[int, int, int]) -> int | None:
+        """Bytes of every layer's payload for layers of ``shape`` (kv_heads, seq, head_dim) where the
+        shape alone fixes them (a receiver can post its buffers before any byte arrives); None where
+        they depend on the values (the default)."""
+        return None
 
     @abstractmethod
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:
@@ -174,24 +184,30 @@ class KernelCodec(ABC):
 
     def same_decode(self, got: Sequence[LayerKV], want: Sequence[LayerKV]) -> bool:
         """Whether the kernel's decode of the CPU payloads matches the CPU decode (default: bit for bit)."""
-        from .reference import same_layers
-
         return same_layers(got, want)
 
 
 def register_kernel(cls: type[KernelCodec]) -> type[KernelCodec]:
     """Class decorator: ``cls`` serves ``cls.names`` (for the parameters its ``supports`` accepts;
-    several classes may serve one name, e.g. per-token and per-channel int8)."""
+    several classes may serve one name, e.g. per-token and per-channel int8, asked by ``rank``)."""
     for name in cls.names:
         if cls in KERNELS.setdefault(name, []):
             raise CodecError(f"GPU kernel {cls.__name__} for {name!r} registered twice")
         KERNELS[name].append(cls)
+        KERNELS[name].sort(key=lambda c: c.rank)  # stable: equal ranks keep their registration order
     return cls
 
 
+@functools.lru_cache(maxsize=1)
+def families() -> tuple[str, ...]:
+    """The kernel families: every subpackage of ``kvwire.kernels``, sorted by name."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules([os.path.dirname(__file__)]) if m.ispkg))
+
+
 def _load() -> None:
-    for mod in KERNEL_MODULES:
-        importlib.import_module(f"{__package__}.{mod}")
+    """Import every family's ``kernel`` module (its ``@register_kernel`` classes register themselves)."""
+    for family in families():
+        importlib.import_module(f"{__package__}.{family}.kernel")
 
 
 def supported(name: str, params: Mapping[str, Any] | None = None) -> bool:
@@ -318,3 +334,14 @@ def as_layers(decoded: Decoded) -> list[LayerKV]:
     if isinstance(decoded, torch.Tensor):
         return [LayerKV(x[0], x[1]) for x in decoded]
     return list(decoded)
+
+
+def same_layers(a: Sequence[LayerKV], b: Sequence[LayerKV]) -> bool:
+    """Bit-identical K, V and kept positions, layer by layer (on the host)."""
+    def pos(x):
+        return None if x.positions is None else x.positions.cpu()
+
+    return len(a) == len(b) and all(
+        torch.equal(x.k.cpu(), y.k.cpu()) and torch.equal(x.v.cpu(), y.v.cpu()) and
+        ((pos(x) is None and pos(y) is None) or (pos(x) is not None and pos(y) is not None and torch.equal(pos(x), pos(y))))
+        for x, y in zip(a, b))

@@ -1,5 +1,6 @@
 """GPU codec timing: the fused Triton kernels against the eager-PyTorch baseline and a device copy,
-on the KV shapes of real models. The rule ``time_gpu`` and ``bench/gpu_codecs.py`` both call this.
+on the KV shapes of real models. Tensors and records in, rows out: the files (KV files read, tables
+written) are ``kvwire.stages.gpu_bench``'s, which the rule ``time_gpu`` and ``bench/gpu_codecs.py`` call.
 
 For each shape (layers x kv_heads x head_dim of a model, a sequence length, fp16 or bf16) and each
 codec with a kernel, it checks the kernel's payload against the CPU codec byte for byte: the first
@@ -28,7 +29,7 @@ import dataclasses
 import math
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -140,38 +141,51 @@ def stack_groups(layers, starts: Sequence[int] | None = None, stats=None, device
     return out
 
 
-def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None,
-                      device: str = "cuda") -> list[str]:
-    """Every layer of real kvwire KV files through every kernel against the CPU codec (with the
-    file's own statistics and, for window-trimmed caches, one kernel call per group of equal layers
-    with the wire container's layer contexts); a line per (file, codec); ``KVError`` at the first failure."""
-    from ..kv import load_kv
+def check_record(rec, name: str, codecs: Sequence[str] | None = None, device: str = "cuda") -> list[str]:
+    """Every layer of a real cache (a ``KVRecord``, ``name`` its file) through every kernel against the
+    CPU codec (with the record's own statistics and, for window-trimmed caches, one kernel call per group
+    of equal layers with the wire container's layer contexts); a line per codec; ``KVError`` at the first failure."""
     from .base import cache_group
     from .reference import conformance
 
     lines = []
-    for path in paths:
-        rec = load_kv(path)
-        parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), device)
-        what = describe_tokens([layer.k.shape[1] for layer in rec.layers])
-        for label, kernel in bench_kernels(codecs):
-            missing = [k for k in kernel.needs_stats if k not in parts[0][2][0]]
-            if missing:
-                lines.append(f"real KV {Path(path).name} {label}: skipped, the file has no {missing}")
-                continue
-            cs = []
-            for group, kv, stats in parts:
-                with cache_group(group):
-                    cs.append(conformance(kernel, kv, stats))
-            ok = all(c.ok for c in cs)
-            lines.append(f"real KV {Path(path).name} {len(rec.layers)} layers of {what} tokens {label}: payload "
-                         f"identical {all(c.identical for c in cs)}, within tolerance "
-                         f"{all(c.within_tolerance for c in cs)} ({sum(c.differing for c in cs)}/"
-                         f"{sum(c.elements for c in cs)} differ, max {max(c.max_steps for c in cs)} steps), "
-                         f"decode identical {all(c.decode_identical for c in cs)}")
-            if not ok:
-                raise KVError(lines[-1])
+    parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), device)
+    what = describe_tokens([layer.k.shape[1] for layer in rec.layers])
+    for label, kernel in bench_kernels(codecs):
+        missing = [k for k in kernel.needs_stats if k not in parts[0][2][0]]
+        if missing:
+            lines.append(f"real KV {name} {label}: skipped, the file has no {missing}")
+            continue
+        cs = []
+        for group, kv, stats in parts:
+            with cache_group(group):
+                cs.append(conformance(kernel, kv, stats))
+        ok = all(c.ok for c in cs)
+        lines.append(f"real KV {name} {len(rec.layers)} layers of {what} tokens {label}: payload "
+                     f"identical {all(c.identical for c in cs)}, within tolerance "
+                     f"{all(c.within_tolerance for c in cs)} ({sum(c.differing for c in cs)}/"
+                     f"{sum(c.elements for c in cs)} differ, max {max(c.max_steps for c in cs)} steps), "
+                     f"decode identical {all(c.decode_identical for c in cs)}")
+        if not ok:
+            raise KVError(lines[-1])
     return lines
+
+
+def time_record(do_bench, rec, name: str, kernels, *, gpu: str, copy_gbps: float, l2_bytes: int,
+                rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> list[dict]:
+    """Time every kernel on a real cache (a ``KVRecord``: its own data, layer lengths and statistics)
+    in its dtype: rows as ``time_shape``'s, ``model`` the record's model and ``cache`` its file
+    ``name``, to set beside the synthetic caches of the same shape (CacheGen's entropy coder, for one,
+    compresses real caches differently)."""
+    rec.meta["source_file"] = name
+    first = rec.layers[0].k
+    heads, dim = int(first.shape[0]), int(first.shape[2])
+    seq = max(int(layer.k.shape[1]) for layer in rec.layers)
+    if rec.window_starts:
+        seq = max(int(s) + int(layer.k.shape[1]) for s, layer in zip(rec.window_starts, rec.layers))
+    model = str(rec.meta.get("model") or Path(name).stem)
+    return time_shape(do_bench, model, (len(rec.layers), 2, heads, seq, dim), first.dtype, kernels, gpu=gpu,
+                      copy_gbps=copy_gbps, l2_bytes=l2_bytes, rep_ms=rep_ms, log=log, device=device, real=rec)
 
 
 def _file_stats(rec) -> list[dict]:
@@ -431,73 +445,6 @@ def _wall_ms(fn, repeats: int = 3, once_above_ms: float = 1000.0) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[str, tuple[int, int, int]] | None = None,
-             seqs: Sequence[int] = SEQS, dtypes: Sequence[str] = tuple(DTYPES), codecs: Sequence[str] | None = None,
-             kv_files: Sequence[str | Path] = (), rep_ms: int = 100, log: Callable[[str], None] = print,
-             time_kv_files: bool = False):
-    """Check and time every (model shape, seq, dtype, codec) and write the table to ``out_csv``
-    (rewritten after every model, atomically: a run cut short keeps what it measured). ``codecs``:
-    labels of ``BENCH_CODECS`` (default: every one with a kernel). ``kv_files`` (real caches) are
-    checked against the CPU codec and, with ``time_kv_files``, timed too (``time_real``: rows whose
-    ``cache`` names the file)."""
-    import pandas as pd
-    import triton
-    from triton.testing import do_bench
-
-    from ..io import write_csv
-
-    gpu = require_gpu(label)
-    unknown = sorted(set(dtypes) - set(DTYPES))
-    if unknown:
-        raise KVError(f"GPU timing dtypes are {sorted(DTYPES)}, not {unknown}")
-    l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
-    copy_gbps = copy_bandwidth(do_bench)
-    log(f"{gpu}: copy {copy_gbps:.0f} GB/s (read+write), L2 {l2 >> 20} MiB, torch {torch.__version__}, "
-        f"triton {triton.__version__}")
-    kernels = bench_kernels(codecs)
-    log(f"codecs with kernels: {', '.join(k for k, _ in kernels)}")
-    for line in check_real_caches(kv_files, [k for k, _ in kernels]):
-        log(line)
-    rows, t0 = [], time.time()
-    if time_kv_files and kv_files:
-        rows += time_real(do_bench, kv_files, kernels, gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms,
-                          log=log)
-        write_csv(out_csv, pd.DataFrame(rows))
-        log(f"  real caches done ({time.time() - t0:.0f} s)")
-    for model, (layers, heads, dim) in (MODEL_SHAPES if models is None else models).items():
-        for seq in seqs:
-            for dtype in dtypes:
-                rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
-                                   copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
-                                   tokens=layer_tokens(model, layers, seq))
-                write_csv(out_csv, pd.DataFrame(rows))  # after every shape: a run cut short keeps them
-        log(f"  {model} done ({time.time() - t0:.0f} s)")
-    return pd.DataFrame(rows)
-
-
-def time_real(do_bench, kv_files: Sequence[str | Path], kernels, *, gpu: str, copy_gbps: float, l2_bytes: int,
-              rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> list[dict]:
-    """Time every kernel on real caches (kvwire KV files: their own data, layer lengths and
-    statistics) in the files' dtype: rows as ``time_shape``'s, ``model`` the file's model and ``cache``
-    the file's name, to set beside the synthetic caches of the same shape (CacheGen's entropy coder,
-    for one, compresses real caches differently)."""
-    from ..kv import load_kv
-
-    rows = []
-    for path in kv_files:
-        rec = load_kv(path)
-        rec.meta["source_file"] = Path(path).name
-        first = rec.layers[0].k
-        heads, dim = int(first.shape[0]), int(first.shape[2])
-        seq = max(int(layer.k.shape[1]) for layer in rec.layers)
-        if rec.window_starts:
-            seq = max(int(s) + int(layer.k.shape[1]) for s, layer in zip(rec.window_starts, rec.layers))
-        model = str(rec.meta.get("model") or Path(path).stem)
-        rows += time_shape(do_bench, model, (len(rec.layers), 2, heads, seq, dim), first.dtype, kernels, gpu=gpu,
-                           copy_gbps=copy_gbps, l2_bytes=l2_bytes, rep_ms=rep_ms, log=log, device=device, real=rec)
-    return rows
-
-
 def summary(table) -> str:
     """The bf16 device rows as a text table: time, GB/s, fraction of copy, eager time, speed-up, and
     whether the kernel conforms to the CPU codec (identical bytes, or within issue 5's tolerance)."""
@@ -522,74 +469,65 @@ def _ok_column(table) -> str:
     return "conformant" if "conformant" in table.columns else "identical_to_cpu"
 
 
-def time_nvcomp(do_bench, kv_files: Sequence[str | Path], codecs: Sequence[str] | None = None,
+def nvcomp_rows(do_bench, rec, name: str, codecs: Sequence[str] | None = None,
                 algorithms: Sequence[str] | None = None, *, gpu: str, min_bytes: int = 64 << 20,
-                out_csv: str | Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
+                log: Callable[[str], None] = print, progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """nvCOMP after each kernel codec, on the payloads of REAL caches (random caches have the wrong
     code histograms): the ratio it gains on the payload itself, and its GB/s on that payload tiled to
     at least ``min_bytes`` (64 KB chunks are coded independently, so tiling keeps the statistics and
-    takes the launch-bound regime out). Lossless is checked on every measured buffer. ``out_csv`` is
-    rewritten after every codec (a run cut short keeps what it measured)."""
-    import pandas as pd
-
-    from ..io import write_csv
-
-    from ..kv import load_kv
-    from .nvcomp import ALGORITHMS, NvcompStage, version
+    takes the launch-bound regime out). Lossless is checked on every measured buffer. ``rec``: a real
+    cache (``KVRecord``), ``name`` its file; ``progress`` gets the rows so far after every codec."""
+    from .base import cache_group
+    from .nvcomp import ALGORITHMS, NvcompStage
 
     rows = []
     algorithms = tuple(algorithms or ALGORITHMS)
-    log(f"nvCOMP {version()}: {', '.join(algorithms)}")
-    from .base import cache_group
+    parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), "cuda")  # window-trimmed: groups
+    kv = parts[0][1]
+    raw = sum(p[1].numel() for p in parts) * kv.element_size()
+    tokens = describe_tokens([layer.k.shape[1] for layer in rec.layers])
 
-    for path in kv_files:
-        rec = load_kv(path)
-        parts = stack_groups(rec.layers, rec.window_starts, _file_stats(rec), "cuda")  # window-trimmed: groups
-        kv = parts[0][1]
-        raw = sum(p[1].numel() for p in parts) * kv.element_size()
-        tokens = describe_tokens([layer.k.shape[1] for layer in rec.layers])
+    def encoded(kernel) -> torch.Tensor:
+        """The cache's payload bytes: every group's, in group order (one buffer, as nvCOMP sees it)."""
+        if kernel is None:
+            return torch.cat([p[1].reshape(-1).view(torch.uint8) for p in parts])
+        out = []
+        for group, x, st in parts:
+            with cache_group(group):
+                out.append(kernel.encode(x, st).data)
+        return out[0] if len(out) == 1 else torch.cat(out)
 
-        def encoded(kernel) -> torch.Tensor:
-            """The cache's payload bytes: every group's, in group order (one buffer, as nvCOMP sees it)."""
-            if kernel is None:
-                return torch.cat([p[1].reshape(-1).view(torch.uint8) for p in parts])
-            out = []
-            for group, x, st in parts:
-                with cache_group(group):
-                    out.append(kernel.encode(x, st).data)
-            return out[0] if len(out) == 1 else torch.cat(out)
-
-        for label, kernel in [("identity", None)] + bench_kernels(codecs):
-            if kernel is not None and any(k not in (parts[0][2] or [{}])[0] for k in kernel.needs_stats):
+    for label, kernel in [("identity", None)] + bench_kernels(codecs):
+        if kernel is not None and any(k not in (parts[0][2] or [{}])[0] for k in kernel.needs_stats):
+            continue
+        payload = encoded(kernel)
+        tiled = payload.repeat(max(1, math.ceil(min_bytes / max(payload.numel(), 1))))
+        for algo in algorithms:
+            try:
+                stage = NvcompStage(algo)
+                comp = stage.compress(payload)
+                ok = torch.equal(stage.decompress(comp), payload)
+                comp_tiled = stage.compress(tiled)
+                ok &= torch.equal(stage.decompress(comp_tiled), tiled)
+                enc = do_bench(lambda: stage.compress(tiled), warmup=10, rep=100, return_mode="median")
+                dec = do_bench(lambda: stage.decompress(comp_tiled), warmup=10, rep=100, return_mode="median")
+            except Exception as exc:  # an algorithm this build or GPU lacks: say so, keep the others
+                log(f"  nvCOMP {algo} on {label} ({name}): {type(exc).__name__}: {exc}")
                 continue
-            payload = encoded(kernel)
-            tiled = payload.repeat(max(1, math.ceil(min_bytes / max(payload.numel(), 1))))
-            for algo in algorithms:
-                try:
-                    stage = NvcompStage(algo)
-                    comp = stage.compress(payload)
-                    ok = torch.equal(stage.decompress(comp), payload)
-                    comp_tiled = stage.compress(tiled)
-                    ok &= torch.equal(stage.decompress(comp_tiled), tiled)
-                    enc = do_bench(lambda: stage.compress(tiled), warmup=10, rep=100, return_mode="median")
-                    dec = do_bench(lambda: stage.decompress(comp_tiled), warmup=10, rep=100, return_mode="median")
-                except Exception as exc:  # an algorithm this build or GPU lacks: say so, keep the others
-                    log(f"  nvCOMP {algo} on {label} ({Path(path).name}): {type(exc).__name__}: {exc}")
-                    continue
-                rows.append({
-                    "gpu": gpu, "source": Path(path).name, "layers": len(rec.layers), "kv_heads": kv.shape[2],
-                    "seq": rec.seq_len, "head_dim": kv.shape[4], "dtype": str(kv.dtype).split(".")[-1],
-                    "layer_tokens": tokens,
-                    "codec": label, "algorithm": algo, "raw_bytes": raw, "payload_bytes": payload.numel(),
-                    "compressed_bytes": comp.numel(), "codec_ratio": raw / payload.numel(),
-                    "stage_ratio": payload.numel() / comp.numel(), "total_ratio": raw / comp.numel(),
-                    "timed_bytes": tiled.numel(), "compress_ms": enc, "decompress_ms": dec,
-                    "compress_gbps": tiled.numel() / enc / 1e6, "decompress_gbps": tiled.numel() / dec / 1e6,
-                    "lossless": bool(ok),
-                })
-                log(f"  {Path(path).name} {label:16} {algo:9} x{rows[-1]['stage_ratio']:.3f} on the payload, "
-                    f"{rows[-1]['compress_gbps']:.0f} / {rows[-1]['decompress_gbps']:.0f} GB/s, lossless {ok}")
-            del payload, tiled
-            if out_csv is not None and rows:
-                write_csv(out_csv, pd.DataFrame(rows))
+            rows.append({
+                "gpu": gpu, "source": name, "layers": len(rec.layers), "kv_heads": kv.shape[2],
+                "seq": rec.seq_len, "head_dim": kv.shape[4], "dtype": str(kv.dtype).split(".")[-1],
+                "layer_tokens": tokens,
+                "codec": label, "algorithm": algo, "raw_bytes": raw, "payload_bytes": payload.numel(),
+                "compressed_bytes": comp.numel(), "codec_ratio": raw / payload.numel(),
+                "stage_ratio": payload.numel() / comp.numel(), "total_ratio": raw / comp.numel(),
+                "timed_bytes": tiled.numel(), "compress_ms": enc, "decompress_ms": dec,
+                "compress_gbps": tiled.numel() / enc / 1e6, "decompress_gbps": tiled.numel() / dec / 1e6,
+                "lossless": bool(ok),
+            })
+            log(f"  {name} {label:16} {algo:9} x{rows[-1]['stage_ratio']:.3f} on the payload, "
+                f"{rows[-1]['compress_gbps']:.0f} / {rows[-1]['decompress_gbps']:.0f} GB/s, lossless {ok}")
+        del payload, tiled
+        if progress is not None and rows:
+            progress(rows)
     return rows

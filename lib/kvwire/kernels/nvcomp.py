@@ -4,7 +4,7 @@ NVIDIA's nvCOMP (PyPI ``nvidia-nvcomp-cu13``, which pulls ``nvidia-libnvcomp-cu1
 has no network, so the two wheels travel with the working tree) compresses a device buffer with one of
 its GPU algorithms. After quantization a payload is mostly codes with skewed histograms (near-zero
 codes dominate), so an entropy coder (ANS) or a bit-plane coder (Bitcomp) can buy ratio on top of
-the codec; LZ-class coders (zstd, LZ4) find little repetition in codes. ``bench.time_nvcomp``
+the codec; LZ-class coders (zstd, LZ4) find little repetition in codes. ``bench.nvcomp_rows``
 measures what each algorithm gains and costs on each kernel codec's payload.
 
 The stage is lossless (``decompress(compress(x)) == x``, checked on every measured payload). Its

@@ -49,17 +49,6 @@ def _host_stats(stats: Stats):
     return None if stats is None else [{k: v.cpu() for k, v in s.items()} for s in stats]
 
 
-def same_layers(a: Sequence[LayerKV], b: Sequence[LayerKV]) -> bool:
-    """Bit-identical K, V and kept positions, layer by layer (on the host)."""
-    def pos(x):
-        return None if x.positions is None else x.positions.cpu()
-
-    return len(a) == len(b) and all(
-        torch.equal(x.k.cpu(), y.k.cpu()) and torch.equal(x.v.cpu(), y.v.cpu()) and
-        ((pos(x) is None and pos(y) is None) or (pos(x) is not None and pos(y) is not None and torch.equal(pos(x), pos(y))))
-        for x, y in zip(a, b))
-
-
 @dataclass(frozen=True)
 class Conformance:
     """A kernel's payload and decode against the CPU codec, over the layers checked."""

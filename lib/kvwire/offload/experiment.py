@@ -145,7 +145,7 @@ def page_wire_bytes(shape: dict, page_size: int, codec: str | None) -> int:
     layout the Triton kernel writes, byte for byte the CPU codec's ``encode_layer``)."""
     if codec is None:
         return 2 * shape["kv_heads"] * page_size * shape["head_dim"] * KV_BYTES
-    from ..kernels import payload_buffer
+    from ..kernels.token.kernel import payload_buffer
 
     return payload_buffer(codec, (1, 2, shape["kv_heads"], page_size, shape["head_dim"]), "cpu").numel()
 

@@ -71,9 +71,9 @@ class PagedDecoder:
             host[layer].copy_(torch.randn(host.shape[1:], generator=dg, device=self.device).to(torch.bfloat16))
         self.host = host
         if codec:
-            from .. import kernels
+            from ..kernels.launch import interpreted
 
-            if not self.cuda and not kernels.interpreted():
+            if not self.cuda and not interpreted():
                 raise OffloadError(f"compressed pages on the CPU need Triton's interpreter (TRITON_INTERPRET=1): "
                                    f"the {codec} kernels are the replay's decode")
             self._encode_host()
@@ -100,7 +100,7 @@ class PagedDecoder:
     # ---- host store -------------------------------------------------------------------------------
     def _encode_host(self) -> None:
         """Compress every page once (on the device), keep the payloads in pinned host memory."""
-        from .. import kernels
+        from ..kernels.token.kernel import encode_cache
 
         L, P = self.L, self.pages
         flat = self.host.view(L * P, 2, self.H, self.ps, self.D)
@@ -108,7 +108,7 @@ class PagedDecoder:
         chunk = 4096
         for start in range(0, L * P, chunk):
             part = flat[start:start + chunk].to(self.device)
-            rows.append(kernels.encode_cache(self.codec, part).view(part.shape[0], -1).cpu())
+            rows.append(encode_cache(self.codec, part).view(part.shape[0], -1).cpu())
         payload = torch.cat(rows)
         self.host_payload = payload.pin_memory() if self.cuda else payload
         self.host_payload = self.host_payload.view(L, P, -1)
@@ -203,11 +203,11 @@ class PagedDecoder:
     def _decode_into(self, n: int, stage: str, index: torch.Tensor, flat: bool) -> None:
         """Decode ``n`` staged payloads with one kernel and scatter them into their slots (one layer's
         slots, or ``flat`` = (layer x slots) indices across layers)."""
-        from .. import kernels
+        from ..kernels.token.kernel import decode_cache
 
         out = self.stage_out[stage][:n]
-        kernels.decode_cache(self.codec, self.stage[stage][:n].view(-1), (n, 2, self.H, self.ps, self.D),
-                             torch.bfloat16, out=out, check=False)
+        decode_cache(self.codec, self.stage[stage][:n].view(-1), (n, 2, self.H, self.ps, self.D),
+                     torch.bfloat16, out=out, check=False)
         target = self.pool.view(self.L * self.slots, *self.pool.shape[2:]) if flat else self.pool[self._layer_of[stage]]
         target.index_copy_(0, index, out)
 

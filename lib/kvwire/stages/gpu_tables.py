@@ -48,7 +48,7 @@ def read_gpu_tables(paths: Sequence[str | Path]) -> pd.DataFrame:
             t.loc[old, "conformant"] = t.loc[old, "identical_to_cpu"]
         else:
             t["conformant"] = t["identical_to_cpu"]
-        # rows timed on a real cache name its file (kvwire.kernels.bench.time_real); older rows are synthetic
+        # rows timed on a real cache name its file (kvwire.kernels.bench.time_record); older rows are synthetic
         t["cache"] = t["cache"].fillna("synthetic") if "cache" in t.columns else "synthetic"
         frames.append(t)
     return pd.concat(frames, ignore_index=True)

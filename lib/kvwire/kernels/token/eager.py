@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import torch
 
-from ..codecs import build
-from ..codecs.bitpack import pack
-from ..codecs.quant import Quantized, dequantize, quantize
-from . import _check, _layout, header_tensor
+from ...codecs import build
+from ...codecs.bitpack import pack
+from ...codecs.quant import Quantized, dequantize, quantize
+from ..launch import header_tensor
+from .layout import check_supported, token_layout
 
 
 def encode_cache_eager(name: str, kv: torch.Tensor) -> torch.Tensor:
-    """Same contract as ``kernels.encode_cache`` (default parameters), in eager PyTorch."""
-    _check(name, None)
-    lay = _layout(name, tuple(kv.shape))
+    """Same contract as ``kernel.encode_cache`` (default parameters), in eager PyTorch."""
+    check_supported(name, None)
+    lay = token_layout(name, tuple(kv.shape))
     codec = build(name).tensor
     header = header_tensor(lay.header, str(kv.device))
     payloads = []
@@ -43,9 +44,9 @@ def encode_cache_eager(name: str, kv: torch.Tensor) -> torch.Tensor:
 
 
 def decode_cache_eager(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """Same contract as ``kernels.decode_cache``, in eager PyTorch."""
-    _check(name, None)
-    lay = _layout(name, tuple(shape))
+    """Same contract as ``kernel.decode_cache``, in eager PyTorch."""
+    check_supported(name, None)
+    lay = token_layout(name, tuple(shape))
     n_layers, _, h, s, d = shape
     off = lay.offsets()
     limit = torch.finfo(dtype).max

@@ -1,8 +1,8 @@
-"""Triton kernels of the KVQuant GPU codec's outlier selection (step 2 of ``kvquant_jit.py``'s
+"""Triton kernels of the KVQuant GPU codec's outlier selection (step 2 of ``jit.py``'s
 encode): the exact top-k of every tensor's z-scores as a radix select on the unique 62-bit key
 ``(score bits, 2**31 - 1 - flat index)``, so ties at the k-th score go to the LOWEST indices.
 
-``select_first_kernel`` picks the window bin (``kvquant_jit._window``) of the k-th score from the
+``select_first_kernel`` picks the window bin (``jit._window``) of the k-th score from the
 first pass's histogram; ``collect_kernel`` counts each tile's sure outliers, compacts that bin's
 members into a candidate buffer (overflow flagged) and folds the keys' sure inliers into their
 channels' min/max; six ``level_kernel`` / ``select_level_kernel`` rounds (11 + 10 + 10 bits of
@@ -18,7 +18,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .kvquant_jit import (_flat_rank, _hist, _key_scores, _layer_head, _ordered, _selected, _spread, _tensor_scores,
+from .jit import (_flat_rank, _hist, _key_scores, _layer_head, _ordered, _selected, _spread, _tensor_scores,
                           _tile, _value_scores, _window, _zero_key)
 
 # the host's view of the selection's scratch (the kernels spell these numbers out: Triton globals

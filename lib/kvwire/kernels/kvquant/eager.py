@@ -12,10 +12,11 @@ import functools
 
 import torch
 
-from .. import rope
-from ..codecs.kvquant import _nf_coder, n_outliers, select_outliers
-from ..codecs.quant import SCALE_DTYPES
-from .base import GpuPayloads, Stats
+from ... import rope
+from ...codecs.kvquant import _nf_coder, n_outliers, select_outliers
+from ...codecs.quant import SCALE_DTYPES
+from ..base import GpuPayloads, Stats
+from ..launch import header_tensor
 
 
 @functools.lru_cache(maxsize=16)
@@ -79,15 +80,13 @@ def _encode_tensor(x: torch.Tensor, red: int, bits: int, params: dict, dtype: to
 
 def encode_eager(kernel, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
     """Every layer's payload, the CPU codec's ops on the device (RoPE tables too: device cos/sin)."""
-    from .kvquant import _header
-
     params, bits = kernel.params, kernel.bits
     n_layers, _, h, s, d = kv.shape
     dev = kv.device
     starts = kernel._starts(kv.shape)
     plan = kernel._rope_plan(stats, n_layers, s, d, "cpu", starts) if params["pre_rope"] else None
     lay = kernel.layout(tuple(kv.shape), kv.dtype, plan.n_freq if plan else 0)
-    header = _header(lay.header, str(dev))
+    header = header_tensor(lay.header, str(dev))
     layers = []
     for i in range(n_layers):
         keys, tail = kv[i, 0], []

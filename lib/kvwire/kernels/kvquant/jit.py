@@ -1,4 +1,4 @@
-"""Triton kernels of the KVQuant GPU codec (``kernels/kvquant.py`` launches them in this order).
+"""Triton kernels of the KVQuant GPU codec (``kernel.py`` launches them in this order).
 
 Encode, per cache (every layer's K and V in each launch):
 
@@ -8,7 +8,7 @@ Encode, per cache (every layer's K and V in each launch):
    With ``pre_rope`` the first key pass also un-rotates the keys into a float32 buffer.
 2. The exact top-k of the z-scores per tensor (ties at the k-th score to the LOWEST indices),
    a radix select whose first pass is the 256-bin window histogram (``_window``) of
-   ``value_moments_kernel`` / ``key_hist_kernel``: ``kvquant_select.py``.
+   ``value_moments_kernel`` / ``key_hist_kernel``: ``select.py``.
 3. ``quant_kernel``: each tile recomputes its z-scores, marks its outliers (``_selected``),
    normalizes with the fp16-rounded offset/range, takes the nearest NF level (ties to the lower
    level, as the CPU's lookup), packs the codes as ``codecs/bitpack.py`` does and writes its
@@ -41,7 +41,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .token_quant import _bf16_bits
+from ..jit import bf16_bits
 
 
 
@@ -84,7 +84,7 @@ def _round_to(v, DT: tl.constexpr):
         h = v.to(tl.float16)
         return h.to(tl.float32), h.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
     elif DT == 1:
-        b = _bf16_bits(v)
+        b = bf16_bits(v)
         return (b << 16).to(tl.float32, bitcast=True), b & 0xFFFF
     else:
         return v, v.to(tl.int32, bitcast=True)
@@ -641,7 +641,7 @@ def _store_out(out_ptr, at, y, OUT_DT: tl.constexpr, mask):
     if OUT_DT == 0:
         tl.store(out_ptr + at, y.to(tl.float16).to(tl.int16, bitcast=True), mask=mask)
     elif OUT_DT == 1:
-        tl.store(out_ptr + at, _bf16_bits(y).to(tl.int16), mask=mask)
+        tl.store(out_ptr + at, bf16_bits(y).to(tl.int16), mask=mask)
     else:
         tl.store(out_ptr + at, y.to(tl.int32, bitcast=True), mask=mask)
 

@@ -37,22 +37,19 @@ Not implemented (``CodecError``): ``scale_dtype`` other than float16.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import lru_cache
 
-import numpy as np
 import torch
 import triton
 import triton.language as tl
 
-from ..codecs.base import section_header
-from ..codecs.bitpack import packed_size
-from ..codecs.cachegen import _MODE_PACKED, layer_tier
-from ..errors import CodecError, KVError, WireError
-from . import interpreted
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
-from .packbits import code_at, load_f16_bytes, pack_blocks_rt, store_f16_bytes
-from .token_quant import _bf16_bits, _rint
+from ...codecs.cachegen import _MODE_PACKED, layer_tier
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
+from ..bytepack import code_at, load_f16_bytes, pack_blocks_rt, store_f16_bytes
+from ..jit import bf16_bits, rint
+from ..launch import interpreted
+from .layout import CacheGenSymbols, PackedLayout, packed_layout
 
 # launch tuning (a knob to sweep on the GPU): elements per program tile and warps (8 elements per thread
 # keeps every kernel under ~70 registers, sm_90 compile), chunks per program of ``delta_range_kernel``,
@@ -74,7 +71,7 @@ def _launch(warps: int) -> dict:
 @triton.jit
 def _decoded_anchor(xa, s, z, inv, QA: tl.constexpr):
     """The anchor's code and its decoded value, as ``quant.quantize`` / ``dequantize`` (asymmetric)."""
-    code = tl.minimum(tl.maximum(_rint((xa - z) * inv), 0.0), QA * 1.0)
+    code = tl.minimum(tl.maximum(rint((xa - z) * inv), 0.0), QA * 1.0)
     return code, code * s + z
 
 
@@ -199,7 +196,7 @@ def delta_codes_kernel(x_ptr, a_scale_ptr, a_zero_ptr, amax_ptr, codes_ptr, d_sc
     x = tl.load(x_ptr + base + tok.to(tl.int64) * D + col[:, None, None], mask=m, other=0.0).to(tl.float32)
     xa = tl.load(x_ptr + base + (chunk * C).to(tl.int64) * D + col[:, None, None], mask=m, other=0.0).to(tl.float32)
     _, a_hat = _decoded_anchor(xa, s, z, inv, QA)
-    code = (tl.minimum(tl.maximum(_rint((x - a_hat) * dinv[:, None, None]), -qf), qf) + qf).to(tl.int32)
+    code = (tl.minimum(tl.maximum(rint((x - a_hat) * dinv[:, None, None]), -qf), qf) + qf).to(tl.int32)
     row = (head * D + col).to(tl.int64)[:, None, None]  # the (head, channel) row of this (layer, K/V)'s stream
     if PAYLOAD:
         at = tl.load(sec + 4) + 1  # after the stream's mode byte
@@ -278,74 +275,11 @@ def decode_kernel(a_src_ptr, d_src_ptr, a_scale_ptr, a_zero_ptr, d_scale_ptr, y_
     x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
     dst = y_ptr + (t.to(tl.int64) * S + tok)[:, None] * D + col[None, :]
     if OUT_KIND == 2:
-        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=m)
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=m)
     elif OUT_KIND == 1:
         tl.store(dst, x.to(tl.float16), mask=m)
     else:
         tl.store(dst, x, mask=m)
-
-
-# ---- host side: symbols, layout -------------------------------------------------------------------
-
-@dataclass
-class CacheGenSymbols:
-    """The quantized symbols of a whole cache, as the CPU codec's entropy stage receives them."""
-
-    shape: tuple[int, ...]  # [layers, 2, heads, seq, head_dim]
-    anchor_codes: torch.Tensor  # uint8 [layers, 2, heads, chunks, head_dim]
-    anchor_scale: torch.Tensor  # float16 [layers, 2, heads, head_dim]
-    anchor_zero: torch.Tensor  # float16 [layers, 2, heads, head_dim]
-    delta_codes: torch.Tensor  # uint8 [layers, 2, heads, head_dim, deltas] (channel-major, the stream order)
-    delta_scale: torch.Tensor  # float16 [layers, 2, heads, head_dim]
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.anchor_codes, self.anchor_scale, self.anchor_zero,
-                                                          self.delta_codes, self.delta_scale))
-
-
-@dataclass(frozen=True, eq=False)  # hashed by identity: one per (params, shape), from lru_cache
-class PackedLayout:
-    """Byte layout of ``entropy="none"`` payloads (every stream bit-packed) for one cache shape."""
-
-    offsets: tuple[int, ...]
-    sections: np.ndarray  # int64 [layers, 10]: absolute offset of each section
-    header_at: np.ndarray  # int64: section tables and stream mode bytes
-    header_bytes: np.ndarray  # uint8
-
-
-@lru_cache(maxsize=64)
-def packed_layout(params_items: tuple, shape: tuple[int, ...], tiers: tuple[int, ...] | None = None) -> PackedLayout:
-    """``tiers``: each layer's ``layer_tier`` (default: of a whole cache of ``shape``; ``CacheGenKernel._tiers``)."""
-    p = dict(params_items)
-    n, _, h, s, d = shape
-    tiers = tiers if tiers is not None else tuple(layer_tier(i, n) for i in range(n))
-    c = p["chunk_size"]
-    nc = -(-s // c)
-    nd = s - nc
-    offsets, secs, at_list, byte_list = [0], [], [], []
-    for i in range(n):
-        bits = p[("bits_early", "bits_mid", "bits_late")[tiers[i]]]
-        ab = p["anchor_bits"]
-        a_stream = 1 + (h * nc * d if ab == 8 else packed_size(h * nc * d, ab))
-        d_stream = 1 + (0 if nd == 0 else h * d * nd if bits == 8 else packed_size(h * d * nd, bits))
-        per = [2 * h * d, 2 * h * d, a_stream, 2 * h * d if nd else 0, d_stream]
-        lengths = per * 2
-        head = section_header(lengths)
-        pos = offsets[-1] + len(head)
-        row = []
-        for length in lengths:
-            row.append(pos)
-            pos += length
-        secs.append(row)
-        at_list.append(np.arange(offsets[-1], offsets[-1] + len(head)))
-        byte_list.append(np.frombuffer(head, dtype=np.uint8))
-        for j in (2, 4, 7, 9):  # the streams' mode bytes: packed
-            at_list.append(np.array([row[j]]))
-            byte_list.append(np.array([_MODE_PACKED], dtype=np.uint8))
-        offsets.append(pos)
-    return PackedLayout(tuple(offsets), np.array(secs, dtype=np.int64),
-                        np.concatenate(at_list).astype(np.int64), np.concatenate(byte_list))
 
 
 @register_kernel
@@ -489,8 +423,8 @@ class CacheGenKernel(KernelCodec):
     # -- encode: the host part --
     def host_encode(self, sym: CacheGenSymbols) -> list[bytes]:
         """The CPU codec's entropy stage on the symbols: every layer's payload bytes (one device->host copy)."""
-        from ..codecs.base import pack_sections, tensor_bytes
-        from ..codecs.cachegen import encode_stream
+        from ...codecs.base import pack_sections, tensor_bytes
+        from ...codecs.cachegen import encode_stream
 
         n, _, h, _, d = sym.shape
         p = self.params
@@ -559,8 +493,8 @@ class CacheGenKernel(KernelCodec):
 
     def host_decode(self, payloads: GpuPayloads, shape, device=None) -> CacheGenSymbols:
         """The CPU codec's stream decoding (rANS or bit-packed) of every layer: the symbols, on ``device``."""
-        from ..codecs.base import tensor_from, unpack_sections
-        from ..codecs.cachegen import decode_stream
+        from ...codecs.base import tensor_from, unpack_sections
+        from ...codecs.cachegen import decode_stream
 
         n, h, _, d, _, nc, nd = self._dims(tuple(shape))
         p = self.params
@@ -614,24 +548,24 @@ class CacheGenKernel(KernelCodec):
 
     # -- the eager baseline --
     def encode_symbols_eager(self, kv: torch.Tensor) -> CacheGenSymbols:
-        from .cachegen_eager import encode_symbols_eager
+        from .eager import encode_symbols_eager
 
         return encode_symbols_eager(self, kv)
 
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
-        from .cachegen_eager import encode_packed_eager
+        from .eager import encode_packed_eager
 
         if self.params["entropy"] == "none":
             return encode_packed_eager(self, kv)
         return GpuPayloads.from_bytes(self.host_encode(self.encode_symbols_eager(kv)), kv.device)
 
     def decode_symbols_eager(self, sym: CacheGenSymbols, dtype: torch.dtype) -> torch.Tensor:
-        from .cachegen_eager import decode_symbols_eager
+        from .eager import decode_symbols_eager
 
         return decode_symbols_eager(self, sym, dtype)
 
     def decode_eager(self, payloads: GpuPayloads, shape, dtype) -> torch.Tensor:
-        from .cachegen_eager import decode_packed_eager
+        from .eager import decode_packed_eager
 
         if self.params["entropy"] == "none":
             return decode_packed_eager(self, payloads, tuple(shape), dtype)

@@ -12,7 +12,7 @@ Two launches per cache encode (and two decode), each over every layer, plus the 
   ``n_v`` on are the value residual, copied bit for bit.
 Every element of the cache is read once and every payload byte written once. Decode mirrors it.
 
-Exact, for the reasons in ``token_quant.py``: correctly rounded divisions, round-half-even, no FMA
+Exact, for the reasons in ``token/jit.py``: correctly rounded divisions, round-half-even, no FMA
 contraction, scales rounded to their dtype as torch does (-0.0 made +0.0 like ``codecs/quant.py``),
 decode products ``code * scale`` exact in float32 for float16/bfloat16 scales (and not contracted for
 float32 ones). Residual tokens are moved as raw bits. Parameters: any ``group_size`` up to
@@ -32,16 +32,16 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs import LayerKV
-from ..codecs.base import LayerContext, require_finite
-from ..codecs.bitpack import pack, packed_size
-from ..codecs.kivi import split_points
-from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
-from ..errors import CodecError, KVError, WireError
-from . import _fp_args, header_tensor, interpreted, triton_cdiv
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
-from .layout import SectionTable
-from .pack_quant import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_item,
+from ...codecs import LayerKV
+from ...codecs.base import LayerContext, require_finite
+from ...codecs.bitpack import pack, packed_size
+from ...codecs.kivi import split_points
+from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from ..launch import fp_args, header_tensor, interpreted, triton_cdiv
+from ..layout import SectionTable
+from ..wordpack import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_item,
                          load_scale, load_words, minmax_codes, minmax_params, nanmax, native, needs_clamp, pack_words,
                          pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales, store_item, store_scale,
                          store_words, unpack_on_device, unpack_words, words_view)
@@ -305,7 +305,7 @@ class KiviKernel(KernelCodec):
                 "LAYER_BYTES": lay.layer_bytes, "KC_OFF": off["k_codes"], "KS_OFF": off["k_scales"],
                 "KZ_OFF": off["k_zeros"], "KR_OFF": off["k_residual"]}
         meta = {"G": lay.group, "GP": gp, "CB": cb, "WORDS": _words_ok(lay, off["k_codes"])}
-        return triton_cdiv(lay.seq, lay.group) * n_cb, args, {**meta, **_fp_args(op, warps)}
+        return triton_cdiv(lay.seq, lay.group) * n_cb, args, {**meta, **fp_args(warps)}
 
     def _values_args(self, lay: KiviLayout, op: str) -> tuple[int, dict, dict]:
         off, e = lay.offsets(), 32 // self.bits
@@ -317,7 +317,7 @@ class KiviKernel(KernelCodec):
                 "VR_OFF": off["v_residual"]}
         meta = {"DPE": dpe, "BLOCK_R": block_r, "VG": lay.value_group, "NGV": lay.head_dim // lay.value_group,
                 "WORDS": _words_ok(lay, off["v_codes"])}
-        return triton_cdiv(lay.seq, block_r), args, {**meta, **_fp_args(op, warps)}
+        return triton_cdiv(lay.seq, block_r), args, {**meta, **fp_args(warps)}
 
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, out: torch.Tensor | None = None,
                check: bool = True) -> GpuPayloads:

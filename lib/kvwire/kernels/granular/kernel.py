@@ -4,7 +4,7 @@ non-default parameters -- and ``fp8_e5m2`` (per token, fp16 scales: its defaults
 
 Every payload is the CPU codec's ``encode_layer`` bytes, byte for byte, and every decode the CPU
 ``decode_layer``'s tensor, bit for bit: ``codecs/quant.py``'s arithmetic redone in float32 with
-correctly rounded divisions, no FMA contraction and RNE on bit patterns (``granular_jit.py``).
+correctly rounded divisions, no FMA contraction and RNE on bit patterns (``jit.py``).
 
 - ``GroupQuantKernel``: one scale per run of ``G`` consecutive elements (``group_size``, or
   ``head_dim`` at token granularity). A tensor is then rows of ``G`` with its scales in row order:
@@ -39,14 +39,14 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-from ..codecs import build
-from ..codecs.bitpack import pack
-from ..codecs.int8 import dequantize_per_token, group_view, scale_shape
-from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, levels, quantize
-from ..errors import CodecError, KVError, WireError
-from . import header_tensor, interpreted, triton_cdiv
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
-from .layout import TokenLayout
+from ...codecs import build
+from ...codecs.bitpack import pack
+from ...codecs.int8 import dequantize_per_token, group_view, scale_shape
+from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, levels, quantize
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from ..launch import header_tensor, interpreted, triton_cdiv
+from ..layout import TokenLayout
 
 # GPU launch defaults by kernel: the per-token kernels' best (bench/NOTES.md, version 2: small
 # programs, 1 warp to encode, 2 to decode); the channel reduction loops over a chunk with 4 warps
@@ -59,14 +59,14 @@ TARGET_PROGRAMS = 4096  # ... fewer where that would leave fewer programs than t
 BLOCK_CHUNKS = 16  # chunk ranges combined per step of channel_scale_kernel
 CHUNK_INTERPRETED = 64
 BLOCK_INTERPRETED = 256  # rows per program in the interpreter, whose cost is per program
-OUT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # granular_jit's OUT
+OUT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # jit.py's OUT
 
 
 @dataclass(frozen=True)
 class Scheme:
     """What one codec setting quantizes on a cache of a given head_dim."""
 
-    kind: str  # "int8", "int4" or "fp8_e5m2" (granular_jit.KINDS)
+    kind: str  # "int8", "int4" or "fp8_e5m2" (jit.KINDS)
     channel: bool  # one scale per (head, channel) over the sequence; else one per run of ``group``
     group: int  # elements per row: the run of one scale, or (channel) a token's head_dim
     symmetric: bool
@@ -104,7 +104,7 @@ class Scheme:
 def _layout_args(sch: Scheme, shape: tuple[int, ...], align: int) -> tuple[TokenLayout, dict, dict]:
     """(layout, the arguments and flags every launch shares, the header / pad arguments) of a
     cache shape whose payload buffer allows views of ``align`` bytes (cached: no host work per call)."""
-    from .granular_jit import KINDS, SDTS
+    from .jit import KINDS, SDTS
 
     _, _, h, s, d = shape
     lay = sch.layout(shape)
@@ -138,7 +138,7 @@ def _views(buf: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.T
 
 
 def _fp_args(kernel: str, num_warps: int | None) -> dict:
-    # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token_quant.py)
+    # interpreter runs ignore compile options; on a GPU, no multiply-add fusion (see token/jit.py)
     if interpreted():
         return {}
     return {"enable_fp_fusion": False, "num_warps": num_warps or NUM_WARPS[kernel]}
@@ -168,7 +168,7 @@ def _out_view(out: torch.Tensor) -> torch.Tensor:
 # ---- launches -------------------------------------------------------------------------------------
 
 def _rows_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
-    from .granular_jit import group_encode_kernel
+    from .jit import group_encode_kernel
 
     ptrs, align = _views(out)
     lay, a, fixed = _layout_args(sch, tuple(kv.shape), align)
@@ -180,7 +180,7 @@ def _rows_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .granular_jit import group_decode_kernel
+    from .jit import group_decode_kernel
 
     ptrs, align = _views(data)
     lay, a, _ = _layout_args(sch, tuple(out.shape), align)
@@ -192,7 +192,7 @@ def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
 
 
 def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
-    from .granular_jit import channel_encode_kernel, channel_reduce_kernel, channel_scale_kernel
+    from .jit import channel_encode_kernel, channel_reduce_kernel, channel_scale_kernel
 
     n, _, h, s, d = kv.shape
     slabs = n * 2 * h  # (layer, K/V, head): the [seq, head_dim] matrices whose channels get a scale
@@ -220,7 +220,7 @@ def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _channel_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .granular_jit import channel_decode_kernel
+    from .jit import channel_decode_kernel
 
     n, _, h, s, d = out.shape
     dp = _padded(d, 4 * sch.per_byte)
@@ -395,7 +395,7 @@ class _UniformKernel(KernelCodec):
         scale = _as(sec("scales", lay.scale_bytes), sdt).reshape(sshape)
         if sch.bits == 8 and sch.symmetric:
             return dequantize_per_token(raw.view(torch.int8).reshape(vshape), scale, dtype).reshape(shape3)
-        # (bitpack.unpack builds its shifts on the host: unpacked here, as kernels/eager.py does)
+        # (bitpack.unpack builds its shifts on the host: unpacked here, as kernels/token/eager.py does)
         codes = raw if sch.bits == 8 else torch.stack([raw & 0xF, raw >> 4], dim=-1).reshape(-1)[:h * s * d]
         zero = None if sch.symmetric else _as(sec("zeros", lay.scale_bytes), sdt).reshape(sshape)
         x = dequantize(Quantized(codes.reshape(vshape), scale, zero), sch.bits, dtype, symmetric=sch.symmetric)

@@ -25,19 +25,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..errors import KVError, WireError
+from ...errors import KVError, WireError
+from ..base import Stats
 
 UNIT = 2.0 ** -24  # float32 unit roundoff
 WINDOW = 32  # sorted scores fetched on each side of a near-tie cut (doubled until a band fits)
 
 
+def uses_attn(score: str, stats: Stats, layer: int) -> bool:
+    """Whether ``layer`` ranks body tokens by accumulated attention (else by key norm), as the CPU codec."""
+    return score == "attn_sum" or (score == "auto" and bool(stats) and "attn_sum" in stats[layer])
+
+
 def _accurate_scores(codec, kv: torch.Tensor, lay, tabs: dict, norms: torch.Tensor | None, stats,
                      check: bool) -> torch.Tensor:
     """float64 [drop layers, body] scores, higher = kept first (the CPU's, without its float32 rounding)."""
-    from .guardband import _uses_attn
-
     lo, hi = lay.sinks, lay.seq - lay.recent
-    by_attn = [_uses_attn(codec.params["score"], stats, i) for i in lay.drop_layers]
+    by_attn = [uses_attn(codec.params["score"], stats, i) for i in lay.drop_layers]
     if not any(by_attn):  # one batched reduction over every token-dropping layer
         return -norms.index_select(0, tabs["drop"])[:, :, lo:hi].sum(dim=1)
     rows = []
@@ -50,8 +54,8 @@ def _accurate_scores(codec, kv: torch.Tensor, lay, tabs: dict, norms: torch.Tens
 
 
 def _attn_stat(stats, layer: int, lay, check: bool) -> torch.Tensor:
-    from ..codecs.base import LayerContext
-    from ..codecs.selection import stat
+    from ...codecs.base import LayerContext
+    from ...codecs.selection import stat
 
     ctx = LayerContext(layer, lay.n_layers, torch.float32, (lay.heads, lay.seq, lay.head_dim),
                        dict(stats[layer]) if stats else {})
@@ -158,10 +162,8 @@ def _band(ranked: np.ndarray, k: int, eps: float) -> tuple[int, int]:
 def _cpu_scores(codec, kv: torch.Tensor, lay, tokens: dict[int, np.ndarray], stats) -> dict[int, torch.Tensor]:
     """The CPU codec's float32 scores of ``tokens`` (body indices) of drop layer ``f`` (index into
     ``lay.drop_layers``), computed on the host with its own torch expressions."""
-    from .guardband import _uses_attn
-
     lo, hi, body, h = lay.sinks, lay.seq - lay.recent, lay.body, lay.heads
-    out, by_norm = {}, [f for f in tokens if not _uses_attn(codec.params["score"], stats, lay.drop_layers[f])]
+    out, by_norm = {}, [f for f in tokens if not uses_attn(codec.params["score"], stats, lay.drop_layers[f])]
     if by_norm:
         layer_ix = torch.as_tensor(np.concatenate([[lay.drop_layers[f]] * len(tokens[f]) for f in by_norm]),
                                    device=kv.device)

@@ -10,8 +10,8 @@ bytes.
 Payload access goes through an int16 view of the payload (every section of these codecs starts at an
 even byte: the section table is 68 or 44 bytes and every section length is even for head_dim % 8 == 0);
 4-byte items (float32 scales, float32 residual elements) are stored as two int16 halves, because their
-sections need not be 4-aligned. Exactness rules are ``token_quant.py``'s: correctly rounded
-divisions (``div_rn``), round-half-even by ``_rint``, no FMA contraction (``_fp_args``), bf16
+sections need not be 4-aligned. Exactness rules are ``token/jit.py``'s: correctly rounded
+divisions (``div_rn``), round-half-even by ``rint``, no FMA contraction (``_fp_args``), bf16
 rounding on bit patterns; on a GPU (``NATIVE``) rounding to an integer is one ``cvt.rni`` and
 bf16 output one ``cvt.rn.bf16`` (the same round-to-nearest-even; the interpreter lacks the first and
 truncates in the second). NaN/Inf input: group maxima keep NaNs (``nanmax``) and an Inf makes the
@@ -27,7 +27,8 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from ..errors import CodecError, KVError
-from .token_quant import _bf16_bits, _rint
+from .jit import bf16_bits, rint
+from .launch import interpreted
 
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # the ``DT`` / ``SDT`` constexprs
 SCALE_CODE = {"float16": 0, "bfloat16": 1, "float32": 2}
@@ -66,7 +67,7 @@ def float_to_bits(x, DT: tl.constexpr, NATIVE: tl.constexpr):
         if NATIVE:
             b = x.to(tl.bfloat16).to(tl.int16, bitcast=True)
         else:
-            b = _bf16_bits(x).to(tl.int16)
+            b = bf16_bits(x).to(tl.int16)
     else:
         b = x.to(tl.int32, bitcast=True)
     return b
@@ -79,7 +80,7 @@ def round_to(v, SDT: tl.constexpr):
     if SDT == 0:
         r = v.to(tl.float16).to(tl.float32)
     elif SDT == 1:
-        r = (_bf16_bits(v) << 16).to(tl.float32, bitcast=True)
+        r = (bf16_bits(v) << 16).to(tl.float32, bitcast=True)
     else:
         r = v
     return r + 0.0
@@ -144,7 +145,7 @@ def round_int(y, NATIVE: tl.constexpr):
     if NATIVE:
         q = libdevice.float2int_rn(y)
     else:
-        q = _rint(y).to(tl.int32)
+        q = rint(y).to(tl.int32)
     return q
 
 
@@ -305,8 +306,6 @@ def row_scales(p16, scale_at16, zero_at16, col, row_ok, SYM: tl.constexpr, SDT: 
 
 def native() -> bool:
     """Use the GPU's own conversions (``NATIVE``): compiled kernels only (see the module docstring)."""
-    from . import interpreted
-
     return not interpreted()
 
 

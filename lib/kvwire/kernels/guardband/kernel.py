@@ -9,7 +9,7 @@ keep mask, guard and body segments and key channel scales (``GuardBandLayout``).
 1. ``key_stats_kernel`` (one launch): every key channel's absmax over the layer (the equalization
    scales, ``atomic_max`` on the float bits, which are ordered for non-negative floats) and, when a
    layer drops tokens by key norm, each (head, token)'s L2 norm in float64;
-2. where tokens are dropped: the selection in ``guardband_select.py`` (torch glue: a sort);
+2. where tokens are dropped: the selection in ``select.py`` (torch glue: a sort);
 3. ``encode_kernel``, one launch per (bits, segment kind) -- at most four -- on the grid
    (group-row block, K/V * heads + head, segment): a program quantizes ``BLOCK_G`` consecutive
    groups of ``group_size`` elements of one (K/V, head) and writes their packed codes, scales and
@@ -34,7 +34,7 @@ Bit-exactness with the CPU codec (``_quantize`` / ``_decode_segment``):
 - decode ``code * scale`` is exact in float32 (<= 8 + 11 significant bits), then ``+ zero``, the
   CPU's clamps (before and after the key channel multiply) and a round-to-nearest-even cast.
 The one place float reductions differ is the token selection of token-dropping plans (float32 key
-norms / attention sums); ``guardband_select.py`` makes it exact too: near-ties at the cut are settled by
+norms / attention sums); ``select.py`` makes it exact too: near-ties at the cut are settled by
 the CPU's own arithmetic on the few tokens involved, at the cost of one host sync per encode.
 
 Not implemented (``CodecError``): ``guard_bits=16`` (raw copies), ``scale_dtype`` other than
@@ -54,21 +54,22 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs import LayerKV
-from ..codecs.base import LayerContext, section_header
-from ..codecs.bitpack import packed_size
-from ..codecs.guardband import _PLAN, RAW_BITS, CachePlan, effective_group, plan_cache
-from ..errors import CodecError, KVError, WireError
-from . import interpreted
-from .base import CacheGroup, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
-from .packbits import (
+from ...codecs import LayerKV
+from ...codecs.base import LayerContext, section_header
+from ...codecs.bitpack import packed_size
+from ...codecs.guardband import _PLAN, RAW_BITS, CachePlan, effective_group, plan_cache
+from ...errors import CodecError, KVError, WireError
+from ..base import CacheGroup, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
+from ..launch import interpreted
+from ..bytepack import (
     byte_lanes,
     load_f16_bytes,
     pack_blocks,
     store_f16_bytes,
     unpack_blocks,
 )
-from .token_quant import _bf16_bits
+from ..jit import bf16_bits
+from .select import kept_positions, select_kept, uses_attn
 
 # launch tuning (a knob to sweep on the GPU): group rows (of group_size elements) per program and warps.
 # 1024 elements on 2 warps, like the per-token kernels' H200 optimum (bench/NOTES.md); compiled for sm_90
@@ -282,7 +283,7 @@ def decode_kernel(in_ptr, y_ptr, chan_ptr, jobs_ptr, flag_ptr, LIMIT,
         x = tl.minimum(tl.maximum(x * c, -LIMIT), LIMIT)  # V: x * 1.0, and the CPU's first clamp covers it
     dst = y_ptr + y_block + (row[:, None, None] + e)
     if OUT_KIND == 2:
-        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=m3)
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=m3)
     elif OUT_KIND == 1:
         tl.store(dst, x.to(tl.float16), mask=m3)
     else:
@@ -497,8 +498,6 @@ class GuardBandKernel(KernelCodec):
                              "scale_dtype='float32' (CPU codec) or key_scale=False")
         idx = torch.empty(1, dtype=torch.int32, device=kv.device)  # (read only by dropped-body segments)
         if lay.drop_layers:
-            from .guardband_select import select_kept
-
             idx, mask = select_kept(self, kv, lay, tabs, norms, stats, check=check)
             out[tabs["mask_at"]] = mask.reshape(-1)
         flag = torch.zeros(1, dtype=torch.int32, device=kv.device) if check else idx  # (unused without check)
@@ -519,7 +518,7 @@ class GuardBandKernel(KernelCodec):
         float64 [layers, heads, seq] or None): one ``key_stats_kernel`` launch over every layer's keys."""
         n, _, h, s, d = kv.shape
         channel = bool(self.params["key_scale"])
-        norms_needed = bool(lay.drop_layers) and any(not _uses_attn(self.params["score"], stats, i)
+        norms_needed = bool(lay.drop_layers) and any(not uses_attn(self.params["score"], stats, i)
                                                      for i in lay.drop_layers)
         if not (channel or norms_needed):
             return None, None
@@ -578,8 +577,6 @@ class GuardBandKernel(KernelCodec):
             raise WireError("codec 'guardband': non-finite scale or zero point in a segment")
         if lay.dense:
             return y
-        from .guardband_select import kept_positions
-
         positions = kept_positions(lay, data, tabs, check=check)
         layers, at = [], 0
         for i, t in enumerate(lay.out_tokens):
@@ -590,12 +587,12 @@ class GuardBandKernel(KernelCodec):
 
     # -- the eager baseline --
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
-        from .guardband_eager import encode_eager
+        from .eager import encode_eager
 
         return encode_eager(self, kv, stats)
 
     def decode_eager(self, payloads: GpuPayloads, shape, dtype):
-        from .guardband_eager import decode_eager
+        from .eager import decode_eager
 
         return decode_eager(self, payloads, tuple(shape), dtype)
 
@@ -633,11 +630,6 @@ def cpu_zero_lanes() -> int:
         if fits:
             return v
     return 8
-
-
-def _uses_attn(score: str, stats: Stats, layer: int) -> bool:
-    """Whether ``layer`` ranks body tokens by accumulated attention (else by key norm), as the CPU codec."""
-    return score == "attn_sum" or (score == "auto" and bool(stats) and "attn_sum" in stats[layer])
 
 
 def _require_finite(kv: torch.Tensor) -> None:

@@ -5,11 +5,13 @@ The kernels hold codes as tiles ``[rows, blocks, 8]`` (one 8-code block per inne
 is packed in registers and stored as its ``BITS`` bytes; no block ever straddles two programs.
 Byte tiles are ``[rows, blocks, NB]`` with ``NB`` the next power of two >= ``BITS`` (Triton tiles
 are powers of two): lanes ``m >= BITS`` are padding, masked off at the store.
-Shared by the guardband and cachegen kernels.
+Shared by the guardband and cachegen kernels; ``pack`` / ``unpack`` are the same layout in torch ops
+on the device, for their eager baselines.
 """
 
 from __future__ import annotations
 
+import torch
 import triton
 import triton.language as tl
 
@@ -80,3 +82,25 @@ def load_f16_bytes(u8_ptr, at, mask):
     lo = tl.load(u8_ptr + at, mask=mask, other=0).to(tl.int32)
     hi = tl.load(u8_ptr + at + 1, mask=mask, other=0).to(tl.int32)
     return (lo | (hi << 8)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+# ---- the same layout in torch ops on the device (the eager baselines) ----------------------------
+
+def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """``bitpack.pack`` on ``codes``' device (its shift tables live where the codes do)."""
+    flat = codes.reshape(-1)
+    if bits == 8:
+        return flat.to(torch.uint8)
+    block = torch.nn.functional.pad(flat.to(torch.int64), (0, (-flat.numel()) % 8)).view(-1, 8)
+    words = (block << (torch.arange(8, dtype=torch.int64, device=flat.device) * bits)).sum(dim=1)
+    shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
+    return ((words[:, None] >> shifts) & 0xFF).to(torch.uint8).reshape(-1)
+
+
+def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
+    """``bitpack.unpack`` on the packed bytes' device."""
+    if bits == 8:
+        return packed[:n]
+    words = (packed.to(torch.int64).view(-1, bits) << (torch.arange(bits, device=packed.device) * 8)).sum(dim=1)
+    codes = (words[:, None] >> (torch.arange(8, device=packed.device) * bits)) & ((1 << bits) - 1)
+    return codes.reshape(-1)[:n].to(torch.uint8)

@@ -10,32 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from ..codecs import LayerKV
-from ..codecs.base import LayerContext, section_header
-from ..codecs.guardband import _PLAN
-from ..codecs.selection import top_up
-from ..errors import CodecError
-from .base import GpuPayloads, Stats, check_cache
-
-
-def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """``bitpack.pack`` on ``codes``' device (its shift tables live where the codes do)."""
-    flat = codes.reshape(-1)
-    if bits == 8:
-        return flat.to(torch.uint8)
-    block = torch.nn.functional.pad(flat.to(torch.int64), (0, (-flat.numel()) % 8)).view(-1, 8)
-    words = (block << (torch.arange(8, dtype=torch.int64, device=flat.device) * bits)).sum(dim=1)
-    shifts = torch.arange(bits, dtype=torch.int64, device=flat.device) * 8
-    return ((words[:, None] >> shifts) & 0xFF).to(torch.uint8).reshape(-1)
-
-
-def unpack(packed: torch.Tensor, bits: int, n: int) -> torch.Tensor:
-    """``bitpack.unpack`` on the packed bytes' device."""
-    if bits == 8:
-        return packed[:n]
-    words = (packed.to(torch.int64).view(-1, bits) << (torch.arange(bits, device=packed.device) * 8)).sum(dim=1)
-    codes = (words[:, None] >> (torch.arange(8, device=packed.device) * bits)) & ((1 << bits) - 1)
-    return codes.reshape(-1)[:n].to(torch.uint8)
+from ...codecs import LayerKV
+from ...codecs.base import LayerContext, section_header
+from ...codecs.guardband import _PLAN
+from ...codecs.selection import top_up
+from ...errors import CodecError
+from ..base import GpuPayloads, Stats, check_cache
+from ..bytepack import pack, unpack
 
 
 def _bytes(t: torch.Tensor) -> torch.Tensor:

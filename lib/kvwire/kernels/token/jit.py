@@ -23,12 +23,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ..jit import bf16_bits, fp16_up, rint, tensor_rows
+
 KINDS = {"int8": 0, "int4": 1, "fp8_e4m3": 2}  # the ``KIND`` constexpr of both kernels
-
-
-@triton.jit
-def _rint(y):
-    return (y + 12582912.0) - 12582912.0  # 1.5 * 2**23: round to an integer, ties to even
 
 
 @triton.jit
@@ -43,7 +40,7 @@ def _to_e4m3_bits(v):
     r = (mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20
     normal = r - (120 << 3)
     # subnormal range: multiples of 2**-9 (a * 512 is exact, so the rounding is single)
-    sub = _rint(a * 512.0).to(tl.int32)
+    sub = rint(a * 512.0).to(tl.int32)
     code = tl.where(a >= 0.015625, normal, sub)
     return code | sign
 
@@ -58,31 +55,6 @@ def _from_e4m3_bits(code):
     val = tl.where(e == 0, m.to(tl.float32) * 0.001953125, normal)
     val = tl.where((code & 0x7F) == 0x7F, float("nan"), val)
     return sign * val
-
-
-@triton.jit
-def _bf16_bits(x):
-    """float32 -> bf16 bit pattern (int32), round to nearest even (finite inputs)."""
-    u = x.to(tl.int32, bitcast=True)
-    return (u + 0x7FFF + ((u >> 16) & 1)) >> 16
-
-
-@triton.jit
-def _fp16_up(s64):
-    """Positive float64 -> the smallest float16 >= it (``codecs/fp8.round_up_to``)."""
-    st = s64.to(tl.float16)
-    low = st.to(tl.float64) < s64
-    return tl.where(low, (st.to(tl.int16, bitcast=True) + 1).to(tl.float16, bitcast=True), st)
-
-
-@triton.jit
-def _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R: tl.constexpr):
-    """A program's rows on the grid (row block, layer * 2 + K/V): (valid, row as int64, K/V 0/1,
-    head*seq + token as int64, layer's byte base). One division per program and none per row: the
-    per-row int64 div/mod of ``_row_index`` cost a third of the time (bench/NOTES.md, version 2)."""
-    t = tl.program_id(1)
-    i = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
-    return i < rows_per_tensor, t.to(tl.int64) * rows_per_tensor + i, t % 2, i, (t // 2).to(tl.int64) * LAYER_BYTES
 
 
 @triton.jit
@@ -112,7 +84,7 @@ def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
     registers and stored whole where the layout is 4-aligned (``WORDS``; the payload's sections sit
     36 or 52 bytes into a layer, after the section table), else byte by byte.
     """
-    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     scale_at = (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i  # float16 index
     j = tl.arange(0, 4)
     if KIND == 1:  # int4, min-max: two codes per byte, even element in the low nibble
@@ -130,7 +102,7 @@ def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
         scale16 = (tl.math.div_rn(hi - lof, 15.0).to(tl.float16).to(tl.float32) + 0.0).to(tl.float16)
         s = scale16.to(tl.float32)
         inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
-        c = _rint((x - lof[:, None, None, None]) * inv[:, None, None, None])
+        c = rint((x - lof[:, None, None, None]) * inv[:, None, None, None])
         c = tl.minimum(tl.maximum(c, 0.0), 15.0).to(tl.int32)
         byte = tl.sum(c << (k * 4)[None, None, None, :], axis=3)  # [BLOCK_R, W, 4]
         at = base + CODES_OFF + kv * CODES_STRIDE + i * (D // 2)
@@ -148,11 +120,11 @@ def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
             scale16 = tl.math.div_rn(amax, 127.0).to(tl.float16)
             s = scale16.to(tl.float32)
             inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
-            q = tl.minimum(tl.maximum(_rint(x * inv[:, None, None]), -127.0), 127.0).to(tl.int32)
+            q = tl.minimum(tl.maximum(rint(x * inv[:, None, None]), -127.0), 127.0).to(tl.int32)
             byte = q & 0xFF
         else:  # fp8 e4m3: scale = amax / 448 rounded up to fp16 (1 for an all-zero row)
             s64 = tl.where(amax == 0, 1.0, amax.to(tl.float64) / 448.0)  # NaN stays NaN
-            scale16 = _fp16_up(s64)
+            scale16 = fp16_up(s64)
             byte = _to_e4m3_bits(tl.math.div_rn(x, scale16.to(tl.float32)[:, None, None]))
         at = base + CODES_OFF + kv * CODES_STRIDE + i * D
         bmask = mask
@@ -171,7 +143,7 @@ def decode_kernel(u8_ptr, i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
                   WORDS: tl.constexpr, OUT_BF16: tl.constexpr, LIMIT):
     """Payload -> rows of ``out`` [n_rows, D] (bf16 written as int16 bit patterns, or fp16); the
     same [words, 4 bytes(, 2 nibbles)] row tiles as ``encode_kernel``."""
-    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     s = tl.load(f16_ptr + (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i, mask=row_ok, other=0.0).to(tl.float32)
     j = tl.arange(0, 4)
     W: tl.constexpr = DP // 8 if KIND == 1 else DP // 4
@@ -205,6 +177,6 @@ def decode_kernel(u8_ptr, i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
         dst = out_ptr + rows64[:, None, None] * D + col
     x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
     if OUT_BF16:
-        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=mask)
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=mask)
     else:
         tl.store(dst, x.to(tl.float16), mask=mask)

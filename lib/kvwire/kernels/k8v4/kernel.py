@@ -2,12 +2,12 @@
 writing the CPU codec's 5 sections per layer in place, byte for byte.
 
 One launch per cache encode (and one decode) on the grid (row block, layer * 2 + K/V) of the per-token
-kernels (``token_quant.py``, no per-row div/mod): a program holds ``BLOCK_R`` (head, token) rows of
+kernels (``token/jit.py``, no per-row div/mod): a program holds ``BLOCK_R`` (head, token) rows of
 K or V, reduces each row (or each group of ``*_group_size`` channels) in registers and writes codes
 (whole 32-bit words where 4-aligned: 4 int8 codes or 8 int4 codes a word) and scales (and zero
 points) straight to their offsets. K and V programs take different branches of one kernel.
 
-Exact, for the reasons in ``token_quant.py``: correctly rounded divisions, round-half-even, no FMA
+Exact, for the reasons in ``token/jit.py``: correctly rounded divisions, round-half-even, no FMA
 contraction, scales rounded to their dtype as torch does. Supported: ``key_granularity`` and
 ``value_granularity`` ``token`` or ``group`` (any group size dividing head_dim), any ``scale_dtype``;
 head_dim a multiple of 8. Not implemented: ``channel`` granularity (a reduction over the whole
@@ -23,14 +23,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs.bitpack import pack, packed_size
-from ..codecs.int8 import group_view
-from ..codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
-from ..errors import CodecError, KVError, WireError
-from . import _fp_args, header_tensor, interpreted, triton_cdiv
-from .base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
-from .layout import SectionTable
-from .pack_quant import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
+from ...codecs.bitpack import pack, packed_size
+from ...codecs.int8 import group_view
+from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
+from ...errors import CodecError, KVError, WireError
+from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
+from ..launch import fp_args, header_tensor, interpreted, triton_cdiv
+from ..layout import SectionTable
+from ..wordpack import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
                          needs_clamp, pack_words, pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales,
                          store_words, unpack_on_device, unpack_words, words_view)
 
@@ -174,7 +174,7 @@ class K8V4Kernel(KernelCodec):
         if op == "decode":
             meta.update(DT=DTYPE_CODE[dtype], LIMIT=torch.finfo(dtype).max,
                         CLAMP=needs_clamp(self.params["scale_dtype"], dtype))
-        return triton_cdiv(lay.rows, block_r), {**meta, **_fp_args(op, warps)}
+        return triton_cdiv(lay.rows, block_r), {**meta, **fp_args(warps)}
 
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, out: torch.Tensor | None = None,
                check: bool = True) -> GpuPayloads:

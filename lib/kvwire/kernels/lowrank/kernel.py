@@ -20,7 +20,7 @@ differing when it fails.
 Decode (Triton, one launch per cache): program = (row block of a head's [seq, head_dim] output,
 (layer * 2 + K/V) * heads + head); it loads a [BLOCK_S, r] tile of A and the head's [r, head_dim] B,
 ``tl.dot``, then ``X_hat = (acc * s1) * m`` clamped to the output dtype's finite range and rounded
-to nearest even (bf16 on the bit pattern, as ``token_quant``), written into one dense
+to nearest even (bf16 on the bit pattern, as ``token/jit.py``), written into one dense
 ``[layers, 2, heads, seq, head_dim]`` tensor. fp16 factors go through the tensor cores (products of
 fp16 are exact in the float32 accumulator); bf16 and fp32 factors and int4 factors (dequantized in
 the kernel: ``(code - 7) * scale``, exact in float32, as ``quant.dequantize``) through an IEEE
@@ -49,11 +49,11 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs import LayerKV, bitpack, quant
-from ..codecs.base import LayerContext, section_header
-from ..codecs.svd import _FACTOR_DTYPES, effective_rank, factorize, reconstruct
-from ..errors import KVError, WireError
-from .base import (
+from ...codecs import LayerKV, bitpack, quant
+from ...codecs.base import LayerContext, section_header
+from ...codecs.svd import _FACTOR_DTYPES, effective_rank, factorize, reconstruct
+from ...errors import KVError, WireError
+from ..base import (
     Decoded,
     GpuPayloads,
     KernelCodec,
@@ -62,7 +62,8 @@ from .base import (
     check_cache,
     register_kernel,
 )
-from .token_quant import _bf16_bits
+from ..jit import bf16_bits
+from ..launch import interpreted
 
 ERROR_TOL = 1e-2
 ERROR_FLOOR = 2.0 ** -12
@@ -75,12 +76,6 @@ INTERPRETED_BLOCK_S = 256
 SVD_DRIVER: str | None = None  # cuSOLVER driver for torch.linalg.svd on CUDA (None: torch's choice; "gesvda":
 #                                batched tall-skinny, approximate small singular values) -- a knob to time
 BAD_CODE, BAD_VALUE, BAD_SCALE = 1, 2, 4  # decode flags
-
-
-def _interpreted() -> bool:
-    from . import interpreted
-
-    return interpreted()
 
 
 # ---- Triton ---------------------------------------------------------------------------------
@@ -178,7 +173,7 @@ def _lowrank_decode_kernel(u8_ptr, f_ptr, out_ptr, flag_ptr, S, D, R, H,
     if OUT == 0:
         tl.store(dst, x.to(tl.float16), mask=o_ok)
     elif OUT == 1:
-        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=o_ok)
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=o_ok)
     else:
         tl.store(dst, x, mask=o_ok)
 
@@ -282,7 +277,7 @@ class LowRankKernel(KernelCodec):
         flag = torch.zeros(1, dtype=torch.int32, device=data.device)
         fdt = None if lay.int4 else lay.fdt
         factors = data if lay.int4 else data.view(fdt)  # sections are aligned to the factor size
-        block = INTERPRETED_BLOCK_S if _interpreted() else BLOCK_S
+        block = INTERPRETED_BLOCK_S if interpreted() else BLOCK_S
         rp = max(16, 1 << (lay.r - 1).bit_length())
         dp = max(16, 1 << (d - 1).bit_length())
         target = out.view(torch.int16) if dtype == torch.bfloat16 else out
@@ -293,7 +288,7 @@ class LowRankKernel(KernelCodec):
             INT4=lay.int4, F16_DOT=fdt == torch.float16, FACTOR_BYTES=1 if lay.int4 else factors.element_size(),
             SCALE_BYTES=se, SCALE_BF16=lay.int4 and lay.sdt == torch.bfloat16,
             OUT={torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[dtype], BLOCK_S=block, RP=rp, DP=dp,
-            **({} if _interpreted() else {"enable_fp_fusion": False, "num_warps": DECODE_WARPS}))
+            **({} if interpreted() else {"enable_fp_fusion": False, "num_warps": DECODE_WARPS}))
         if check:
             bits = int(flag.item())
             for bit, what in ((BAD_SCALE, "corrupted per-head scales"), (BAD_CODE, "int4 code out of range"),

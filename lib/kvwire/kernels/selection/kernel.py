@@ -58,12 +58,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ..codecs import LayerKV, bitpack
-from ..codecs.base import LayerContext, section_header
-from ..codecs.selection import edge_mask, top_up
-from ..codecs.snapkv import snap_scores, window_size
-from ..errors import CodecError, KVError, WireError
-from .base import (
+from ...codecs import LayerKV, bitpack
+from ...codecs.base import LayerContext, section_header
+from ...codecs.selection import edge_mask, top_up
+from ...codecs.snapkv import snap_scores, window_size
+from ...errors import CodecError, KVError, WireError
+from ..launch import interpreted
+from ..base import (
     Decoded,
     GpuPayloads,
     KernelCodec,
@@ -88,15 +89,9 @@ M_N, M_FIRST, M_LAST, M_FREE, M_LAYER_OFF, M_DATA_WORD, M_OUT_WORD, M_POS_OFF = 
 META_W = 8
 
 
-def _interpreted() -> bool:
-    from . import interpreted
-
-    return interpreted()
-
-
 def _launch(num_warps: int) -> dict:
     # no multiply-add contraction: the scores must round like the CPU's separate multiply and add
-    return {} if _interpreted() else {"enable_fp_fusion": False, "num_warps": num_warps}
+    return {} if interpreted() else {"enable_fp_fusion": False, "num_warps": num_warps}
 
 
 # ---- Triton: the CPU's float32 summation orders --------------------------------------------
@@ -389,7 +384,7 @@ def _word_view(t: torch.Tensor, word: int) -> torch.Tensor:
 
 
 def _block(default: int) -> int:
-    return INTERPRETED_BLOCK if _interpreted() else default
+    return INTERPRETED_BLOCK if interpreted() else default
 
 
 # ---- the kernel codec -----------------------------------------------------------------------
@@ -540,7 +535,7 @@ class TokenSelectionKernel(KernelCodec):
                                      HAS_SCORES=has_scores, META=META_W, HDR_BYTES=HDR,
                                      BB=_block(MASK_BLOCK), **_launch(4))
         wp2 = max(1, 1 << (lay.row_words - 1).bit_length())
-        block_r = max(1, (_block(GATHER_TILE) if not _interpreted() else 256 * wp2) // wp2)
+        block_r = max(1, (_block(GATHER_TILE) if not interpreted() else 256 * wp2) // wp2)
         _gather_kernel[(triton.cdiv(max(lay.n), block_r), n_layers * 2 * h)](
             _word_view(kv, lay.word), _word_view(out, lay.word), pos, meta, s, h, WPR=lay.row_words, WP2=wp2,
             BLOCK_R=block_r, META=META_W, **_launch(GATHER_WARPS))
@@ -579,7 +574,7 @@ class TokenSelectionKernel(KernelCodec):
         _unpack_kernel[(n_layers,)](payloads.data, meta, pos, count, pad, s, lay.mask_bytes, META=META_W,
                                     HDR_BYTES=HDR, BT=_block(MASK_BLOCK) * 8,
                                     **_launch(4))
-        block = _block(COPY_BLOCK) if not _interpreted() else 1 << 16
+        block = _block(COPY_BLOCK) if not interpreted() else 1 << 16
         per_token = 2 * h * lay.row_words
         _copy_kernel[(triton.cdiv(max(lay.n) * per_token, block), n_layers)](
             _word_view(payloads.data, lay.word), _word_view(out, lay.word), meta, per_token, META=META_W,
@@ -619,7 +614,7 @@ class TokenSelectionKernel(KernelCodec):
         if self.name == "keynorm":
             return self.codec.tensor.select(layer, ctx, n)  # device-agnostic as written
         if self.name == "h2o":
-            from ..codecs.selection import stat
+            from ...codecs.selection import stat
 
             return top_up(forced, stat(ctx, "attn_sum", self.name).sum(dim=0), n)
         p = self.params

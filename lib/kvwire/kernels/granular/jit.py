@@ -25,8 +25,8 @@ else byte by byte. Scales and zeros are stored as their bit patterns, natively (
 Constexpr codes: ``KIND`` 0 int8, 1 int4, 2 FP8 E5M2; ``SDT`` (scale dtype) 0 float16, 1 bfloat16,
 2 float32; ``OUT`` (decoded dtype) the same numbering. ``NB`` bytes per stored scale.
 
-Bit-exactness with ``codecs/quant.py`` (see ``token_quant.py`` for the tricks): correctly rounded
-divisions (``div_rn``), ``_rint`` round-half-even, no FMA contraction (``granular._fp_args``),
+Bit-exactness with ``codecs/quant.py`` (see ``token/jit.py`` for the tricks): correctly rounded
+divisions (``div_rn``), ``rint`` round-half-even, no FMA contraction (``granular._fp_args``),
 bf16 rounding on bit patterns (the same RNE torch uses; NaN and overflow come out as torch's),
 ``+ 0.0`` where the CPU adds it (a -0.0 zero point or scale is written as +0.0), and a NaN counter
 per range so a NaN input gives a NaN scale, which the host check then refuses, as the CPU does.
@@ -37,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .token_quant import _bf16_bits, _fp16_up, _rint, _tensor_rows
+from ..jit import bf16_bits, fp16_up, rint, tensor_rows
 
 KINDS = {"int8": 0, "int4": 1, "fp8_e5m2": 2}
 SDTS = {"float16": 0, "bfloat16": 1, "float32": 2}
@@ -51,7 +51,7 @@ def _round_sdt(v, SDT: tl.constexpr):
     if SDT == 0:
         return v.to(tl.float16).to(tl.float32)
     elif SDT == 1:
-        return (_bf16_bits(v) << 16).to(tl.float32, bitcast=True)
+        return (bf16_bits(v) << 16).to(tl.float32, bitcast=True)
     else:
         return v
 
@@ -134,13 +134,13 @@ def _int_codes(x, lof, inv, QMAX: tl.constexpr, SYM: tl.constexpr, KIND: tl.cons
     """Codes as their payload bits (int32): int8 symmetric signed (two's complement byte), int4
     symmetric offset by qmax (0..14), asymmetric 0..qmax."""
     if SYM:
-        q = tl.minimum(tl.maximum(_rint(x * inv), -QMAX), QMAX)
+        q = tl.minimum(tl.maximum(rint(x * inv), -QMAX), QMAX)
         if KIND == 0:
             return q.to(tl.int32) & 0xFF
         else:
             return (q + QMAX).to(tl.int32)
     else:
-        return tl.minimum(tl.maximum(_rint((x - lof) * inv), 0.0), QMAX).to(tl.int32)
+        return tl.minimum(tl.maximum(rint((x - lof) * inv), 0.0), QMAX).to(tl.int32)
 
 
 @triton.jit
@@ -167,7 +167,7 @@ def _to_e5m2_bits(v):
     mag = u & 0x7FFFFFFF
     a = mag.to(tl.float32, bitcast=True)
     normal = ((mag + 0xFFFFF + ((mag >> 21) & 1)) >> 21) - (112 << 2)
-    sub = _rint(tl.minimum(a, 6.103515625e-05) * 65536.0).to(tl.int32)  # (min: no int overflow where unused)
+    sub = rint(tl.minimum(a, 6.103515625e-05) * 65536.0).to(tl.int32)  # (min: no int overflow where unused)
     return tl.where(a >= 6.103515625e-05, normal, sub) | sign
 
 
@@ -190,7 +190,7 @@ def _out_store(dst, x, mask, OUT: tl.constexpr, LIMIT):
     if OUT == 0:
         tl.store(dst, x.to(tl.float16), mask=mask)
     elif OUT == 1:
-        tl.store(dst, _bf16_bits(x).to(tl.int16), mask=mask)
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=mask)
     else:
         tl.store(dst, x, mask=mask)
 
@@ -254,7 +254,7 @@ def group_encode_kernel(x_ptr, u8_ptr, i16_ptr, i32_ptr, hdr_ptr, rows_per_tenso
                         SALIGN: tl.constexpr, WORDS: tl.constexpr, HEADER: tl.constexpr):
     """Rows of ``G`` elements of ``x`` [layers * 2, rows_per_tensor, G] -> codes, scales (and zero
     points) at their payload offsets; programs of row block 0 also write the section table and pad."""
-    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     P: tl.constexpr = 2 if KIND == 1 else 1
     W: tl.constexpr = GP // (4 * P)
     ROW_BYTES: tl.constexpr = G // P
@@ -265,7 +265,7 @@ def group_encode_kernel(x_ptr, u8_ptr, i16_ptr, i32_ptr, hdr_ptr, rows_per_tenso
     scale_at = base + SCALES_OFF + kv * SCALES_STRIDE + i * NB
     if KIND == 2:  # FP8 E5M2: scale = amax / 57344 rounded up to fp16 (1 for an all-zero row)
         amax = tl.max(tl.max(tl.max(tl.abs(x), axis=3), axis=2), axis=1) + tl.where(nan, float("nan"), 0.0)
-        s = _fp16_up(tl.where(amax == 0, 1.0, amax.to(tl.float64) / 57344.0)).to(tl.float32)  # NaN stays NaN
+        s = fp16_up(tl.where(amax == 0, 1.0, amax.to(tl.float64) / 57344.0)).to(tl.float32)  # NaN stays NaN
         c = _to_e5m2_bits(tl.math.div_rn(x, s[:, None, None, None]))
     elif SYM:
         amax = tl.max(tl.max(tl.max(tl.abs(x), axis=3), axis=2), axis=1) + tl.where(nan, float("nan"), 0.0)
@@ -294,7 +294,7 @@ def group_decode_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
                         SYM: tl.constexpr, QMAX: tl.constexpr, SDT: tl.constexpr, NB: tl.constexpr,
                         SALIGN: tl.constexpr, WORDS: tl.constexpr, OUT: tl.constexpr):
     """Payload -> rows of ``G`` elements of ``out`` (bf16 written as int16 bit patterns)."""
-    row_ok, rows64, kv, i, base = _tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     P: tl.constexpr = 2 if KIND == 1 else 1
     W: tl.constexpr = GP // (4 * P)
     ROW_BYTES: tl.constexpr = G // P

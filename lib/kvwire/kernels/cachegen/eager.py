@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import torch
 
-from ..codecs import quant
-from ..codecs.base import section_header
-from ..codecs.cachegen import _MODE_PACKED
-from .base import GpuPayloads
-from .guardband_eager import pack, unpack
+from ...codecs import quant
+from ...codecs.base import section_header
+from ...codecs.cachegen import _MODE_PACKED
+from ..base import GpuPayloads
+from ..bytepack import pack, unpack
+from .layout import CacheGenSymbols
 
 
 def encode_symbols_eager(kernel, kv: torch.Tensor):
-    from .cachegen import CacheGenSymbols
-
     n, h, s, d, c, nc, nd = kernel._dims(tuple(kv.shape))
     p = kernel.params
     sdt = torch.float16
@@ -106,8 +105,6 @@ def decode_symbols_eager(kernel, sym, dtype: torch.dtype) -> torch.Tensor:
 
 def decode_packed_eager(kernel, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     """``entropy="none"`` payloads: streams unpacked by device torch ops, then ``decode_symbols_eager``."""
-    from .cachegen import CacheGenSymbols
-
     n, h, _, d, _, nc, nd = kernel._dims(shape)
     lay = kernel._layout(shape)
     data = payloads.data

@@ -1,8 +1,8 @@
 """KVQuant on the GPU: ``kvquant2`` / ``kvquant3`` / ``kvquant4`` (``codecs/kvquant.py``) with NF
 levels, dense-and-sparse outliers, keys per channel and values per token, ``pre_rope`` on or off,
-every scale dtype and outlier fraction. The Triton kernels are in ``kvquant_jit.py`` (the order
-of launches and why each result is the CPU's is documented there) and ``kvquant_select.py`` (the
-exact top-k), the eager baseline in ``kvquant_eager.py``.
+every scale dtype and outlier fraction. The Triton kernels are in ``jit.py`` (the order
+of launches and why each result is the CPU's is documented there) and ``select.py`` (the
+exact top-k), the eager baseline in ``eager.py``.
 
 What is exact: the z-scores (torch's CPU sum order reproduced), hence the outlier set (ties
 too, below); offsets and ranges (with the sign of zero torch's ``amin``/``amax`` return for all-zero
@@ -31,16 +31,16 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from .. import rope
-from ..codecs.base import LayerContext, LayerKV, section_header, tensor_from, unpack_sections
-from ..codecs.bitpack import packed_size
-from ..codecs.kvquant import _nf_coder, n_outliers
-from ..codecs.quant import SCALE_DTYPES
-from ..errors import CodecError, KVError, WireError
-from . import interpreted
-from . import kvquant_jit as jit
-from . import kvquant_select as topk
-from .base import UNKNOWN_STEPS, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
+from ... import rope
+from ...codecs.base import LayerContext, LayerKV, section_header, tensor_from, unpack_sections
+from ...codecs.bitpack import packed_size
+from ...codecs.kvquant import _nf_coder, n_outliers
+from ...codecs.quant import SCALE_DTYPES
+from ...errors import CodecError, KVError, WireError
+from ..base import UNKNOWN_STEPS, GpuPayloads, KernelCodec, Stats, check_cache, current_group, register_kernel
+from ..launch import header_tensor, interpreted
+from . import jit
+from . import select as topk
 
 ROPE_STATS = ("rope_inv_freq", "rope_scaling")
 DTYPE_CODE = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
@@ -158,11 +158,6 @@ def _level_table(bits: int, device: str) -> torch.Tensor:
     """The NF levels then the decision boundaries (float32, as the CPU's ``_nf_coder``)."""
     lv = _nf_coder(bits)[0]
     return torch.cat([lv, (lv[1:] + lv[:-1]) * 0.5]).to(device)
-
-
-@functools.lru_cache(maxsize=64)
-def _header(header: bytes, device: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(header), dtype=torch.uint8).to(device)
 
 
 @functools.lru_cache(maxsize=64)
@@ -287,7 +282,7 @@ class KVQuantKernel(KernelCodec):
         if lay.numel:
             self._encode_into(kv, out, lay, plan, check)
         per = out.view(n_layers, lay.layer_bytes)
-        per[:, :len(lay.header)] = _header(lay.header, str(kv.device))
+        per[:, :len(lay.header)] = header_tensor(lay.header, str(kv.device))
         if pre:
             per[:, lay.offsets["table"]:] = plan.table_bytes
         return GpuPayloads(out, tuple(i * lay.layer_bytes for i in range(n_layers + 1)))
@@ -513,7 +508,7 @@ class KVQuantKernel(KernelCodec):
         """The CPU decoder's checks, on the device, one sync: section tables, finite offsets and
         ranges, outlier indices in range and strictly increasing."""
         sdt = SCALE_DTYPES[self.params["scale_dtype"]]
-        checks = [(per[:, :len(lay.header)] == _header(lay.header, str(per.device))).all()]
+        checks = [(per[:, :len(lay.header)] == header_tensor(lay.header, str(per.device))).all()]
         for t, n_vec in (("k", lay.heads * lay.dim), ("v", lay.heads * lay.seq)):
             for part in ("offs", "rng"):
                 checks.append(torch.isfinite(self._sections(per, lay, f"{t}_{part}", n_vec * lay.scale_bytes,
@@ -561,12 +556,12 @@ class KVQuantKernel(KernelCodec):
     # -- eager baseline --
 
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
-        from .kvquant_eager import encode_eager
+        from .eager import encode_eager
 
         return encode_eager(self, kv, stats)
 
     def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        from .kvquant_eager import decode_eager
+        from .eager import decode_eager
 
         return decode_eager(self, payloads, tuple(shape), dtype)
 

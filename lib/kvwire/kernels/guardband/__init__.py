@@ -1,0 +1,1 @@
+"""Guard-band quantization (``codecs/guardband.py``): a whole-cache plan, token selection, per-group codes."""

@@ -1,0 +1,1 @@
+"""Token selection (``codecs/selection.py``): StreamingLLM, H2O, SnapKV, PyramidKV, key norm."""
