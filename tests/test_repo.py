@@ -53,3 +53,16 @@ def test_nothing_the_study_or_ci_needs_names_the_developers_shared_folder(repo):
         offenders += [f"{name}:{i}" for i, line in enumerate(text.splitlines(), 1)
                       if pattern.search(line) and "test_repo.py" not in name]
     assert not offenders, offenders
+
+
+def test_ci_also_runs_the_slow_tier_the_default_leaves_out(repo):
+    """The README's command is the fast tier (pyproject's addopts deselect `slow`); CI runs the slow tier
+    after it, so nothing marked slow goes unrun."""
+    import tomllib
+
+    addopts = tomllib.loads((repo / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert "-m 'not slow'" in addopts
+    ci_lines = [line.strip() for line in (repo / ".ci" / "run").read_text().splitlines()]
+    readme = readme_test_command(repo)
+    assert "python -m pytest -q -m slow" in ci_lines[ci_lines.index(readme) + 1:]
+    assert "python -m pytest -q -m slow" in (repo / "README.md").read_text()
