@@ -159,3 +159,12 @@ def test_the_registry_imports_no_matplotlib():
                          env={"PYTHONPATH": str(REPO / "lib"), "PATH": ""})
     assert out.stdout.split() == ["False", "False"]
     importlib.import_module("kvwire.figures")  # (and imports here)
+
+
+@pytest.mark.parametrize("name, keep", [("offload_pool", "all_gpu"), ("offload_latency", None)])
+def test_a_figure_without_the_rows_it_draws_says_so(name, keep):
+    """offload_pool draws replay rows of an offload mode; a table holding none is our error, not a crash."""
+    rows = pd.read_csv(REPO / "paper" / "tables" / "offload.csv")
+    rows = rows[rows["mode"] == keep] if keep else rows.iloc[0:0]
+    with pytest.raises(ConfigError, match="offload has no"):
+        FIGURES[name].draw({"offload": rows})

@@ -22,13 +22,18 @@ def offload_rows(t: pd.DataFrame) -> pd.DataFrame:
     return t
 
 
+def mode_grid(t, *, height: float):
+    """Two rows of panels, one column per model (sorted), and one colour per offload mode."""
+    plt = pyplot()
+    models = sorted(t["model"].unique())
+    fig, axes = plt.subplots(2, len(models), figsize=(3.8 * len(models), height), sharex="col", squeeze=False)
+    return models, fig, axes, dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+
+
 @register_figure("offload_latency", sources=("offload",), caption=CAPTION)
 def draw(tables):
     t = offload_rows(tables["offload"])
-    plt = pyplot()
-    models = sorted(t["model"].unique())
-    fig, axes = plt.subplots(2, len(models), figsize=(3.8 * len(models), 5.6), sharex="col", squeeze=False)
-    colors = dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    models, fig, axes, colors = mode_grid(t, height=5.6)
     for j, model in enumerate(models):
         for i, (col, label) in enumerate((("tpot_p50_ms", "TPOT p50 (ms)"), ("ttft_ms", "TTFT from host KV (ms)"))):
             ax = axes[i, j]

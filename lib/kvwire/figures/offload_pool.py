@@ -3,9 +3,9 @@ offload mode and context."""
 
 from __future__ import annotations
 
+from ..errors import ConfigError
 from . import register_figure
-from .offload_latency import MODES, offload_rows
-from .style import pyplot
+from .offload_latency import MODES, mode_grid, offload_rows
 
 CAPTION = """The GPU page pool in the replay: hit rate and stall share against all-GPU per offload mode
 and context. Made by rule figure from offload.csv (results/tables; the paper's figure from
@@ -18,10 +18,7 @@ def draw(tables):
     t = t[(t["kind"] == "replay") & (t["mode"] != "all_gpu")]
     if t.empty:
         raise ConfigError("offload has no replay rows of an offload mode")
-    plt = pyplot()
-    models = sorted(t["model"].unique())
-    fig, axes = plt.subplots(2, len(models), figsize=(3.8 * len(models), 5.2), sharex="col", squeeze=False)
-    colors = dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    models, fig, axes, colors = mode_grid(t, height=5.2)
     for j, model in enumerate(models):
         for i, (col, label) in enumerate((("hit_rate", "pool hit rate"), ("stall_pct", "stall vs all-GPU (%)"))):
             ax = axes[i, j]
