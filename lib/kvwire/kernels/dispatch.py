@@ -7,6 +7,8 @@ are offered: a receiver posts each layer's buffer before the bytes arrive, so no
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 from ..codecs import build
@@ -18,11 +20,14 @@ from .reference import cpu_decoded, cpu_payloads
 _PROBE_SHAPE = (1, 8, 64)  # (kv_heads, seq, head_dim) any kernel accepts, to ask whether sizes are fixed
 
 
-def fixed_size_codecs() -> list[str]:
-    """Codec names (default parameters) whose kernel fixes every layer's payload length by the shape."""
-    return [n for n in kernel_names() if supported(n) and kernel_for(n).layer_bytes(_PROBE_SHAPE) is not None]
+@functools.lru_cache(maxsize=1)
+def fixed_size_codecs() -> tuple[str, ...]:
+    """Codec names (default parameters) whose kernel fixes every layer's payload length by the shape
+    (asked once: p2p asks per layer, on the sender's hot path)."""
+    return tuple(n for n in kernel_names() if supported(n) and kernel_for(n).layer_bytes(_PROBE_SHAPE) is not None)
 
 
+@functools.lru_cache(maxsize=None)
 def _fixed_size_kernel(name: str) -> KernelCodec:
     if name not in fixed_size_codecs():
         raise CodecError(f"codec {name!r} has no GPU kernel with payloads of a length fixed by the shape; "
