@@ -82,15 +82,14 @@ def main() -> int:
     print()
     print(summary(table))
     if args.nvcomp:
-        import pandas as pd
         from triton.testing import do_bench
 
         from kvwire.io import write_csv
         from kvwire.kernels.bench import require_gpu
         from kvwire.stages.gpu_bench import time_nvcomp
 
-        rows = time_nvcomp(do_bench, args.kv, args.codecs, gpu=require_gpu(), log=lambda line: print(line, flush=True))
-        write_csv(args.nvcomp, pd.DataFrame(rows))
+        table = time_nvcomp(do_bench, args.kv, args.codecs, gpu=require_gpu(), log=lambda line: print(line, flush=True))
+        write_csv(args.nvcomp, table)
     return 1 if (table[table.impl == "triton"].conformant == False).any() else 0  # noqa: E712  None: unchecked
 
 

@@ -1,5 +1,5 @@
 """GPU codec timing: the fused Triton kernels against the eager-PyTorch baseline and a device copy,
-on the KV shapes of real models. Tensors and records in, rows out: the files (KV files read, tables
+on the KV shapes of real models. Tensors and records in, tables (DataFrames) out: the files (KV files read, tables
 written) are ``kvwire.stages.gpu_bench``'s, which the rule ``time_gpu`` and ``bench/gpu_codecs.py`` call.
 
 For each shape (layers x kv_heads x head_dim of a model, a sequence length, fp16 or bf16) and each
@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, Sequence
 
+import pandas as pd
 import torch
 
 from ..errors import KVError
@@ -172,7 +173,7 @@ def check_record(rec, name: str, codecs: Sequence[str] | None = None, device: st
 
 
 def time_record(do_bench, rec, name: str, kernels, *, gpu: str, copy_gbps: float, l2_bytes: int,
-                rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> list[dict]:
+                rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> pd.DataFrame:
     """Time every kernel on a real cache (a ``KVRecord``: its own data, layer lengths and statistics)
     in its dtype: rows as ``time_shape``'s, ``model`` the record's model and ``cache`` its file
     ``name``, to set beside the synthetic caches of the same shape (CacheGen's entropy coder, for one,
@@ -204,9 +205,9 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                codecs: Sequence[tuple[str, "KernelCodec"]], *, gpu: str, copy_gbps: float, l2_bytes: int,
                rep_ms: int = 100, cpu_check_seq: int = 2048, cpu_check_elems: int = 1 << 24,
                log: Callable[[str], None] = print, tokens: Sequence[int] | None = None,
-               device: str = "cuda", real=None) -> list[dict]:
+               device: str = "cuda", real=None) -> pd.DataFrame:
     """Check and time every (label, kernel) on one cache shape [layers, 2, kv_heads, seq, head_dim]:
-    a row per (codec, implementation, op).
+    a table (DataFrame) with a row per (codec, implementation, op).
 
     ``tokens``: per layer, the tokens the cache keeps (``layer_tokens``: a sliding-window layer keeps
     ``window - 1``); default ``seq`` everywhere. Layers of different lengths are split into groups of
@@ -382,7 +383,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     del bufs
     if device == "cuda":
         torch.cuda.empty_cache()
-    return rows
+    return pd.DataFrame(rows)
 
 
 class _Combined:
@@ -471,7 +472,8 @@ def _ok_column(table) -> str:
 
 def nvcomp_rows(do_bench, rec, name: str, codecs: Sequence[str] | None = None,
                 algorithms: Sequence[str] | None = None, *, gpu: str, min_bytes: int = 64 << 20,
-                log: Callable[[str], None] = print, progress: Callable[[list[dict]], None] | None = None) -> list[dict]:
+                log: Callable[[str], None] = print,
+                progress: Callable[[list[dict]], None] | None = None) -> pd.DataFrame:
     """nvCOMP after each kernel codec, on the payloads of REAL caches (random caches have the wrong
     code histograms): the ratio it gains on the payload itself, and its GB/s on that payload tiled to
     at least ``min_bytes`` (64 KB chunks are coded independently, so tiling keeps the statistics and
@@ -530,4 +532,11 @@ def nvcomp_rows(do_bench, rec, name: str, codecs: Sequence[str] | None = None,
         del payload, tiled
         if progress is not None and rows:
             progress(rows)
-    return rows
+    return pd.DataFrame(rows)
+
+
+def concat(tables: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    """The rows of ``tables`` (``time_shape``'s, ``time_record``'s, ``nvcomp_rows``') in one table, the
+    columns in their order; an empty table for none."""
+    tables = [t for t in tables if len(t.columns)]
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()

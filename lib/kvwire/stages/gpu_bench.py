@@ -12,8 +12,8 @@ import torch
 
 from ..errors import KVError
 from ..io import write_csv
-from ..kernels.bench import (DTYPES, MODEL_SHAPES, SEQS, bench_kernels, check_record, copy_bandwidth, layer_tokens,
-                             nvcomp_rows, require_gpu, time_record, time_shape)
+from ..kernels.bench import (DTYPES, MODEL_SHAPES, SEQS, bench_kernels, check_record, concat, copy_bandwidth,
+                             layer_tokens, nvcomp_rows, require_gpu, time_record, time_shape)
 from ..kv import load_kv
 
 
@@ -26,7 +26,6 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
     labels of ``BENCH_CODECS`` (default: every one with a kernel). ``kv_files`` (real caches) are
     checked against the CPU codec and, with ``time_kv_files``, timed too (``time_real``: rows whose
     ``cache`` names the file)."""
-    import pandas as pd
     import triton
     from triton.testing import do_bench
 
@@ -42,21 +41,21 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
     log(f"codecs with kernels: {', '.join(k for k, _ in kernels)}")
     for line in check_real_caches(kv_files, [k for k, _ in kernels]):
         log(line)
-    rows, t0 = [], time.time()
+    tables, t0 = [], time.time()
     if time_kv_files and kv_files:
-        rows += time_real(do_bench, kv_files, kernels, gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms,
-                          log=log)
-        write_csv(out_csv, pd.DataFrame(rows))
+        tables.append(time_real(do_bench, kv_files, kernels, gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2,
+                                rep_ms=rep_ms, log=log))
+        write_csv(out_csv, concat(tables))
         log(f"  real caches done ({time.time() - t0:.0f} s)")
     for model, (layers, heads, dim) in (MODEL_SHAPES if models is None else models).items():
         for seq in seqs:
             for dtype in dtypes:
-                rows += time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels, gpu=gpu,
-                                   copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
-                                   tokens=layer_tokens(model, layers, seq))
-                write_csv(out_csv, pd.DataFrame(rows))  # after every shape: a run cut short keeps them
+                tables.append(time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels,
+                                         gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
+                                         tokens=layer_tokens(model, layers, seq)))
+                write_csv(out_csv, concat(tables))  # after every shape: a run cut short keeps them
         log(f"  {model} done ({time.time() - t0:.0f} s)")
-    return pd.DataFrame(rows)
+    return concat(tables)
 
 
 def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None,
@@ -69,31 +68,28 @@ def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None 
 
 
 def time_real(do_bench, kv_files: Sequence[str | Path], kernels, *, gpu: str, copy_gbps: float, l2_bytes: int,
-              rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda") -> list[dict]:
-    """``kernels.bench.time_record`` on every KV file (rows whose ``cache`` names the file)."""
-    rows = []
-    for path in kv_files:
-        rows += time_record(do_bench, load_kv(path), Path(path).name, kernels, gpu=gpu, copy_gbps=copy_gbps,
-                            l2_bytes=l2_bytes, rep_ms=rep_ms, log=log, device=device)
-    return rows
+              rep_ms: int = 100, log: Callable[[str], None] = print, device: str = "cuda"):
+    """``kernels.bench.time_record`` on every KV file, one table (rows whose ``cache`` names the file)."""
+    return concat([time_record(do_bench, load_kv(path), Path(path).name, kernels, gpu=gpu, copy_gbps=copy_gbps,
+                               l2_bytes=l2_bytes, rep_ms=rep_ms, log=log, device=device) for path in kv_files])
 
 
 def time_nvcomp(do_bench, kv_files: Sequence[str | Path], codecs: Sequence[str] | None = None,
                 algorithms: Sequence[str] | None = None, *, gpu: str, min_bytes: int = 64 << 20,
-                out_csv: str | Path | None = None, log: Callable[[str], None] = print) -> list[dict]:
-    """``kernels.bench.nvcomp_rows`` on every KV file; ``out_csv`` is rewritten after every codec (a run
-    cut short keeps what it measured)."""
+                out_csv: str | Path | None = None, log: Callable[[str], None] = print):
+    """``kernels.bench.nvcomp_rows`` on every KV file, one table; ``out_csv`` is rewritten after every
+    codec (a run cut short keeps what it measured)."""
     import pandas as pd
 
     from ..kernels.nvcomp import ALGORITHMS, version
 
     log(f"nvCOMP {version()}: {', '.join(algorithms or ALGORITHMS)}")
-    rows: list[dict] = []
+    tables = []
     for path in kv_files:
-        def save(so_far: list[dict], done=tuple(rows)) -> None:
+        def save(so_far: list[dict], done=tuple(tables)) -> None:
             if out_csv is not None:
-                write_csv(out_csv, pd.DataFrame([*done, *so_far]))
+                write_csv(out_csv, concat([*done, pd.DataFrame(so_far)]))
 
-        rows += nvcomp_rows(do_bench, load_kv(path), Path(path).name, codecs, algorithms, gpu=gpu,
-                            min_bytes=min_bytes, log=log, progress=save)
-    return rows
+        tables.append(nvcomp_rows(do_bench, load_kv(path), Path(path).name, codecs, algorithms, gpu=gpu,
+                                  min_bytes=min_bytes, log=log, progress=save))
+    return concat(tables)

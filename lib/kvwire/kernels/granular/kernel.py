@@ -34,19 +34,18 @@ Launch knobs to sweep on a GPU: ``TILE`` (elements per program), ``NUM_WARPS``, 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 import torch
 
 from ...codecs import build
-from ...codecs.bitpack import pack
-from ...codecs.int8 import dequantize_per_token, group_view, scale_shape
-from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, levels, quantize
+from ...codecs.quant import SCALE_DTYPES
 from ...errors import CodecError, KVError, WireError
 from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
 from ..launch import header_tensor, interpreted, triton_cdiv
 from ..layout import TokenLayout
+from . import eager
+from .layout import Scheme
 
 # GPU launch defaults by kernel: the per-token kernels' best (bench/NOTES.md, version 2: small
 # programs, 1 warp to encode, 2 to decode); the channel reduction loops over a chunk with 4 warps
@@ -60,42 +59,6 @@ BLOCK_CHUNKS = 16  # chunk ranges combined per step of channel_scale_kernel
 CHUNK_INTERPRETED = 64
 BLOCK_INTERPRETED = 256  # rows per program in the interpreter, whose cost is per program
 OUT_CODES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}  # jit.py's OUT
-
-
-@dataclass(frozen=True)
-class Scheme:
-    """What one codec setting quantizes on a cache of a given head_dim."""
-
-    kind: str  # "int8", "int4" or "fp8_e5m2" (jit.KINDS)
-    channel: bool  # one scale per (head, channel) over the sequence; else one per run of ``group``
-    group: int  # elements per row: the run of one scale, or (channel) a token's head_dim
-    symmetric: bool
-    scale_dtype: str
-
-    @property
-    def bits(self) -> int:
-        return 4 if self.kind == "int4" else 8
-
-    @property
-    def per_byte(self) -> int:  # codes per byte
-        return 2 if self.kind == "int4" else 1
-
-    @property
-    def qmax(self) -> float:
-        return float(levels(self.bits, self.symmetric)) if self.kind != "fp8_e5m2" else 1.0
-
-    @property
-    def itemsize(self) -> int:
-        return SCALE_DTYPES[self.scale_dtype].itemsize
-
-    def layout(self, shape: tuple[int, ...]) -> TokenLayout:
-        """One layer's payload layout. ``TokenLayout`` counts ``heads * seq`` scale units of ``head_dim``
-        elements per tensor, which is this layout with (heads, units per head, elements per unit):
-        (h, s * d / G, G) for rows of G, (h, d, s) for channels (h * d scales over s tokens)."""
-        _, _, h, s, d = shape
-        per_head, size = (d, s) if self.channel else (s * d // self.group, self.group)
-        return TokenLayout(heads=h, seq=per_head, head_dim=size, bits=self.bits, scale_itemsize=self.itemsize,
-                           zero_point=not self.symmetric)
 
 
 # ---- launch arguments -----------------------------------------------------------------------------
@@ -351,66 +314,16 @@ class _UniformKernel(KernelCodec):
     # ---- eager baseline: the CPU codec's torch ops, run on the device tensors --------------------
 
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
-        n, h, s, d = check_cache(kv, f"GPU {self.name} kernels")
-        sch = self.scheme(d)
-        header = header_tensor(sch.layout(tuple(kv.shape)).header, str(kv.device))
-        layers = []
-        for layer in kv:
-            parts = [header]
-            for t in (layer[0], layer[1]):
-                parts += self._eager_sections(t, sch)
-            layers.append(torch.cat(parts))
-        return GpuPayloads.equal_slots(torch.cat(layers), n)
+        return eager.encode_eager(self, kv, stats)
 
     def _eager_sections(self, t: torch.Tensor, sch: Scheme) -> list[torch.Tensor]:
-        p = self.full_params()
-        view, dim = group_view(t, p["granularity"], p["group_size"])
-        q = quantize(view, sch.bits, dim=dim, symmetric=sch.symmetric, scale_dtype=SCALE_DTYPES[sch.scale_dtype])
-        codes = q.codes.sub(127) if sch.bits == 8 and sch.symmetric else q.codes  # uint8 wraps: signed int8 bytes
-        out = [codes.reshape(-1) if sch.bits == 8 else pack(codes, 4), _bytes(q.scale)]
-        return out + ([] if sch.symmetric else [_bytes(q.zero)])
+        return eager.quant_sections(self, t, sch)
 
     def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        n, _, h, s, d = shape
-        sch = self.scheme(d)
-        lay = sch.layout(tuple(shape))
-        off = lay.offsets()
-        per_layer = payloads.data.view(n, lay.layer_bytes)
-        out = torch.empty(tuple(shape), dtype=dtype, device=payloads.data.device)
-        for i in range(n):
-            for j, t in enumerate(("k", "v")):
-                def sec(what: str, size: int) -> torch.Tensor:
-                    return per_layer[i, off[f"{t}_{what}"]:off[f"{t}_{what}"] + size]
-
-                out[i, j] = self._eager_decode(sec, lay, sch, (h, s, d), dtype)
-        return out
+        return eager.decode_eager(self, payloads, shape, dtype)
 
     def _eager_decode(self, sec, lay: TokenLayout, sch: Scheme, shape3, dtype) -> torch.Tensor:
-        p = self.full_params()
-        h, s, d = shape3
-        sdt = SCALE_DTYPES[sch.scale_dtype]
-        sshape = scale_shape(shape3, p["granularity"], p["group_size"])
-        vshape = (h, s, d // p["group_size"], p["group_size"]) if p["granularity"] == "group" else (h, s, d)
-        raw = sec("codes", lay.codes)
-        scale = _as(sec("scales", lay.scale_bytes), sdt).reshape(sshape)
-        if sch.bits == 8 and sch.symmetric:
-            return dequantize_per_token(raw.view(torch.int8).reshape(vshape), scale, dtype).reshape(shape3)
-        # (bitpack.unpack builds its shifts on the host: unpacked here, as kernels/token/eager.py does)
-        codes = raw if sch.bits == 8 else torch.stack([raw & 0xF, raw >> 4], dim=-1).reshape(-1)[:h * s * d]
-        zero = None if sch.symmetric else _as(sec("zeros", lay.scale_bytes), sdt).reshape(sshape)
-        x = dequantize(Quantized(codes.reshape(vshape), scale, zero), sch.bits, dtype, symmetric=sch.symmetric)
-        return x.reshape(shape3)
-
-
-def _bytes(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().reshape(-1).view(torch.uint8)
-
-
-def _as(raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Payload bytes as ``dtype`` values (copied first where they sit off the dtype's alignment)."""
-    if raw.data_ptr() % dtype.itemsize:
-        raw = raw.clone()
-    return raw.view(dtype)
+        return eager.quant_decode(self, sec, lay, sch, shape3, dtype)
 
 
 def _section(buf: torch.Tensor, lay: TokenLayout, n: int, name: str, dtype: torch.dtype) -> torch.Tensor:
@@ -478,14 +391,7 @@ class Fp8E5M2Kernel(_UniformKernel):
         return Scheme("fp8_e5m2", False, head_dim, True, "float16")
 
     def _eager_sections(self, t: torch.Tensor, sch: Scheme) -> list[torch.Tensor]:
-        codec = self.codec.tensor
-        xf = t.float()
-        st = codec.scales(codec.amax(xf))
-        return [torch.div(xf, st.float()).to(codec.fp8).view(torch.uint8).reshape(-1), _bytes(st)]
+        return eager.fp8_sections(self, t, sch)
 
     def _eager_decode(self, sec, lay: TokenLayout, sch: Scheme, shape3, dtype) -> torch.Tensor:
-        h, s, d = shape3
-        st = _as(sec("scales", lay.scale_bytes), torch.float16).reshape(h, s, 1)
-        x = sec("codes", lay.codes).view(self.codec.tensor.fp8).float().reshape(shape3) * st.float()
-        limit = torch.finfo(dtype).max
-        return x.clamp_(-limit, limit).to(dtype)
+        return eager.fp8_decode(self, sec, lay, sch, shape3, dtype)

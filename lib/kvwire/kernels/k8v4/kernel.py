@@ -20,19 +20,17 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 import torch
-import triton
-import triton.language as tl
 
-from ...codecs.bitpack import pack, packed_size
-from ...codecs.int8 import group_view
-from ...codecs.quant import SCALE_DTYPES, Quantized, dequantize, quantize
+from ...codecs.bitpack import packed_size
+from ...codecs.quant import SCALE_DTYPES
 from ...errors import CodecError, KVError, WireError
 from ..base import GpuPayloads, KernelCodec, Stats, check_cache, register_kernel
 from ..launch import fp_args, header_tensor, interpreted, triton_cdiv
 from ..layout import SectionTable
-from ..wordpack import (DTYPE_CODE, SCALE_CODE, as_dtype, device_bytes, float_to_bits, floor_pow2, load_words, native,
-                         needs_clamp, pack_words, pow2, quantize_rows, raw_view, refuse_nonfinite, row_scales,
-                         store_words, unpack_on_device, unpack_words, words_view)
+from ..wordpack import (DTYPE_CODE, SCALE_CODE, floor_pow2, native, needs_clamp, pow2, raw_view, refuse_nonfinite,
+                        words_view)
+from . import eager
+from .jit import k8v4_decode_kernel, k8v4_encode_kernel
 
 GRANULARITIES = ("token", "group")
 # GPU launch knobs: (elements per program, warps); the per-token int8/int4 kernels' best on an H200
@@ -62,79 +60,6 @@ class K8V4Layout(SectionTable):
         n, d = self.rows, self.head_dim
         vs = n * (d // self.value_group) * self.scale_item
         return [n * d, n * (d // self.key_group) * self.scale_item, packed_size(n * d, 4), vs, vs]
-
-
-
-@triton.jit
-def k8v4_encode_kernel(x_ptr, u8, p16, p32, ROWS, LAYER_BYTES, KC_OFF, KS_OFF, VC_OFF, VS_OFF, VZ_OFF,
-                       D: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr, SDT: tl.constexpr,
-                       KG: tl.constexpr, VG: tl.constexpr, K_WORDS: tl.constexpr, V_WORDS: tl.constexpr,
-                       NATIVE: tl.constexpr):
-    """Rows [i0, i0 + BLOCK_R) of tensor t = layer * 2 + K/V (rows = head * seq + token): keys to
-    int8 codes [BLOCK_R, DP/4, 4] and a scale per KG channels; values to packed int4 codes
-    [BLOCK_R, DP/8, 8] and a scale and zero point per VG channels."""
-    SW: tl.constexpr = 2 if SDT == 2 else 1
-    t = tl.program_id(1)
-    lb = (t // 2).to(tl.int64) * LAYER_BYTES
-    i0 = tl.program_id(0).to(tl.int64) * BLOCK_R
-    r = tl.arange(0, BLOCK_R)
-    row_ok = i0 + r < ROWS
-    src = x_ptr + (t.to(tl.int64) * ROWS + i0) * D
-    if t % 2 == 0:  # keys; K and V tiles differ in shape, so nothing of either may outlive its branch
-        k_col = tl.arange(0, DP // 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
-        k_ok = row_ok[:, None, None] & (k_col < D)
-        k_x = tl.load(src + (r[:, None, None] * D + k_col), mask=k_ok, other=0.0).to(tl.float32)
-        k_at = (lb + KS_OFF) // 2 + (i0 + r) * ((D // KG) * SW)
-        k_c = quantize_rows(k_x, k_col < D, k_col, p16, k_at, k_at, row_ok, True, 127.0, SDT, KG, D // KG, DP != D,
-                            NATIVE)
-        store_words(u8, p32, lb + KC_OFF + i0 * D, r * D, pack_words(k_c, 8, 4), row_ok, D, DP // 4, K_WORDS)
-    else:
-        v_col = tl.arange(0, DP // 8)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
-        v_ok = row_ok[:, None, None] & (v_col < D)
-        v_x = tl.load(src + (r[:, None, None] * D + v_col), mask=v_ok, other=0.0).to(tl.float32)
-        v_at = (i0 + r) * ((D // VG) * SW)
-        v_c = quantize_rows(v_x, v_col < D, v_col, p16, (lb + VS_OFF) // 2 + v_at, (lb + VZ_OFF) // 2 + v_at, row_ok,
-                            False, 15.0, SDT, VG, D // VG, DP != D, NATIVE)
-        store_words(u8, p32, lb + VC_OFF + i0 * (D // 2), r * (D // 2), pack_words(v_c, 4, 8), row_ok, D // 2,
-                    DP // 8, V_WORDS)
-
-
-@triton.jit
-def k8v4_decode_kernel(u8, p16, p32, out_ptr, ROWS, LAYER_BYTES, KC_OFF, KS_OFF, VC_OFF, VS_OFF, VZ_OFF, LIMIT,
-                       D: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr, DT: tl.constexpr,
-                       SDT: tl.constexpr, KG: tl.constexpr, VG: tl.constexpr, K_WORDS: tl.constexpr,
-                       V_WORDS: tl.constexpr, NATIVE: tl.constexpr, CLAMP: tl.constexpr):
-    """Inverse of ``k8v4_encode_kernel`` on the same grid: keys code * scale, values code * scale +
-    zero, clamped to the dtype's range where ``CLAMP`` says it can matter (``dequantize_per_token`` /
-    ``dequantize``), written to ``out`` as raw bits."""
-    SW: tl.constexpr = 2 if SDT == 2 else 1
-    t = tl.program_id(1)
-    lb = (t // 2).to(tl.int64) * LAYER_BYTES
-    i0 = tl.program_id(0).to(tl.int64) * BLOCK_R
-    r = tl.arange(0, BLOCK_R)
-    row_ok = i0 + r < ROWS
-    dst = out_ptr + (t.to(tl.int64) * ROWS + i0) * D
-    if t % 2 == 0:
-        k_col = tl.arange(0, DP // 4)[None, :, None] * 4 + tl.arange(0, 4)[None, None, :]
-        k_at = (lb + KS_OFF) // 2 + (i0 + r) * ((D // KG) * SW)
-        k_s, _ = row_scales(p16, k_at, k_at, k_col, row_ok, True, SDT, KG, D // KG)
-        k_word = load_words(u8, p32, lb + KC_OFF + i0 * D, r * D, row_ok, D, DP // 4, K_WORDS)
-        k_x = ((unpack_words(k_word, 8, 4) ^ 0x80) - 0x80).to(tl.float32) * k_s  # signed int8 codes
-        if CLAMP:
-            k_x = tl.minimum(tl.maximum(k_x, -LIMIT), LIMIT)
-        tl.store(dst + (r[:, None, None] * D + k_col), float_to_bits(k_x, DT, NATIVE),
-                 mask=row_ok[:, None, None] & (k_col < D))
-    else:
-        v_col = tl.arange(0, DP // 8)[None, :, None] * 8 + tl.arange(0, 8)[None, None, :]
-        v_at = (i0 + r) * ((D // VG) * SW)
-        v_s, v_z = row_scales(p16, (lb + VS_OFF) // 2 + v_at, (lb + VZ_OFF) // 2 + v_at, v_col, row_ok, False, SDT,
-                              VG, D // VG)
-        v_word = load_words(u8, p32, lb + VC_OFF + i0 * (D // 2), r * (D // 2), row_ok, D // 2, DP // 8, V_WORDS)
-        v_x = unpack_words(v_word, 4, 8).to(tl.float32) * v_s + v_z
-        if CLAMP:
-            v_x = tl.minimum(tl.maximum(v_x, -LIMIT), LIMIT)
-        tl.store(dst + (r[:, None, None] * D + v_col), float_to_bits(v_x, DT, NATIVE),
-                 mask=row_ok[:, None, None] & (v_col < D))
 
 
 @register_kernel
@@ -238,45 +163,8 @@ class K8V4Kernel(KernelCodec):
 
     # ---- the eager baseline: the CPU codec's torch ops, run on the device ----------------------
 
-    def _groups(self) -> tuple[tuple[str, int], tuple[str, int]]:
-        p = self.params
-        return ((p["key_granularity"], p["key_group_size"]), (p["value_granularity"], p["value_group_size"]))
-
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
-        n = check_cache(kv)[0]
-        lay = self.layout(tuple(kv.shape), kv.dtype)
-        sdt = SCALE_DTYPES[self.params["scale_dtype"]]
-        (kgran, kg), (vgran, vg) = self._groups()
-        header = header_tensor(lay.header, str(kv.device))
-        parts = []
-        for layer in kv:
-            kview, kdim = group_view(layer[0], kgran, kg)
-            vview, vdim = group_view(layer[1], vgran, vg)
-            try:
-                qk = quantize(kview, 8, dim=kdim, symmetric=True, scale_dtype=sdt)
-                qv = quantize(vview, 4, dim=vdim, symmetric=False, scale_dtype=sdt)
-            except CodecError:  # as the CPU codec: NaN/Inf in the layer (KVError), else a scale overflow
-                refuse_nonfinite(self.name, layer, sdt)
-            parts += [header, qk.codes.sub_(127).reshape(-1), device_bytes(qk.scale), pack(qv.codes, 4),
-                      device_bytes(qv.scale), device_bytes(qv.zero)]
-        return GpuPayloads.equal_slots(torch.cat(parts), n)
+        return eager.encode_eager(self, kv, stats)
 
     def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-        n, _, h, s, d = shape
-        lay = self.layout(tuple(shape), dtype)
-        sdt = SCALE_DTYPES[self.params["scale_dtype"]]
-        off, sizes = lay.offsets(), lay.sections
-        names = ("k_codes", "k_scales", "v_codes", "v_scales", "v_zeros")
-        kshape, vshape = (h, s, d // lay.key_group, lay.key_group), (h, s, d // lay.value_group, lay.value_group)
-        limit = torch.finfo(dtype).max
-        out = torch.empty(shape, dtype=dtype, device=payloads.data.device)
-        for i in range(n):
-            raw = payloads.layer(i)
-            sec = {name: raw[off[name]:off[name] + size] for name, size in zip(names, sizes)}
-            codes = sec["k_codes"].view(torch.int8).reshape(kshape)
-            scale = as_dtype(sec["k_scales"], sdt, kshape[:3] + (1,))
-            out[i, 0] = (codes.float() * scale.float()).clamp_(-limit, limit).to(dtype).reshape(h, s, d)
-            scale, zero = (as_dtype(sec[f"v_{x}"], sdt, vshape[:3] + (1,)) for x in ("scales", "zeros"))
-            q = Quantized(unpack_on_device(sec["v_codes"], 4, h * s * d).reshape(vshape), scale, zero)
-            out[i, 1] = dequantize(q, 4, dtype).reshape(h, s, d)
-        return out
+        return eager.decode_eager(self, payloads, shape, dtype)

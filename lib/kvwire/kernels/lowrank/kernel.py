@@ -41,17 +41,15 @@ near zero.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 import triton
-import triton.language as tl
 
-from ...codecs import LayerKV, bitpack, quant
-from ...codecs.base import LayerContext, section_header
-from ...codecs.svd import _FACTOR_DTYPES, effective_rank, factorize, reconstruct
+from ...codecs import LayerKV
+from ...codecs.base import LayerContext
+from ...codecs.svd import effective_rank, factorize
 from ...errors import KVError, WireError
 from ..base import (
     Decoded,
@@ -62,8 +60,10 @@ from ..base import (
     check_cache,
     register_kernel,
 )
-from ..jit import bf16_bits
 from ..launch import interpreted
+from . import eager
+from .jit import _lowrank_decode_kernel
+from .layout import LowRankLayout, _quantize_rows, _require_finite
 
 ERROR_TOL = 1e-2
 ERROR_FLOOR = 2.0 ** -12
@@ -76,138 +76,6 @@ INTERPRETED_BLOCK_S = 256
 SVD_DRIVER: str | None = None  # cuSOLVER driver for torch.linalg.svd on CUDA (None: torch's choice; "gesvda":
 #                                batched tall-skinny, approximate small singular values) -- a knob to time
 BAD_CODE, BAD_VALUE, BAD_SCALE = 1, 2, 4  # decode flags
-
-
-# ---- Triton ---------------------------------------------------------------------------------
-
-@triton.jit
-def _bytes_to_f32(u8_ptr, at):
-    """A little-endian float32 at byte offset ``at`` (any alignment): four byte loads."""
-    b = tl.load(u8_ptr + at + tl.arange(0, 4)).to(tl.int32)
-    return tl.sum(b << (tl.arange(0, 4) * 8), axis=0).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _scale_at(u8_ptr, at, ok, SCALE_BYTES: tl.constexpr, SCALE_BF16: tl.constexpr):
-    """int4 group scales (fp16 / bf16 / fp32 storage, any alignment) at byte offsets ``at`` -> float32."""
-    lo = tl.load(u8_ptr + at, mask=ok, other=0).to(tl.int32)
-    hi = tl.load(u8_ptr + at + 1, mask=ok, other=0).to(tl.int32)
-    if SCALE_BYTES == 4:
-        b2 = tl.load(u8_ptr + at + 2, mask=ok, other=0).to(tl.int32)
-        b3 = tl.load(u8_ptr + at + 3, mask=ok, other=0).to(tl.int32)
-        v = (lo | (hi << 8) | (b2 << 16) | (b3 << 24)).to(tl.float32, bitcast=True)
-    elif SCALE_BF16:
-        v = ((lo | (hi << 8)) << 16).to(tl.float32, bitcast=True)  # bf16 = the top half of a float32
-    else:
-        v = (lo | (hi << 8)).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    return v
-
-
-@triton.jit
-def _int4_at(u8_ptr, at, idx, ok):
-    """int4 codes of flat index ``idx`` in the packed section at byte ``at`` (even index: low nibble);
-    7 (zero) where not ``ok``."""
-    byte = tl.load(u8_ptr + at + idx // 2, mask=ok, other=0x77).to(tl.int32)
-    return (byte >> ((idx % 2) * 4)) & 0xF
-
-
-@triton.jit
-def _lowrank_decode_kernel(u8_ptr, f_ptr, out_ptr, flag_ptr, S, D, R, H,
-                           LAYER_BYTES, TENSOR_BYTES, HDR_BYTES, A_OFF, B_OFF, A_SC_OFF, B_SC_OFF,
-                           GROUP, LIMIT,
-                           INT4: tl.constexpr, F16_DOT: tl.constexpr, FACTOR_BYTES: tl.constexpr,
-                           SCALE_BYTES: tl.constexpr, SCALE_BF16: tl.constexpr, OUT: tl.constexpr,
-                           BLOCK_S: tl.constexpr, RP: tl.constexpr, DP: tl.constexpr):
-    """X_hat of rows [BLOCK_S] of one (layer, K/V, head): (A @ B) * s1 * m, clamped, in the output
-    dtype (OUT 0 fp16, 1 bf16 bit patterns as int16, 2 fp32). Offsets in bytes within a tensor's
-    sections (A_OFF, B_OFF: factors or codes; *_SC_OFF: int4 scales)."""
-    bt = tl.program_id(1)
-    lay = bt // (2 * H)
-    t = (bt // H) % 2
-    hh = bt % H
-    sec = lay.to(tl.int64) * LAYER_BYTES + HDR_BYTES + t * TENSOR_BYTES  # this tensor's first section
-    m = _bytes_to_f32(u8_ptr, sec + hh * 8)
-    s1 = _bytes_to_f32(u8_ptr, sec + hh * 8 + 4)
-    i = tl.program_id(0) * BLOCK_S + tl.arange(0, BLOCK_S)
-    k = tl.arange(0, RP)
-    j = tl.arange(0, DP)
-    a_ok = (i[:, None] < S) & (k[None, :] < R)
-    b_ok = (k[:, None] < R) & (j[None, :] < D)
-    if INT4:
-        # A^T rows (one per singular vector, along tokens) and B rows, 4-bit codes in groups of GROUP
-        ngs = (S + GROUP - 1) // GROUP
-        ngd = (D + GROUP - 1) // GROUP
-        a_idx = (hh * R + k[None, :]).to(tl.int64) * S + i[:, None]
-        a_code = _int4_at(u8_ptr, sec + A_OFF, a_idx, a_ok)
-        a_sc = _scale_at(u8_ptr, sec + A_SC_OFF + ((hh * R + k[None, :]) * ngs + i[:, None] // GROUP) * SCALE_BYTES,
-                         a_ok, SCALE_BYTES, SCALE_BF16)
-        b_idx = (hh * R + k[:, None]).to(tl.int64) * D + j[None, :]
-        b_code = _int4_at(u8_ptr, sec + B_OFF, b_idx, b_ok)
-        b_sc = _scale_at(u8_ptr, sec + B_SC_OFF + ((hh * R + k[:, None]) * ngd + j[None, :] // GROUP) * SCALE_BYTES,
-                         b_ok, SCALE_BYTES, SCALE_BF16)
-        bad = tl.max(tl.max((a_code == 15).to(tl.int32), axis=1), axis=0) | \
-            tl.max(tl.max((b_code == 15).to(tl.int32), axis=1), axis=0)
-        a = (a_code - 7).to(tl.float32) * a_sc  # exact: quant.dequantize
-        b = (b_code - 7).to(tl.float32) * b_sc
-        acc = tl.dot(a, b, input_precision="ieee")
-    else:
-        bad = 0
-        a_at = (sec + A_OFF) // FACTOR_BYTES + (hh * S).to(tl.int64) * R + i[:, None] * R + k[None, :]
-        b_at = (sec + B_OFF) // FACTOR_BYTES + (hh * R).to(tl.int64) * D + k[:, None] * D + j[None, :]
-        a = tl.load(f_ptr + a_at, mask=a_ok, other=0.0)
-        b = tl.load(f_ptr + b_at, mask=b_ok, other=0.0)
-        if F16_DOT:
-            acc = tl.dot(a, b)  # fp16 products are exact in the float32 accumulator
-        else:
-            acc = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    x = acc * s1
-    x = x * m  # (A @ B) * s1 * m, two roundings, as codecs/svd.reconstruct
-    o_ok = (i[:, None] < S) & (j[None, :] < D)
-    nonfinite = tl.max(tl.max((((x != x) | (tl.abs(x) == float("inf"))) & o_ok).to(tl.int32), axis=1), axis=0)
-    scale_bad = ((m != m) | (s1 != s1) | (m <= 0) | (s1 <= 0) | (m == float("inf")) | (s1 == float("inf"))).to(tl.int32)
-    flag = bad * 1 + nonfinite * 2 + scale_bad * 4
-    if flag != 0:
-        tl.atomic_or(flag_ptr, flag)
-    x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
-    dst = out_ptr + (bt.to(tl.int64) * S + i[:, None]) * D + j[None, :]
-    if OUT == 0:
-        tl.store(dst, x.to(tl.float16), mask=o_ok)
-    elif OUT == 1:
-        tl.store(dst, bf16_bits(x).to(tl.int16), mask=o_ok)
-    else:
-        tl.store(dst, x, mask=o_ok)
-
-
-# ---- layout -----------------------------------------------------------------------------------
-
-class LowRankLayout:
-    """Section sizes of one layer's payload (the same for every layer of a cache)."""
-
-    def __init__(self, name: str, params: Mapping[str, Any], h: int, s: int, d: int) -> None:
-        self.int4 = name == "svd_runtime_int4"
-        self.h, self.s, self.d = h, s, d
-        self.r = effective_rank(params["rank"], s, d)
-        if self.int4:
-            self.group = params["group_size"]
-            self.sdt = quant.SCALE_DTYPES[params["scale_dtype"]]
-            se = torch.empty((), dtype=self.sdt).element_size()
-            ngs, ngd = math.ceil(s / self.group), math.ceil(d / self.group)
-            self.per_tensor = [8 * h, bitpack.packed_size(h * self.r * s, 4), h * self.r * ngs * se,
-                               bitpack.packed_size(h * self.r * d, 4), h * self.r * ngd * se]
-        else:
-            self.group, self.fdt = 1, _FACTOR_DTYPES[params["factor_dtype"]]
-            fe = torch.empty((), dtype=self.fdt).element_size()
-            self.per_tensor = [8 * h, h * s * self.r * fe, h * self.r * d * fe]
-        self.header = section_header(self.per_tensor * 2)
-        self.tensor_bytes = sum(self.per_tensor)
-        self.layer_bytes = len(self.header) + 2 * self.tensor_bytes
-        starts = [sum(self.per_tensor[:i]) for i in range(len(self.per_tensor))]
-        # offsets within a tensor's sections: A (factor or codes), B, and the int4 scales
-        if self.int4:
-            self.a_off, self.a_sc_off, self.b_off, self.b_sc_off = starts[1], starts[2], starts[3], starts[4]
-        else:
-            self.a_off, self.b_off = starts[1], starts[2]
-            self.a_sc_off = self.b_sc_off = 0
 
 
 # ---- the kernel codec ---------------------------------------------------------------------------
@@ -301,47 +169,11 @@ class LowRankKernel(KernelCodec):
 
     def encode_eager(self, kv: torch.Tensor, stats: Stats = None) -> GpuPayloads:
         """The CPU codec's ``encode_layer`` ops on the device, layer by layer, tensor by tensor."""
-        n_layers, _, _, _ = check_cache(kv, f"GPU {self.name} codec")
-        lay = self.layout(kv.shape)
-        header = torch.frombuffer(bytearray(lay.header), dtype=torch.uint8).to(kv.device)
-        parts = []
-        for i in range(n_layers):
-            _require_finite(kv[i:i + 1], self.name)
-            sections = [header]
-            for t in (kv[i, 0], kv[i, 1]):
-                scale, a, b = factorize(t, self.params["rank"])
-                sections.append(_raw(scale))
-                if lay.int4:
-                    for rows in (a.transpose(1, 2), b):
-                        codes, sc = _quantize_rows(rows, lay.group, lay.sdt, 1)
-                        sections += [_raw(codes), _raw(sc)]
-                else:
-                    sections += [_raw(a.to(lay.fdt)), _raw(b.to(lay.fdt))]
-            parts.append(torch.cat(sections))
-        return GpuPayloads.equal_slots(torch.cat(parts), n_layers)
+        return eager.encode_eager(self, kv, stats)
 
     def decode_eager(self, payloads: GpuPayloads, shape: tuple[int, ...], dtype: torch.dtype) -> Decoded:
         """The CPU codec's ``decode_layer`` ops (``reconstruct``, ``dequantize``) on the device."""
-        n_layers, _, h, s, d = shape
-        lay = self.layout(shape)
-        out = torch.empty(shape, dtype=dtype, device=payloads.data.device)
-        for i in range(n_layers):
-            p = payloads.layer(i)
-            at = len(lay.header)
-            for t in range(2):
-                secs = []
-                for size in lay.per_tensor:
-                    secs.append(p[at:at + size].clone())  # aligned copies, as the CPU's tensor_from
-                    at += size
-                scale = secs[0].view(torch.float32).view(h, 2)
-                if lay.int4:
-                    a = _dequantize_rows(secs[1], secs[2], (h, lay.r, s), lay.group, lay.sdt).transpose(1, 2)
-                    b = _dequantize_rows(secs[3], secs[4], (h, lay.r, d), lay.group, lay.sdt)
-                else:
-                    a = secs[1].view(lay.fdt).view(h, s, lay.r)
-                    b = secs[2].view(lay.fdt).view(h, lay.r, d)
-                out[i, t] = reconstruct(scale, a, b, dtype, self.name)
-        return out
+        return eager.decode_eager(self, payloads, shape, dtype)
 
     # -- tolerances --
 
@@ -419,55 +251,3 @@ def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.stack((m, s1), dim=1), a.contiguous(), vh[:, :r, :].clamp(-1.0, 1.0).contiguous()
 
 
-def _quantize_rows(rows: torch.Tensor, group: int, sdt: torch.dtype, tensors: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``codecs/svd.quantize_rows`` on the device for ``tensors`` tensors' rows at once (rows
-    [tensors * h, r, n]): packed codes [tensors, bytes] (each tensor packed on its own, as the CPU
-    packs one tensor's codes) and scales [tensors, h * r * groups]."""
-    b, r, n = rows.shape
-    n_groups = math.ceil(n / group)
-    padded = torch.nn.functional.pad(rows, (0, n_groups * group - n)).view(b, r, n_groups, group)
-    q = _quantize_sym4(padded, sdt)
-    codes = q.codes.view(b, r, n_groups * group)[:, :, :n]
-    return _pack4_rows(codes.reshape(tensors, -1)), q.scale.reshape(tensors, -1)
-
-
-def _quantize_sym4(x: torch.Tensor, sdt: torch.dtype) -> quant.Quantized:
-    """``quant.quantize(x, 4, symmetric=True, scale_dtype=sdt)`` without its host-side finite check
-    (factor entries lie in [-1, 1], so the scales are finite): the same ops, no sync."""
-    xf = x.float()
-    qmax = quant.levels(4, True)
-    scale = (xf.abs().amax(dim=-1, keepdim=True) / qmax).to(sdt)
-    s = scale.float()
-    inv = torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
-    codes = torch.round(xf * inv).clamp_(-qmax, qmax).add_(qmax)
-    return quant.Quantized(codes.to(torch.uint8), scale, None)
-
-
-def _pack4_rows(codes: torch.Tensor) -> torch.Tensor:
-    """``bitpack.pack(row, 4)`` of every row of ``codes`` [rows, n]: [rows, 4 * ceil(n / 8)] bytes."""
-    rows, n = codes.shape
-    padded = torch.nn.functional.pad(codes.to(torch.uint8), (0, (-n) % 8)).view(rows, -1, 2)
-    return padded[:, :, 0] | (padded[:, :, 1] << 4)
-
-
-def _dequantize_rows(packed: torch.Tensor, scales: torch.Tensor, shape: tuple[int, int, int], group: int,
-                     sdt: torch.dtype) -> torch.Tensor:
-    """``codecs/svd.dequantize_rows`` on the device (no range check: the eager baseline)."""
-    h, r, n = shape
-    n_groups = math.ceil(n / group)
-    codes = bitpack.unpack(packed, 4, h * r * n).view(h, r, n)
-    codes = torch.nn.functional.pad(codes, (0, n_groups * group - n), value=quant.levels(4, True))
-    q = quant.Quantized(codes.view(h, r, n_groups, group), scales.view(sdt).view(h, r, n_groups, 1), None)
-    return quant.dequantize(q, 4, torch.float32, symmetric=True).view(h, r, n_groups * group)[:, :, :n]
-
-
-def _require_finite(kv: torch.Tensor, codec: str) -> None:
-    lo, hi = kv.amin(dim=(2, 3, 4)), kv.amax(dim=(2, 3, 4))
-    bad = ~(torch.isfinite(lo) & torch.isfinite(hi))
-    if bool(bad.any()):
-        layer, which = (int(x) for x in bad.nonzero()[0])
-        raise KVError(f"codec {codec!r}: NaN/Inf value(s) in layer {layer} {('keys', 'values')[which]}")
-
-
-def _raw(t: torch.Tensor) -> torch.Tensor:
-    return t.contiguous().reshape(-1).view(torch.uint8)
