@@ -110,6 +110,7 @@ def test_every_job_records_its_peak_memory_against_what_it_declared(default_clon
     assert not (clone / "results/tables").exists() or not any((clone / "results/tables").iterdir())
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_a_failing_job_writes_its_traceback_to_its_log_and_snakemake_names_it(repo, tmp_path):
     clone = fresh_clone(repo, tmp_path / "clone")
     with (clone / "data/gsm8k/test.jsonl").open("ab") as fh:  # a changed copy: its pinned hash fails
@@ -128,6 +129,7 @@ def test_a_failing_job_writes_its_traceback_to_its_log_and_snakemake_names_it(re
     assert not (clone / "resources/prompts/gsm8k.jsonl").exists()
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_a_killed_run_is_told_how_to_resume(repo, tmp_path):
     """After kill -9 Snakemake's lock stays behind; the next run says what to do (--unlock), as the
     README's "Using it" says, and after --unlock the run resumes."""

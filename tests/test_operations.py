@@ -124,6 +124,7 @@ def paper_clone(repo, tmp_path_factory):
     return clone, out, time.perf_counter() - t0
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_paper_rebuilds_every_figure_from_the_published_tables_alone(repo, paper_clone):
     clone, out, seconds = paper_clone
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -152,6 +153,7 @@ def test_paper_rebuilds_every_figure_from_the_published_tables_alone(repo, paper
     # a loaded CI machine is no benchmark)
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_a_paper_artefact_asked_for_by_its_path_plans_only_paper_jobs(repo, tmp_path):
     """`snakemake paper/kvwire.pdf` (or one figure) on a fresh clone: the published tables are
     sources, so the plan holds the figure, table, macro and latexmk jobs and nothing of the study."""
@@ -166,6 +168,7 @@ def test_a_paper_artefact_asked_for_by_its_path_plans_only_paper_jobs(repo, tmp_
     assert pdf["paper_pdf"] == 1 and pdf["paper_table"] == 4 and sum(pdf.values()) >= 15
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_the_paper_pdf_resolves_every_reference_citation_and_macro(paper_clone):
     clone, out, _ = paper_clone
     assert out.returncode == 0
@@ -185,6 +188,7 @@ def test_the_paper_pdf_resolves_every_reference_citation_and_macro(paper_clone):
     assert all(f"{{{key}}}" in bib for keys in cited for key in keys.split(","))
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_paper_with_a_missing_cached_table_says_so_and_runs_no_experiment(repo, tmp_path):
     _needs_tex()
     clone = fresh_clone(repo, tmp_path / "clone")
@@ -199,6 +203,7 @@ def test_paper_with_a_missing_cached_table_says_so_and_runs_no_experiment(repo, 
     assert not (clone / "resources").exists() and not (clone / "results" / "e2e_transfer.csv").exists()
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_report_captions_every_figure_and_table(repo, paper_clone):
     clone, out, _ = paper_clone
     assert out.returncode == 0
@@ -240,6 +245,7 @@ def test_report_captions_every_figure_and_table(repo, paper_clone):
     assert figures - marked == set()
 
 
+@pytest.mark.slow  # builds the paper or runs the workflow in a fresh clone
 def test_the_paper_without_tex_stops_with_the_line_that_installs_it(repo, tmp_path):
     """latexmk is looked for before it runs: without TeX Live the job fails with the one apt-get
     line of the README's set-up (not a latexmk 'command not found' in a log)."""
