@@ -14,9 +14,7 @@ Prints a table and writes it as CSV:
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
@@ -24,21 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import torch  # noqa: E402
 
 from kvwire.kernels.bench import BENCH_CODECS  # noqa: E402
+from kvwire.offload.calibration import host_us  # noqa: E402  (host µs per call, not waiting for the GPU)
 
 STUDY = {"smollm2-135m": ((30, 3, 64), 1024), "qwen2.5-coder-0.5b": ((24, 2, 64), 2048),
          "gemma-3-270m": ((18, 1, 256), 512), "qwen2.5-coder-1.5b": ((28, 2, 128), 2048)}
-
-
-def host_us(fn, n: int = 200) -> float:
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) * 1e6 / n)
-        torch.cuda.synchronize()
-    return statistics.median(times)
 
 
 def graphed(fn):
