@@ -88,3 +88,13 @@ def test_conformance_catches_one_wrong_byte_and_a_wrong_decode():
     c = conformance(wrong, kv)
     assert c.identical and not c.decode_identical and not c.ok
     assert conformance(wrong, kv, layers=[0]).ok  # the wrong element is in the last layer
+
+
+@pytest.mark.parametrize("name, params", [("k8v4", {}), ("kivi4", {}), ("int8", {"granularity": "channel"})])
+def test_fixed_rate_decoders_refuse_payloads_split_into_other_layers(name, params):
+    """The same bytes cut at other layer boundaries are a WireError naming both splits, not a wrong cache."""
+    kv = torch.randn(2, 2, 1, 8, 64).to(torch.bfloat16)
+    k = kernel_for(name, params)
+    p = k.encode(kv)
+    with pytest.raises(WireError, match=rf"{p.nbytes} payload bytes in 2 layers, expected 2 layers of {p.nbytes // 2}"):
+        k.decode(GpuPayloads(p.data, (0, 1, p.nbytes)), tuple(kv.shape), kv.dtype)

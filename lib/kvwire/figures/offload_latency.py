@@ -30,6 +30,16 @@ def mode_grid(t, *, height: float):
     return models, fig, axes, dict(zip(MODES, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
 
 
+def label_panel(ax, i: int, j: int, model: str, label: str) -> None:
+    """A grid panel's axes: log2 contexts, the metric on the first column, the model atop the first row."""
+    ax.set_xscale("log", base=2)
+    ax.set_ylabel(label if j == 0 else "")
+    if i == 0:
+        ax.set_title(model)
+    else:
+        ax.set_xlabel("context (tokens)")
+
+
 @register_figure("offload_latency", sources=("offload",), caption=CAPTION)
 def draw(tables):
     t = offload_rows(tables["offload"])
@@ -43,12 +53,7 @@ def draw(tables):
                     if not sub.empty:
                         ax.plot(sub["context"], sub[col], style, color=colors[mode], ms=4,
                                 label=f"{mode} ({'GPU replay' if kind == 'replay' else 'simulation'})")
-            ax.set_xscale("log", base=2)
-            ax.set_ylabel(label if j == 0 else "")
-            if i == 0:
-                ax.set_title(model)
-            else:
-                ax.set_xlabel("context (tokens)")
+            label_panel(ax, i, j, model, label)
     handles, labels = axes[0, -1].get_legend_handles_labels()
     fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     fig.subplots_adjust(bottom=0.2)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from . import register_figure
-from .offload_latency import MODES, mode_grid, offload_rows
+from .offload_latency import MODES, label_panel, mode_grid, offload_rows
 
 CAPTION = """The GPU page pool in the replay: hit rate and stall share against all-GPU per offload mode
 and context. Made by rule figure from offload.csv (results/tables; the paper's figure from
@@ -26,11 +26,6 @@ def draw(tables):
                 sub = t[(t["model"] == model) & (t["mode"] == mode)].sort_values("context")
                 if not sub.empty:
                     ax.plot(sub["context"], sub[col], "-o", color=colors[mode], ms=4, label=mode)
-            ax.set_xscale("log", base=2)
-            ax.set_ylabel(label if j == 0 else "")
-            if i == 0:
-                ax.set_title(model)
-            else:
-                ax.set_xlabel("context (tokens)")
+            label_panel(ax, i, j, model, label)
     axes[0, -1].legend(fontsize=7)
     return fig

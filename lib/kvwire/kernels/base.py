@@ -75,6 +75,12 @@ class GpuPayloads:
         size = data.numel() // n_layers
         return cls(data, tuple(i * size for i in range(n_layers + 1)))
 
+    def require_equal_slots(self, n_layers: int, layer_bytes: int, codec: str, shape: Sequence[int]) -> None:
+        """A ``WireError`` unless these are ``n_layers`` payloads of ``layer_bytes`` each (a fixed-rate layout)."""
+        if self.offsets != tuple(i * layer_bytes for i in range(n_layers + 1)):
+            raise WireError(f"codec {codec!r}: {self.data.numel()} payload bytes in {self.n_layers} layers, "
+                            f"expected {n_layers} layers of {layer_bytes} for shape {list(shape)}")
+
     @property
     def n_layers(self) -> int:
         return len(self.offsets) - 1

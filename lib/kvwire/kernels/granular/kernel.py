@@ -274,9 +274,7 @@ class _UniformKernel(KernelCodec):
         sch = self.scheme(shape[-1])
         lay = sch.layout(shape)
         data = payloads.data
-        if data.numel() != n * lay.layer_bytes or payloads.offsets != tuple(i * lay.layer_bytes for i in range(n + 1)):
-            raise WireError(f"codec {self.name!r}: {data.numel()} payload bytes in {payloads.n_layers} layers, "
-                            f"expected {n} layers of {lay.layer_bytes} for shape {list(shape)}")
+        payloads.require_equal_slots(n, lay.layer_bytes, self.name, shape)
         if check:
             self._check_payload(data, sch, lay, n)
         out = torch.empty(shape, dtype=dtype, device=data.device)

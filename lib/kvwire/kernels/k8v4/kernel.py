@@ -134,9 +134,7 @@ class K8V4Kernel(KernelCodec):
             raise KVError(f"the k8v4 GPU decode writes fp16, bf16 or fp32, not {dtype}")
         lay = self.layout(tuple(shape), dtype)
         data = payloads.data
-        if payloads.offsets != tuple(i * lay.layer_bytes for i in range(n + 1)):
-            raise WireError(f"codec 'k8v4': {data.numel()} payload bytes in {payloads.n_layers} layers, "
-                            f"expected {n} layers of {lay.layer_bytes} for shape {list(shape)}")
+        payloads.require_equal_slots(n, lay.layer_bytes, "k8v4", shape)
         if check:
             self._check_payload(data, lay, n)
         if out is None:

@@ -186,9 +186,7 @@ class KiviKernel(KernelCodec):
             raise KVError(f"the {self.name} GPU decode writes fp16, bf16 or fp32, not {dtype}")
         lay = self.layout(tuple(shape), dtype)
         data = payloads.data
-        if payloads.offsets != tuple(i * lay.layer_bytes for i in range(n + 1)):
-            raise WireError(f"codec {self.name!r}: {data.numel()} payload bytes in {payloads.n_layers} layers, "
-                            f"expected {n} layers of {lay.layer_bytes} for shape {list(shape)}")
+        payloads.require_equal_slots(n, lay.layer_bytes, self.name, shape)
         if check:
             self._check_payload(data, lay, n)
         if out is None:
