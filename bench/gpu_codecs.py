@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import torch  # noqa: E402
 
-from kvwire.kernels.bench import BENCH_CODECS, MODEL_SHAPES, SEQS  # noqa: E402
+from kvwire.kernels.bench import BENCH_CODECS, ISSUE30_CASES, MODEL_SHAPES, SEQS  # noqa: E402
 
 
 
@@ -52,6 +52,8 @@ def main() -> int:
     ap.add_argument("--time-kv", action="store_true",
                     help="also time the kernels on the --kv caches (rows whose `cache` names the file)")
     ap.add_argument("--quick", action="store_true", help="three models, two lengths")
+    ap.add_argument("--study", action="store_true",
+                    help="issue 30's cases: the study's cache sizes and two large caches (ISSUE30_CASES)")
     ap.add_argument("--sweep", action="store_true", help="time tile sizes and warps on one large shape, then stop")
     ap.add_argument("--codecs", nargs="*", default=None, choices=list(BENCH_CODECS), metavar="LABEL",
                     help="bench codec labels (default: every one with a kernel)")
@@ -61,6 +63,8 @@ def main() -> int:
     ap.add_argument("--nvcomp", type=Path, default=None, metavar="CSV",
                     help="also time nvCOMP after each codec on the --kv caches' payloads, into this table")
     ap.add_argument("--rep-ms", type=int, default=100, help="do_bench repetition time per measurement")
+    ap.add_argument("--cpu-check-seq", type=int, default=2048,
+                    help="longest synthetic cache checked against the CPU codec (longer: against eager)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device: nothing to time (the kernels' logic is tested on CPU by tests/test_kernels.py)")
@@ -78,7 +82,8 @@ def main() -> int:
         models = {m: MODEL_SHAPES[m] for m in args.models}
     seqs = args.seqs or ((512, 8192) if args.quick else SEQS)
     table = time_gpu(args.out, models=models, seqs=seqs, dtypes=args.dtypes, codecs=args.codecs, kv_files=args.kv,
-                     time_kv_files=args.time_kv, rep_ms=args.rep_ms, log=lambda line: print(line, flush=True))
+                     time_kv_files=args.time_kv, rep_ms=args.rep_ms, log=lambda line: print(line, flush=True),
+                     cases=ISSUE30_CASES if args.study else None, cpu_check_seq=args.cpu_check_seq)
     print()
     print(summary(table))
     if args.nvcomp:

@@ -8,7 +8,10 @@ For every codec setting of the bench with a kernel, on the study's model shapes 
   Python), where the codec allows capture (no host sync inside: ``check=False``).
 Prints a table and writes it as CSV:
 
-    python bench/gpu_small_shapes.py --out $OUT/small_shapes.csv [--codecs int8 int4 ...]
+    python bench/gpu_small_shapes.py --out $OUT/small_shapes.csv [--codecs int8 int4 ...] [--models ...]
+
+``--once`` calls each encode and decode once, untimed (for Nsight Compute: a handful of launches);
+``--models`` takes the study's models (their study length) or any bench shape (at ``--seq``).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 
 import torch  # noqa: E402
 
-from kvwire.kernels.bench import BENCH_CODECS  # noqa: E402
+from kvwire.kernels.bench import BENCH_CODECS, MODEL_SHAPES  # noqa: E402
 from kvwire.offload.calibration import host_us  # noqa: E402  (host µs per call, not waiting for the GPU)
 
 STUDY = {"smollm2-135m": ((30, 3, 64), 1024), "qwen2.5-coder-0.5b": ((24, 2, 64), 2048),
@@ -49,6 +52,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--codecs", nargs="*", default=None)
+    ap.add_argument("--models", nargs="*", default=None, choices=sorted(set(STUDY) | set(MODEL_SHAPES)))
+    ap.add_argument("--seq", type=int, default=8192, help="length for --models outside the study's")
+    ap.add_argument("--once", action="store_true", help="one untimed call per encode / decode (for ncu)")
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -60,7 +66,8 @@ def main() -> int:
 
     rows = []
     gpu = torch.cuda.get_device_name()
-    for model, ((layers, heads, dim), seq) in STUDY.items():
+    cases = {m: STUDY.get(m, (MODEL_SHAPES.get(m), args.seq)) for m in (args.models or STUDY)}
+    for model, ((layers, heads, dim), seq) in cases.items():
         kv = torch.randn(layers, 2, heads, seq, dim, device="cuda").to(torch.bfloat16)
         raw = kv.numel() * 2
         dst = torch.empty_like(kv)
@@ -77,6 +84,14 @@ def main() -> int:
                 enc = lambda: k.encode(kv, check=False)  # noqa: E731
                 dec = lambda: k.decode(pay, tuple(kv.shape), kv.dtype, check=False)  # noqa: E731
                 moved_e = raw + pay.nbytes
+                if args.once:  # ncu ... --nvtx --nvtx-include "codec/": only these launches
+                    torch.cuda.synchronize()
+                    torch.cuda.nvtx.range_push("codec")
+                    enc(), dec()
+                    torch.cuda.nvtx.range_pop()
+                    torch.cuda.synchronize()
+                    print(f"{model} {label}: encode and decode called once", flush=True)
+                    continue
                 for op, fn in (("encode", enc), ("decode", dec)):
                     ms = do_bench(fn, warmup=25, rep=100, return_mode="median")
                     h = host_us(fn)

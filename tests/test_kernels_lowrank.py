@@ -52,6 +52,30 @@ def test_lowrank_kernels_against_the_cpu_codec(name, params, seq, dim, dtype):
         assert c.identical
 
 
+@pytest.mark.parametrize("name,params,seq,dim,dtype", CASES)
+def test_the_gram_factorization_reconstructs_as_well_as_the_svd(name, params, seq, dim, dtype, monkeypatch):
+    """FACTORIZE = "gram" (eigendecomposition of the small Gram matrix, X^T X or X X^T by shape): the
+    payload differs from the CPU's, its reconstruction error does not (the codec's own tolerance)."""
+    monkeypatch.setattr(lowrank, "FACTORIZE", "gram")
+    kernel = kernel_for(name, params)
+    kv = random_cache(seq=seq, dim=dim, dtype=dtype, seed=seq + dim)
+    c = check(kernel, kv)
+    assert kernel.encode(kv).nbytes == sum(len(p) for p in cpu_payloads(kernel.codec, kv))
+
+
+def test_the_gram_factorization_can_fail_the_tolerance(monkeypatch):
+    """The tolerance catches a Gram factorization that keeps the wrong eigenvectors (smallest first)."""
+    gram = lowrank._factorize_gram
+
+    def wrong_end(x, rank):
+        return gram(x.flip(-1), rank)  # the factors of the matrix with its columns reversed
+
+    monkeypatch.setattr(lowrank, "FACTORIZE", "gram")
+    monkeypatch.setattr(lowrank, "_factorize_gram", wrong_end)
+    c = conformance(kernel_for("svd_runtime"), random_cache(seq=64, dim=64, seed=3))
+    assert not c.within_tolerance
+
+
 def _other_svd(x, rank):
     """Another valid truncated SVD (float64 LAPACK, a random sign per singular pair): what a GPU
     solver may return instead of the CPU's factors."""

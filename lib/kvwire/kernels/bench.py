@@ -48,6 +48,10 @@ MODEL_SHAPES = {  # layers, kv_heads, head_dim
     "qwen2.5-coder-1.5b": (28, 2, 128),
 }
 SEQS = (512, 2048, 8192, 32768)
+# issue 30's cases (model, seq): the study's own caches (one request, 4-64 MB, where launch and host
+# costs weigh) first, then two of at least 64 MB (where the kernels should run at memory speed)
+ISSUE30_CASES = (("smollm2-135m", 1024), ("qwen2.5-coder-0.5b", 2048), ("gemma-3-270m", 2048),
+                 ("qwen2.5-coder-1.5b", 2048), ("llama-3.1-8b", 2048), ("qwen2.5-7b", 8192))
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -77,6 +81,23 @@ def require_gpu(label: str | None = None) -> str:
         raise KVError(f"this job runs on {name!r}, but its output is labelled {label!r}: "
                       f"ask for results/timing/gpu/<label>.csv with a label in the device's name")
     return name
+
+
+def gpu_environment() -> dict[str, str]:
+    """What a GPU table's numbers depend on besides the GPU's name: the driver, CUDA, torch and Triton
+    versions (a column each in every row)."""
+    import subprocess
+
+    import triton
+
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+        driver = smi.stdout.split()[0] if smi.returncode == 0 and smi.stdout.split() else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        driver = "unknown"
+    return {"driver": driver, "cuda": str(torch.version.cuda), "torch": torch.__version__,
+            "triton": triton.__version__}
 
 
 def copy_bandwidth(do_bench) -> float:
@@ -351,6 +372,17 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
             }
             device_bytes = sum(p.nbytes for p in payload)
         ms = {k: _time(do_bench, f, rep_ms) for k, f in timed.items()}
+        host = {k: _host_us(timed[k]) for k in timed if k[0] == "triton"} if device == "cuda" else {}
+        graph_ok = None
+        if not host_stage and device == "cuda":  # the same calls replayed from CUDA graphs, one per buffer
+            graphs, graph_ok = _graphs(kernel, label, bufs, payloads, stats, part_shapes, dtype, ctx, log)
+            if graphs:
+                for op, calls in graphs.items():
+                    timed[("graph", op)] = lambda calls=calls: calls[nxt()]()
+                    ms[("graph", op)] = _time(do_bench, timed[("graph", op)], rep_ms)
+                    host[("graph", op)] = _host_us(timed[("graph", op)])
+                graph_ok = graph_ok and all(torch.equal(a.data, b.data) for a, b in zip(graphs["encode"][0](), payload))
+                del graphs
         if host_stage:
             ms[("host", "encode")] = _wall_ms(lambda: each(lambda j: kernel.host_encode(symbols[j][0])))
             ms[("host", "decode")] = _wall_ms(lambda: each(lambda j: kernel.host_decode(payload[j],
@@ -370,9 +402,11 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                 "codec": label, "impl": impl, "op": op, "ms": t, "raw_bytes": raw, "payload_bytes": pay,
                 "ratio": raw / pay, "bytes_moved": moved, "gbps": moved / t / 1e6,
                 "frac_copy": moved / t / 1e6 / copy_gbps,
-                "speedup_vs_eager": ms[("eager", op)] / t if impl == "triton" else float("nan"),
-                "identical_to_cpu": conf.identical if impl != "eager" else eager_ok,
-                "conformant": conf.ok if impl != "eager" else eager_ok,
+                "speedup_vs_eager": ms[("eager", op)] / t if impl in ("triton", "graph") else float("nan"),
+                "host_us": host.get((impl, op), float("nan")),
+                "identical_to_cpu": (eager_ok if impl == "eager" else
+                                     conf.identical and graph_ok if impl == "graph" else conf.identical),
+                "conformant": eager_ok if impl == "eager" else conf.ok and graph_ok if impl == "graph" else conf.ok,
                 "checked_layers": " ".join(map(str, conf.layers)),
                 "host_stage": host_stage if impl == "host" else "",
                 "layer_tokens": describe_tokens(tokens), "cache": cache,
@@ -384,6 +418,48 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     if device == "cuda":
         torch.cuda.empty_cache()
     return pd.DataFrame(rows)
+
+
+def _graphs(kernel, label: str, bufs, payloads, stats, part_shapes, dtype, ctx, log):
+    """({"encode": [call per rotation buffer], "decode": [...]}, whether every replayed decode equals the
+    plain call's), or (None, None) where the codec cannot be captured (it waits for the host: logged).
+    A cache of several groups is one graph per buffer running every group, as the plain timed call."""
+    from .base import as_layers, cache_group, same_layers
+    from .graph import GraphedCall
+
+    def every_group(op, i):
+        out = []
+        for j in range(len(part_shapes)):
+            with cache_group(ctx[j]):
+                out.append(op(j, i))
+        return out
+
+    try:
+        enc = [GraphedCall(lambda i=i: every_group(lambda j, i: kernel.encode(bufs[j][i], stats[j], check=False), i),
+                           cuda=True, what=f"{label} encode") for i in range(len(bufs[0]))]
+        dec = [GraphedCall(lambda i=i: every_group(lambda j, i: kernel.decode(payloads[j][i], part_shapes[j], dtype,
+                                                                              check=False), i),
+                           cuda=True, what=f"{label} decode") for i in range(len(bufs[0]))]
+    except Exception as exc:  # noqa: BLE001  a codec that syncs inside: report, time it plainly
+        log(f"  {label}: no CUDA graph: {exc}")
+        return None, None
+    plain = every_group(lambda j, i: kernel.decode(payloads[j][i], part_shapes[j], dtype, check=False), 0)
+    same = all(same_layers(as_layers(a), as_layers(b)) for a, b in zip(dec[0](), plain))
+    return {"encode": [lambda c=c: c() for c in enc], "decode": [lambda c=c: c() for c in dec]}, same
+
+
+def _host_us(fn, calls: int = 16, batches: int = 3) -> float:
+    """Host µs per call of ``fn`` with the GPU not waited for (launch and Python cost), median of
+    ``batches`` batches of ``calls``; the device is drained between batches so the queue never fills."""
+    times = []
+    for _ in range(batches):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) * 1e6 / calls)
+    torch.cuda.synchronize()
+    return sorted(times)[len(times) // 2]
 
 
 class _Combined:
@@ -452,12 +528,17 @@ def summary(table) -> str:
     t = table[(table.impl == "triton") & (table["dtype"] == "bfloat16")]
     key = ["model", "seq", "dtype", "codec", "op"] + (["cache"] if "cache" in table.columns else [])
     eager = table[table.impl == "eager"].set_index(key)["ms"]
+    graph = table[table.impl == "graph"].set_index(key) if "graph" in set(table.impl) else None
     lines = [f"{'model':14} {'seq':>6} {'codec':16} {'op':6} {'triton ms':>9} {'GB/s':>6} {'of copy':>7} "
-             f"{'eager ms':>9} {'speedup':>7} ok"]
+             f"{'host us':>7} {'graph ms':>8} {'of copy':>7} {'host us':>7} {'eager ms':>9} {'speedup':>7} ok"]
     for _, r in t.iterrows():
-        e = eager.loc[tuple(r[k] for k in key)]
+        k = tuple(r[c] for c in key)
+        e = eager.loc[k]
+        g = graph.loc[k] if graph is not None and k in graph.index else None
+        gtxt = f"{g['ms']:8.3f} {g['frac_copy']:7.2f} {g['host_us']:7.1f}" if g is not None else f"{'-':>8} {'':7} {'':7}"
         lines.append(f"{r['model']:14} {r['seq']:6d} {r['codec']:16} {r['op']:6} {r['ms']:9.3f} {r['gbps']:6.0f} "
-                     f"{r['frac_copy']:7.2f} {e:9.3f} {r['speedup_vs_eager']:7.1f} {r[_ok_column(table)]}")
+                     f"{r['frac_copy']:7.2f} {r.get('host_us', float('nan')):7.1f} {gtxt} {e:9.3f} "
+                     f"{r['speedup_vs_eager']:7.1f} {r[_ok_column(table)]}")
     col = _ok_column(table)
     bad = int((table[table.impl == "triton"][col] == False).sum())  # noqa: E712  (None: not checked)
     eager_rows = table[table.impl == "eager"][col].dropna()

@@ -13,20 +13,23 @@ import torch
 from ..errors import KVError
 from ..io import write_csv
 from ..kernels.bench import (DTYPES, MODEL_SHAPES, SEQS, bench_kernels, check_record, concat, copy_bandwidth,
-                             layer_tokens, nvcomp_rows, require_gpu, time_record, time_shape)
+                             gpu_environment, layer_tokens, nvcomp_rows, require_gpu, time_record, time_shape)
 from ..kv import load_kv
 
 
 def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[str, tuple[int, int, int]] | None = None,
              seqs: Sequence[int] = SEQS, dtypes: Sequence[str] = tuple(DTYPES), codecs: Sequence[str] | None = None,
              kv_files: Sequence[str | Path] = (), rep_ms: int = 100, log: Callable[[str], None] = print,
-             time_kv_files: bool = False):
+             time_kv_files: bool = False, cases: Sequence[tuple[str, int]] | None = None,
+             cpu_check_seq: int = 2048):
     """Check and time every (model shape, seq, dtype, codec) and write the table to ``out_csv``
     (rewritten after every model, atomically: a run cut short keeps what it measured). ``codecs``:
     labels of ``BENCH_CODECS`` (default: every one with a kernel). ``kv_files`` (real caches) are
     checked against the CPU codec and, with ``time_kv_files``, timed too (``time_real``: rows whose
-    ``cache`` names the file)."""
-    import triton
+    ``cache`` names the file). ``cases``: (model, seq) pairs to time instead of ``models`` x ``seqs``
+    (``kernels.bench.ISSUE30_CASES``: the study's own cache sizes and two large ones). ``cpu_check_seq``:
+    the longest synthetic cache whose first and last layers are checked against the CPU codec (longer
+    ones are checked against the eager baseline's bytes; real caches always against the CPU codec)."""
     from triton.testing import do_bench
 
     gpu = require_gpu(label)
@@ -35,8 +38,13 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
         raise KVError(f"GPU timing dtypes are {sorted(DTYPES)}, not {unknown}")
     l2 = getattr(torch.cuda.get_device_properties(0), "L2_cache_size", 50 << 20)
     copy_gbps = copy_bandwidth(do_bench)
-    log(f"{gpu}: copy {copy_gbps:.0f} GB/s (read+write), L2 {l2 >> 20} MiB, torch {torch.__version__}, "
-        f"triton {triton.__version__}")
+    env = gpu_environment()
+    log(f"{gpu}: copy {copy_gbps:.0f} GB/s (read+write), L2 {l2 >> 20} MiB, driver {env['driver']}, "
+        f"CUDA {env['cuda']}, torch {env['torch']}, triton {env['triton']}")
+
+    def table():
+        return concat(tables).assign(**env) if tables else concat(tables)
+
     kernels = bench_kernels(codecs)
     log(f"codecs with kernels: {', '.join(k for k, _ in kernels)}")
     for line in check_real_caches(kv_files, [k for k, _ in kernels]):
@@ -45,17 +53,23 @@ def time_gpu(out_csv: str | Path, *, label: str | None = None, models: Mapping[s
     if time_kv_files and kv_files:
         tables.append(time_real(do_bench, kv_files, kernels, gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2,
                                 rep_ms=rep_ms, log=log))
-        write_csv(out_csv, concat(tables))
+        write_csv(out_csv, table())
         log(f"  real caches done ({time.time() - t0:.0f} s)")
-    for model, (layers, heads, dim) in (MODEL_SHAPES if models is None else models).items():
-        for seq in seqs:
-            for dtype in dtypes:
-                tables.append(time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels,
-                                         gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
-                                         tokens=layer_tokens(model, layers, seq)))
-                write_csv(out_csv, concat(tables))  # after every shape: a run cut short keeps them
-        log(f"  {model} done ({time.time() - t0:.0f} s)")
-    return concat(tables)
+    shapes = MODEL_SHAPES if models is None else models
+    if cases is None:
+        cases = [(m, seq) for m in shapes for seq in seqs]
+    unknown = sorted({m for m, _ in cases} - set(MODEL_SHAPES))
+    if unknown:
+        raise KVError(f"GPU bench model shapes are {sorted(MODEL_SHAPES)}, not {unknown}")
+    for model, seq in cases:
+        layers, heads, dim = MODEL_SHAPES[model]
+        for dtype in dtypes:
+            tables.append(time_shape(do_bench, model, (layers, 2, heads, seq, dim), DTYPES[dtype], kernels,
+                                     gpu=gpu, copy_gbps=copy_gbps, l2_bytes=l2, rep_ms=rep_ms, log=log,
+                                     tokens=layer_tokens(model, layers, seq), cpu_check_seq=cpu_check_seq))
+            write_csv(out_csv, table())  # after every shape: a run cut short keeps them
+        log(f"  {model} at {seq} tokens done ({time.time() - t0:.0f} s)")
+    return table()
 
 
 def check_real_caches(paths: Sequence[str | Path], codecs: Sequence[str] | None = None,

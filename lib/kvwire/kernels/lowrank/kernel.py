@@ -75,6 +75,9 @@ DECODE_WARPS = 4
 INTERPRETED_BLOCK_S = 256
 SVD_DRIVER: str | None = None  # cuSOLVER driver for torch.linalg.svd on CUDA (None: torch's choice; "gesvda":
 #                                batched tall-skinny, approximate small singular values) -- a knob to time
+# how the device encode finds the factors: "svd" (torch.linalg.svd, the CPU codec's own ops) or "gram"
+# (eigendecomposition of each head's small Gram matrix, ``_factorize_gram``: matmuls and one batched eigh)
+FACTORIZE = "svd"
 BAD_CODE, BAD_VALUE, BAD_SCALE = 1, 2, 4  # decode flags
 
 
@@ -238,7 +241,10 @@ def decode_within_tolerance(got: torch.Tensor, want: torch.Tensor) -> bool:
 
 
 def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``codecs/svd.factorize``, with ``SVD_DRIVER`` on CUDA (the same ops around the SVD)."""
+    """``codecs/svd.factorize``, with ``SVD_DRIVER`` on CUDA (the same ops around the SVD), or
+    ``_factorize_gram`` where ``FACTORIZE`` says so."""
+    if FACTORIZE == "gram":
+        return _factorize_gram(x, rank)
     if SVD_DRIVER is None or x.device.type != "cuda":
         return factorize(x, rank)
     xf = x.float()
@@ -251,3 +257,36 @@ def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, 
     return torch.stack((m, s1), dim=1), a.contiguous(), vh[:, :r, :].clamp(-1.0, 1.0).contiguous()
 
 
+
+
+def _factorize_gram(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``factorize``'s (scale, A, B) from the eigendecomposition of each matrix's Gram matrix, the
+    smaller of X^T X [d, d] and X X^T [s, s]: a batched matmul, one batched ``eigh`` of small symmetric
+    matrices and a matmul, what a GPU does well, instead of an SVD of every [s, d] matrix. The top-r
+    eigenvectors are the right (left) singular vectors; the singular values are the norms of X v (u^T X),
+    not sqrt(eigenvalue), which would lose half the digits. The rank-r reconstruction is as good as the
+    SVD's wherever the r-th and (r+1)-th singular values are apart by more than float32's noise on the
+    Gram matrix (~1e-7 of s1^2); ``compare`` checks the reconstruction error against the CPU's."""
+    xf = x.float()
+    m = xf.abs().amax(dim=(1, 2))
+    m = torch.where(m > 0, m, torch.ones_like(m))
+    xn = xf / m[:, None, None]
+    _, s, d = xn.shape
+    r = effective_rank(rank, s, d)
+    tiny = torch.finfo(torch.float32).tiny
+    if s >= d:
+        _, v = torch.linalg.eigh(xn.transpose(1, 2) @ xn)  # ascending eigenvalues
+        v = v[:, :, -r:].flip(-1)  # [n, d, r], the largest first
+        us = xn @ v  # U * S
+        sv = us.norm(dim=1)
+        b = v.transpose(1, 2)
+    else:
+        _, u = torch.linalg.eigh(xn @ xn.transpose(1, 2))
+        u = u[:, :, -r:].flip(-1)  # [n, s, r]
+        vs = u.transpose(1, 2) @ xn  # S * V^T
+        sv = vs.norm(dim=2)
+        b = vs / sv.clamp_min(tiny)[:, :, None]
+        us = u * sv[:, None, :]
+    s1 = torch.where(sv[:, 0] > 0, sv[:, 0], torch.ones_like(sv[:, 0]))
+    a = (us / s1[:, None, None]).clamp_(-1.0, 1.0)
+    return torch.stack((m, s1), dim=1), a.contiguous(), b.clamp(-1.0, 1.0).contiguous()

@@ -71,10 +71,10 @@ def _row_index(pid, n_rows, rows_per_tensor, LAYER_BYTES, BLOCK_R: tl.constexpr)
 
 
 @triton.jit
-def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
-                  LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF,
+def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, hdr_ptr, n_rows, rows_per_tensor,
+                  LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, HEADER_LEN,
                   D: tl.constexpr, DP: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr,
-                  WORDS: tl.constexpr):
+                  WORDS: tl.constexpr, HP: tl.constexpr):
     """Rows of ``x`` [n_rows, D] -> codes, scales (and zeros) at their payload offsets.
 
     Offsets are run-time arguments (one compiled kernel per head_dim and codec, whatever the
@@ -82,9 +82,15 @@ def encode_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, n_rows, rows_per_tensor,
     bytes from K's section to V's. Row r is (layer, kv, head*seq + token) = (r // (2R), (r // R) % 2,
     r % R). A row is a tile [words, 4 bytes(, 2 nibbles)]: each 4-byte word of codes is built in
     registers and stored whole where the layout is 4-aligned (``WORDS``; the payload's sections sit
-    36 or 52 bytes into a layer, after the section table), else byte by byte.
+    36 or 52 bytes into a layer, after the section table), else byte by byte. The first program of
+    each layer's K copies the section table (``HEADER_LEN`` bytes at ``hdr_ptr``, ``HP`` a power of two
+    above it) to the layer's start: the whole encode is this one launch.
     """
     row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    if tl.program_id(0) == 0:
+        if tl.program_id(1) % 2 == 0:
+            h = tl.arange(0, HP)
+            tl.store(u8_ptr + base + h, tl.load(hdr_ptr + h, mask=h < HEADER_LEN), mask=h < HEADER_LEN)
     scale_at = (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i  # float16 index
     j = tl.arange(0, 4)
     if KIND == 1:  # int4, min-max: two codes per byte, even element in the low nibble

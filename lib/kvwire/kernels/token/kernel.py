@@ -86,12 +86,14 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
     if out.numel() != n_layers * lay.layer_bytes or out.dtype != torch.uint8:
         raise CodecError(f"payload buffer holds {out.numel()} {out.dtype}, need {n_layers * lay.layer_bytes} uint8")
     header = header_tensor(lay.header, str(kv.device))
-    out.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] = header
     n_rows = n_layers * 2 * lay.rows
-    if n_rows:
+    if n_rows:  # one launch: the kernel writes each layer's section table too
         a = _args(name, lay, tile or TILE["encode"])
         encode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
-            kv, out, _words_view(out), out.view(torch.float16), n_rows, lay.rows, **a, **_fp_args("encode", num_warps, name))
+            kv, out, _words_view(out), out.view(torch.float16), header, n_rows, lay.rows, **a,
+            HEADER_LEN=len(lay.header), HP=1 << (len(lay.header) - 1).bit_length(), **_fp_args("encode", num_warps, name))
+    else:
+        out.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] = header
     if check and n_rows:
         scales = _sections(out, lay, n_layers, "scales")
         if not bool(torch.isfinite(scales).all()):
