@@ -23,25 +23,33 @@ from kvwire.kernels.bench import BENCH_CODECS, ISSUE30_CASES, MODEL_SHAPES, SEQS
 
 
 def sweep(do_bench, kernels, copy_gbps) -> int:
-    """Tile (elements per program) x warps on Llama-3.1-8B at 8192 tokens, bf16."""
-    shape = (32, 2, 8, 8192, 128)
+    """Row-tile layout x tile (elements per program) x warps on Llama-3.1-8B at 4096 tokens (0.5 GB), bf16."""
+    shape = (32, 2, 8, 4096, 128)
     kv = torch.randn(shape, device="cuda").to(torch.bfloat16)
     raw = kv.numel() * 2
-    print(f"{'codec':9} {'tile':>6} {'warps':>5} {'enc ms':>7} {'enc/copy':>8} {'dec ms':>7} {'dec/copy':>8}")
+    print(f"{'codec':9} {'layout':6} {'tile':>6} {'warps':>5} {'enc ms':>7} {'enc/copy':>8} {'dec ms':>7} {'dec/copy':>8}")
     for name in kernels.TokenQuantKernel.names:  # the per-token kernels, whose launch defaults are TILE / NUM_WARPS
         payload = kernels.encode_cache(name, kv)
         out = torch.empty_like(payload)
         dec = torch.empty_like(kv)
         moved = raw + payload.numel()
-        for tile in (1024, 2048, 4096, 8192, 16384):
-            for warps in (1, 2, 4):
-                e = do_bench(lambda: kernels.encode_cache(name, kv, out=out, check=False, tile=tile, num_warps=warps),
-                             warmup=25, rep=100, return_mode="median")
-                d = do_bench(lambda: kernels.decode_cache(name, payload, shape, kv.dtype, out=dec, check=False,
-                                                          tile=tile, num_warps=warps),
-                             warmup=25, rep=100, return_mode="median")
-                print(f"{name:9} {tile:6d} {warps:5d} {e:7.3f} {moved / e / 1e6 / copy_gbps:8.2f} {d:7.3f} "
-                      f"{moved / d / 1e6 / copy_gbps:8.2f}", flush=True)
+        flat = kernels.encode_cache(name, kv, layout="flat")
+        same_dec = torch.equal(kernels.decode_cache(name, payload, shape, kv.dtype, layout="flat"),
+                               kernels.decode_cache(name, payload, shape, kv.dtype, layout="words"))
+        print(f"{name}: flat payload identical to the word tiles' {torch.equal(flat, payload)}, decode {same_dec}")
+        for layout in ("words", "flat"):
+            for tile in (1024, 2048, 4096, 8192):
+                for warps in (1, 2, 4, 8):
+                    if tile // 128 < warps:  # fewer rows than warps: a warp with nothing to do
+                        continue
+                    e = do_bench(lambda: kernels.encode_cache(name, kv, out=out, check=False, tile=tile,
+                                                              num_warps=warps, layout=layout),
+                                 warmup=10, rep=40, return_mode="median")
+                    d = do_bench(lambda: kernels.decode_cache(name, payload, shape, kv.dtype, out=dec, check=False,
+                                                              tile=tile, num_warps=warps, layout=layout),
+                                 warmup=10, rep=40, return_mode="median")
+                    print(f"{name:9} {layout:6} {tile:6d} {warps:5d} {e:7.3f} {moved / e / 1e6 / copy_gbps:8.2f} "
+                          f"{d:7.3f} {moved / d / 1e6 / copy_gbps:8.2f}", flush=True)
     return 0
 
 

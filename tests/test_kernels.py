@@ -49,6 +49,21 @@ def test_kernels_write_the_cpu_codecs_bytes(name, dtype, dim):
         check_round_trip(name, random_cache(seq=seq, dim=dim, dtype=dtype, seed=dim + seq), DEVICE)
 
 
+@pytest.mark.parametrize("name", CODECS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_the_flat_row_kernels_write_the_same_bytes(name, dtype, monkeypatch):
+    """LAYOUT = "flat" (rows as one [D] run, bytes <-> words by split / interleave): the CPU codec's
+    bytes and decode too, with NaN still refused; where the layout has no whole-word codes (37 tokens)
+    the launch falls back to the word-tile kernels."""
+    monkeypatch.setattr(kernels, "LAYOUT", "flat")
+    for seq, dim in ((40, 64), (40, 128), (37, 64), (16, 8)):
+        check_round_trip(name, random_cache(seq=seq, dim=dim, dtype=dtype, seed=dim + seq + 1), DEVICE)
+    bad = random_cache(seq=40, device=DEVICE)
+    bad[1, 1, 2, 7, 3] = float("nan")
+    with pytest.raises(KVError, match="non-finite"):
+        kernels.encode_cache(name, bad)
+
+
 def test_both_code_store_paths_are_exercised():
     from kvwire.kernels.token.kernel import _args
     from kvwire.kernels.token.layout import token_layout as _layout

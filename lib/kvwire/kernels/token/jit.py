@@ -186,3 +186,105 @@ def decode_kernel(u8_ptr, i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
         tl.store(dst, bf16_bits(x).to(tl.int16), mask=mask)
     else:
         tl.store(dst, x.to(tl.float16), mask=mask)
+
+
+# ---- flat row tiles (issue 30): [BLOCK_R, D] in and out, bytes packed into words with split / interleave ----
+# The kernels above index a row as [words, 4 bytes(, 2 nibbles)]: Triton's contiguity analysis sees
+# runs of 4 (or 2) elements there, so a thread loads and stores 8 (or 4) bytes of bf16 at a time.
+# These take a row as one contiguous [D] run (16-byte accesses of the cache) and move between
+# elements and payload words in registers (tl.split / tl.interleave on the minor dimension). Same
+# arithmetic, same bytes; used where the layout allows whole-word codes (``WORDS``) and D is a power of 2.
+
+@triton.jit
+def _bytes_of_words(word):
+    """[R, W] int32 words -> [R, 4W] their bytes (0..255) in memory order (little-endian)."""
+    b0 = word & 0xFF
+    b1 = (word >> 8) & 0xFF
+    b2 = (word >> 16) & 0xFF
+    b3 = (word >> 24) & 0xFF
+    return tl.interleave(tl.interleave(b0, b2), tl.interleave(b1, b3))
+
+
+@triton.jit
+def _words_of_bytes(byte, R: tl.constexpr, NBYTES: tl.constexpr):
+    """[R, NBYTES] bytes (int32 0..255) -> [R, NBYTES // 4] little-endian int32 words."""
+    lo, hi = tl.split(tl.reshape(byte, [R, NBYTES // 2, 2]))
+    half = lo | (hi << 8)
+    lo, hi = tl.split(tl.reshape(half, [R, NBYTES // 4, 2]))
+    return lo | (hi << 16)
+
+
+@triton.jit
+def encode_flat_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, hdr_ptr, n_rows, rows_per_tensor,
+                       LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, HEADER_LEN,
+                       D: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr, HP: tl.constexpr):
+    """``encode_kernel`` on flat [BLOCK_R, D] tiles (D a power of 2, codes stored as whole words)."""
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    if tl.program_id(0) == 0:
+        if tl.program_id(1) % 2 == 0:
+            h = tl.arange(0, HP)
+            tl.store(u8_ptr + base + h, tl.load(hdr_ptr + h, mask=h < HEADER_LEN), mask=h < HEADER_LEN)
+    col = tl.arange(0, D)
+    mask = row_ok[:, None] & (col < D)[None, :]
+    x = tl.load(x_ptr + rows64[:, None] * D + col[None, :], mask=mask, other=0.0).to(tl.float32)
+    nan = tl.sum((x != x).to(tl.int32), axis=1) > 0
+    scale_at = (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i
+    if KIND == 1:  # int4, min-max
+        lo = tl.min(tl.where(mask, x, float("inf")), axis=1)
+        hi = tl.max(tl.where(mask, x, float("-inf")), axis=1) + tl.where(nan, float("nan"), 0.0)
+        lof = lo.to(tl.float16).to(tl.float32) + 0.0
+        scale16 = (tl.math.div_rn(hi - lof, 15.0).to(tl.float16).to(tl.float32) + 0.0).to(tl.float16)
+        s = scale16.to(tl.float32)
+        inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
+        c = tl.minimum(tl.maximum(rint((x - lof[:, None]) * inv[:, None]), 0.0), 15.0).to(tl.int32)
+        even, odd = tl.split(tl.reshape(c, [BLOCK_R, D // 2, 2]))
+        byte = even | (odd << 4)
+        NBYTES: tl.constexpr = D // 2
+        tl.store(f16_ptr + (base + ZEROS_OFF + kv * SCALES_STRIDE) // 2 + i, lof.to(tl.float16), mask=row_ok)
+    else:
+        amax = tl.max(tl.abs(x), axis=1) + tl.where(nan, float("nan"), 0.0)
+        if KIND == 0:
+            scale16 = tl.math.div_rn(amax, 127.0).to(tl.float16)
+            s = scale16.to(tl.float32)
+            inv = tl.where(s > 0, tl.math.div_rn(tl.full(s.shape, 1.0, tl.float32), s), 0.0)
+            byte = tl.minimum(tl.maximum(rint(x * inv[:, None]), -127.0), 127.0).to(tl.int32) & 0xFF
+        else:
+            s64 = tl.where(amax == 0, 1.0, amax.to(tl.float64) / 448.0)
+            scale16 = fp16_up(s64)
+            byte = _to_e4m3_bits(tl.math.div_rn(x, scale16.to(tl.float32)[:, None]))
+        NBYTES: tl.constexpr = D
+    word = _words_of_bytes(byte, BLOCK_R, NBYTES)
+    at = (base + CODES_OFF + kv * CODES_STRIDE + i * NBYTES) // 4
+    w = tl.arange(0, NBYTES // 4)
+    tl.store(i32_ptr + at[:, None] + w[None, :], word, mask=row_ok[:, None] & (w < NBYTES // 4)[None, :])
+    tl.store(f16_ptr + scale_at, scale16, mask=row_ok)
+
+
+@triton.jit
+def decode_flat_kernel(i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
+                       LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF,
+                       D: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr, OUT_BF16: tl.constexpr, LIMIT):
+    """``decode_kernel`` on flat [BLOCK_R, D] tiles (D a power of 2, codes read as whole words)."""
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    s = tl.load(f16_ptr + (base + SCALES_OFF + kv * SCALES_STRIDE) // 2 + i, mask=row_ok, other=0.0).to(tl.float32)
+    NBYTES: tl.constexpr = D // 2 if KIND == 1 else D
+    w = tl.arange(0, NBYTES // 4)
+    at = (base + CODES_OFF + kv * CODES_STRIDE + i * NBYTES) // 4
+    word = tl.load(i32_ptr + at[:, None] + w[None, :], mask=row_ok[:, None] & (w < NBYTES // 4)[None, :], other=0)
+    byte = _bytes_of_words(word)
+    if KIND == 1:
+        z = tl.load(f16_ptr + (base + ZEROS_OFF + kv * SCALES_STRIDE) // 2 + i, mask=row_ok, other=0.0)
+        q = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)
+        x = q * s[:, None] + z.to(tl.float32)[:, None]
+    elif KIND == 0:
+        x = tl.where(byte >= 128, byte - 256, byte).to(tl.float32) * s[:, None]
+    else:
+        x = _from_e4m3_bits(byte) * s[:, None]
+    x = tl.minimum(tl.maximum(x, -LIMIT), LIMIT)
+    col = tl.arange(0, D)
+    mask = row_ok[:, None] & (col < D)[None, :]
+    dst = out_ptr + rows64[:, None] * D + col[None, :]
+    if OUT_BF16:
+        tl.store(dst, bf16_bits(x).to(tl.int16), mask=mask)
+    else:
+        tl.store(dst, x.to(tl.float16), mask=mask)

@@ -21,7 +21,7 @@ from ..base import GpuPayloads, KernelCodec, Stats, register_kernel
 from ..launch import fp_args, header_tensor, interpreted, triton_cdiv
 from ..layout import TokenLayout
 from .eager import decode_cache_eager, encode_cache_eager
-from .jit import KINDS, decode_kernel, encode_kernel
+from .jit import KINDS, decode_flat_kernel, decode_kernel, encode_flat_kernel, encode_kernel
 from .layout import check_supported, supports, token_layout  # noqa: F401  (supports: the token door)
 
 
@@ -33,6 +33,10 @@ NUM_WARPS = {"encode": 1, "decode": 2}
 # 0.28-0.31 with 1-2 (the version-2 sweep in bench/NOTES.md)
 NUM_WARPS_BY_CODEC = {("decode", "int4"): 4}
 BLOCK_R_INTERPRETED = 256  # the interpreter's cost is per program: fewer, larger ones
+# row tiles: "words" ([words, 4 bytes(, 2 nibbles)], 8-byte accesses of the cache) or "flat" ([D] rows,
+# 16-byte accesses, bytes <-> words in registers: jit.encode_flat_kernel), where the layout allows the
+# flat kernels (whole-word codes, D a power of 2); bench/gpu_codecs.py --sweep times both
+LAYOUT = "words"
 
 
 def _args(name: str, lay: TokenLayout, tile: int) -> dict:
@@ -46,6 +50,15 @@ def _args(name: str, lay: TokenLayout, tile: int) -> dict:
                 SCALES_OFF=off["k_scales"], SCALES_STRIDE=off["v_scales"] - off["k_scales"],
                 ZEROS_OFF=off.get("k_zeros", 0), D=d, DP=dp, BLOCK_R=_block_rows(dp, tile), KIND=_kind(name),
                 WORDS=words and (d % 4 == 0 if lay.bits == 8 else d % 8 == 0) and dp == d)
+
+
+def _flat(a: dict, layout: str | None) -> bool:
+    """Whether this launch takes the flat kernels (``LAYOUT``, or the call's ``layout``)."""
+    return (layout or LAYOUT) == "flat" and a["WORDS"]
+
+
+def _flat_args(a: dict) -> dict:
+    return {k: v for k, v in a.items() if k not in ("DP", "WORDS")}
 
 
 def _block_rows(dp: int, tile: int) -> int:
@@ -68,12 +81,13 @@ def payload_buffer(name: str, shape: tuple[int, ...], device) -> torch.Tensor:
 
 def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None = None, *,
                  out: torch.Tensor | None = None, check: bool = True, tile: int | None = None,
-                 num_warps: int | None = None) -> torch.Tensor:
+                 num_warps: int | None = None, layout: str | None = None) -> torch.Tensor:
     """Encode ``kv`` [layers, 2, heads, seq, head_dim] (fp16/bf16/fp32) with codec ``name``: a uint8
     tensor of ``layers`` payloads back to back, each equal to the CPU codec's ``encode_layer`` bytes.
 
     ``check``: refuse NaN/Inf input (a non-finite scale, read back from the payload: one sync).
-    ``tile`` (elements per program) and ``num_warps``: launch tuning (``bench/gpu_codecs.py --sweep``).
+    ``tile`` (elements per program), ``num_warps`` and ``layout`` ("words" / "flat", default ``LAYOUT``):
+    launch tuning (``bench/gpu_codecs.py --sweep``).
     """
     check_supported(name, params)
     if kv.dtype not in (torch.float16, torch.bfloat16, torch.float32):
@@ -89,9 +103,14 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
     n_rows = n_layers * 2 * lay.rows
     if n_rows:  # one launch: the kernel writes each layer's section table too
         a = _args(name, lay, tile or TILE["encode"])
-        encode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
-            kv, out, _words_view(out), out.view(torch.float16), header, n_rows, lay.rows, **a,
-            HEADER_LEN=len(lay.header), HP=1 << (len(lay.header) - 1).bit_length(), **_fp_args("encode", num_warps, name))
+        hdr = dict(HEADER_LEN=len(lay.header), HP=1 << (len(lay.header) - 1).bit_length())
+        grid = (triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)
+        if _flat(a, layout):
+            encode_flat_kernel[grid](kv, out, _words_view(out), out.view(torch.float16), header, n_rows, lay.rows,
+                                     **_flat_args(a), **hdr, **_fp_args("encode", num_warps, name))
+        else:
+            encode_kernel[grid](kv, out, _words_view(out), out.view(torch.float16), header, n_rows, lay.rows, **a,
+                                **hdr, **_fp_args("encode", num_warps, name))
     else:
         out.view(n_layers, lay.layer_bytes)[:, :len(lay.header)] = header
     if check and n_rows:
@@ -104,7 +123,7 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
 
 def decode_cache(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype,
                  params: Mapping[str, Any] | None = None, *, out: torch.Tensor | None = None, check: bool = True,
-                 tile: int | None = None, num_warps: int | None = None) -> torch.Tensor:
+                 tile: int | None = None, num_warps: int | None = None, layout: str | None = None) -> torch.Tensor:
     """Decode ``encode_cache``'s payloads (or the CPU codec's, concatenated) to a cache of ``shape``.
     ``check``: compare every layer's section table with the shape's (one sync)."""
     check_supported(name, params)
@@ -123,9 +142,14 @@ def decode_cache(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype
     if n_rows:
         target = out.view(torch.int16) if dtype == torch.bfloat16 else out
         a = _args(name, lay, tile or TILE["decode"])
-        decode_kernel[(triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)](
-            payload, _words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows, **a,
-            OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max, **_fp_args("decode", num_warps, name))
+        grid = (triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)
+        out_args = dict(OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max)
+        if _flat(a, layout):
+            decode_flat_kernel[grid](_words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows,
+                                     **_flat_args(a), **out_args, **_fp_args("decode", num_warps, name))
+        else:
+            decode_kernel[grid](payload, _words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows,
+                                **a, **out_args, **_fp_args("decode", num_warps, name))
     return out
 
 
