@@ -58,8 +58,12 @@ def kernel_summary(table: pd.DataFrame) -> pd.DataFrame:
     """Per (GPU, codec, op), over the shapes with at least 64 MB of KV: fraction of copy bandwidth
     (median, min, max), median GB/s, speed-up over eager (median, min), and conformance; and the
     fraction of copy bandwidth over the smaller shapes (``frac_copy_small_*``: the study's own caches
-    of a few MB, where launch and tail costs weigh; NaN where none was timed)."""
+    of a few MB, where launch and tail costs weigh; NaN where none was timed), there also replayed from
+    CUDA graphs (``frac_copy_small_graph_*``, ``kernels.graph``) and the host's µs per call of each
+    (``host_us_small_median``, ``host_us_small_graph_median``: NaN in tables from before those rows)."""
     small = table[(table.impl == "triton") & (table.raw_bytes < LARGE_BYTES)]
+    small_graph = table[(table.impl == "graph") & (table.raw_bytes < LARGE_BYTES)]
+    host = table["host_us"] if "host_us" in table.columns else pd.Series(float("nan"), index=table.index)
     dev = table[(table.impl == "triton") & (table.raw_bytes >= LARGE_BYTES)]
     eager = table[(table.impl == "eager") & (table.raw_bytes >= LARGE_BYTES)]
     rows = []
@@ -76,9 +80,13 @@ def kernel_summary(table: pd.DataFrame) -> pd.DataFrame:
             "conformant": bool(_checked(g.conformant).all()), "unchecked_shapes": int(g.conformant.isna().sum()),
             "ratio_median": g.ratio.median(),
         })
-        sm = small[(small.gpu == gpu) & (small.codec == codec) & (small.op == op)].frac_copy
-        rows[-1].update(small_shapes=len(sm), frac_copy_small_median=sm.median(), frac_copy_small_min=sm.min(),
-                        frac_copy_small_max=sm.max())
+        sm = small[(small.gpu == gpu) & (small.codec == codec) & (small.op == op)]
+        sg = small_graph[(small_graph.gpu == gpu) & (small_graph.codec == codec) & (small_graph.op == op)]
+        rows[-1].update(small_shapes=len(sm), frac_copy_small_median=sm.frac_copy.median(),
+                        frac_copy_small_min=sm.frac_copy.min(), frac_copy_small_max=sm.frac_copy.max(),
+                        host_us_small_median=host[sm.index].median(),
+                        frac_copy_small_graph_median=sg.frac_copy.median(), frac_copy_small_graph_min=sg.frac_copy.min(),
+                        host_us_small_graph_median=host[sg.index].median())
     return pd.DataFrame(rows)
 
 
@@ -107,12 +115,15 @@ def timed_tokens(described, layers: int, seq: int) -> int:
 
 def break_even(table: pd.DataFrame) -> pd.DataFrame:
     """Break-even bandwidth (Gbps) of every timed (GPU, shape, dtype, codec): sequential and
-    pipelined, from the Triton times (plus a host stage's, where there is one), for the tokens the
-    shape's cache sends (module docstring)."""
+    pipelined, from the device times -- per op the faster of the plain call and its CUDA-graph replay
+    (``encode_call`` / ``decode_call`` say which; a sender reusing its buffers replays) -- plus a host
+    stage's, where there is one, for the tokens the shape's cache sends (module docstring)."""
     rows = []
-    timed = table[table.impl.isin(["triton", "host"])]
+    timed = table[table.impl.isin(["triton", "graph", "host"])]
     for key, g in timed.groupby(SHAPE, sort=True):
-        ms = g.groupby("op")["ms"].sum()  # triton + host where a host stage exists
+        device = g[g.impl != "host"].sort_values(["op", "ms", "impl"], kind="stable").drop_duplicates("op")
+        ms = pd.concat([device, g[g.impl == "host"]]).groupby("op")["ms"].sum()  # + host where a host stage exists
+        call = {r.op: "graph" if r.impl == "graph" else "plain" for r in device.itertuples()}
         if not {"encode", "decode"} <= set(ms.index):
             continue
         base = dict(zip(SHAPE, key))
@@ -131,6 +142,7 @@ def break_even(table: pd.DataFrame) -> pd.DataFrame:
         rows.append({**base, "raw_bytes": raw, "wire_bytes": pay, "ratio": raw / pay,
                      "encode_ms": enc, "decode_ms": dec,
                      "host_stage": bool((g.impl == "host").any()), "per_layer_time": how,
+                     "encode_call": call.get("encode", ""), "decode_call": call.get("decode", ""),
                      "timed_raw_bytes": timed_raw,
                      "break_even_gbps_sequential": break_even_gbps(cost, "sequential"),
                      "break_even_gbps_pipelined": break_even_gbps(cost, "pipelined")})
