@@ -97,7 +97,7 @@ PANELS = {
     "quality_pairs": (lambda fig: len(fig.axes[0].get_yticklabels()),
                       lambda t: len(t["quality_pairs"][["codec_a", "codec_b"]].drop_duplicates())),
     "gpu_kernels": (lambda fig: [len(ax.patches) for ax in fig.axes],
-                    lambda t: [_n(t["gpu_kernels"], "codec") * _n(t["gpu_kernels"], "gpu")] * 2),
+                    lambda t: [_n(t["gpu_kernels"], "codec") * _n(t["gpu_kernels"], "gpu")] * 4),
     "break_even_shift": (lambda fig: len(fig.axes), lambda t: 2 * _n(t["break_even_shift"], "model")),
     "e2e_model_vs_measured": (lambda fig: len(fig.axes),
                               lambda t: _n(t["e2e_transfer"], "model") * _n(t["e2e_transfer"], "rate_gbps")),
