@@ -52,11 +52,13 @@ def test_lowrank_kernels_against_the_cpu_codec(name, params, seq, dim, dtype):
         assert c.identical
 
 
+@pytest.mark.parametrize("method", ["gram", "subspace"])
 @pytest.mark.parametrize("name,params,seq,dim,dtype", CASES)
-def test_the_gram_factorization_reconstructs_as_well_as_the_svd(name, params, seq, dim, dtype, monkeypatch):
-    """FACTORIZE = "gram" (eigendecomposition of the small Gram matrix, X^T X or X X^T by shape): the
-    payload differs from the CPU's, its reconstruction error does not (the codec's own tolerance)."""
-    monkeypatch.setattr(lowrank, "FACTORIZE", "gram")
+def test_the_gram_factorizations_reconstruct_as_well_as_the_svd(name, params, seq, dim, dtype, method, monkeypatch):
+    """FACTORIZE = "gram" (eigendecomposition of the small Gram matrix, X^T X or X X^T by shape) and
+    "subspace" (subspace iteration on it): the payload differs from the CPU's, its reconstruction error
+    does not (the codec's own tolerance)."""
+    monkeypatch.setattr(lowrank, "FACTORIZE", method)
     kernel = kernel_for(name, params)
     kv = random_cache(seq=seq, dim=dim, dtype=dtype, seed=seq + dim)
     c = check(kernel, kv)
