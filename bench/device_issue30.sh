@@ -6,9 +6,10 @@
 #   1. bench/gpu_codecs.py --study: every kernel on the real caches and on issue 30's cases (the study's
 #      cache sizes, then two of >= 64 MB), bf16; plain calls, CUDA-graph replays, eager; host us per call
 #   2. (unless SKIP_LOWRANK=1) low-rank encode: SVD against the Gram eigendecomposition (bench/lowrank_encode.py)
-#   3. (unless SKIP_SWEEP=1) the per-token kernels' tile x warps sweep on a 1 GB cache
+#   3. kernel variants A/B (bench/gpu_variants.py: token row tiles, one-launch per-channel encode); with
+#      SWEEP=1 also the per-token kernels' layout x tile x warps sweep on a 0.5 GB cache
 #   4. (unless SKIP_NCU=1) Nsight Compute on the kernels issue 30 names as furthest from copy speed
-# Writes $OUT/$LABEL.csv, $OUT/run.log, $OUT/lowrank.log, $OUT/sweep.log, $OUT/ncu.txt and $OUT/triton-cache.tgz.
+# Writes $OUT/$LABEL.csv, $OUT/run.log, $OUT/lowrank.log, $OUT/variants.log, $OUT/sweep.log, $OUT/ncu.txt and $OUT/triton-cache.tgz.
 # LABEL (h100 / h200) must name the device; STUDY_S bounds step 1 (the table is written after every shape).
 set -uo pipefail
 OUT=${OUT:-out}; mkdir -p "$OUT"
@@ -29,7 +30,8 @@ timeout "${STUDY_S:-360}" python3 bench/gpu_codecs.py --out "$OUT/$LABEL.csv" --
 if [ "${SKIP_LOWRANK:-0}" != 1 ]; then
   timeout "${LOWRANK_S:-45}" python3 bench/lowrank_encode.py 2>&1 | tee "$OUT/lowrank.log" | tail -20
 fi
-if [ "${SKIP_SWEEP:-0}" != 1 ]; then
+timeout "${VARIANTS_S:-90}" python3 bench/gpu_variants.py 2>&1 | tee "$OUT/variants.log" | tail -50
+if [ "${SWEEP:-0}" = 1 ]; then
   timeout "${SWEEP_S:-90}" python3 bench/gpu_codecs.py --out /tmp/sweep.csv --sweep 2>&1 | tee "$OUT/sweep.log" | tail -50
 fi
 if [ "${SKIP_NCU:-0}" != 1 ]; then

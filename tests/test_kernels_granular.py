@@ -82,6 +82,20 @@ def test_channel_ranges_combine_over_any_chunking(setting, chunk):
     check(*setting, random_cache(layers=1, heads=2, seq=37, dim=32, seed=4), chunk=chunk)
 
 
+@pytest.mark.parametrize("setting", [STUDY[0], STUDY[1], OPTIONS[0], OPTIONS[1]], ids=label)
+def test_the_one_launch_channel_kernel_and_the_three_launch_path_write_the_same_bytes(setting, monkeypatch):
+    """Caches up to FUSED_MAX_TOKENS take channel_fused_kernel (every token of a channel block held by
+    one program); longer ones, or CHANNEL_FUSED off, the three launches: both are the CPU's bytes."""
+    assert granular._fused_channels(37, 64, 1) == 64 and granular._fused_channels(2048, 128, 2) == 16
+    assert granular._fused_channels(4097, 128, 1) is None and granular._fused_channels(37, 15, 1) is None
+    kv = random_cache(layers=2, heads=2, seq=45, dim=32, seed=9)
+    monkeypatch.setattr(granular, "FUSED_ELEMENTS", 512)  # 64 padded tokens x 8 channels: 4 channel blocks
+    _, fused = check(*setting, kv)
+    monkeypatch.setattr(granular, "CHANNEL_FUSED", False)
+    _, three = check(*setting, kv)
+    assert torch.equal(fused.data, three.data)
+
+
 def test_unaligned_sections_use_byte_stores():
     """Odd head_dim: int8 codes sections of odd length put the scales off their alignment; head_dim
     18 at 3 x 13 tokens puts float32 scales 2 bytes off a word."""

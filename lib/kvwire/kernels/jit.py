@@ -36,3 +36,22 @@ def tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R: tl.constexpr):
     t = tl.program_id(1)
     i = (tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)).to(tl.int64)
     return i < rows_per_tensor, t.to(tl.int64) * rows_per_tensor + i, t % 2, i, (t // 2).to(tl.int64) * LAYER_BYTES
+
+
+@triton.jit
+def bytes_of_words(word):
+    """[R, W] int32 words -> [R, 4W] their bytes (0..255) in memory order (little-endian)."""
+    b0 = word & 0xFF
+    b1 = (word >> 8) & 0xFF
+    b2 = (word >> 16) & 0xFF
+    b3 = (word >> 24) & 0xFF
+    return tl.interleave(tl.interleave(b0, b2), tl.interleave(b1, b3))
+
+
+@triton.jit
+def words_of_bytes(byte, R: tl.constexpr, NBYTES: tl.constexpr):
+    """[R, NBYTES] bytes (int32 0..255) -> [R, NBYTES // 4] little-endian int32 words."""
+    lo, hi = tl.split(tl.reshape(byte, [R, NBYTES // 2, 2]))
+    half = lo | (hi << 8)
+    lo, hi = tl.split(tl.reshape(half, [R, NBYTES // 4, 2]))
+    return lo | (hi << 16)

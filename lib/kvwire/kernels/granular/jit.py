@@ -37,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..jit import bf16_bits, fp16_up, rint, tensor_rows
+from ..jit import bf16_bits, fp16_up, rint, tensor_rows, words_of_bytes
 
 KINDS = {"int8": 0, "int4": 1, "fp8_e5m2": 2}
 SDTS = {"float16": 0, "bfloat16": 1, "float32": 2}
@@ -437,6 +437,64 @@ def channel_encode_kernel(x_ptr, aux_ptr, u8_ptr, i32_ptr, seq, heads, LAYER_BYT
         c = _int_codes(x, tl.load(aux + D, mask=cok, other=0.0), inv, QMAX, SYM, KIND)
     at = base + CODES_OFF + kv * CODES_STRIDE + (h * seq + s).to(tl.int64) * ROW_BYTES
     _store_codes(u8_ptr, i32_ptr, at, c, k, w, j, ok, ROW_BYTES, WORDS)
+
+
+@triton.jit
+def channel_fused_kernel(x_ptr, u8_ptr, i16_ptr, i32_ptr, hdr_ptr, seq, heads,
+                         LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, PAD_AT, PAD_N,
+                         D: tl.constexpr, SP: tl.constexpr, CB: tl.constexpr, KIND: tl.constexpr,
+                         SYM: tl.constexpr, QMAX: tl.constexpr, SDT: tl.constexpr, NB: tl.constexpr,
+                         SALIGN: tl.constexpr, WORDS: tl.constexpr, HEADER: tl.constexpr):
+    """The three channel launches in one, for caches of at most ``SP`` tokens (issue 30): program
+    (channel block, slab = (layer * 2 + K/V) * heads + head) loads ALL ``seq`` tokens of ``CB`` channels
+    ([SP, CB] in registers), reduces each channel's range over them, writes the channels' scales (and
+    zero points), then quantizes the tile it still holds and writes its codes (``CB / P`` bytes of every
+    row). The cache is read once, from DRAM, in one launch; the first program of each tensor writes the
+    section table and the pad. Same arithmetic as the three-launch path, so the same bytes."""
+    cb = tl.program_id(0)
+    th = tl.program_id(1)
+    t = th // heads
+    h = th - t * heads
+    kv = t % 2
+    base = (t // 2).to(tl.int64) * LAYER_BYTES
+    P: tl.constexpr = 2 if KIND == 1 else 1
+    r = tl.arange(0, SP)
+    col = cb * CB + tl.arange(0, CB)
+    rok = r < seq
+    ok = rok[:, None] & (col < D)[None, :]
+    x = tl.load(x_ptr + (th.to(tl.int64) * seq + r)[:, None] * D + col[None, :], mask=ok, other=0.0).to(tl.float32)
+    nan = tl.max((x != x).to(tl.int32), axis=0) > 0
+    unit = base + kv * SCALES_STRIDE + (h * D + col).to(tl.int64) * NB
+    if SYM:
+        hi = tl.max(tl.abs(x), axis=0) + tl.where(nan, float("nan"), 0.0)  # masked rows hold 0
+        sc, inv = _sym_scale(hi, QMAX, SDT)
+        c = _int_codes(x, 0.0, inv[None, :], QMAX, SYM, KIND)
+    else:
+        lo = tl.min(tl.where(ok, x, float("inf")), axis=0)
+        hi = tl.max(tl.where(ok, x, float("-inf")), axis=0) + tl.where(nan, float("nan"), 0.0)
+        lof, sc, inv = _asym_scale(lo, hi, QMAX, SDT)
+        c = _int_codes(x, lof[None, :], inv[None, :], QMAX, SYM, KIND)
+        _store_bits(u8_ptr, i16_ptr, i32_ptr, unit + ZEROS_OFF, _sdt_bits(lof, SDT), col < D, NB, SALIGN)
+    _store_bits(u8_ptr, i16_ptr, i32_ptr, unit + SCALES_OFF, _sdt_bits(sc, SDT), col < D, NB, SALIGN)
+    ROW_BYTES: tl.constexpr = D // P
+    NBYTES: tl.constexpr = CB // P  # this program's bytes of every row
+    if KIND == 1:
+        even, odd = tl.split(tl.reshape(c, [SP, CB // 2, 2]))
+        byte = even | (odd << 4)
+    else:
+        byte = c
+    codes_at = base + CODES_OFF + kv * CODES_STRIDE
+    at = codes_at + (h * seq + r).to(tl.int64) * ROW_BYTES + cb * NBYTES  # [SP] byte offsets
+    if WORDS:
+        wi = tl.arange(0, NBYTES // 4)
+        tl.store(i32_ptr + (at // 4)[:, None] + wi[None, :], words_of_bytes(byte, SP, NBYTES),
+                 mask=rok[:, None] & (wi < NBYTES // 4)[None, :])
+    else:
+        bi = tl.arange(0, NBYTES)
+        tl.store(u8_ptr + at[:, None] + bi[None, :], byte.to(tl.uint8), mask=rok[:, None] & (bi < NBYTES)[None, :])
+    if cb == 0:
+        if h == 0:
+            _fixed_bytes(u8_ptr, hdr_ptr, base, codes_at, kv == 0, PAD_AT, PAD_N, HEADER)
 
 
 @triton.jit

@@ -52,7 +52,13 @@ from .layout import Scheme
 TILE = {"group_encode": 1024, "group_decode": 1024, "channel_reduce": 2048, "channel_encode": 1024,
         "channel_decode": 1024}
 NUM_WARPS = {"group_encode": 1, "group_decode": 2, "channel_reduce": 4, "channel_scale": 4, "channel_encode": 1,
-             "channel_decode": 2}
+             "channel_decode": 2, "channel_fused": 8}
+# caches of at most FUSED_MAX_TOKENS tokens take channel_fused_kernel (one launch, one read of the cache:
+# a program holds every token of a block of channels, at most FUSED_ELEMENTS elements); longer ones the
+# three launches below
+CHANNEL_FUSED = True
+FUSED_MAX_TOKENS = 4096
+FUSED_ELEMENTS = 32768
 CHUNK = 512  # at most this many tokens per channel-reduction program on a GPU, ...
 TARGET_PROGRAMS = 4096  # ... fewer where that would leave fewer programs than this (~2 waves on an H200)
 BLOCK_CHUNKS = 16  # chunk ranges combined per step of channel_scale_kernel
@@ -154,10 +160,33 @@ def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
         BLOCK_R=block, OUT=OUT_CODES[out.dtype], **_fp_args("group_decode", num_warps))
 
 
+def _fused_channels(seq: int, head_dim: int, per_byte: int) -> int | None:
+    """Channels per program of ``channel_fused_kernel`` for this cache, or None where it does not apply
+    (``CHANNEL_FUSED`` off, a sequence longer than ``FUSED_MAX_TOKENS``, or no power-of-two block of at
+    least ``4 * per_byte`` channels that divides head_dim and fits ``FUSED_ELEMENTS`` with the tokens)."""
+    if not CHANNEL_FUSED or seq > FUSED_MAX_TOKENS:
+        return None
+    sp = _padded(seq, 1)
+    cb = min(_padded(head_dim, 1), max(1, FUSED_ELEMENTS // sp))
+    while cb >= 4 * per_byte and head_dim % cb:
+        cb //= 2
+    return cb if cb >= 4 * per_byte else None
+
+
 def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
-    from .jit import channel_encode_kernel, channel_reduce_kernel, channel_scale_kernel
+    from .jit import channel_encode_kernel, channel_fused_kernel, channel_reduce_kernel, channel_scale_kernel
 
     n, _, h, s, d = kv.shape
+    cb = _fused_channels(s, d, sch.per_byte)
+    if cb is not None and chunk is None:  # one launch, one read: every token of a channel block in registers
+        ptrs, align = _views(out)
+        lay, a, fixed = _layout_args(sch, tuple(kv.shape), align)
+        words = a["WORDS"] and (cb // sch.per_byte) % 4 == 0
+        args = {k: v for k, v in a.items() if k != "WORDS"}
+        channel_fused_kernel[(d // cb, n * 2 * h)](kv, *ptrs, header_tensor(lay.header, str(kv.device)), s, h,
+                                                   **args, **fixed, D=d, SP=_padded(s, 1), CB=cb, WORDS=words,
+                                                   **_fp_args("channel_fused", num_warps))
+        return
     slabs = n * 2 * h  # (layer, K/V, head): the [seq, head_dim] matrices whose channels get a scale
     dp = _padded(d, 4 * sch.per_byte)
     nv = 1 if sch.symmetric else 2  # max |x|, or max and min

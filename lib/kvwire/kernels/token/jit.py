@@ -23,7 +23,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..jit import bf16_bits, fp16_up, rint, tensor_rows
+from ..jit import bf16_bits, bytes_of_words, fp16_up, rint, tensor_rows, words_of_bytes
 
 KINDS = {"int8": 0, "int4": 1, "fp8_e4m3": 2}  # the ``KIND`` constexpr of both kernels
 
@@ -196,25 +196,6 @@ def decode_kernel(u8_ptr, i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
 # arithmetic, same bytes; used where the layout allows whole-word codes (``WORDS``) and D is a power of 2.
 
 @triton.jit
-def _bytes_of_words(word):
-    """[R, W] int32 words -> [R, 4W] their bytes (0..255) in memory order (little-endian)."""
-    b0 = word & 0xFF
-    b1 = (word >> 8) & 0xFF
-    b2 = (word >> 16) & 0xFF
-    b3 = (word >> 24) & 0xFF
-    return tl.interleave(tl.interleave(b0, b2), tl.interleave(b1, b3))
-
-
-@triton.jit
-def _words_of_bytes(byte, R: tl.constexpr, NBYTES: tl.constexpr):
-    """[R, NBYTES] bytes (int32 0..255) -> [R, NBYTES // 4] little-endian int32 words."""
-    lo, hi = tl.split(tl.reshape(byte, [R, NBYTES // 2, 2]))
-    half = lo | (hi << 8)
-    lo, hi = tl.split(tl.reshape(half, [R, NBYTES // 4, 2]))
-    return lo | (hi << 16)
-
-
-@triton.jit
 def encode_flat_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, hdr_ptr, n_rows, rows_per_tensor,
                        LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, HEADER_LEN,
                        D: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr, HP: tl.constexpr):
@@ -253,7 +234,7 @@ def encode_flat_kernel(x_ptr, u8_ptr, i32_ptr, f16_ptr, hdr_ptr, n_rows, rows_pe
             scale16 = fp16_up(s64)
             byte = _to_e4m3_bits(tl.math.div_rn(x, scale16.to(tl.float32)[:, None]))
         NBYTES: tl.constexpr = D
-    word = _words_of_bytes(byte, BLOCK_R, NBYTES)
+    word = words_of_bytes(byte, BLOCK_R, NBYTES)
     at = (base + CODES_OFF + kv * CODES_STRIDE + i * NBYTES) // 4
     w = tl.arange(0, NBYTES // 4)
     tl.store(i32_ptr + at[:, None] + w[None, :], word, mask=row_ok[:, None] & (w < NBYTES // 4)[None, :])
@@ -271,7 +252,7 @@ def decode_flat_kernel(i32_ptr, f16_ptr, out_ptr, n_rows, rows_per_tensor,
     w = tl.arange(0, NBYTES // 4)
     at = (base + CODES_OFF + kv * CODES_STRIDE + i * NBYTES) // 4
     word = tl.load(i32_ptr + at[:, None] + w[None, :], mask=row_ok[:, None] & (w < NBYTES // 4)[None, :], other=0)
-    byte = _bytes_of_words(word)
+    byte = bytes_of_words(word)
     if KIND == 1:
         z = tl.load(f16_ptr + (base + ZEROS_OFF + kv * SCALES_STRIDE) // 2 + i, mask=row_ok, other=0.0)
         q = tl.interleave(byte & 0xF, byte >> 4).to(tl.float32)
