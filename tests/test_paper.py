@@ -152,6 +152,25 @@ def test_real_cache_kernel_macros_take_one_gpu_and_say_what_the_real_cache_chang
     assert (got["kwGpuRealCachegenRatio"], got["kwGpuRealCachegenRatioSynthetic"]) == (macros.num(3.6, 3), macros.num(4.17, 3))
 
 
+def test_kernel_macros_name_each_gpu_and_the_graph_replay_where_timed():
+    def row(gpu, codec, op, frac, small, graph, host, host_graph):
+        return {"gpu": gpu, "copy_gbps": 3000.0 if "H100" in gpu else 4300.0, "codec": codec, "op": op,
+                "frac_copy_median": frac, "speedup_vs_eager_median": 10.0, "conformant": True,
+                "frac_copy_small_median": small, "frac_copy_small_graph_median": graph,
+                "host_us_small_median": host, "host_us_small_graph_median": host_graph}
+    nan = float("nan")
+    rows = [row("NVIDIA H200", "int8", op, 0.8, 0.2, nan, nan, nan) for op in ("encode", "decode")]
+    rows += [row("NVIDIA H100 80GB HBM3", "int8", "encode", 0.7, 0.3, 0.6, 100.0, 8.0),
+             row("NVIDIA H100 80GB HBM3", "int4", "encode", 0.5, 0.1, 0.4, 200.0, 12.0)]
+    got = macros._kernels({"gpu_kernels": pd.DataFrame(rows)}, 0.95)
+    assert got["kwGpuCount"] == "2"
+    assert (got["kwGpuName"], got["kwGpuBName"]) == ("H100 80GB HBM3", "H200")  # sorted by name
+    assert got["kwKernelFracMedian"] == macros.pct(0.6) and got["kwGpuBKernelFracMedian"] == macros.pct(0.8)
+    assert got["kwKernelFracSmallGraphMedian"] == macros.pct(0.5) and got["kwKernelsGraphed"] == "2"
+    assert got["kwHostUsSmallMedian"] == macros.num(150.0, 2) and got["kwHostUsSmallGraphMedian"] == macros.num(10.0, 2)
+    assert "kwGpuBKernelFracSmallGraphMedian" not in got  # the H200 rows have no graph replays
+
+
 def test_sensitivity_macros_say_which_statistic_orders_the_drops(tmp_path):
     rows = [("a-1m", 0.02, 7.0, 0.30), ("b-1m", 0.01, 4.0, 0.14), ("c-1m", 0.0004, 4.7, -0.04)]
     table = pd.DataFrame(rows, columns=["model", "key_outlier_channel_share", "key_token_dynamic_range",

@@ -94,17 +94,19 @@ def kernel_table(gpu_kernels: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     bandwidth and speed-up over eager PyTorch (medians over the timed shapes)."""
     k = gpu_kernels
     rows = []
+    several = k["gpu"].nunique() > 1
     for (gpu, codec), g in k.groupby(["gpu", "codec"]):
         ops = g.set_index("op")
         def cell(op, col, fmt=num):
             return fmt(ops.loc[op, col]) if op in ops.index and pd.notna(ops.loc[op, col]) else "--"
-        rows.append({"codec": codec, "encode GB/s": cell("encode", "gbps_median"),
+        rows.append({**({"GPU": str(gpu).replace("NVIDIA ", "").split()[0]} if several else {}),
+                     "codec": codec, "encode GB/s": cell("encode", "gbps_median"),
                      "decode GB/s": cell("decode", "gbps_median"),
                      "encode % copy": cell("encode", "frac_copy_median", lambda v: num(100 * v, 2)),
                      "decode % copy": cell("decode", "frac_copy_median", lambda v: num(100 * v, 2)),
                      "vs eager (enc)": cell("encode", "speedup_vs_eager_median", lambda v: num(v, 2) + "x")})
-    frame = pd.DataFrame(rows).sort_values("codec")
-    return frame, "lrrrrr"
+    frame = pd.DataFrame(rows).sort_values(["codec", "GPU"] if several else "codec", kind="stable")
+    return frame, ("ll" if several else "l") + "rrrrr"
 
 
 @dataclass(frozen=True)

@@ -284,8 +284,28 @@ def _server_shift(s) -> dict[str, str]:
             "kwShiftServerVmMedian": num(v["shift_pipelined"].median(), 2)}
 
 
+GPU_PREFIXES = ("kw", "kwGpuB")  # the kernel macros of the first GPU (sorted by name) and of a second one
+
+
 def _kernels(t: Tables, floor: float) -> dict[str, str]:
+    """The kernel summary per GPU: ``kwGpuName``, ``kwKernelFracMedian``, ... for the first GPU by name,
+    the same names prefixed ``kwGpuB`` for a second (``kwGpuCount`` says how many)."""
     k = t["gpu_kernels"]
+    gpus = sorted(k["gpu"].astype(str).unique())
+    m = {"kwGpuCount": str(len(gpus))}
+    for prefix, gpu in zip(GPU_PREFIXES, gpus):
+        m.update({_prefixed(prefix, key): v for key, v in _one_gpu_kernels(k[k["gpu"].astype(str) == gpu]).items()})
+    return m
+
+
+def _prefixed(prefix: str, key: str) -> str:
+    """``kwGpuName`` -> ``kwGpuBName``, ``kwCopyGBps`` -> ``kwGpuBCopyGBps`` (``kw``: unchanged)."""
+    if prefix == "kw":
+        return key
+    return prefix + key[len("kwGpu"):] if key.startswith("kwGpu") else prefix + key[2:]
+
+
+def _one_gpu_kernels(k: pd.DataFrame) -> dict[str, str]:
     copy = k["copy_gbps"].dropna()
     best = k.loc[k["frac_copy_median"].idxmax()]
     return {"kwGpuName": str(k["gpu"].iloc[0]).replace("NVIDIA ", ""), "kwCopyGBps": num(copy.iloc[0], 4),
@@ -299,12 +319,20 @@ def _kernels(t: Tables, floor: float) -> dict[str, str]:
 
 def _small_kernels(k: pd.DataFrame) -> dict[str, str]:
     """Below 64 MB (the study's own caches): the median kernel's fraction of copy, and the range of
-    the per-kernel medians; none when the table predates the columns."""
+    the per-kernel medians; replayed from CUDA graphs, and the host's µs per call of both, where the
+    table has those columns; none when the table predates them."""
     if "frac_copy_small_median" not in k.columns or k["frac_copy_small_median"].isna().all():
         return {}
     med = k["frac_copy_small_median"].dropna()
-    return {"kwKernelFracSmallMedian": pct(med.median()), "kwKernelFracSmallLo": pct(med.min()),
-            "kwKernelFracSmallHi": pct(med.max())}
+    m = {"kwKernelFracSmallMedian": pct(med.median()), "kwKernelFracSmallLo": pct(med.min()),
+         "kwKernelFracSmallHi": pct(med.max())}
+    graph = k["frac_copy_small_graph_median"].dropna() if "frac_copy_small_graph_median" in k.columns else med[:0]
+    if len(graph):
+        m.update(kwKernelFracSmallGraphMedian=pct(graph.median()), kwKernelFracSmallGraphLo=pct(graph.min()),
+                 kwKernelFracSmallGraphHi=pct(graph.max()), kwKernelsGraphed=str(len(graph)),
+                 kwHostUsSmallMedian=num(k["host_us_small_median"].median(), 2),
+                 kwHostUsSmallGraphMedian=num(k["host_us_small_graph_median"].median(), 2))
+    return m
 
 
 def _gpu_real(t: Tables, floor: float) -> dict[str, str]:
