@@ -19,18 +19,20 @@ export PYTHONPATH=/tmp/site:$PWD/lib PYTHONUNBUFFERED=1 TRITON_CACHE_DIR=$PWD/.t
 mkdir -p "$TRITON_CACHE_DIR" /tmp/kv
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv | tee "$OUT/gpu.txt"
 kv=()
-for z in .kvz/*.zst; do
+for z in $([ "${NO_KV:-0}" = 1 ] || ls .kvz/*.zst); do
   f=/tmp/kv/$(basename "${z%.zst}")
   python3 -c "import sys, zstandard; open(sys.argv[2], 'wb').write(zstandard.ZstdDecompressor().decompress(open(sys.argv[1], 'rb').read(), max_output_size=1 << 28))" "$z" "$f"
   kv+=("$f")
 done
 echo "real caches: ${kv[*]}"
+[ ${#kv[@]} -gt 0 ] && kvargs=(--kv "${kv[@]}" --time-kv) || kvargs=()
 timeout "${STUDY_S:-360}" python3 bench/gpu_codecs.py --out "$OUT/$LABEL.csv" --study --dtypes bfloat16 \
-  --rep-ms "${REP_MS:-25}" --cpu-check-seq 1024 --kv "${kv[@]}" --time-kv ${CODECS:+--codecs $CODECS} 2>&1 | tee "$OUT/run.log" | tail -80
+  --rep-ms "${REP_MS:-25}" --cpu-check-seq 1024 "${kvargs[@]}" ${CODECS:+--codecs $CODECS} \
+  ${CASES:+--cases $CASES} 2>&1 | tee "$OUT/run.log" | tail -80
 if [ "${SKIP_LOWRANK:-0}" != 1 ]; then
-  timeout "${LOWRANK_S:-45}" python3 bench/lowrank_encode.py 2>&1 | tee "$OUT/lowrank.log" | tail -20
+  timeout "${LOWRANK_S:-45}" python3 bench/lowrank_encode.py ${LOWRANK_ARGS:-} 2>&1 | tee "$OUT/lowrank.log" | tail -20
 fi
-timeout "${VARIANTS_S:-90}" python3 bench/gpu_variants.py 2>&1 | tee "$OUT/variants.log" | tail -50
+timeout "${VARIANTS_S:-90}" python3 bench/gpu_variants.py ${VARIANT_SHAPES:+--shapes $VARIANT_SHAPES} 2>&1 | tee "$OUT/variants.log" | tail -50
 if [ "${SWEEP:-0}" = 1 ]; then
   timeout "${SWEEP_S:-90}" python3 bench/gpu_codecs.py --out /tmp/sweep.csv --sweep 2>&1 | tee "$OUT/sweep.log" | tail -50
 fi

@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="three models, two lengths")
     ap.add_argument("--study", action="store_true",
                     help="issue 30's cases: the study's cache sizes and two large caches (ISSUE30_CASES)")
+    ap.add_argument("--cases", nargs="*", default=None, metavar="MODEL:SEQ", help="these (model, seq) cases only")
     ap.add_argument("--sweep", action="store_true", help="time tile sizes and warps on one large shape, then stop")
     ap.add_argument("--codecs", nargs="*", default=None, choices=list(BENCH_CODECS), metavar="LABEL",
                     help="bench codec labels (default: every one with a kernel)")
@@ -89,9 +90,11 @@ def main() -> int:
     if args.models is not None:  # `--models` alone: no synthetic shapes (with --time-kv: the real caches only)
         models = {m: MODEL_SHAPES[m] for m in args.models}
     seqs = args.seqs or ((512, 8192) if args.quick else SEQS)
+    cases = [(c.split(":")[0], int(c.split(":")[1])) for c in args.cases] if args.cases else (
+        ISSUE30_CASES if args.study else None)
     table = time_gpu(args.out, models=models, seqs=seqs, dtypes=args.dtypes, codecs=args.codecs, kv_files=args.kv,
                      time_kv_files=args.time_kv, rep_ms=args.rep_ms, log=lambda line: print(line, flush=True),
-                     cases=ISSUE30_CASES if args.study else None, cpu_check_seq=args.cpu_check_seq)
+                     cases=cases, cpu_check_seq=args.cpu_check_seq)
     print()
     print(summary(table))
     if args.nvcomp:

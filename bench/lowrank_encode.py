@@ -27,6 +27,7 @@ def main() -> int:
     ap.add_argument("--models", nargs="*", default=["smollm2-135m", "qwen2.5-coder-1.5b", "llama-3.1-8b"])
     ap.add_argument("--seqs", nargs="*", type=int, default=[1024, 2048])
     ap.add_argument("--codecs", nargs="*", default=["svd_runtime", "svd_runtime_int4"])
+    ap.add_argument("--methods", nargs="*", default=["svd", "gram", "subspace"])
     args = ap.parse_args()
     if not torch.cuda.is_available():
         print("no CUDA device")
@@ -57,7 +58,7 @@ def main() -> int:
                 t0 = time.perf_counter()
                 want = kernel.codec.encode_layer(host0, ctx)
                 cpu_ms = (time.perf_counter() - t0) * 1e3 * layers  # one layer, times the layers
-                for method in ("svd", "gram", "subspace"):
+                for method in args.methods:
                     lowrank.FACTORIZE = method
                     pay = kernel.encode(kv, check=False)
                     ms = do_bench(lambda: kernel.encode(kv, check=False), warmup=5, rep=60, return_mode="median")
@@ -70,7 +71,7 @@ def main() -> int:
                     print(f"{model:20} {seq:5d} {name:17} {method:5} {ms:8.3f} {moved / ms / 1e6:7.1f} "
                           f"{moved / ms / 1e6 / copy:7.3f} {float(err_g / err_c):7.4f} {cpu_ms:8.1f} "
                           f"{cpu_ms / ms:7.1f}", flush=True)
-            lowrank.FACTORIZE = "svd"
+            lowrank.FACTORIZE = "auto"
             del kv
     return 0
 

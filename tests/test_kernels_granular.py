@@ -92,8 +92,14 @@ def test_the_one_launch_channel_kernel_and_the_three_launch_path_write_the_same_
     monkeypatch.setattr(granular, "FUSED_ELEMENTS", 512)  # 64 padded tokens x 8 channels: 4 channel blocks
     _, fused = check(*setting, kv)
     monkeypatch.setattr(granular, "CHANNEL_FUSED", False)
-    _, three = check(*setting, kv)
+    kernel, three = check(*setting, kv)
     assert torch.equal(fused.data, three.data)
+    # the decode on flat rows (default where the layout allows) and on [words, 4 bytes, P codes] tiles
+    _, _, h, s, d = kv.shape
+    assert granular._layout_args(kernel.scheme(d), tuple(kv.shape), 4)[1]["WORDS"]  # the flat path is taken
+    flat = kernel.decode(three, tuple(kv.shape), kv.dtype)
+    monkeypatch.setattr(granular, "FLAT_DECODE", False)
+    assert torch.equal(flat, kernel.decode(three, tuple(kv.shape), kv.dtype))
 
 
 def test_unaligned_sections_use_byte_stores():

@@ -37,7 +37,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ..jit import bf16_bits, fp16_up, rint, tensor_rows, words_of_bytes
+from ..jit import bf16_bits, bytes_of_words, fp16_up, rint, tensor_rows, words_of_bytes
 
 KINDS = {"int8": 0, "int4": 1, "fp8_e5m2": 2}
 SDTS = {"float16": 0, "bfloat16": 1, "float32": 2}
@@ -242,6 +242,38 @@ def _load_codes(u8_ptr, i32_ptr, at, k, w, j, row_ok, P: tl.constexpr, ROW_BYTES
         byte = tl.load(u8_ptr + at[:, None, None] + b, mask=row_ok[:, None, None] & (b < ROW_BYTES),
                        other=0).to(tl.int32)
     return (byte[:, :, :, None] >> (k * 4)[None, None, None, :]) & (0xF if P == 2 else 0xFF)
+
+
+@triton.jit
+def channel_decode_flat_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, seq, heads,
+                               LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, LIMIT,
+                               D: tl.constexpr, BLOCK_S: tl.constexpr, KIND: tl.constexpr, SYM: tl.constexpr,
+                               QMAX: tl.constexpr, SDT: tl.constexpr, NB: tl.constexpr, SALIGN: tl.constexpr,
+                               OUT: tl.constexpr):
+    """``channel_decode_kernel`` on flat [BLOCK_S, D] tiles (issue 30): rows read as whole words, their
+    bytes (and nibbles) spread to element order in registers, every row stored as one contiguous [D] run
+    (16-byte stores, where the [words, 4 bytes, P codes] tiles store 2 or 4 bytes at a time). Needs D a
+    power of two and whole-word code rows (``WORDS``)."""
+    ok, s, th, kv, h, base = _slab_rows(seq, heads, LAYER_BYTES, BLOCK_S, False)
+    P: tl.constexpr = 2 if KIND == 1 else 1
+    ROW_BYTES: tl.constexpr = D // P
+    col = tl.arange(0, D)
+    unit = base + kv * SCALES_STRIDE + (h * D + col).to(tl.int64) * NB
+    sc = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, unit + SCALES_OFF, col < D, NB, SALIGN), SDT)
+    if SYM:
+        z = sc * 0.0
+    else:
+        z = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, unit + ZEROS_OFF, col < D, NB, SALIGN), SDT)
+    at = (base + CODES_OFF + kv * CODES_STRIDE + (h * seq + s).to(tl.int64) * ROW_BYTES) // 4
+    wi = tl.arange(0, ROW_BYTES // 4)
+    word = tl.load(i32_ptr + at[:, None] + wi[None, :], mask=ok[:, None] & (wi < ROW_BYTES // 4)[None, :], other=0)
+    byte = bytes_of_words(word)
+    if KIND == 1:
+        q = tl.interleave(byte & 0xF, byte >> 4)
+    else:
+        q = byte
+    x = _dequant(q, sc[None, :], z[None, :], QMAX, SYM, KIND)
+    _out_store(out_ptr + (th * seq + s)[:, None] * D + col[None, :], x, ok[:, None] & (col < D)[None, :], OUT, LIMIT)
 
 
 # ---- row kernels: groups of G consecutive elements (group granularity, token granularity, FP8) -------

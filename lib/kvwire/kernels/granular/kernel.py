@@ -57,6 +57,7 @@ NUM_WARPS = {"group_encode": 1, "group_decode": 2, "channel_reduce": 4, "channel
 # a program holds every token of a block of channels, at most FUSED_ELEMENTS elements); longer ones the
 # three launches below
 CHANNEL_FUSED = True
+FLAT_DECODE = True  # the channel decode on flat [D] rows where the layout allows (whole-word rows, D a power of 2)
 FUSED_MAX_TOKENS = 4096
 FUSED_ELEMENTS = 32768
 CHUNK = 512  # at most this many tokens per channel-reduction program on a GPU, ...
@@ -212,13 +213,19 @@ def _channel_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _channel_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .jit import channel_decode_kernel
+    from .jit import channel_decode_flat_kernel, channel_decode_kernel
 
     n, _, h, s, d = out.shape
     dp = _padded(d, 4 * sch.per_byte)
     ptrs, align = _views(data)
     _, a, _ = _layout_args(sch, tuple(out.shape), align)
     block = _block("channel_decode", tile, dp)
+    if FLAT_DECODE and a["WORDS"] and dp == d:  # flat [D] rows: 16-byte stores (bench/NOTES.md, issue 30)
+        flat = {k: v for k, v in a.items() if k != "WORDS"}
+        channel_decode_flat_kernel[(triton_cdiv(s, block), n * 2 * h)](
+            *ptrs, _out_view(out), s, h, **flat, LIMIT=torch.finfo(out.dtype).max, D=d, BLOCK_S=block,
+            OUT=OUT_CODES[out.dtype], **_fp_args("channel_decode", num_warps))
+        return
     channel_decode_kernel[(triton_cdiv(s, block), n * 2 * h)](
         *ptrs, _out_view(out), s, h, **a, LIMIT=torch.finfo(out.dtype).max, D=d, DP=dp, BLOCK_S=block,
         OUT=OUT_CODES[out.dtype], **_fp_args("channel_decode", num_warps))

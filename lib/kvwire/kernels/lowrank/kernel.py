@@ -1,11 +1,13 @@
 """Low rank on the GPU: ``svd_runtime`` and ``svd_runtime_int4`` (``codecs/svd.py``), every parameter.
 
-Encode (glue, not a kernel): the CPU codec's own ``factorize`` -- absmax, ``torch.linalg.svd``, the
-U*S / V^T factors normalised by s1 -- run once over every (layer, K/V, head) matrix of the cache on
-the device, then the factors cast (or int4-quantized, ``quant.quantize``'s ops) and copied into the
-payload sections with torch ops. The SVD dominates encode time; it is cuSOLVER's, not LAPACK's, so
-the factors are NOT the CPU's bit for bit (float reductions differ; singular vectors of
-close singular values rotate; signs are arbitrary): ``exact = False``. ``compare`` therefore checks
+Encode (glue, not a kernel): the top-r singular pairs of every (layer, K/V, head) matrix of the cache at
+once -- on a GPU by subspace iteration on each matrix's small Gram matrix (``_factorize_subspace``:
+batched matmuls, Cholesky QR and one batched eigendecomposition of 32 x 32 matrices, 35-70x cuSOLVER's
+batched SVD on an H100), elsewhere by the CPU codec's own ``factorize`` (``torch.linalg.svd``); the
+U*S / V^T factors normalised by s1, cast (or int4-quantized, ``quant.quantize``'s ops) and copied into
+the payload sections with torch ops (``FACTORIZE`` picks the method). On a GPU the factors are NOT the
+CPU's bit for bit (another algorithm; float reductions differ; singular vectors of close singular values
+rotate; signs are arbitrary): ``exact = False``. ``compare`` therefore checks
 what a payload is for -- its reconstruction:
 - given the layer's input (``kv``), the GPU payload's reconstruction error ||X - X_hat||_F of each
   (tensor, head) may exceed the CPU payload's by at most ``ERROR_TOL`` (1 %) of it, or
@@ -79,7 +81,9 @@ SVD_DRIVER: str | None = None  # cuSOLVER driver for torch.linalg.svd on CUDA (N
 # (eigendecomposition of each head's small Gram matrix, ``_factorize_gram``: matmuls and one batched eigh)
 # or "subspace" (subspace iteration on the Gram matrix, ``_factorize_subspace``: matmuls, batched Cholesky
 # and one batched eigh of (rank + OVERSAMPLE)-square matrices, which cuSOLVER solves in one batched call)
-FACTORIZE = "svd"
+# "auto": subspace on a GPU (H100, bench/NOTES.md issue 30: 35-70x the SVD's speed, 60-240x the CPU codec's,
+# reconstruction error within 0.1 % of the SVD's), the SVD elsewhere (the CPU codec's own bytes)
+FACTORIZE = "auto"
 OVERSAMPLE, SUBSPACE_ITERS = 16, 8  # worst case on random (flat-spectrum) caches: +0.13 % error vs the SVD
 #                                   (8, 4: +1.0 %, at the tolerance); rank 16 + 16 = 32: cuSOLVER's batched syevj
 BAD_CODE, BAD_VALUE, BAD_SCALE = 1, 2, 4  # decode flags
@@ -247,9 +251,10 @@ def decode_within_tolerance(got: torch.Tensor, want: torch.Tensor) -> bool:
 def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``codecs/svd.factorize``, with ``SVD_DRIVER`` on CUDA (the same ops around the SVD), or
     ``_factorize_gram`` where ``FACTORIZE`` says so."""
-    if FACTORIZE == "gram":
+    method = FACTORIZE if FACTORIZE != "auto" else "subspace" if x.is_cuda else "svd"
+    if method == "gram":
         return _factorize_gram(x, rank)
-    if FACTORIZE == "subspace":
+    if method == "subspace":
         return _factorize_subspace(x, rank)
     if SVD_DRIVER is None or x.device.type != "cuda":
         return factorize(x, rank)

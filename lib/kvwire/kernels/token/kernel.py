@@ -33,10 +33,12 @@ NUM_WARPS = {"encode": 1, "decode": 2}
 # 0.28-0.31 with 1-2 (the version-2 sweep in bench/NOTES.md)
 NUM_WARPS_BY_CODEC = {("decode", "int4"): 4}
 BLOCK_R_INTERPRETED = 256  # the interpreter's cost is per program: fewer, larger ones
-# row tiles: "words" ([words, 4 bytes(, 2 nibbles)], 8-byte accesses of the cache) or "flat" ([D] rows,
-# 16-byte accesses, bytes <-> words in registers: jit.encode_flat_kernel), where the layout allows the
-# flat kernels (whole-word codes, D a power of 2); bench/gpu_codecs.py --sweep times both
-LAYOUT = "words"
+# row tiles per op: "words" ([words, 4 bytes(, 2 nibbles)], 8-byte accesses of the cache) or "flat" ([D]
+# rows, 16-byte accesses, bytes <-> words in registers: jit.*_flat_kernel), where the layout allows the flat
+# kernels (whole-word codes, D a power of 2). Measured on an H100 (bench/NOTES.md, issue 30): flat decodes
+# 0.65 -> 0.94 (int8) and 0.36 -> 0.74 (int4) of copy at 23.6 MB, int4 0.69 -> 0.86 at 268 MB; flat encodes
+# lose (fp8 0.78 -> 0.31 at 59 MB). A plain string applies to both ops (bench/gpu_variants.py sets one).
+LAYOUT: dict[str, str] | str = {"encode": "words", "decode": "flat"}
 
 
 def _args(name: str, lay: TokenLayout, tile: int) -> dict:
@@ -52,9 +54,10 @@ def _args(name: str, lay: TokenLayout, tile: int) -> dict:
                 WORDS=words and (d % 4 == 0 if lay.bits == 8 else d % 8 == 0) and dp == d)
 
 
-def _flat(a: dict, layout: str | None) -> bool:
-    """Whether this launch takes the flat kernels (``LAYOUT``, or the call's ``layout``)."""
-    return (layout or LAYOUT) == "flat" and a["WORDS"]
+def _flat(a: dict, layout: str | None, op: str) -> bool:
+    """Whether this launch takes the flat kernels (``LAYOUT`` for ``op``, or the call's ``layout``)."""
+    choice = layout or (LAYOUT[op] if isinstance(LAYOUT, dict) else LAYOUT)
+    return choice == "flat" and a["WORDS"]
 
 
 def _flat_args(a: dict) -> dict:
@@ -105,7 +108,7 @@ def encode_cache(name: str, kv: torch.Tensor, params: Mapping[str, Any] | None =
         a = _args(name, lay, tile or TILE["encode"])
         hdr = dict(HEADER_LEN=len(lay.header), HP=1 << (len(lay.header) - 1).bit_length())
         grid = (triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)
-        if _flat(a, layout):
+        if _flat(a, layout, "encode"):
             encode_flat_kernel[grid](kv, out, _words_view(out), out.view(torch.float16), header, n_rows, lay.rows,
                                      **_flat_args(a), **hdr, **_fp_args("encode", num_warps, name))
         else:
@@ -144,7 +147,7 @@ def decode_cache(name: str, payload: torch.Tensor, shape: tuple[int, ...], dtype
         a = _args(name, lay, tile or TILE["decode"])
         grid = (triton_cdiv(lay.rows, a["BLOCK_R"]), n_layers * 2)
         out_args = dict(OUT_BF16=dtype == torch.bfloat16, LIMIT=torch.finfo(dtype).max)
-        if _flat(a, layout):
+        if _flat(a, layout, "decode"):
             decode_flat_kernel[grid](_words_view(payload), payload.view(torch.float16), target, n_rows, lay.rows,
                                      **_flat_args(a), **out_args, **_fp_args("decode", num_warps, name))
         else:
