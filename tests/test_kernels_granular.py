@@ -102,6 +102,19 @@ def test_the_one_launch_channel_kernel_and_the_three_launch_path_write_the_same_
     assert torch.equal(flat, kernel.decode(three, tuple(kv.shape), kv.dtype))
 
 
+@pytest.mark.parametrize("setting", [STUDY[2], STUDY[3], STUDY[4], OPTIONS[2], OPTIONS[3]], ids=label)
+def test_the_flat_row_decode_equals_the_word_tile_decode(setting, monkeypatch):
+    """Group rows (and FP8 E5M2's token rows) decode on flat [G] rows where the layout has whole-word rows
+    of a power-of-two group, on [words, 4 bytes, P codes] tiles otherwise: the same tensor, the CPU's."""
+    kv = random_cache(layers=2, heads=2, seq=40, dim=64, seed=11)
+    kernel, payloads = check(*setting, kv)  # check() decodes with the default (flat) path against the CPU
+    sch = kernel.scheme(64)
+    assert granular._layout_args(sch, tuple(kv.shape), 4)[1]["WORDS"] and sch.group & (sch.group - 1) == 0
+    flat = kernel.decode(payloads, tuple(kv.shape), kv.dtype)
+    monkeypatch.setattr(granular, "FLAT_DECODE", False)
+    assert torch.equal(flat, kernel.decode(payloads, tuple(kv.shape), kv.dtype))
+
+
 def test_unaligned_sections_use_byte_stores():
     """Odd head_dim: int8 codes sections of odd length put the scales off their alignment; head_dim
     18 at 3 x 13 tokens puts float32 scales 2 bytes off a word."""

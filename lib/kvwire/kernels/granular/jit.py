@@ -345,6 +345,39 @@ def group_decode_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
     _out_store(out_ptr + rows64[:, None, None, None] * G + col, x, mask, OUT, LIMIT)
 
 
+@triton.jit
+def group_decode_flat_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
+                             LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, LIMIT,
+                             G: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr, SYM: tl.constexpr,
+                             QMAX: tl.constexpr, SDT: tl.constexpr, NB: tl.constexpr, SALIGN: tl.constexpr,
+                             OUT: tl.constexpr):
+    """``group_decode_kernel`` on flat [BLOCK_R, G] tiles (issue 30, as ``channel_decode_flat_kernel``):
+    whole-word code rows spread to element order in registers, each row stored as one contiguous run.
+    Needs G a power of two and whole-word rows (``WORDS``)."""
+    row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
+    P: tl.constexpr = 2 if KIND == 1 else 1
+    ROW_BYTES: tl.constexpr = G // P
+    s = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + SCALES_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
+                              NB, SALIGN), SDT)
+    if SYM:
+        z = s * 0.0
+    else:
+        z = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + ZEROS_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
+                                  NB, SALIGN), SDT)
+    at = (base + CODES_OFF + kv * CODES_STRIDE + i * ROW_BYTES) // 4
+    wi = tl.arange(0, ROW_BYTES // 4)
+    word = tl.load(i32_ptr + at[:, None] + wi[None, :], mask=row_ok[:, None] & (wi < ROW_BYTES // 4)[None, :],
+                   other=0)
+    byte = bytes_of_words(word)
+    if KIND == 1:
+        q = tl.interleave(byte & 0xF, byte >> 4)
+    else:
+        q = byte
+    x = _dequant(q, s[:, None], z[:, None], QMAX, SYM, KIND)
+    col = tl.arange(0, G)
+    _out_store(out_ptr + rows64[:, None] * G + col[None, :], x, row_ok[:, None] & (col < G)[None, :], OUT, LIMIT)
+
+
 # ---- channel kernels: one scale per (head, channel) over the sequence ------------------------------
 
 @triton.jit

@@ -57,7 +57,7 @@ NUM_WARPS = {"group_encode": 1, "group_decode": 2, "channel_reduce": 4, "channel
 # a program holds every token of a block of channels, at most FUSED_ELEMENTS elements); longer ones the
 # three launches below
 CHANNEL_FUSED = True
-FLAT_DECODE = True  # the channel decode on flat [D] rows where the layout allows (whole-word rows, D a power of 2)
+FLAT_DECODE = True  # channel and group decodes on flat rows where the layout allows (whole-word rows, a power of 2)
 FUSED_MAX_TOKENS = 4096
 FUSED_ELEMENTS = 32768
 CHUNK = 512  # at most this many tokens per channel-reduction program on a GPU, ...
@@ -150,12 +150,18 @@ def _rows_encode(kv, out, sch: Scheme, tile, num_warps, chunk) -> None:
 
 
 def _rows_decode(data, out, sch: Scheme, tile, num_warps) -> None:
-    from .jit import group_decode_kernel
+    from .jit import group_decode_flat_kernel, group_decode_kernel
 
     ptrs, align = _views(data)
     lay, a, _ = _layout_args(sch, tuple(out.shape), align)
     gp = _padded(sch.group, 4 * sch.per_byte)
     block = _block("group_decode", tile, gp)
+    if FLAT_DECODE and a["WORDS"] and gp == sch.group:  # flat rows: 16-byte stores (bench/NOTES.md, issue 30)
+        flat = {k: v for k, v in a.items() if k != "WORDS"}
+        group_decode_flat_kernel[(triton_cdiv(lay.rows, block), out.shape[0] * 2)](
+            *ptrs, _out_view(out), lay.rows, **flat, LIMIT=torch.finfo(out.dtype).max, G=sch.group, BLOCK_R=block,
+            OUT=OUT_CODES[out.dtype], **_fp_args("group_decode", num_warps))
+        return
     group_decode_kernel[(triton_cdiv(lay.rows, block), out.shape[0] * 2)](
         *ptrs, _out_view(out), lay.rows, **a, LIMIT=torch.finfo(out.dtype).max, G=sch.group, GP=gp,
         BLOCK_R=block, OUT=OUT_CODES[out.dtype], **_fp_args("group_decode", num_warps))
