@@ -31,6 +31,9 @@ SETS = {
                        "fused 8w": {"CHANNEL_FUSED": True, "NUM_WARPS": {"channel_fused": 8}},
                        "fused 16w": {"CHANNEL_FUSED": True, "NUM_WARPS": {"channel_fused": 16}}},
                       ("int8_channel", "int4_channel")),
+    "flat_decode": ("kvwire.kernels.granular.kernel", {"word tiles": {"FLAT_DECODE": False},
+                                                       "flat rows": {"FLAT_DECODE": True}},
+                    ("int8_channel", "int4_channel", "fp8_e5m2")),
 }
 SHAPES = ("smollm2-135m:1024", "qwen2.5-coder-1.5b:2048", "llama-3.1-8b:2048")
 
