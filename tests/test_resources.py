@@ -257,6 +257,31 @@ def test_re_timed_tables_replace_the_published_ones_together_and_only_with_a_not
     assert m["tables"]["quality.csv"] == first["tables"]["quality.csv"]
 
 
+def test_tables_re_derived_from_new_gpu_timings_come_with_their_gpu_break_even(tmp_path):
+    from kvwire.publish import GPU_DERIVED, RETIMED, publish, publish_update
+
+    src, dest = tmp_path / "results", tmp_path / "paper"
+    src.mkdir()
+    for name in ("quality.csv", "router.csv", "models.csv", "codecs.csv", "gpu_break_even.csv") + RETIMED:
+        (src / name).write_text(f"a,b\n1,{name}\n")
+    publish(src, dest, note="study")
+    gpu = tmp_path / "gpu"
+    gpu.mkdir()
+    for name in GPU_DERIVED + ("gpu_break_even.csv", "break_even.csv"):
+        (gpu / name).write_text(f"a,b\n2,{name} new GPU\n")
+    with pytest.raises(KvwireError, match="missing break_even.csv"):  # without gpu_break_even: a re-timing
+        publish_update([gpu / n for n in GPU_DERIVED], dest, note="h100")
+    with pytest.raises(KvwireError, match="missing"):  # the CPU break-even is no GPU-derived table
+        publish_update([gpu / n for n in GPU_DERIVED + ("gpu_break_even.csv", "break_even.csv")], dest, note="h100")
+    with pytest.raises(KvwireError, match="needs a note"):
+        publish_update([gpu / n for n in GPU_DERIVED + ("gpu_break_even.csv",)], dest)
+    assert read_tables(dest) == read_tables(src)
+    m = publish_update([gpu / n for n in GPU_DERIVED + ("gpu_break_even.csv",)], dest, note="h100 run 1")
+    assert all((dest / n).read_text() == (gpu / n).read_text() for n in GPU_DERIVED)
+    assert (dest / "break_even.csv").read_text() == (src / "break_even.csv").read_text()
+    assert {u["table"] for u in m["updates"]} == set(GPU_DERIVED) | {"gpu_break_even.csv"}
+
+
 def read_tables(folder):
     return {p.name: p.read_text() for p in sorted(folder.glob("*.*")) if p.name != "PUBLISHED.json"}
 

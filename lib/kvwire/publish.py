@@ -79,6 +79,12 @@ SEPARATELY_MEASURED = ("e2e_transfer.csv", "link_model.csv", "cpu_scaling.csv", 
 RETIMED = ("break_even.csv", "break_even.tex", "transfer_sweep.csv", "break_even_all.csv",
            "gpu_transfer_sweep.csv", "decision.csv")
 
+# the re-timed tables whose GPU side follows from gpu_break_even.csv: when new GPU timings land they are
+# re-derived from the published study's CPU tables (bench/gpu_tables_from_timings.py) and may replace
+# their published copies together with gpu_break_even.csv, from the same folder (the CPU side is then
+# still the published run's: no two CPU timing runs mix)
+GPU_DERIVED = ("break_even_all.csv", "gpu_transfer_sweep.csv", "decision.csv")
+
 
 def publish_update(tables: Sequence[str | Path], dest: str | Path = "paper/tables", *,
                    config: str | Path | Sequence[str | Path] | None = None, note: str = "") -> dict:
@@ -102,6 +108,14 @@ def publish_update(tables: Sequence[str | Path], dest: str | Path = "paper/table
         if not t.is_file():
             raise KvwireError(f"table {t} does not exist")
     retimed = [t for t in paths if t.name in RETIMED]
+    names = {t.name for t in paths}
+    if retimed and {t.name for t in retimed} <= set(GPU_DERIVED) and "gpu_break_even.csv" in names:
+        if len({t.parent.resolve() for t in paths if t.name in GPU_DERIVED + ("gpu_break_even.csv",)}) != 1:
+            raise KvwireError("tables re-derived from new GPU timings come with their gpu_break_even.csv, "
+                              "from one folder")
+        if not note.strip():
+            raise KvwireError("a GPU timing update needs a note: the run, its commit and what was timed")
+        retimed = []  # a GPU-derived update: the CPU side stays the published run's
     if retimed:
         names = {t.name for t in retimed}
         missing = [n for n in RETIMED if n not in names]

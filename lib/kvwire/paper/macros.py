@@ -291,7 +291,10 @@ def _kernels(t: Tables, floor: float) -> dict[str, str]:
     """The kernel summary per GPU: ``kwGpuName``, ``kwKernelFracMedian``, ... for the first GPU by name,
     the same names prefixed ``kwGpuB`` for a second (``kwGpuCount`` says how many)."""
     k = t["gpu_kernels"]
-    gpus = sorted(k["gpu"].astype(str).unique())
+    # the first GPU: the one with the most large-cache rows (then by name); a GPU timed only at the
+    # study's sizes gets no large-cache macros
+    large = k.dropna(subset=["frac_copy_median"]).groupby(k["gpu"].astype(str)).size()
+    gpus = sorted(k["gpu"].astype(str).unique(), key=lambda g: (-int(large.get(g, 0)), g))
     m = {"kwGpuCount": str(len(gpus))}
     for prefix, gpu in zip(GPU_PREFIXES, gpus):
         m.update({_prefixed(prefix, key): v for key, v in _one_gpu_kernels(k[k["gpu"].astype(str) == gpu]).items()})
@@ -307,14 +310,17 @@ def _prefixed(prefix: str, key: str) -> str:
 
 def _one_gpu_kernels(k: pd.DataFrame) -> dict[str, str]:
     copy = k["copy_gbps"].dropna()
-    best = k.loc[k["frac_copy_median"].idxmax()]
-    return {"kwGpuName": str(k["gpu"].iloc[0]).replace("NVIDIA ", ""), "kwCopyGBps": num(copy.iloc[0], 4),
-            "kwKernelRows": str(len(k)), "kwKernelFracMedian": pct(k["frac_copy_median"].median()),
-            "kwKernelFracMax": pct(best["frac_copy_median"]), "kwKernelFracMaxCodec": tt(best["codec"]),
-            "kwKernelFracMaxOp": str(best["op"]),
-            "kwEagerSpeedupMedian": num(k["speedup_vs_eager_median"].median(), 2),
-            "kwKernelsConformant": str(int(k["conformant"].astype(str).eq("True").sum())),
-            **_small_kernels(k)}
+    m = {"kwGpuName": str(k["gpu"].iloc[0]).replace("NVIDIA ", ""), "kwCopyGBps": num(copy.iloc[0], 4),
+         "kwKernelRows": str(len(k)),
+         "kwKernelsConformant": str(int(k["conformant"].astype(str).eq("True").sum())), **_small_kernels(k)}
+    big = k.dropna(subset=["frac_copy_median"])
+    if len(big):  # caches of 64 MB or more were timed
+        best = big.loc[big["frac_copy_median"].idxmax()]
+        m.update({"kwKernelFracMedian": pct(big["frac_copy_median"].median()),
+                  "kwKernelFracMax": pct(best["frac_copy_median"]), "kwKernelFracMaxCodec": tt(best["codec"]),
+                  "kwKernelFracMaxOp": str(best["op"]),
+                  "kwEagerSpeedupMedian": num(big["speedup_vs_eager_median"].median(), 2)})
+    return m
 
 
 def _small_kernels(k: pd.DataFrame) -> dict[str, str]:
