@@ -10,5 +10,6 @@ from kvwire.stages.runtime import LOG, setup  # noqa: E402
 sm = snakemake  # noqa: F821
 setup(sm.log[0])
 opts = sm.params.timing
+cases = [(c.rsplit(":", 1)[0], int(c.rsplit(":", 1)[1])) for c in opts["gpu_cases"]] or None
 time_gpu(sm.output.table, label=sm.wildcards.gpu, seqs=opts["gpu_seqs"], dtypes=opts["gpu_dtypes"],
-         codecs=opts["gpu_codecs"] or None, log=LOG.info)
+         codecs=opts["gpu_codecs"] or None, cases=cases, log=LOG.info)
