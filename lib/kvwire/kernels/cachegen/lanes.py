@@ -228,10 +228,9 @@ def encode_payloads(kernel, sym: CacheGenSymbols) -> GpuPayloads:
     meta = bytearray()
     seg = {k: ([], [], []) for k in ("meta", "scale", "table", "word", "packed")}
 
-    def add(kind, src_at, dst_at, length):
-        seg[kind][0].append(src_at)
-        seg[kind][1].append(dst_at)
-        seg[kind][2].append(length)
+    def add(kind, src_at, dst_at, length):  # scalars or equal-length int arrays
+        for k, v in enumerate((src_at, dst_at, length)):
+            seg[kind][k].append(np.atleast_1d(np.asarray(v, dtype=np.int64)))
 
     def add_meta(data: bytes, dst_at: int):
         add("meta", len(meta), dst_at, len(data))
@@ -259,13 +258,12 @@ def encode_payloads(kernel, sym: CacheGenSymbols) -> GpuPayloads:
                         size, st_states, cnt, base, cap = lanes_of[q]
                         add_meta(bytes([_MODE_LANES]), pos)
                         ta = st.tables * st.alphabet
-                        for g in range(st.tables):
-                            add("table", (st.row + g) * ROW, pos + 1 + g * st.alphabet, st.alphabet)
+                        g = np.arange(st.tables)
+                        add("table", (st.row + g) * ROW, pos + 1 + g * st.alphabet, np.full(st.tables, st.alphabet))
                         add_meta(st_states.astype("<u4").tobytes() + cnt.astype("<u4").tobytes(), pos + 1 + ta)
                         w_dst = pos + 1 + ta + rl.HEADER_BYTES + 2 * (np.cumsum(cnt) - cnt)
                         w_src = 2 * (base + np.arange(rl.LANES) * cap + cap - cnt)
-                        for a, b, c in zip(w_src, w_dst, 2 * cnt):
-                            add("word", int(a), int(b), int(c))
+                        add("word", w_src, w_dst, 2 * cnt)  # the compaction: lane j's words at prefix sums
                     else:
                         add_meta(bytes([_MODE_PACKED]), pos)
                         if st.n:
@@ -273,12 +271,13 @@ def encode_payloads(kernel, sym: CacheGenSymbols) -> GpuPayloads:
                             packed_at.append((packed_size_total, pos + 1, length - 1))
                             packed_size_total += length - 1
                 pos += length
+    seg = {k: [np.concatenate(v) if v else np.zeros(0, dtype=np.int64) for v in lists] for k, lists in seg.items()}
     _gather(out, torch.frombuffer(meta, dtype=torch.uint8).to(dev), *seg["meta"])
     scales = torch.stack([sym.anchor_scale, sym.anchor_zero, sym.delta_scale]).contiguous().view(torch.uint8)
     _gather(out, scales.reshape(-1), *seg["scale"])
-    if seg["table"][0]:
+    if len(seg["table"][0]):
         _gather(out, t8.reshape(-1), *seg["table"])
-    if seg["word"][0]:
+    if len(seg["word"][0]):
         _gather(out, scratch.view(torch.uint8), *seg["word"])
     if packed_at:
         packed = torch.empty(packed_size_total, dtype=torch.uint8, device=dev)
