@@ -308,3 +308,19 @@ def test_registered_benched_and_a_parameter_choice():
     assert isinstance(kernel_for("cachegen", {"entropy": "rans_lanes"}), cg.CacheGenKernel)
     with pytest.raises(CodecError):
         build("cachegen", {"entropy": "lanes"})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_compiled_lane_kernels_on_the_gpu(dtype):
+    """The compiled kernels (Triton on the GPU) write the CPU reference's bytes; decode with and without checks."""
+    kernel = cg.CacheGenKernel("cachegen", LANES_PARAMS)
+    for shape in ((4, 3, 1000, 64), (3, 1, 777, 256), (4, 8, 512, 128)):
+        kv = random_cache(*shape, seed=shape[2], dtype=dtype)
+        result = conformance(kernel, kv)
+        assert result.identical and result.decode_identical
+        fast = kernel.encode(kv, check=False)
+        assert fast.to_bytes() == cpu_payloads(kernel.codec, kv)
+        assert torch.equal(kernel.decode(fast, tuple(kv.shape), dtype, check=False),
+                           kernel.decode(fast, tuple(kv.shape), dtype))

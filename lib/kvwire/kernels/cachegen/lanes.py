@@ -403,7 +403,8 @@ def decode_payloads(kernel, payloads: GpuPayloads, shape, dtype, *, check: bool 
         if f[0]:
             raise WireError(f"{what}: rans_lanes: {f[0]} lane(s) ran out of words (corrupted stream)")
         if f[1]:
-            raise WireError(f"{what}: rans_lanes: {f[1]} lane(s) have words left after their symbols (corrupted stream)")
+            raise WireError(f"{what}: rans_lanes: {f[1]} lane(s) have words left after their symbols "
+                            "(corrupted stream)")
         if f[2]:
             raise WireError(f"{what}: rans_lanes: {f[2]} lane(s) do not end in the initial state (corrupted stream)")
     # the scales, straight from their sections
