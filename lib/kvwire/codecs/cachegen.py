@@ -30,6 +30,15 @@ What this codec does, per layer and separately for K and V (tensors [heads, seq,
    bit-packed codes (tiny layers), the bit-packed form is stored instead, so ``rans`` is never
    larger than ``none``. ``entropy="none"`` bit-packs exactly the same symbols (``bitpack.pack``),
    which is the "same quantization without entropy coding" baseline.
+5. **GPU-friendly entropy coding** (``entropy="rans_lanes"``). The same symbols and the same uint8
+   count tables, coded by an interleaved rANS over ``rans_lanes.LANES`` (32) independent lanes
+   (symbol i of the stream in lane ``i % 32``; 32-bit states, 16-bit words, probabilities quantized
+   from the uint8 tables to 14 bits by integer arithmetic), so that a GPU codes a stream's lanes as
+   one vector (``kernels/cachegen/rans_jit.py`` writes the identical bytes; no ``constriction``).
+   A stream in this mode is: mode byte 2, the uint8 tables (as ``rans``), each lane's final encoder
+   state and word count (uint32 each), then the lanes' uint16 words, lane by lane
+   (``codecs/rans_lanes.py`` describes the coder and checks). The bit-packed fallback rule is the
+   same as ``rans``'s. Decoding accepts every mode (0, 1, 2) whatever ``entropy`` is set to.
 
 Error bound (per element, before rounding to the output dtype): an anchor token is within
 ``anchor_scale / 2`` of the input (plus the rounding of its zero point to ``scale_dtype``), any
@@ -63,7 +72,7 @@ import numpy as np
 import torch
 
 from ..errors import CodecError, WireError
-from . import bitpack, quant
+from . import bitpack, quant, rans_lanes
 from ..limits import MAX_GROUP, MAX_HEAD_DIM, MAX_TOKENS
 from .base import (LayerContext, LayerKV, Param, TensorCodec, check_layer, pack_sections,
                    require_finite, tensor_bytes, tensor_from, unpack_sections)
@@ -76,6 +85,7 @@ except ImportError:  # pragma: no cover - exercised only when the dependency is 
 
 _MODE_PACKED = 0
 _MODE_RANS = 1
+_MODE_LANES = 2  # entropy="rans_lanes": interleaved rANS over rans_lanes.LANES lanes
 _TABLE_MAX = 255  # counts are rescaled so the largest is this, stored as uint8
 
 
@@ -108,7 +118,8 @@ def _models(tables: np.ndarray) -> list:
 
 
 def encode_stream(codes: torch.Tensor, bits: int, rows_per_table: int, entropy: str) -> bytes:
-    """codes [n_rows, row_len] uint8 in [0, 2**bits) -> mode byte + (packed codes | uint8 tables + rANS words).
+    """codes [n_rows, row_len] uint8 in [0, 2**bits) -> mode byte + (packed codes | uint8 tables + rANS words
+    | uint8 tables + ``rans_lanes`` header and words).
 
     Row g * rows_per_table .. (g + 1) * rows_per_table - 1 share table g; the Python loop below runs
     over these few tables (one ``encode_reverse`` call per table), never over symbols.
@@ -121,12 +132,17 @@ def encode_stream(codes: torch.Tensor, bits: int, rows_per_table: int, entropy: 
         return packed()
     n_rows = codes.shape[0]
     alphabet = 2**bits
-    if math.ceil(n_rows / rows_per_table) * alphabet + 1 >= n_packed:
-        return packed()  # the tables alone would cost more than the codes
+    n_tables = math.ceil(n_rows / rows_per_table)
+    if n_tables * alphabet + 1 + (rans_lanes.HEADER_BYTES if entropy == "rans_lanes" else 0) >= n_packed:
+        return packed()  # the tables (and lane header) alone would cost more than the codes
     symbols = codes.numpy().astype(np.int32)
     tables = _count_tables(symbols, n_rows, rows_per_table, alphabet)
     table_bytes = tables.tobytes()
     symbols = symbols.reshape(-1)
+    if entropy == "rans_lanes":
+        words = rans_lanes.encode(symbols, rans_lanes.quantize(tables), rows_per_table * codes.shape[1])
+        coded = bytes([_MODE_LANES]) + table_bytes + words
+        return coded if len(coded) < n_packed else packed()
     models = _models(tables)
     coder = constriction.stream.stack.AnsCoder()
     groups = _stream_groups(n_rows, codes.shape[1], rows_per_table)
@@ -147,13 +163,23 @@ def decode_stream(buf: memoryview, n_rows: int, row_len: int, bits: int, rows_pe
     if mode == _MODE_PACKED:
         packed = tensor_from(body, torch.uint8, (len(body),))
         return bitpack.unpack(packed, bits, n).view(n_rows, row_len)
-    if mode != _MODE_RANS or n == 0:
+    if mode not in (_MODE_RANS, _MODE_LANES) or n == 0:
         raise WireError(f"codec {codec!r}: unknown symbol stream mode {mode}")
-    if constriction is None:
-        raise CodecError(f"codec {codec!r}: this payload is rANS-coded; decoding it needs the 'constriction' package")
     alphabet = 2**bits
     groups = _stream_groups(n_rows, row_len, rows_per_table)
     n_table_bytes = len(groups) * alphabet
+    if mode == _MODE_LANES:
+        if len(body) < n_table_bytes:
+            raise WireError(f"codec {codec!r}: rans_lanes stream of {len(body)} bytes is shorter than its "
+                            f"{len(groups)} tables of {alphabet} symbols")
+        tables = np.frombuffer(body[:n_table_bytes], dtype=np.uint8).reshape(len(groups), alphabet)
+        if (tables.sum(axis=1) == 0).any():
+            raise WireError(f"codec {codec!r}: an rANS frequency table is all zero")
+        out = rans_lanes.decode(body[n_table_bytes:], n, rans_lanes.quantize(tables), rows_per_table * row_len,
+                                f"codec {codec!r}")
+        return torch.from_numpy(out.astype(np.uint8)).view(n_rows, row_len)  # symbols < alphabet <= 256
+    if constriction is None:
+        raise CodecError(f"codec {codec!r}: this payload is rANS-coded; decoding it needs the 'constriction' package")
     if len(body) < n_table_bytes or (len(body) - n_table_bytes) % 4:
         raise WireError(f"codec {codec!r}: rANS stream of {len(body)} bytes does not fit "
                         f"{len(groups)} tables of {alphabet} symbols plus 32-bit words")
@@ -188,8 +214,9 @@ class CacheGen(TensorCodec):
         "bits_early": Param(int, 6, "delta bits in the first third of the layers", minimum=2, maximum=8),
         "bits_mid": Param(int, 5, "delta bits in the middle third of the layers", minimum=2, maximum=8),
         "bits_late": Param(int, 4, "delta bits in the last third of the layers", minimum=2, maximum=8),
-        "entropy": Param(str, "rans", "entropy stage: rANS with per-channel-group tables, or plain bit packing",
-                         choices=("rans", "none")),
+        "entropy": Param(str, "rans", "entropy stage: rANS with per-channel-group tables (constriction), the "
+                         "same tables coded by 32 interleaved rANS lanes (GPU-friendly), or plain bit packing",
+                         choices=("rans", "rans_lanes", "none")),
         "channels_per_table": Param(int, 16, "(head, dim) channels sharing one frequency table", minimum=1,
                                     maximum=MAX_TOKENS),
         "scale_dtype": Param(str, "float16", "dtype of the stored scales and zero points",

@@ -119,6 +119,7 @@ BENCH_CODECS: dict[str, tuple[str, dict]] = {
     "kivi4": ("kivi4", {}), "kivi2": ("kivi2", {}), "k8v4": ("k8v4", {}),
     "kvquant4": ("kvquant4", {}), "kvquant4_prerope": ("kvquant4", {"pre_rope": True}),
     "cachegen": ("cachegen", {}), "cachegen_none": ("cachegen", {"entropy": "none"}),
+    "cachegen_lanes": ("cachegen", {"entropy": "rans_lanes"}),
     "guardband_8x": ("guardband", {"target_ratio": 8, "recent": 16, "min_body_bits": 4, "strict": True}),
     "streaming_llm": ("streaming_llm", {}), "h2o": ("h2o", {}), "snapkv": ("snapkv", {}),
     "pyramidkv": ("pyramidkv", {}), "keynorm": ("keynorm", {}),

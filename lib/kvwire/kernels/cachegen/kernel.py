@@ -27,6 +27,12 @@ bit-packed codes (``bitpack`` layout), the scales and the section tables in plac
 mirror image: ``host_decode`` (the CPU rANS decoder, or nothing for ``none``) and
 ``decode_symbols`` / the in-place decode of packed payloads.
 
+With ``entropy="rans_lanes"`` there is no host stage either: ``lanes.py`` counts the tables, runs the
+interleaved rANS kernels of ``rans_jit.py`` (one program per stream, its 32 lanes as a vector) and
+puts the payload together on the device; decode reads the lane headers to the host (a small copy,
+checked there) and decodes the lanes on the device. Its eager baseline is the eager symbols plus the
+CPU codec's numpy coder (``host_encode`` / ``host_decode``): there is no op-by-op torch rANS.
+
 Bit-exactness with ``codecs/quant.py``: correctly rounded divisions (``div_rn``), float16 rounding
 of min, max-range / qmax and absmax / qmax exactly as torch (``+ 0.0`` turning -0.0 into +0.0),
 round-half-even by the 1.5 * 2**23 trick, decoded anchors ``code * scale + zero`` (the product is
@@ -66,14 +72,15 @@ def _launch(warps: int) -> dict:
 
 @register_kernel
 class CacheGenKernel(KernelCodec):
-    """``cachegen`` with float16 scales: any chunk size, anchor and delta bits, ``entropy`` rans or none."""
+    """``cachegen`` with float16 scales: any chunk size, anchor and delta bits, ``entropy`` rans, rans_lanes
+    or none."""
 
     names = ("cachegen",)
     host_stage: str | None = "rANS entropy coding on the CPU (constriction)"  # None for entropy="none"
 
     def __init__(self, name: str, params=None) -> None:
         super().__init__(name, params)
-        if self.params["entropy"] == "none":
+        if self.params["entropy"] in ("none", "rans_lanes"):
             self.host_stage = None  # the whole payload is built on the device
 
     @classmethod
@@ -233,6 +240,10 @@ class CacheGenKernel(KernelCodec):
     def encode(self, kv: torch.Tensor, stats: Stats = None, *, check: bool = True) -> GpuPayloads:
         if self.params["entropy"] == "none":
             return self.encode_packed(kv, check=check)
+        if self.params["entropy"] == "rans_lanes":
+            from .lanes import encode_payloads
+
+            return encode_payloads(self, self.encode_symbols(kv, check=check))
         return GpuPayloads.from_bytes(self.host_encode(self.encode_symbols(kv, check=check)), kv.device)
 
     def encode_packed(self, kv: torch.Tensor, *, check: bool = True) -> GpuPayloads:
@@ -311,6 +322,12 @@ class CacheGenKernel(KernelCodec):
         lay = self._layout(shape)
         if tuple(payloads.offsets) == lay.offsets and self._packed_headers(payloads, lay, check):
             return self.decode_packed(payloads, shape, dtype, check=check)
+        if self.params["entropy"] == "rans_lanes":
+            from .lanes import decode_payloads
+
+            out = decode_payloads(self, payloads, shape, dtype, check=check)
+            if out is not None:  # None: a constriction-coded stream, for the host decoder
+                return out
         return self.decode_symbols(self.host_decode(payloads, shape), dtype, check=check)
 
     def _packed_headers(self, payloads: GpuPayloads, lay: PackedLayout, check: bool) -> bool:
