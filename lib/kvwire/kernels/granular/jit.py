@@ -320,6 +320,18 @@ def group_encode_kernel(x_ptr, u8_ptr, i16_ptr, i32_ptr, hdr_ptr, rows_per_tenso
 
 
 @triton.jit
+def _row_scale_zero(u8_ptr, i16_ptr, i32_ptr, unit, row_ok, SCALES_OFF, ZEROS_OFF, SYM: tl.constexpr,
+                    SDT: tl.constexpr, NB: tl.constexpr, SALIGN: tl.constexpr):
+    """Each row's scale and zero point (0 where symmetric), ``unit`` the rows' byte offsets of their units."""
+    s = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, unit + SCALES_OFF, row_ok, NB, SALIGN), SDT)
+    if SYM:
+        z = s * 0.0
+    else:
+        z = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, unit + ZEROS_OFF, row_ok, NB, SALIGN), SDT)
+    return s, z
+
+
+@triton.jit
 def group_decode_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
                         LAYER_BYTES, CODES_OFF, CODES_STRIDE, SCALES_OFF, SCALES_STRIDE, ZEROS_OFF, LIMIT,
                         G: tl.constexpr, GP: tl.constexpr, BLOCK_R: tl.constexpr, KIND: tl.constexpr,
@@ -331,13 +343,8 @@ def group_decode_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
     W: tl.constexpr = GP // (4 * P)
     ROW_BYTES: tl.constexpr = G // P
     w, j, k, col = _code_tile(W, P)
-    s = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + SCALES_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
-                              NB, SALIGN), SDT)
-    if SYM:
-        z = s * 0.0
-    else:
-        z = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + ZEROS_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
-                                  NB, SALIGN), SDT)
+    s, z = _row_scale_zero(u8_ptr, i16_ptr, i32_ptr, base + kv * SCALES_STRIDE + i * NB, row_ok, SCALES_OFF,
+                           ZEROS_OFF, SYM, SDT, NB, SALIGN)
     q = _load_codes(u8_ptr, i32_ptr, base + CODES_OFF + kv * CODES_STRIDE + i * ROW_BYTES, k, w, j, row_ok, P,
                     ROW_BYTES, WORDS)
     x = _dequant(q, s[:, None, None, None], z[:, None, None, None], QMAX, SYM, KIND)
@@ -357,13 +364,8 @@ def group_decode_flat_kernel(u8_ptr, i16_ptr, i32_ptr, out_ptr, rows_per_tensor,
     row_ok, rows64, kv, i, base = tensor_rows(rows_per_tensor, LAYER_BYTES, BLOCK_R)
     P: tl.constexpr = 2 if KIND == 1 else 1
     ROW_BYTES: tl.constexpr = G // P
-    s = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + SCALES_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
-                              NB, SALIGN), SDT)
-    if SYM:
-        z = s * 0.0
-    else:
-        z = _sdt_value(_load_bits(u8_ptr, i16_ptr, i32_ptr, base + ZEROS_OFF + kv * SCALES_STRIDE + i * NB, row_ok,
-                                  NB, SALIGN), SDT)
+    s, z = _row_scale_zero(u8_ptr, i16_ptr, i32_ptr, base + kv * SCALES_STRIDE + i * NB, row_ok, SCALES_OFF,
+                           ZEROS_OFF, SYM, SDT, NB, SALIGN)
     at = (base + CODES_OFF + kv * CODES_STRIDE + i * ROW_BYTES) // 4
     wi = tl.arange(0, ROW_BYTES // 4)
     word = tl.load(i32_ptr + at[:, None] + wi[None, :], mask=row_ok[:, None] & (wi < ROW_BYTES // 4)[None, :],
