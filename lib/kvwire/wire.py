@@ -26,6 +26,7 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from .codecs import LayerContext, LayerKV, Pipeline, build
+from .codecs.base import Buffer
 from .errors import KvwireError, WireError
 from .limits import DEFAULT_LIMITS, WireLimits, json_depth, payload_limit
 
@@ -125,7 +126,7 @@ class WireHeader:
 @dataclass
 class Frame:
     layer: int
-    payload: bytes
+    payload: bytes | memoryview  # a read-only view into a bytes container (read_frame), else bytes
     crc: int = -1  # the payload's CRC32, verified when read (each side computes it once, not again)
 
 
@@ -137,11 +138,23 @@ def header_bytes(header: WireHeader) -> bytes:
     return pre + body + _CRC.pack(zlib.crc32(pre + body))
 
 
-def frame_bytes(layer: int, payload: bytes, crc: int | None = None) -> bytes:
+def frame_bytes(layer: int, payload: Buffer, crc: int | None = None) -> bytes:
     """One frame: head (magic, layer, length, payload CRC), the head's CRC, the payload. ``crc``: the
     payload's CRC32 when the caller already has it (a CRC costs as much as a copy: take it once)."""
-    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, len(payload), zlib.crc32(payload) if crc is None else crc)
-    return b"".join((head, _CRC.pack(zlib.crc32(head)), payload))
+    return b"".join(_frame_parts(layer, [payload], zlib.crc32(payload) if crc is None else crc))
+
+
+def _frame_parts(layer: int, parts: Sequence[Buffer], crc: int) -> list[Buffer]:
+    """A frame as buffers to concatenate: its head, the head's CRC, the payload's parts (not copied)."""
+    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, sum(memoryview(p).nbytes for p in parts), crc)
+    return [head, _CRC.pack(zlib.crc32(head)), *parts]
+
+
+def _crc_parts(parts: Sequence[Buffer]) -> int:
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
 
 
 def trailer_bytes(payload_crcs: Sequence[int]) -> bytes:
@@ -165,23 +178,32 @@ def make_header(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any]
                       shapes=[tuple(layer.k.shape) for layer in layers], meta=dict(meta or {}))
 
 
+def _pieces(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None,
+            stats: Sequence[dict[str, torch.Tensor]] | None) -> Iterator[list[Buffer]]:
+    """The container as lists of buffers: the header, each frame (encoded lazily; its payload parts
+    may be views of the layer's tensors, valid until the next piece is asked for), the trailer."""
+    header = make_header(codec, layers, meta)
+    yield [header_bytes(header)]
+    crcs = []
+    for i, layer in enumerate(layers):
+        parts = codec.encode_parts(layer, header.context(i, stats[i] if stats else None))
+        crcs.append(_crc_parts(parts))
+        yield _frame_parts(i, parts, crcs[-1])
+    yield [trailer_bytes(crcs)]
+
+
 def iter_encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
                 stats: Sequence[dict[str, torch.Tensor]] | None = None) -> Iterator[bytes]:
     """Yield the container piece by piece: header, one frame per layer (encoded lazily), trailer."""
-    header = make_header(codec, layers, meta)
-    yield header_bytes(header)
-    crcs = []
-    for i, layer in enumerate(layers):
-        payload = codec.encode_layer(layer, header.context(i, stats[i] if stats else None))
-        crcs.append(zlib.crc32(payload))
-        yield frame_bytes(i, payload, crcs[-1])
-    yield trailer_bytes(crcs)
+    for piece in _pieces(codec, layers, meta, stats):
+        yield piece[0] if len(piece) == 1 else b"".join(piece)
 
 
 def encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
            stats: Sequence[dict[str, torch.Tensor]] | None = None) -> bytes:
-    """Encode a whole cache (list of per-layer K/V) into one wire container."""
-    return b"".join(iter_encode(codec, layers, meta, stats))
+    """Encode a whole cache (list of per-layer K/V) into one wire container. Every piece is joined
+    once, at the end: an identity payload's bytes go from the tensors to the container in one copy."""
+    return b"".join([part for piece in _pieces(codec, layers, meta, stats) for part in piece])
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -235,9 +257,11 @@ def _finite_float(text: str) -> float:
     return x
 
 
-def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | None = None) -> tuple[Frame, int]:
+def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | None = None,
+               views: bool = False) -> tuple[Frame, int]:
     """Parse and verify one frame at ``offset``; return it and the next offset. ``limit``: the most
-    payload bytes the frame's layer may hold (``payload_limit``)."""
+    payload bytes the frame's layer may hold (``payload_limit``). ``views``: a read-only ``view`` (of
+    bytes) gives the payload as a view into it rather than a copy."""
     head_end = offset + _FRAME_HEAD.size + _CRC.size
     if len(view) < head_end:
         raise WireError(f"truncated: frame {expect_layer} header missing at byte {offset}")
@@ -254,7 +278,9 @@ def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | No
     payload = view[head_end:head_end + n]
     if zlib.crc32(payload) != payload_crc:
         raise WireError(f"frame {layer} payload checksum mismatch: the payload is corrupted")
-    return Frame(layer, bytes(payload), payload_crc), head_end + n
+    # a read-only container (bytes) cannot change after this check: its frames may be views into it; a
+    # writable one (a receive buffer) could, so its payload is copied out, as verified
+    return Frame(layer, payload if views and view.readonly else bytes(payload), payload_crc), head_end + n
 
 
 def frame_limit(header: WireHeader, layer: int) -> int:
@@ -262,13 +288,15 @@ def frame_limit(header: WireHeader, layer: int) -> int:
     return payload_limit(header.shapes[layer], torch.empty((), dtype=header.dtype).element_size())
 
 
-def read_frames(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[Frame]]:
-    """Verify the whole container (header, every frame, trailer) and return its parts."""
+def read_frames(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS,
+                views: bool = False) -> tuple[WireHeader, list[Frame]]:
+    """Verify the whole container (header, every frame, trailer) and return its parts. ``views``: the
+    payloads of a read-only container as views into it (``read_frame``), not copies."""
     view = memoryview(data)
     header, offset = read_header(view, limits)
     frames = []
     for i in range(header.n_layers):
-        frame, offset = read_frame(view, offset, i, frame_limit(header, i))
+        frame, offset = read_frame(view, offset, i, frame_limit(header, i), views)
         frames.append(frame)
     if len(view) < offset + _TRAILER.size:
         raise WireError("truncated: trailer missing")
@@ -320,7 +348,7 @@ def decode_frame(codec: Pipeline, header: WireHeader, frame: Frame) -> LayerKV:
 
 def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[LayerKV]]:
     """Verify and decode a container into per-layer K/V (original dtype and layout)."""
-    header, frames = read_frames(data, limits)
+    header, frames = read_frames(data, limits, views=True)
     codec = build_codec(header)
     return header, [decode_frame(codec, header, f) for f in frames]
 
@@ -330,7 +358,7 @@ def inspect(data: bytes | memoryview) -> dict[str, Any]:
     view = memoryview(data)
     report: dict[str, Any] = {"total_bytes": len(view)}
     try:
-        header, frames = read_frames(view)
+        header, frames = read_frames(view, views=True)
     except WireError as exc:
         report["checksum"] = f"FAILED: {exc}"
         try:

@@ -26,13 +26,13 @@ class Lz4(ByteStage):
     }
 
     def compress(self, data: bytes) -> bytes:
-        return lz4.frame.compress(bytes(data), compression_level=self.params["level"],
+        return lz4.frame.compress(data, compression_level=self.params["level"],
                                   store_size=True, content_checksum=True)
 
     def decompress(self, data: bytes, max_size: int | None = None) -> bytes:
         dctx = lz4.frame.LZ4FrameDecompressor()
         try:  # one byte past the limit says the frame holds more than the layer may
-            out = dctx.decompress(bytes(data), max_length=-1 if max_size is None else max_size + 1)
+            out = dctx.decompress(data, max_length=-1 if max_size is None else max_size + 1)
         except (RuntimeError, ValueError) as exc:
             raise WireError(f"lz4 stage: corrupted payload ({exc})") from exc
         if max_size is not None and len(out) > max_size:
