@@ -3,12 +3,14 @@ as before the byte path was rewritten (issue 31), for the identity, byte-stage a
 A change here is a wire-format change: bump ``wire.VERSION`` and keep reading the old one."""
 
 import hashlib
+import zlib
 
 import pytest
 import torch
 
 from kvwire import wire
 from kvwire.codecs import LayerKV, build
+from kvwire.errors import WireError
 
 
 def fixed_cache(n_layers: int = 3, heads: int = 2, seq: int = 40, dim: int = 16) -> list[LayerKV]:
@@ -59,3 +61,43 @@ def test_container_bytes_unchanged(key):
             assert a.k.dtype == b.k.dtype and torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
     assert wire.decode(bytearray(data))[0].shapes == header.shapes
     assert wire.decode(memoryview(data))[0].shapes == header.shapes
+
+
+@pytest.fixture
+def parallel_crcs(monkeypatch):
+    """Payload CRCs on 2 threads even for a small container."""
+    monkeypatch.setattr(wire, "_PARALLEL_CRC_BYTES", 0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("codec", ["identity", "lz4", "int8"])
+def test_parallel_crcs_give_the_same_bytes(parallel_crcs, codec):
+    data = wire.encode(build(codec), fixed_cache(n_layers=5), {"model": "m"})
+    assert data == b"".join(wire.iter_encode(build(codec), fixed_cache(n_layers=5), {"model": "m"}))
+    assert wire.decode(data)[0].n_layers == 5
+    assert wire.crc32_many([b"ab", [b"a", b"b"], memoryview(b"xyz")]) == [zlib.crc32(b"ab")] * 2 + [zlib.crc32(b"xyz")]
+
+
+def test_parallel_crcs_report_the_first_damage_in_order(parallel_crcs):
+    data = wire.encode(build("identity"), fixed_cache(n_layers=5))
+    _, first = wire.read_header(data)
+    sizes = [len(f.payload) for f in wire.read_frames(data)[1]]
+
+    def payload_at(i: int) -> int:  # frame i's payload: after its 24-byte head (and every frame before)
+        return first + 24 * (i + 1) + sum(sizes[:i])
+
+    damaged = bytearray(data)
+    damaged[payload_at(1) + 7] ^= 1
+    damaged[payload_at(3) + 5] ^= 1
+    with pytest.raises(WireError, match="frame 1 payload checksum mismatch"):
+        wire.decode(bytes(damaged))
+    damaged[payload_at(4) - 3] ^= 1  # frame 4's head CRC: the earlier payload is still reported first
+    with pytest.raises(WireError, match="frame 1 payload checksum mismatch"):
+        wire.decode(bytes(damaged))
+    damaged[payload_at(1) + 7] ^= 1
+    damaged[payload_at(3) + 5] ^= 1
+    with pytest.raises(WireError, match="frame 4 header corrupted"):
+        wire.decode(bytes(damaged))
