@@ -101,3 +101,18 @@ def test_parallel_crcs_report_the_first_damage_in_order(parallel_crcs):
     damaged[payload_at(3) + 5] ^= 1
     with pytest.raises(WireError, match="frame 4 header corrupted"):
         wire.decode(bytes(damaged))
+
+
+def test_the_lz4_stage_refuses_trailing_bytes_and_truncation_read_in_place():
+    import json
+
+    from kvwire import fuzz
+
+    data = wire.encode(build("lz4"), fixed_cache(n_layers=1))
+    header, (payload,) = fuzz.split(data)
+    with pytest.raises(WireError, match="lz4 stage: 3 unexpected byte"):
+        wire.decode(fuzz.reseal(json.dumps(header), [payload + b"xyz"]))
+    with pytest.raises(WireError, match="lz4 stage: truncated"):
+        wire.decode(fuzz.reseal(json.dumps(header), [payload[:-3]]))
+    with pytest.raises(WireError, match="lz4 stage: corrupted"):
+        wire.decode(fuzz.reseal(json.dumps(header), [payload[:7] + bytes(len(payload) - 7)]))
