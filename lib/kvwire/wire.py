@@ -18,14 +18,17 @@ naming the part that is wrong. The container knows nothing of codec internals.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence
 
 import torch
 
 from .codecs import LayerContext, LayerKV, Pipeline, build
+from .codecs.base import Buffer
 from .errors import KvwireError, WireError
 from .limits import DEFAULT_LIMITS, WireLimits, json_depth, payload_limit
 
@@ -125,7 +128,7 @@ class WireHeader:
 @dataclass
 class Frame:
     layer: int
-    payload: bytes
+    payload: bytes | memoryview  # a read-only view into a bytes container (read_frame), else bytes
     crc: int = -1  # the payload's CRC32, verified when read (each side computes it once, not again)
 
 
@@ -137,11 +140,26 @@ def header_bytes(header: WireHeader) -> bytes:
     return pre + body + _CRC.pack(zlib.crc32(pre + body))
 
 
-def frame_bytes(layer: int, payload: bytes, crc: int | None = None) -> bytes:
+def frame_bytes(layer: int, payload: Buffer, crc: int | None = None) -> bytes:
     """One frame: head (magic, layer, length, payload CRC), the head's CRC, the payload. ``crc``: the
     payload's CRC32 when the caller already has it (a CRC costs as much as a copy: take it once)."""
-    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, len(payload), zlib.crc32(payload) if crc is None else crc)
-    return b"".join((head, _CRC.pack(zlib.crc32(head)), payload))
+    return b"".join(_frame_parts(layer, [payload], zlib.crc32(payload) if crc is None else crc))
+
+
+def _frame_parts(layer: int, parts: Sequence[Buffer], crc: int) -> list[Buffer]:
+    """A frame as buffers to concatenate: its head, the head's CRC, the payload's parts (not copied)."""
+    head = _FRAME_HEAD.pack(FRAME_MAGIC, layer, sum(memoryview(p).nbytes for p in parts), crc)
+    return [head, _CRC.pack(zlib.crc32(head)), *parts]
+
+
+def _crc(parts: Buffer | Sequence[Buffer]) -> int:
+    """The CRC32 of a buffer, or of a list of buffers concatenated."""
+    if not isinstance(parts, (list, tuple)):
+        return zlib.crc32(parts)
+    crc = 0
+    for part in parts:
+        crc = zlib.crc32(part, crc)
+    return crc
 
 
 def trailer_bytes(payload_crcs: Sequence[int]) -> bytes:
@@ -165,23 +183,41 @@ def make_header(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any]
                       shapes=[tuple(layer.k.shape) for layer in layers], meta=dict(meta or {}))
 
 
+def _pieces(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None,
+            stats: Sequence[dict[str, torch.Tensor]] | None) -> Iterator[list[Buffer]]:
+    """The container as lists of buffers: the header, each frame (encoded lazily; its payload parts
+    may be views of the layer's tensors, valid until the next piece is asked for), the trailer."""
+    header = make_header(codec, layers, meta)
+    yield [header_bytes(header)]
+    crcs = []
+    for i, layer in enumerate(layers):
+        parts = codec.encode_parts(layer, header.context(i, stats[i] if stats else None))
+        crcs.append(_crc(parts))
+        yield _frame_parts(i, parts, crcs[-1])
+    yield [trailer_bytes(crcs)]
+
+
 def iter_encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
                 stats: Sequence[dict[str, torch.Tensor]] | None = None) -> Iterator[bytes]:
     """Yield the container piece by piece: header, one frame per layer (encoded lazily), trailer."""
-    header = make_header(codec, layers, meta)
-    yield header_bytes(header)
-    crcs = []
-    for i, layer in enumerate(layers):
-        payload = codec.encode_layer(layer, header.context(i, stats[i] if stats else None))
-        crcs.append(zlib.crc32(payload))
-        yield frame_bytes(i, payload, crcs[-1])
-    yield trailer_bytes(crcs)
+    for piece in _pieces(codec, layers, meta, stats):
+        yield piece[0] if len(piece) == 1 else b"".join(piece)
 
 
 def encode(codec: Pipeline, layers: Sequence[LayerKV], meta: dict[str, Any] | None = None,
            stats: Sequence[dict[str, torch.Tensor]] | None = None) -> bytes:
-    """Encode a whole cache (list of per-layer K/V) into one wire container."""
-    return b"".join(iter_encode(codec, layers, meta, stats))
+    """Encode a whole cache (list of per-layer K/V) into one wire container. Every piece is joined
+    once, at the end (an identity payload's bytes go from the tensors to the container in one copy),
+    and the payload CRCs run on several threads (``crc32_many``)."""
+    header = make_header(codec, layers, meta)
+    payloads = [codec.encode_parts(layer, header.context(i, stats[i] if stats else None))
+                for i, layer in enumerate(layers)]
+    crcs = crc32_many(payloads)
+    pieces = [header_bytes(header)]
+    for i, (parts, crc) in enumerate(zip(payloads, crcs)):
+        pieces += _frame_parts(i, parts, crc)
+    pieces.append(trailer_bytes(crcs))
+    return b"".join(pieces)
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -235,9 +271,20 @@ def _finite_float(text: str) -> float:
     return x
 
 
-def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | None = None) -> tuple[Frame, int]:
+def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | None = None,
+               views: bool = False) -> tuple[Frame, int]:
     """Parse and verify one frame at ``offset``; return it and the next offset. ``limit``: the most
-    payload bytes the frame's layer may hold (``payload_limit``)."""
+    payload bytes the frame's layer may hold (``payload_limit``). ``views``: a read-only ``view`` (of
+    bytes) gives the payload as a view into it rather than a copy."""
+    layer, payload, payload_crc, end = _frame_at(view, offset, expect_layer, limit)
+    _check_payload_crcs([(layer, payload, payload_crc)])
+    return _frame(view, layer, payload, payload_crc, views), end
+
+
+def _frame_at(view: memoryview, offset: int, expect_layer: int,
+              limit: int | None) -> tuple[int, memoryview, int, int]:
+    """The frame at ``offset`` with its head verified (magic, CRC, order, length within ``limit`` and
+    within the data): its layer, payload view, declared payload CRC (not yet checked) and end."""
     head_end = offset + _FRAME_HEAD.size + _CRC.size
     if len(view) < head_end:
         raise WireError(f"truncated: frame {expect_layer} header missing at byte {offset}")
@@ -251,10 +298,65 @@ def read_frame(view: memoryview, offset: int, expect_layer: int, limit: int | No
         raise WireError(f"frame {layer} claims {n} payload bytes, more than its layer's limit of {limit}")
     if len(view) < head_end + n:
         raise WireError(f"truncated: frame {layer} needs {n} payload bytes, only {len(view) - head_end} left")
-    payload = view[head_end:head_end + n]
-    if zlib.crc32(payload) != payload_crc:
-        raise WireError(f"frame {layer} payload checksum mismatch: the payload is corrupted")
-    return Frame(layer, bytes(payload), payload_crc), head_end + n
+    return layer, view[head_end:head_end + n], payload_crc, head_end + n
+
+
+def _frame(view: memoryview, layer: int, payload: memoryview, crc: int, views: bool) -> Frame:
+    # a read-only container (bytes) cannot change after its check: its frames may be views into it; a
+    # writable one (a receive buffer) could, so its payload is copied out, as verified
+    return Frame(layer, payload if views and view.readonly else bytes(payload), crc)
+
+
+def _check_payload_crcs(found: Sequence[tuple[int, memoryview, int]]) -> None:
+    """Each (layer, payload, declared CRC) checked; the first mismatch, in order, is the error."""
+    crcs = crc32_many([payload for _, payload, _ in found])
+    for (layer, _, declared), crc in zip(found, crcs):
+        if crc != declared:
+            raise WireError(f"frame {layer} payload checksum mismatch: the payload is corrupted")
+
+
+# Checksums of several buffers run on up to torch.get_num_threads() threads (zlib.crc32 releases the
+# GIL): a CRC32 runs at ~4 GB/s on one core, slower than a copy, so one core's CRC would bound the
+# container. Below _PARALLEL_CRC_BYTES a thread hand-off costs more than it saves.
+_PARALLEL_CRC_BYTES = 2 << 20
+_crc_pool: ThreadPoolExecutor | None = None
+
+
+def _forget_crc_pool() -> None:  # a forked child inherits the pool object but not its threads
+    global _crc_pool
+    _crc_pool = None
+
+
+os.register_at_fork(after_in_child=_forget_crc_pool)
+
+
+def crc32_many(buffers: Sequence[Buffer | Sequence[Buffer]]) -> list[int]:
+    """The CRC32 of each buffer (or of each list of buffers, concatenated), the buffers split into
+    contiguous groups of about equal bytes, one group per thread (torch.get_num_threads(), the
+    threads a codec may use)."""
+    global _crc_pool
+    sizes = [memoryview(b).nbytes if not isinstance(b, (list, tuple)) else sum(memoryview(p).nbytes for p in b)
+             for b in buffers]
+    threads = min(torch.get_num_threads(), len(buffers), os.cpu_count() or 1)
+    if threads < 2 or sum(sizes) < _PARALLEL_CRC_BYTES:
+        return [_crc(b) for b in buffers]
+    groups, start, acc, total = [], 0, 0, sum(sizes)
+    for i, n in enumerate(sizes):
+        acc += n
+        if acc * threads >= total * (len(groups) + 1) or i == len(sizes) - 1:
+            groups.append((start, i + 1))
+            start = i + 1
+    if _crc_pool is None or _crc_pool._max_workers < threads - 1:
+        _crc_pool = ThreadPoolExecutor(max_workers=max(threads - 1, 1), thread_name_prefix="kvwire-crc")
+
+    def run(group: tuple[int, int]) -> list[int]:
+        return [_crc(b) for b in buffers[group[0]:group[1]]]
+
+    futures = [_crc_pool.submit(run, g) for g in groups[1:]]
+    out = run(groups[0])
+    for f in futures:
+        out += f.result()
+    return out
 
 
 def frame_limit(header: WireHeader, layer: int) -> int:
@@ -262,14 +364,24 @@ def frame_limit(header: WireHeader, layer: int) -> int:
     return payload_limit(header.shapes[layer], torch.empty((), dtype=header.dtype).element_size())
 
 
-def read_frames(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[Frame]]:
-    """Verify the whole container (header, every frame, trailer) and return its parts."""
+def read_frames(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS,
+                views: bool = False) -> tuple[WireHeader, list[Frame]]:
+    """Verify the whole container (header, every frame, trailer) and return its parts. ``views``: the
+    payloads of a read-only container as views into it (``read_frame``), not copies."""
     view = memoryview(data)
     header, offset = read_header(view, limits)
-    frames = []
-    for i in range(header.n_layers):
-        frame, offset = read_frame(view, offset, i, frame_limit(header, i))
-        frames.append(frame)
+    found, broken = [], None
+    for i in range(header.n_layers):  # every head first, then the payload CRCs, on several threads
+        try:
+            layer, payload, crc, offset = _frame_at(view, offset, i, frame_limit(header, i))
+        except WireError as exc:  # raised after the CRCs of the frames before it, as frame by frame
+            broken = exc
+            break
+        found.append((layer, payload, crc))
+    _check_payload_crcs(found)
+    if broken is not None:
+        raise broken
+    frames = [_frame(view, *f, views) for f in found]
     if len(view) < offset + _TRAILER.size:
         raise WireError("truncated: trailer missing")
     magic, count, crc = _TRAILER.unpack_from(view, offset)
@@ -320,7 +432,7 @@ def decode_frame(codec: Pipeline, header: WireHeader, frame: Frame) -> LayerKV:
 
 def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> tuple[WireHeader, list[LayerKV]]:
     """Verify and decode a container into per-layer K/V (original dtype and layout)."""
-    header, frames = read_frames(data, limits)
+    header, frames = read_frames(data, limits, views=True)
     codec = build_codec(header)
     return header, [decode_frame(codec, header, f) for f in frames]
 
@@ -330,7 +442,7 @@ def inspect(data: bytes | memoryview) -> dict[str, Any]:
     view = memoryview(data)
     report: dict[str, Any] = {"total_bytes": len(view)}
     try:
-        header, frames = read_frames(view)
+        header, frames = read_frames(view, views=True)
     except WireError as exc:
         report["checksum"] = f"FAILED: {exc}"
         try:

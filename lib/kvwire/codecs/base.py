@@ -15,12 +15,14 @@ import math
 import struct
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence, Union
 
 import torch
 
 from ..errors import CodecError, KVError, WireError
 from ..limits import MAX_INT_PARAM, payload_limit
+
+Buffer = Union[bytes, bytearray, memoryview]  # what a payload part may be (anything b"".join takes)
 
 KV_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -137,8 +139,18 @@ class TensorCodec(_Parametrised, ABC):
     lossless: ClassVar[bool] = False
     summary: ClassVar[str] = ""
 
+    # whether decode_layer takes a memoryview (a read-only view into the container, valid while it
+    # is) as it takes bytes; a codec that does not gets a bytes copy of the payload
+    accepts_views: ClassVar[bool] = False
+
     @abstractmethod
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes: ...
+
+    def encode_parts(self, kv: LayerKV, ctx: LayerContext) -> list[Buffer]:
+        """The payload as a list of buffers whose concatenation is ``encode_layer``'s bytes: a codec
+        whose payload is mostly the tensors' own memory returns views of it, so the container copies
+        each byte once (into the frame) instead of once per concatenation."""
+        return [self.encode_layer(kv, ctx)]
 
     @abstractmethod
     def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV: ...
@@ -184,19 +196,32 @@ class Pipeline:
         return {p.name: p.params for p in self._named}
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
+        parts = self.encode_parts(kv, ctx)
+        return parts[0] if len(parts) == 1 and isinstance(parts[0], bytes) else b"".join(parts)
+
+    def encode_parts(self, kv: LayerKV, ctx: LayerContext) -> list[Buffer]:
+        """The layer's payload as buffers to concatenate (``TensorCodec.encode_parts``): views of the
+        tensors' memory where the codec allows, valid while ``kv`` is unchanged."""
         check_layer(kv, ctx)  # shapes, dtypes and empty dimensions, once, for every codec
         if not (kv.k.is_contiguous() and kv.v.is_contiguous()):  # a view or a slice: the codecs read memory in order
             kv = LayerKV(kv.k.contiguous(), kv.v.contiguous(), kv.positions)
-        payload = self.tensor.encode_layer(kv, ctx)
+        parts = self.tensor.encode_parts(kv, ctx)
+        if not self.stages:
+            return parts
+        payload = parts[0] if len(parts) == 1 else b"".join(parts)
         for stage in self.stages:
             payload = stage.compress(payload)
-        return payload
+        return [payload]
 
-    def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
+    def decode_layer(self, payload: Buffer, ctx: LayerContext) -> LayerKV:
+        """``payload``: bytes, or a read-only memoryview (of a container that does not change while
+        this runs); the byte stages read views, a tensor codec that does not gets a copy."""
         if self.stages:
             limit = payload_limit(ctx.shape, torch.empty((), dtype=ctx.dtype).element_size())
             for stage in reversed(self.stages):
                 payload = stage.decompress(payload, limit)
+        if not isinstance(payload, bytes) and not self.tensor.accepts_views:
+            payload = bytes(payload)
         return self.tensor.decode_layer(payload, ctx)
 
     def __repr__(self) -> str:
@@ -240,6 +265,15 @@ def tensor_bytes(t: torch.Tensor) -> bytes:
     # stride there, which view(uint8) refuses
     t = t.detach().cpu().contiguous().reshape(-1)
     return t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+
+
+def tensor_view(t: torch.Tensor) -> memoryview:
+    """The memory of a contiguous CPU tensor as a flat byte view, without a copy (``tensor_bytes``
+    without the copy); valid while the tensor is unchanged."""
+    if t.device.type != "cpu" or not t.is_contiguous():
+        return memoryview(tensor_bytes(t))
+    t = t.detach().reshape(-1)
+    return memoryview(t.view(torch.uint8).numpy()) if t.numel() else memoryview(b"")
 
 
 def tensor_from(buf: bytes | memoryview, dtype: torch.dtype, shape: Sequence[int]) -> torch.Tensor:

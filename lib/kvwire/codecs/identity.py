@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .base import LayerContext, LayerKV, TensorCodec, check_layer, pack_sections, tensor_bytes, tensor_from, unpack_sections
+from .base import (Buffer, LayerContext, LayerKV, TensorCodec, check_layer, section_header, tensor_from, tensor_view,
+                   unpack_sections)
 from .registry import register
 
 
@@ -13,11 +14,18 @@ class Identity(TensorCodec):
     name = "identity"
     lossless = True
     summary = "raw K and V in their native dtype (bit-exact)"
+    accepts_views = True
 
     def encode_layer(self, kv: LayerKV, ctx: LayerContext) -> bytes:
-        check_layer(kv, ctx)
-        return pack_sections([tensor_bytes(kv.k), tensor_bytes(kv.v)])
+        return b"".join(self.encode_parts(kv, ctx))
 
-    def decode_layer(self, payload: bytes, ctx: LayerContext) -> LayerKV:
+    def encode_parts(self, kv: LayerKV, ctx: LayerContext) -> list[Buffer]:
+        """``pack_sections([K bytes, V bytes])`` as the section table and views of K's and V's memory."""
+        check_layer(kv, ctx)
+        k, v = tensor_view(kv.k), tensor_view(kv.v)
+        return [section_header([k.nbytes, v.nbytes]), k, v]
+
+    def decode_layer(self, payload: Buffer, ctx: LayerContext) -> LayerKV:
+        # one copy of each byte: from the payload (a view into the container) into the new tensors
         k_buf, v_buf = unpack_sections(payload, 2, self.name)
         return LayerKV(tensor_from(k_buf, ctx.dtype, ctx.shape), tensor_from(v_buf, ctx.dtype, ctx.shape))

@@ -26,21 +26,24 @@ class Lz4(ByteStage):
     }
 
     def compress(self, data: bytes) -> bytes:
-        return lz4.frame.compress(bytes(data), compression_level=self.params["level"],
+        return lz4.frame.compress(data, compression_level=self.params["level"],
                                   store_size=True, content_checksum=True)
 
     def decompress(self, data: bytes, max_size: int | None = None) -> bytes:
-        dctx = lz4.frame.LZ4FrameDecompressor()
+        # decompress_chunk, not LZ4FrameDecompressor.decompress: that copies a memoryview (a payload
+        # read in place from the container) to bytes first
+        dctx = lz4.frame.create_decompression_context()
         try:  # one byte past the limit says the frame holds more than the layer may
-            out = dctx.decompress(bytes(data), max_length=-1 if max_size is None else max_size + 1)
+            out, read, eof = lz4.frame.decompress_chunk(dctx, data, max_length=-1 if max_size is None else max_size + 1)
         except (RuntimeError, ValueError) as exc:
             raise WireError(f"lz4 stage: corrupted payload ({exc})") from exc
         if max_size is not None and len(out) > max_size:
             raise WireError(f"lz4 stage: the frame holds more than the layer's limit of {max_size} bytes")
         # lz4.frame.decompress() silently ignores bytes after the frame and returns what it has of a
         # truncated one: refuse both
-        if not dctx.eof:
-            raise WireError(f"lz4 stage: truncated payload ({len(data)} bytes end inside the frame)")
-        if dctx.unused_data:
-            raise WireError(f"lz4 stage: {len(dctx.unused_data)} unexpected byte(s) after the frame")
+        n = memoryview(data).nbytes
+        if not eof:
+            raise WireError(f"lz4 stage: truncated payload ({n} bytes end inside the frame)")
+        if read < n:
+            raise WireError(f"lz4 stage: {n - read} unexpected byte(s) after the frame")
         return out

@@ -32,9 +32,9 @@ class Zstd(ByteStage):
         # hostile bytes: the frame must declare its size (this encoder always writes it), within the
         # layer's limit, and end exactly where the payload does, all checked before decompressing
         # into a buffer of exactly that size (a frame that holds more fails instead of growing it)
-        data = bytes(data)
+        data = memoryview(data)  # a view into the container: read in place, not copied
         if data[:4] != _MAGIC:
-            raise WireError(f"zstd stage: not a zstd frame (magic {data[:4]!r})")
+            raise WireError(f"zstd stage: not a zstd frame (magic {bytes(data[:4])!r})")
         try:
             declared = zstandard.frame_content_size(data)
         except zstandard.ZstdError as exc:
