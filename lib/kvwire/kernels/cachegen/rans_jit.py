@@ -23,19 +23,22 @@ ROW = 256  # freq / cum rows are 256 wide whatever the alphabet (zeros / PROB_SC
 
 
 @triton.jit
+def _stream(desc_ptr, k):
+    """Stream ``k``'s descriptor (8 int64): symbols' offset, symbol count, symbols per table, first table row."""
+    d = desc_ptr + k * 8
+    return tl.load(d + 0), tl.load(d + 1), tl.load(d + 2), tl.load(d + 3)
+
+
+@triton.jit
 def rans_lanes_encode_kernel(sym_ptr, freq_ptr, cum_ptr, desc_ptr, scratch_ptr, state_ptr, count_ptr,
                              LANES: tl.constexpr, PROB_BITS: tl.constexpr, RANS_L: tl.constexpr):
     """Stream ``program_id(0)``: every lane's words, written backwards into the lane's scratch region
     (``cap`` int16 slots: lane j's words end at ``scratch + j * cap + cap``, in the decoder's order),
     its final state (int64 [streams, LANES]) and its word count (int32 [streams, LANES])."""
     k = tl.program_id(0)
-    d = desc_ptr + k * 8
-    src = tl.load(d + 0)
-    n = tl.load(d + 1)
-    group = tl.load(d + 2)
-    row0 = tl.load(d + 3)
-    scr = tl.load(d + 4)
-    cap = tl.load(d + 5)
+    src, n, group, row0 = _stream(desc_ptr, k)
+    scr = tl.load(desc_ptr + k * 8 + 4)
+    cap = tl.load(desc_ptr + k * 8 + 5)
     lane = tl.arange(0, LANES)
     end = scr + lane.to(tl.int64) * cap + cap - 1  # the slot of each lane's first emitted word
     x = tl.full([LANES], RANS_L, tl.int64)
@@ -65,12 +68,8 @@ def rans_lanes_decode_kernel(pay_ptr, freq_ptr, cum_ptr, desc_ptr, state_ptr, st
     payload) and counts. ``flag`` [3] (int32) counts lanes that ran out of words, lanes with words
     left, lanes not ending in ``RANS_L``; a lane never reads past its own words."""
     k = tl.program_id(0)
-    d = desc_ptr + k * 8
-    dst = tl.load(d + 0)
-    n = tl.load(d + 1)
-    group = tl.load(d + 2)
-    row0 = tl.load(d + 3)
-    bits = tl.load(d + 6).to(tl.int32)
+    dst, n, group, row0 = _stream(desc_ptr, k)
+    bits = tl.load(desc_ptr + k * 8 + 6).to(tl.int32)
     lane = tl.arange(0, LANES)
     x = tl.load(state_ptr + k * LANES + lane)
     start = tl.load(start_ptr + k * LANES + lane)
