@@ -25,27 +25,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "lib"))
 import torch  # noqa: E402
 
 from kvwire.kernels.bench import BENCH_CODECS, MODEL_SHAPES  # noqa: E402
-from kvwire.offload.calibration import host_us  # noqa: E402  (host µs per call, not waiting for the GPU)
+from kvwire.kernels.launch import host_us  # noqa: E402  (host µs per call, not waiting for the GPU)
 
-STUDY = {"smollm2-135m": ((30, 3, 64), 1024), "qwen2.5-coder-0.5b": ((24, 2, 64), 2048),
-         "gemma-3-270m": ((18, 1, 256), 512), "qwen2.5-coder-1.5b": ((28, 2, 128), 2048)}
+# the study's models at their study lengths (shapes: kernels.bench.MODEL_SHAPES)
+STUDY = {m: (MODEL_SHAPES[m], seq) for m, seq in (("smollm2-135m", 1024), ("qwen2.5-coder-0.5b", 2048),
+                                                   ("gemma-3-270m", 512), ("qwen2.5-coder-1.5b", 2048))}
 
 
 def graphed(fn):
-    """``fn`` captured in a CUDA graph (warmed up on a side stream first); None where capture fails."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
+    """(``fn`` replayed from a CUDA graph, "") or (None, why) where it cannot be captured (it waits for the
+    host inside): ``kernels.graph.GraphedCall``."""
+    from kvwire.errors import CodecError
+    from kvwire.kernels.graph import GraphedCall
+
     try:
-        with torch.cuda.graph(g):
-            fn()
-    except Exception as exc:  # noqa: BLE001  a codec that syncs inside (a host stage) cannot be captured
-        return None, f"{type(exc).__name__}: {str(exc)[:80]}"
-    return g.replay, ""
+        return GraphedCall(fn, cuda=True, what="the call"), ""
+    except CodecError as exc:
+        return None, str(exc)[:100]
 
 
 def main() -> int:

@@ -65,3 +65,14 @@ def test_a_codec_that_waits_for_the_host_is_refused_by_name():
     kernel = kernel_for("cachegen")  # its rANS stage runs on the host
     with pytest.raises(CodecError, match="'cachegen' encode cannot be replayed from a CUDA graph"):
         graph_encode(kernel, cache())
+
+
+def test_the_host_timer_counts_the_host_time_of_a_call():
+    """kernels.launch.host_us (the bench's and the offload replay's issue cost): a call that holds the host
+    for 2 ms costs at least that, one that does nothing far less."""
+    import time
+
+    from kvwire.kernels.launch import host_us
+
+    assert host_us(lambda: time.sleep(0.002), calls=3, batches=3) >= 1900
+    assert host_us(lambda: None, calls=100, batches=3) < 1000

@@ -250,6 +250,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
     ``cache`` column names it (``synthetic`` otherwise). A codec whose statistics the file lacks is
     skipped (logged)."""
     from .base import cache_group, split_groups
+    from .launch import host_us
     from .reference import conformance
 
     layers, _, heads, seq, dim = shape
@@ -374,7 +375,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
             }
             device_bytes = sum(p.nbytes for p in payload)
         ms = {k: _time(do_bench, f, rep_ms) for k, f in timed.items()}
-        host = {k: _host_us(timed[k]) for k in timed if k[0] == "triton"} if device == "cuda" else {}
+        host = {k: host_us(timed[k], calls=16, batches=3) for k in timed if k[0] == "triton"} if device == "cuda" else {}
         graph_ok = None
         if not host_stage and device == "cuda":  # the same calls replayed from CUDA graphs, one per buffer
             graphs, graph_ok = _graphs(kernel, label, bufs, payloads, stats, part_shapes, dtype, ctx, log)
@@ -382,7 +383,7 @@ def time_shape(do_bench, model: str, shape: tuple[int, ...], dtype: torch.dtype,
                 for op, calls in graphs.items():
                     timed[("graph", op)] = lambda calls=calls: calls[nxt()]()
                     ms[("graph", op)] = _time(do_bench, timed[("graph", op)], rep_ms)
-                    host[("graph", op)] = _host_us(timed[("graph", op)])
+                    host[("graph", op)] = host_us(timed[("graph", op)], calls=16, batches=3)
                 graph_ok = graph_ok and all(torch.equal(a.data, b.data) for a, b in zip(graphs["encode"][0](), payload))
                 del graphs
         if host_stage:
@@ -448,20 +449,6 @@ def _graphs(kernel, label: str, bufs, payloads, stats, part_shapes, dtype, ctx, 
     plain = every_group(lambda j, i: kernel.decode(payloads[j][i], part_shapes[j], dtype, check=False), 0)
     same = all(same_layers(as_layers(a), as_layers(b)) for a, b in zip(dec[0](), plain))
     return {"encode": [lambda c=c: c() for c in enc], "decode": [lambda c=c: c() for c in dec]}, same
-
-
-def _host_us(fn, calls: int = 16, batches: int = 3) -> float:
-    """Host µs per call of ``fn`` with the GPU not waited for (launch and Python cost), median of
-    ``batches`` batches of ``calls``; the device is drained between batches so the queue never fills."""
-    times = []
-    for _ in range(batches):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        times.append((time.perf_counter() - t0) * 1e6 / calls)
-    torch.cuda.synchronize()
-    return sorted(times)[len(times) // 2]
 
 
 class _Combined:

@@ -12,6 +12,7 @@ import time
 from typing import Callable, Sequence
 
 from ..errors import OffloadError
+from ..kernels.launch import host_us
 from .experiment import OffloadSettings, largest_context, plan_for, trace_row
 from .trace import AccessTrace
 
@@ -119,21 +120,6 @@ def time_us(fn, device, n: int = 50) -> float:
     return statistics.median(times)
 
 
-def host_us(fn, n: int = 64) -> float:
-    """Host-thread µs per call of ``fn`` (issue cost: the device work is not waited for)."""
-    import torch
-
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        times.append((time.perf_counter() - t) * 1e6 / n)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-    return statistics.median(times)
-
-
 def calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict) -> None:
     """Measured costs for the simulation: page-copy latency and bandwidth (a least-squares line over
     copy sizes) and the host's cost of issuing one; per layer: GPU time and issue cost, the LM head,
@@ -158,7 +144,7 @@ def calibrate(dec, trace: AccessTrace, mode: str, codec, calib: dict, row: dict)
         dsts = [dec.pool[0, i] for i in range(pages)]
         srcs = [dec.host[0, i] for i in range(pages)]
         # on the CPU the "issue" is the copy itself (already in the copy line): no separate host cost
-        issue = host_us(lambda: dec._copy_many(dsts, srcs), n=16) / pages if nb else 0.0
+        issue = host_us(lambda: dec._copy_many(dsts, srcs), calls=16) / pages if nb else 0.0
         event = 0.0
         if nb:  # a prefetch event as the replay issues it: wait, switch to the copy stream, copy, record
             copier, after = torch.cuda.Stream(dev), torch.cuda.Event()

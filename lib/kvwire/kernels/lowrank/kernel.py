@@ -258,11 +258,8 @@ def _factorize(x: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, 
         return _factorize_subspace(x, rank)
     if SVD_DRIVER is None or x.device.type != "cuda":
         return factorize(x, rank)
-    xf = x.float()
-    m = xf.abs().amax(dim=(1, 2))
-    m = torch.where(m > 0, m, torch.ones_like(m))
-    u, sv, vh = torch.linalg.svd(xf / m[:, None, None], full_matrices=False, driver=SVD_DRIVER)
-    r = effective_rank(rank, x.shape[1], x.shape[2])
+    m, xn, r = _normalized(x, rank)
+    u, sv, vh = torch.linalg.svd(xn, full_matrices=False, driver=SVD_DRIVER)
     s1 = torch.where(sv[:, 0] > 0, sv[:, 0], torch.ones_like(sv[:, 0]))
     a = (u[:, :, :r] * (sv[:, None, :r] / s1[:, None, None])).clamp_(-1.0, 1.0)
     return torch.stack((m, s1), dim=1), a.contiguous(), vh[:, :r, :].clamp(-1.0, 1.0).contiguous()
