@@ -84,11 +84,14 @@ def cachegen_bound(x: torch.Tensor, dtype: torch.dtype, bits: int, chunk: int = 
     anchor_of = (t // chunk) * chunk
     a = x[:, ::chunk]
     a_step = (a.amax(1, keepdim=True) - a.amin(1, keepdim=True)) / (2**anchor_bits - 1)
-    zero_round = a.amin(1, keepdim=True).abs() * 2.0**-10  # fp16 zero point
-    a_err = a_step * (1 + 2.0**-10) / 2 + zero_round
+    # fp16 scales and zero points round to 2^-11 relative, or, below fp16's normal range (2^-14), to half
+    # the subnormal spacing 2^-24 -- an absolute error the codes multiply (up to 2^bits - 1 of them)
+    sub = 2.0**-25
+    zero_round = a.amin(1, keepdim=True).abs() * 2.0**-10 + sub  # fp16 zero point
+    a_err = a_step * (1 + 2.0**-10) / 2 + zero_round + (2**anchor_bits - 1) * sub
     dev = (x - x[:, anchor_of]).abs().amax(1, keepdim=True)
     d_step = (dev + a_err) / (2 ** (bits - 1) - 1)
-    d_err = d_step * (1 + 2.0**-10) / 2
+    d_err = d_step * (1 + 2.0**-10) / 2 + (2 ** (bits - 1) - 1) * sub
     bound = torch.where((t % chunk == 0)[None, :, None], a_err, d_err)
     eps = torch.finfo(dtype).eps
     return bound + (x.abs() + bound) * eps + x.abs() * 2.0**-22 + 1e-30
